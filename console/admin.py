@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from console.models import (
+    ApiKey,
+    AuditEvent,
+    ControlPlaneVersion,
+    Invitation,
+    Membership,
+    Organisation,
+    User,
+)
+from console.services.orgs import org_reactivate, org_suspend
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "first_name", "last_name", "is_staff", "is_active", "date_joined"]
+    list_filter = ["is_staff", "is_superuser", "is_active"]
+    search_fields = ["email", "first_name", "last_name"]
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+class MembershipInline(admin.TabularInline[Membership, Organisation]):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Organisation)
+class OrganisationAdmin(admin.ModelAdmin[Organisation]):
+    list_display = ["name", "slug", "created_at", "suspended_at", "max_gpus", "max_replicas"]
+    list_filter = [("suspended_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["public_id", "created_at", "suspended_at", "suspended_reason"]
+    inlines = [MembershipInline]
+    actions = ["suspend", "reactivate"]
+
+    @admin.action(description="Suspend selected organisations (their keys stop working)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
+        for org in queryset:
+            org_suspend(org=org, reason="Suspended by platform staff", actor=request.user)  # type: ignore[arg-type]
+        self.message_user(
+            request, f"Suspended {queryset.count()} organisation(s).", messages.SUCCESS
+        )
+
+    @admin.action(description="Reactivate selected organisations")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
+        for org in queryset:
+            org_reactivate(org=org, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(
+            request, f"Reactivated {queryset.count()} organisation(s).", messages.SUCCESS
+        )
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin[Membership]):
+    list_display = ["user", "org", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "org__name", "org__slug"]
+    autocomplete_fields = ["user", "org"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin[Invitation]):
+    list_display = ["email", "org", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    list_filter = ["role"]
+    search_fields = ["email", "org__name"]
+    exclude = ["token_digest"]
+    readonly_fields = [
+        "org",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    list_display = [
+        "name",
+        "prefix",
+        "org",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "expires_at",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "org__name", "org__slug"]
+    # The digest is not secret, but there is nothing a person can do with it: keep it out of view.
+    exclude = ["digest"]
+    readonly_fields = ["org", "prefix", "created_by", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are created by tenants, where the secret can be shown once
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+    list_display = ["created_at", "org", "action", "actor", "target_repr", "ip_address"]
+    list_filter = ["action"]
+    search_fields = ["org__name", "actor__email", "target_repr", "target_id"]
+    date_hierarchy = "created_at"
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ControlPlaneVersion)
+class ControlPlaneVersionAdmin(admin.ModelAdmin[ControlPlaneVersion]):
+    list_display = ["id", "version"]

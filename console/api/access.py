@@ -1,0 +1,72 @@
+"""Org resolution and the role/scope check for REST endpoints, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from console.api.authentication import KeyPrincipal
+from console.models import ApiKey, Membership, Organisation, User
+from console.permissions import Action, role_can, scopes_can
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class OrgAccess:
+    """Who is acting in which org: a member (by session) or an API key (by its scopes)."""
+
+    def __init__(
+        self,
+        org: Organisation,
+        membership: Membership | None = None,
+        key: ApiKey | None = None,
+    ) -> None:
+        self.org = org
+        self.membership = membership
+        self.key = key
+
+    @property
+    def user(self) -> User | None:
+        return self.membership.user if self.membership else None
+
+    def can(self, action: Action) -> bool:
+        if self.membership is not None:
+            return role_can(self.membership.role, action)
+        return self.key is not None and scopes_can(list(self.key.scopes), action)
+
+
+def resolve_org(request: Request, slug: str) -> OrgAccess:
+    """The org named in the URL, if the caller belongs to it; otherwise 404."""
+    principal = request.user
+    if isinstance(principal, KeyPrincipal):
+        if principal.auth.org.slug != slug:
+            raise Http404
+        if request.method not in SAFE_METHODS and "manage" not in principal.auth.scopes:
+            raise exceptions.PermissionDenied("This key has the 'read' scope: GET only.")
+        return OrgAccess(principal.auth.org, key=principal.auth.key)
+    membership = (
+        Membership.objects.select_related("org", "user")
+        .filter(user_id=str(principal.pk), org__slug=slug)
+        .first()
+    )
+    if membership is None:
+        raise Http404
+    return OrgAccess(membership.org, membership=membership)
+
+
+class OrgAPIView(APIView):
+    """Base for ``/api/orgs/<org_slug>/...`` endpoints. ``actions`` maps HTTP method to Action."""
+
+    actions: dict[str, Action] = {}
+    access: OrgAccess
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.access = resolve_org(request, kwargs["org_slug"])
+        action = self.actions.get(request.method or "GET")
+        if action is None or not self.access.can(action):
+            raise exceptions.PermissionDenied("Your role or key scope does not allow this.")

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from console.services.keys import KEY_PREFIX, KeyAuth, KeyAuthError, api_key_authenticate
+
+
+@dataclass(frozen=True)
+class KeyPrincipal:
+    """Stands in for ``request.user`` when a program authenticates with an API key."""
+
+    auth: KeyAuth
+    is_authenticated: bool = field(default=True, init=False)
+    is_anonymous: bool = field(default=False, init=False)
+    is_staff: bool = field(default=False, init=False)
+
+    @property
+    def pk(self) -> str:
+        return f"key:{self.auth.key.pk}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer sk-...`` with a key of the ``manage`` or ``read`` scope."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyAuth] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0] != self.keyword or not parts[1].startswith(KEY_PREFIX):
+            return None
+        try:
+            auth = api_key_authenticate(parts[1])
+        except KeyAuthError as error:
+            raise exceptions.AuthenticationFailed(str(error)) from None
+        if not {"manage", "read"} & set(auth.scopes):
+            raise exceptions.PermissionDenied(
+                "This key has no REST API scope; it needs the 'manage' or 'read' scope."
+            )
+        return KeyPrincipal(auth=auth), auth
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "console.api.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema: object) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "description": "An API key (sk-...)"}

@@ -1,0 +1,51 @@
+"""One JSON error shape for the REST API: {"error": {"code", "message", "fields"}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def _flatten(detail: Any) -> str:
+    if isinstance(detail, list):
+        return " ".join(_flatten(item) for item in detail)
+    if isinstance(detail, dict):
+        return " ".join(f"{key}: {_flatten(value)}" for key, value in detail.items())
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        detail = (
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+        exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    code = getattr(exc, "default_code", "error")
+    fields: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
+        fields = {k: v for k, v in response.data.items() if k != "non_field_errors"}
+        message = _flatten(response.data)
+    elif isinstance(response.data, dict) and "detail" in response.data:
+        message = str(response.data["detail"])
+        code = getattr(response.data["detail"], "code", code)
+    else:
+        message = _flatten(response.data)
+    if isinstance(exc, exceptions.ParseError):
+        code = "malformed_json"
+    response.data = {"error": {"code": code, "message": message, "fields": fields}}
+    if response.status_code == status.HTTP_400_BAD_REQUEST and not message:
+        response.data["error"]["message"] = "Invalid request."
+    return response

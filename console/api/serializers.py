@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation, Scope
+from console.permissions import Role
+
+
+class OrgSerializer(serializers.ModelSerializer[Organisation]):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    suspended = serializers.BooleanField(source="is_suspended", read_only=True)
+
+    class Meta:
+        model = Organisation
+        fields = ["id", "name", "slug", "created_at", "suspended", "suspended_reason"]
+        read_only_fields = ["slug", "created_at", "suspended_reason"]
+
+
+class OrgCreateSerializer(serializers.Serializer[None]):
+    name = serializers.CharField(max_length=100)
+    slug = serializers.SlugField(max_length=50, required=False, allow_blank=True)
+
+
+class MyOrgSerializer(serializers.Serializer[Membership]):
+    slug = serializers.CharField(source="org.slug")
+    name = serializers.CharField(source="org.name")
+    role = serializers.CharField()
+
+
+class MeSerializer(serializers.Serializer[dict[str, object]]):
+    email = serializers.EmailField(allow_null=True)
+    key_prefix = serializers.CharField(allow_null=True)
+    orgs = MyOrgSerializer(many=True)
+
+
+class MemberSerializer(serializers.ModelSerializer[Membership]):
+    email = serializers.EmailField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "role", "created_at"]
+        read_only_fields = ["id", "email", "created_at"]
+
+
+class RoleSerializer(serializers.Serializer[None]):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationSerializer(serializers.ModelSerializer[Invitation]):
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
+        read_only_fields = ["id", "created_at", "expires_at", "accepted_at", "revoked_at"]
+        extra_kwargs = {"role": {"choices": Role.choices}}
+
+
+class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
+    active = serializers.BooleanField(source="is_active", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "allowed_models",
+            "rpm_limit",
+            "tpm_limit",
+            "expires_at",
+            "created_at",
+            "revoked_at",
+            "last_used_at",
+            "active",
+        ]
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(serializers.Serializer[None]):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.choices), min_length=1
+    )
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, default=list
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The full key. Shown only once.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
+    actor = serializers.CharField(source="actor_label", read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "data",
+            "ip_address",
+        ]
+        read_only_fields = fields

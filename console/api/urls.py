@@ -1,0 +1,26 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from console.api import views
+
+org = "orgs/<slug:org_slug>/"
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("me/", views.MeView.as_view(), name="api_me"),
+    path("orgs/", views.OrgListView.as_view(), name="api_orgs"),
+    path(org, views.OrgDetailView.as_view(), name="api_org"),
+    path(org + "members/", views.MemberListView.as_view(), name="api_members"),
+    path(org + "members/<uuid:member_id>/", views.MemberDetailView.as_view(), name="api_member"),
+    path(org + "invitations/", views.InvitationListView.as_view(), name="api_invitations"),
+    path(
+        org + "invitations/<uuid:invitation_id>/",
+        views.InvitationDetailView.as_view(),
+        name="api_invitation",
+    ),
+    path(org + "keys/", views.KeyListView.as_view(), name="api_keys"),
+    path(org + "keys/<uuid:key_id>/", views.KeyDetailView.as_view(), name="api_key"),
+    path(org + "keys/<uuid:key_id>/revoke/", views.KeyRevokeView.as_view(), name="api_key_revoke"),
+    path(org + "audit/", views.AuditListView.as_view(), name="api_audit"),
+]

@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from console.api.access import OrgAPIView
+from console.api.authentication import KeyPrincipal
+from console.api.serializers import (
+    ApiKeyCreatedSerializer,
+    ApiKeyCreateSerializer,
+    ApiKeySerializer,
+    AuditEventSerializer,
+    InvitationSerializer,
+    MemberSerializer,
+    MeSerializer,
+    OrgCreateSerializer,
+    OrgSerializer,
+    RoleSerializer,
+)
+from console.models import User
+from console.permissions import Action
+from console.services.keys import api_key_create, api_key_revoke
+from console.services.members import (
+    invitation_create,
+    invitation_revoke,
+    membership_change_role,
+    membership_remove,
+)
+from console.services.orgs import org_create, org_update
+
+
+def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) -> Response:
+    paginator = LimitOffsetPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+class MeView(APIView):
+    @extend_schema(responses=MeSerializer, summary="The caller and the orgs it can act in")
+    def get(self, request: Request) -> Response:
+        principal = request.user
+        if isinstance(principal, KeyPrincipal):
+            auth = principal.auth
+            me: dict[str, Any] = {
+                "email": None,
+                "key_prefix": auth.key.prefix,
+                "orgs": [{"org": auth.org, "role": "key:" + ",".join(auth.scopes)}],
+            }
+        else:
+            user = cast(User, principal)
+            me = {
+                "email": user.email,
+                "key_prefix": None,
+                "orgs": user.memberships.select_related("org"),
+            }
+        return Response(MeSerializer(me).data)
+
+
+class OrgListView(APIView):
+    @extend_schema(
+        responses=OrgSerializer(many=True), summary="Organisations the caller can act in"
+    )
+    def get(self, request: Request) -> Response:
+        if isinstance(request.user, KeyPrincipal):
+            orgs = [request.user.auth.org]
+        else:
+            orgs = [m.org for m in request.user.memberships.select_related("org")]  # type: ignore[union-attr]
+        return Response(OrgSerializer(orgs, many=True).data)
+
+    @extend_schema(
+        request=OrgCreateSerializer,
+        responses={201: OrgSerializer},
+        summary="Create an organisation",
+    )
+    def post(self, request: Request) -> Response:
+        if isinstance(request.user, KeyPrincipal):
+            raise exceptions.PermissionDenied("Organisations are created by people, not keys.")
+        data = OrgCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = org_create(
+            name=data.validated_data["name"],
+            slug=data.validated_data.get("slug") or None,
+            owner=request.user,  # type: ignore[arg-type]
+        )
+        return Response(OrgSerializer(org).data, status=status.HTTP_201_CREATED)
+
+
+class OrgDetailView(OrgAPIView):
+    actions = {"GET": Action.ORG_VIEW, "PATCH": Action.ORG_UPDATE}
+
+    @extend_schema(responses=OrgSerializer)
+    def get(self, request: Request, org_slug: str) -> Response:
+        return Response(OrgSerializer(self.access.org).data)
+
+    @extend_schema(request=OrgCreateSerializer, responses=OrgSerializer)
+    def patch(self, request: Request, org_slug: str) -> Response:
+        data = OrgCreateSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        org = self.access.org
+        if "name" in data.validated_data:
+            org = org_update(org=org, actor=self.access.user, name=data.validated_data["name"])  # type: ignore[arg-type]
+        return Response(OrgSerializer(org).data)
+
+
+class MemberListView(OrgAPIView):
+    actions = {"GET": Action.MEMBERS_VIEW}
+
+    @extend_schema(responses=MemberSerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        members = self.access.org.memberships.select_related("user").order_by("created_at")
+        return _paginate(self, request, members, MemberSerializer)
+
+
+class MemberDetailView(OrgAPIView):
+    actions = {
+        "GET": Action.MEMBERS_VIEW,
+        "PATCH": Action.MEMBERS_CHANGE_ROLE,
+        "DELETE": Action.MEMBERS_REMOVE,
+    }
+
+    def _member(self, member_id: str) -> Any:
+        return get_object_or_404(self.access.org.memberships.select_related("user"), id=member_id)
+
+    @extend_schema(responses=MemberSerializer)
+    def get(self, request: Request, org_slug: str, member_id: str) -> Response:
+        return Response(MemberSerializer(self._member(member_id)).data)
+
+    @extend_schema(request=RoleSerializer, responses=MemberSerializer)
+    def patch(self, request: Request, org_slug: str, member_id: str) -> Response:
+        membership = self._member(member_id)
+        data = RoleSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        assert self.access.membership is not None  # keys lack this action
+        membership_change_role(
+            membership=membership, actor=self.access.membership, role=data.validated_data["role"]
+        )
+        return Response(MemberSerializer(membership).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, org_slug: str, member_id: str) -> Response:
+        membership = self._member(member_id)
+        assert self.access.membership is not None
+        membership_remove(membership=membership, actor=self.access.membership)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationListView(OrgAPIView):
+    actions = {"GET": Action.MEMBERS_VIEW, "POST": Action.MEMBERS_INVITE}
+
+    @extend_schema(responses=InvitationSerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        pending = self.access.org.invitations.filter(
+            accepted_at=None, revoked_at=None, expires_at__gt=timezone.now()
+        )
+        return _paginate(self, request, pending, InvitationSerializer)
+
+    @extend_schema(request=InvitationSerializer, responses={201: InvitationSerializer})
+    def post(self, request: Request, org_slug: str) -> Response:
+        data = InvitationSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = invitation_create(
+            org=self.access.org,
+            actor=self.access.user,
+            email=data.validated_data["email"],
+            role=data.validated_data["role"],
+        )
+        return Response(
+            InvitationSerializer(created.invitation).data, status=status.HTTP_201_CREATED
+        )
+
+
+class InvitationDetailView(OrgAPIView):
+    actions = {"GET": Action.MEMBERS_VIEW, "DELETE": Action.MEMBERS_INVITE}
+
+    @extend_schema(responses=InvitationSerializer)
+    def get(self, request: Request, org_slug: str, invitation_id: str) -> Response:
+        invitation = get_object_or_404(self.access.org.invitations, id=invitation_id)
+        return Response(InvitationSerializer(invitation).data)
+
+    @extend_schema(responses={204: None}, summary="Revoke a pending invitation")
+    def delete(self, request: Request, org_slug: str, invitation_id: str) -> Response:
+        invitation = get_object_or_404(self.access.org.invitations, id=invitation_id)
+        invitation_revoke(invitation=invitation, actor=self.access.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class KeyListView(OrgAPIView):
+    actions = {"GET": Action.KEYS_VIEW, "POST": Action.KEYS_MANAGE}
+
+    @extend_schema(responses=ApiKeySerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        return _paginate(self, request, self.access.org.api_keys.all(), ApiKeySerializer)
+
+    @extend_schema(
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyCreatedSerializer},
+        summary="Create a key; the response holds the full key, the only time it is shown",
+    )
+    def post(self, request: Request, org_slug: str) -> Response:
+        data = ApiKeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = api_key_create(
+            org=self.access.org,
+            actor=self.access.user,
+            actor_key=self.access.key,
+            **data.validated_data,
+        )
+        body = dict(ApiKeySerializer(created.key).data)
+        body["key"] = created.secret
+        response = Response(body, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class KeyDetailView(OrgAPIView):
+    actions = {"GET": Action.KEYS_VIEW}
+
+    @extend_schema(responses=ApiKeySerializer)
+    def get(self, request: Request, org_slug: str, key_id: str) -> Response:
+        key = get_object_or_404(self.access.org.api_keys, id=key_id)
+        return Response(ApiKeySerializer(key).data)
+
+
+class KeyRevokeView(OrgAPIView):
+    actions = {"POST": Action.KEYS_MANAGE}
+
+    @extend_schema(request=None, responses=ApiKeySerializer, summary="Revoke a key at once")
+    def post(self, request: Request, org_slug: str, key_id: str) -> Response:
+        key = get_object_or_404(self.access.org.api_keys, id=key_id)
+        key = api_key_revoke(key=key, actor=self.access.user, actor_key=self.access.key)
+        return Response(ApiKeySerializer(key).data)
+
+
+class AuditListView(OrgAPIView):
+    actions = {"GET": Action.AUDIT_VIEW}
+
+    @extend_schema(responses=AuditEventSerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        events = self.access.org.audit_events.select_related("actor", "actor_key")
+        return _paginate(self, request, events, AuditEventSerializer)

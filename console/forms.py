@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import ValidationError
+
+from console.models import Scope, User
+from console.permissions import Role
+
+
+class SignupForm(UserCreationForm[User]):
+    class Meta:
+        model = User
+        fields = ("email",)
+
+
+class OrgForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    slug = forms.SlugField(
+        max_length=50, required=False, help_text="Used in URLs. Leave empty to derive it."
+    )
+
+
+class OrgRenameForm(forms.Form):
+    name = forms.CharField(max_length=100)
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices, widget=forms.CheckboxSelectMultiple, initial=[Scope.INFERENCE]
+    )
+    allowed_models = forms.CharField(
+        required=False,
+        help_text="Comma-separated model or route names. Empty allows every model.",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Optional expiry (UTC).",
+    )
+    rpm_limit = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
+    tpm_limit = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+
+    def clean_allowed_models(self) -> list[str]:
+        raw: str = self.cleaned_data.get("allowed_models") or ""
+        return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+def apply_service_error(form: forms.Form, error: ValidationError) -> None:
+    """Show a service's ValidationError beside the field it names, or above the form."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)
+
+
+def form_kwargs(form: forms.Form) -> dict[str, Any]:
+    return dict(form.cleaned_data)

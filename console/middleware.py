@@ -1,0 +1,47 @@
+"""Resolves the organisation from the URL and checks membership before any view runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse
+
+from console.models import Membership
+
+
+class OrgMiddleware:
+    """For every URL with an ``org_slug``, load the org through the user's own memberships.
+
+    An org the user does not belong to is indistinguishable from one that does not exist (404).
+    Role checks happen in the view with ``requires``; this only establishes membership.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponse | None:
+        slug = view_kwargs.get("org_slug")
+        if slug is None or request.path_info.startswith("/api/"):  # the API resolves its own
+            return None
+        if not request.user.is_authenticated:
+            return None  # the view's login_required redirects to the login page
+        membership = (
+            Membership.objects.select_related("org")
+            .filter(user=request.user, org__slug=slug)
+            .first()
+        )
+        if membership is None:
+            raise Http404("No such organisation")
+        request.org = membership.org  # type: ignore[attr-defined]
+        request.membership = membership  # type: ignore[attr-defined]
+        return None

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from console.models import Invitation, Membership, Organisation, User
+from console.permissions import Role, role_may_assign
+from console.services.audit import audit_record
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _clean_role(role: str) -> str:
+    if role not in Role.values:
+        choices = ", ".join(Role.values)
+        raise ValidationError({"role": f"Unknown role “{role}”; choose one of {choices}."})
+    return role
+
+
+@dataclass(frozen=True)
+class CreatedInvitation:
+    invitation: Invitation
+    token: str
+
+    @property
+    def accept_url(self) -> str:
+        return settings.SITE_URL + reverse("invitation_accept", args=[self.token])
+
+
+@transaction.atomic
+def invitation_create(
+    *, org: Organisation, actor: User | None, email: str, role: str
+) -> CreatedInvitation:
+    """Invite ``email`` to ``org`` with ``role`` and email them a single-use link.
+
+    A previous pending invitation to the same address is revoked, so only the newest link works.
+    """
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ValidationError({"email": "Enter a valid email address."}) from None
+    role = _clean_role(role)
+    if role == Role.OWNER and actor is not None:
+        inviter = org.memberships.filter(user=actor).first()
+        if inviter is None or inviter.role != Role.OWNER:
+            raise PermissionDenied("Only an owner can invite another owner.")
+    if org.memberships.filter(user__email__iexact=email).exists():
+        raise ValidationError({"email": f"{email} is already a member."})
+    now = timezone.now()
+    org.invitations.filter(email=email, accepted_at=None, revoked_at=None).update(revoked_at=now)
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        org=org,
+        email=email,
+        role=role,
+        token_digest=_digest(token),
+        invited_by=actor,
+        expires_at=now + timedelta(hours=settings.INVITATION_TTL_HOURS),
+    )
+    created = CreatedInvitation(invitation=invitation, token=token)
+    audit_record(
+        org=org, action="member.invited", actor=actor, target=invitation, data={"role": role}
+    )
+    inviter_name = actor.email if actor is not None else "An administrator"
+    transaction.on_commit(
+        lambda: send_mail(
+            subject=f"You are invited to {org.name}",
+            message=(
+                f"{inviter_name} invited you to join {org.name} as {role}.\n\n"
+                f"Accept the invitation: {created.accept_url}\n\n"
+                f"The link works once and expires in {settings.INVITATION_TTL_HOURS} hours."
+            ),
+            from_email=None,
+            recipient_list=[email],
+        )
+    )
+    return created
+
+
+def invitation_lookup(token: str) -> Invitation | None:
+    return (
+        Invitation.objects.select_related("org").filter(token_digest=_digest(token or "")).first()
+    )
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Membership:
+    """Turn an invitation into a membership. Works once, before expiry, for the invited address."""
+    invitation = invitation_lookup(token)
+    if invitation is None or invitation.revoked_at is not None:
+        raise ValidationError("This invitation link is not valid.")
+    if invitation.accepted_at is not None:
+        raise ValidationError("This invitation has already been used.")
+    if invitation.expires_at <= timezone.now():
+        raise ValidationError("This invitation has expired; ask for a new one.")
+    if invitation.email.lower() != user.email.lower():
+        raise ValidationError(
+            f"This invitation was sent to {invitation.email}; sign in with that address."
+        )
+    # Claim the invitation with a conditional update so that two tabs cannot both use it.
+    claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at=None).update(
+        accepted_at=timezone.now(), accepted_by=user
+    )
+    if not claimed:
+        raise ValidationError("This invitation has already been used.")
+    membership, created = Membership.objects.get_or_create(
+        org=invitation.org, user=user, defaults={"role": invitation.role}
+    )
+    if created:
+        audit_record(
+            org=invitation.org,
+            action="member.joined",
+            actor=user,
+            target=membership,
+            data={"role": invitation.role},
+        )
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: User | None) -> Invitation:
+    Invitation.objects.filter(pk=invitation.pk, revoked_at=None, accepted_at=None).update(
+        revoked_at=timezone.now()
+    )
+    invitation.refresh_from_db()
+    audit_record(org=invitation.org, action="invitation.revoked", actor=actor, target=invitation)
+    return invitation
+
+
+def _owner_count(org: Organisation) -> int:
+    # Lock the owners' rows so that two concurrent demotions cannot both pass the check.
+    owners = org.memberships.select_for_update().filter(role=Role.OWNER)
+    return len(list(owners))
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, actor: Membership, role: str) -> Membership:
+    """Change a member's role. Only owners touch the owner role; the last owner stays an owner."""
+    role = _clean_role(role)
+    if not role_may_assign(actor.role, membership.role, role):
+        raise PermissionDenied("Only an owner can grant or change the owner role.")
+    if membership.role == Role.OWNER and role != Role.OWNER and _owner_count(membership.org) <= 1:
+        raise ValidationError({"role": "The last owner cannot be demoted; add another owner."})
+    old = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        org=membership.org,
+        action="member.role_changed",
+        actor=actor.user,
+        target=membership,
+        data={"from": old, "to": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Membership) -> None:
+    """Remove a member (or let one leave). The last owner cannot be removed."""
+    if membership.pk != actor.pk and not role_may_assign(actor.role, membership.role, "viewer"):
+        raise PermissionDenied("Only an owner can remove an owner.")
+    if membership.role == Role.OWNER and _owner_count(membership.org) <= 1:
+        raise ValidationError("The last owner cannot be removed; add another owner first.")
+    audit_record(
+        org=membership.org,
+        action="member.removed",
+        actor=actor.user,
+        target=membership,
+        data={"email": membership.user.email},
+    )
+    membership.delete()

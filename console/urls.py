@@ -1,0 +1,56 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from console.views import accounts, keys, members, org
+
+o = "o/<slug:org_slug>/"
+
+urlpatterns = [
+    path("", accounts.home, name="home"),
+    path("admin/", admin.site.urls),
+    path("api/", include("console.api.urls")),
+    # Accounts
+    path("signup/", accounts.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path(
+        "password-reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(),
+        name="password_reset_done",
+    ),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "password-reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
+    path("orgs/new/", accounts.org_create_view, name="org_create"),
+    path("invitations/<str:token>/", accounts.invitation_accept_view, name="invitation_accept"),
+    # One organisation's console
+    path(o, org.overview, name="org_overview"),
+    path(o + "settings/", org.org_settings, name="org_settings"),
+    path(o + "audit/", org.audit_log, name="audit_log"),
+    path(o + "deployments/", org.deployments, name="deployment_list"),
+    path(o + "routes/", org.routes, name="route_list"),
+    path(o + "usage/", org.usage, name="usage"),
+    path(o + "billing/", org.billing, name="billing"),
+    path(o + "keys/", keys.key_list, name="key_list"),
+    path(o + "keys/new/", keys.key_create, name="key_create"),
+    path(o + "keys/<uuid:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
+    path(o + "members/", members.member_list, name="member_list"),
+    path(o + "leave/", members.org_leave, name="org_leave"),
+    path(o + "members/invite/", members.member_invite, name="member_invite"),
+    path(o + "members/<uuid:member_id>/role/", members.member_role, name="member_role"),
+    path(o + "members/<uuid:member_id>/remove/", members.member_remove, name="member_remove"),
+    path(
+        o + "invitations/<uuid:invitation_id>/revoke/",
+        members.invitation_revoke_view,
+        name="invitation_revoke",
+    ),
+]

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from console.decorators import requires
+from console.forms import ApiKeyForm, apply_service_error
+from console.permissions import Action, role_can
+from console.requests import OrgRequest
+from console.services.keys import CreatedKey, api_key_create, api_key_revoke
+
+
+def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) -> dict:
+    org = request.org
+    return {
+        "form": form,
+        "created": created,
+        "keys": org.api_keys.select_related("created_by"),
+        "can_manage": role_can(request.membership.role, Action.KEYS_MANAGE),
+    }
+
+
+@requires(Action.KEYS_VIEW)
+def key_list(request: OrgRequest, org_slug: str) -> HttpResponse:
+    return render(request, "console/keys.html", _context(request, ApiKeyForm(), None))
+
+
+@requires(Action.KEYS_MANAGE)
+@require_http_methods(["POST"])
+def key_create(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = ApiKeyForm(request.POST)
+    created = None
+    if form.is_valid():
+        try:
+            created = api_key_create(org=request.org, actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            form = ApiKeyForm()
+    status = 200 if created else 400
+    # The full key is in this one response only; it must never be cached.
+    template = "console/keys.html#key-panel" if request.htmx else "console/keys.html"
+    response = render(request, template, _context(request, form, created), status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@requires(Action.KEYS_MANAGE)
+@require_POST
+def key_revoke(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
+    key = get_object_or_404(request.org.api_keys, id=key_id)
+    api_key_revoke(key=key, actor=request.user)
+    if request.htmx:
+        return render(request, "console/keys.html#key-list", _context(request, ApiKeyForm(), None))
+    return redirect("key_list", org_slug=org_slug)

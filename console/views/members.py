@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from console.decorators import requires
+from console.forms import InviteForm, RoleForm, apply_service_error
+from console.permissions import Action, Role, role_can
+from console.requests import OrgRequest
+from console.services.members import (
+    invitation_create,
+    invitation_revoke,
+    membership_change_role,
+    membership_remove,
+)
+
+
+def _context(request: OrgRequest, form: InviteForm, **extra: object) -> dict[str, object]:
+    org = request.org
+    role = request.membership.role
+    return {
+        "form": form,
+        "members": org.memberships.select_related("user").order_by("user__email"),
+        "invitations": org.invitations.filter(
+            accepted_at=None, revoked_at=None, expires_at__gt=timezone.now()
+        ),
+        "roles": Role.choices,
+        "can_invite": role_can(role, Action.MEMBERS_INVITE),
+        "can_change_role": role_can(role, Action.MEMBERS_CHANGE_ROLE),
+        "can_remove": role_can(role, Action.MEMBERS_REMOVE),
+        **extra,
+    }
+
+
+def _render_panel(
+    request: OrgRequest, form: InviteForm, status: int = 200, **extra: object
+) -> HttpResponse:
+    template = "console/members.html#members-panel" if request.htmx else "console/members.html"
+    return render(request, template, _context(request, form, **extra), status=status)
+
+
+@requires(Action.MEMBERS_VIEW)
+def member_list(request: OrgRequest, org_slug: str) -> HttpResponse:
+    return render(request, "console/members.html", _context(request, InviteForm()))
+
+
+@requires(Action.MEMBERS_INVITE)
+@require_POST
+def member_invite(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = InviteForm(request.POST)
+    if form.is_valid():
+        try:
+            created = invitation_create(org=request.org, actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            return _render_panel(request, InviteForm(), invited=created.invitation)
+    return _render_panel(request, form, status=400)
+
+
+@requires(Action.MEMBERS_INVITE)
+@require_POST
+def invitation_revoke_view(request: OrgRequest, org_slug: str, invitation_id: str) -> HttpResponse:
+    invitation = get_object_or_404(request.org.invitations, id=invitation_id)
+    invitation_revoke(invitation=invitation, actor=request.user)
+    if request.htmx:
+        return _render_panel(request, InviteForm())
+    return redirect("member_list", org_slug=org_slug)
+
+
+@requires(Action.MEMBERS_CHANGE_ROLE)
+@require_POST
+def member_role(request: OrgRequest, org_slug: str, member_id: str) -> HttpResponse:
+    membership = get_object_or_404(request.org.memberships.select_related("user"), id=member_id)
+    form = RoleForm(request.POST)
+    error = None
+    if form.is_valid():
+        try:
+            membership_change_role(
+                membership=membership,
+                actor=request.membership,
+                role=form.cleaned_data["role"],
+            )
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    else:
+        error = "Choose a valid role."
+    if error and not request.htmx:
+        messages.error(request, error)
+    if request.htmx:
+        return _render_panel(
+            request, InviteForm(), status=400 if error else 200, member_error=error
+        )
+    return redirect("member_list", org_slug=org_slug)
+
+
+@requires(Action.MEMBERS_REMOVE)
+@require_POST
+def member_remove(request: OrgRequest, org_slug: str, member_id: str) -> HttpResponse:
+    membership = get_object_or_404(request.org.memberships.select_related("user"), id=member_id)
+    try:
+        membership_remove(membership=membership, actor=request.membership)
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+        if request.htmx:
+            return _render_panel(request, InviteForm(), status=400, member_error=error)
+        messages.error(request, error)
+        return redirect("member_list", org_slug=org_slug)
+    if request.htmx:
+        return _render_panel(request, InviteForm())
+    return redirect("member_list", org_slug=org_slug)
+
+
+@requires(Action.ORG_VIEW)
+@require_POST
+def org_leave(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """Any member may leave, except the last owner."""
+    membership = request.membership
+    try:
+        membership_remove(membership=membership, actor=membership)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("org_settings", org_slug=org_slug)
+    messages.success(request, f"You left {membership.org.name}.")
+    return redirect("home")

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from console.decorators import requires
+from console.forms import OrgRenameForm, apply_service_error
+from console.permissions import Action, role_can
+from console.requests import OrgRequest
+from console.services.orgs import org_update
+
+
+@requires(Action.ORG_VIEW)
+def overview(request: OrgRequest, org_slug: str) -> HttpResponse:
+    org = request.org
+    context = {
+        "member_count": org.memberships.count(),
+        "active_key_count": org.api_keys.filter(revoked_at=None).count(),
+        "recent_events": org.audit_events.select_related("actor", "actor_key")[:5],
+    }
+    return render(request, "console/overview.html", context)
+
+
+@requires(Action.ORG_VIEW)
+@require_http_methods(["GET", "POST"])
+def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
+    org = request.org
+    form = OrgRenameForm(request.POST or None, initial={"name": org.name})
+    if request.method == "POST":
+        if not role_can(request.membership.role, Action.ORG_UPDATE):
+            raise PermissionDenied("Your role cannot rename the organisation.")
+        if form.is_valid():
+            try:
+                org_update(org=org, actor=request.user, name=form.cleaned_data["name"])
+            except ValidationError as error:
+                apply_service_error(form, error)
+            else:
+                messages.success(request, "Saved.")
+                return redirect("org_settings", org_slug=org.slug)
+    return render(request, "console/settings.html", {"form": form})
+
+
+@requires(Action.AUDIT_VIEW)
+def audit_log(request: OrgRequest, org_slug: str) -> HttpResponse:
+    org = request.org
+    events = org.audit_events.select_related("actor", "actor_key")
+    action = request.GET.get("action", "").strip()
+    if action:
+        events = events.filter(action__startswith=action)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    return render(request, "console/audit.html", {"page": page, "action": action})
+
+
+def _placeholder(template: str, action: Action):
+    @requires(action)
+    def view(request: OrgRequest, org_slug: str) -> HttpResponse:
+        return render(request, template)
+
+    view.__name__ = template.rsplit("/", 1)[-1].removesuffix(".html")
+    return view
+
+
+deployments = _placeholder("console/deployments.html", Action.DEPLOYMENTS_VIEW)
+routes = _placeholder("console/routes.html", Action.ROUTES_VIEW)
+usage = _placeholder("console/usage.html", Action.USAGE_VIEW)
+billing = _placeholder("console/billing.html", Action.BILLING_VIEW)

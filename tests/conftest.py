@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from console.models import Membership, Organisation, User
+from console.permissions import Role
+from tests.factories import MembershipFactory, OrgFactory
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _eager_tasks(settings):  # type: ignore[no-untyped-def]
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.SECURE_SSL_REDIRECT = False
+    # Fast hashing: the tests create many users; production keeps Django's default hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared data folder; tests that need it skip, with the reason, when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is missing (it exists in CI and development checkouts)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def org(db) -> Organisation:  # type: ignore[no-untyped-def]
+    return OrgFactory(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def owner(org: Organisation) -> User:
+    return MembershipFactory(org=org, role=Role.OWNER).user
+
+
+@pytest.fixture
+def make_member(org: Organisation) -> Callable[[str], Membership]:
+    def make(role: str) -> Membership:
+        return MembershipFactory(org=org, role=role)
+
+    return make
+
+
+@pytest.fixture
+def member(make_member: Callable[[str], Membership]) -> User:
+    """A developer in ``org``."""
+    return make_member(Role.DEVELOPER).user
+
+
+@pytest.fixture
+def viewer(make_member: Callable[[str], Membership]) -> User:
+    return make_member(Role.VIEWER).user
+
+
+@pytest.fixture
+def outsider(db) -> User:  # type: ignore[no-untyped-def]
+    """Someone with an organisation of their own, but not a member of ``org``."""
+    return MembershipFactory(org=OrgFactory(name="Other", slug="other"), role=Role.OWNER).user
+
+
+@pytest.fixture
+def client_for() -> Callable[[User], Client]:
+    def make(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make

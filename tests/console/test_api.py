@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from openapi_spec_validator import validate
+
+from console.models import ApiKey, Invitation, Membership
+from console.permissions import Role
+from console.services.keys import api_key_create
+
+
+def test_schema_is_valid_openapi_3(client):
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi")
+    assert response.status_code == 200
+    spec = yaml.safe_load(response.content)
+    validate(spec)
+    assert spec["openapi"].startswith("3.")
+    assert "/api/orgs/{org_slug}/keys/" in spec["paths"]
+    assert "ApiKey" in spec["components"]["securitySchemes"]
+
+
+def test_browsable_docs_page_is_served(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
+
+
+def test_me_lists_my_orgs(client_for, org, owner):
+    body = client_for(owner).get("/api/me/").json()
+    assert body["email"] == owner.email
+    assert body["orgs"] == [{"slug": "acme", "name": "Acme", "role": "owner"}]
+
+
+def test_key_lifecycle_over_rest(client_for, org, owner):
+    client = client_for(owner)
+    created = client.post(
+        f"/api/orgs/{org.slug}/keys/",
+        {"name": "svc", "scopes": ["inference"], "rpm_limit": 60, "allowed_models": ["llama"]},
+        content_type="application/json",
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["key"].startswith("sk-") and body["rpm_limit"] == 60
+    listed = client.get(f"/api/orgs/{org.slug}/keys/").json()
+    assert listed["count"] == 1 and "key" not in listed["results"][0]
+    revoked = client.post(f"/api/orgs/{org.slug}/keys/{body['id']}/revoke/")
+    assert revoked.status_code == 200 and revoked.json()["active"] is False
+
+
+def test_manage_key_can_create_keys_and_read_key_cannot(client, org, owner):
+    manage = api_key_create(org=org, actor=owner, name="m", scopes=["manage"]).secret
+    read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    url = f"/api/orgs/{org.slug}/keys/"
+    payload = {"name": "child", "scopes": ["inference"]}
+    ok = client.post(
+        url, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {manage}"
+    )
+    assert ok.status_code == 201
+    refused = client.post(
+        url, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {read}"
+    )
+    assert refused.status_code == 403
+    assert client.get(url, HTTP_AUTHORIZATION=f"Bearer {read}").status_code == 200
+    assert ApiKey.objects.filter(name="child").count() == 1
+
+
+def test_revoked_key_gets_401_with_reason(client, org, owner):
+    created = api_key_create(org=org, actor=owner, name="m", scopes=["manage"])
+    client.post  # noqa: B018
+    created.key.revoked_at = created.key.created_at
+    created.key.save()
+    response = client.get("/api/me/", HTTP_AUTHORIZATION=f"Bearer {created.secret}")
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "This API key has been revoked."
+
+
+def test_malformed_json_is_a_clear_400_and_changes_nothing(client_for, org, owner):
+    response = client_for(owner).post(
+        f"/api/orgs/{org.slug}/keys/", "{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+    assert ApiKey.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "", "scopes": ["inference"]}, "name"),
+        ({"name": "x", "scopes": ["wizard"]}, "scopes"),
+        ({"name": "x", "scopes": []}, "scopes"),
+        ({"name": "x", "scopes": ["inference"], "rpm_limit": "many"}, "rpm_limit"),
+        ({"name": "x", "scopes": "inference"}, "scopes"),
+    ],
+)
+def test_bad_key_payloads_name_the_field(client_for, org, owner, payload, field):
+    response = client_for(owner).post(
+        f"/api/orgs/{org.slug}/keys/", json.dumps(payload), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    assert ApiKey.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"email": "nope", "role": "viewer"}, "email"),
+        ({"email": "a@example.com", "role": "boss"}, "role"),
+    ],
+)
+def test_bad_invitations_name_the_field(client_for, org, owner, payload, field):
+    response = client_for(owner).post(
+        f"/api/orgs/{org.slug}/invitations/", payload, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    assert Invitation.objects.count() == 0
+
+
+def test_member_role_change_and_last_owner_guard_over_rest(client_for, org, owner, member):
+    client = client_for(owner)
+    target = Membership.objects.get(user=member)
+    response = client.patch(
+        f"/api/orgs/{org.slug}/members/{target.pk}/",
+        {"role": "admin"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200 and response.json()["role"] == "admin"
+    mine = Membership.objects.get(user=owner)
+    refused = client.patch(
+        f"/api/orgs/{org.slug}/members/{mine.pk}/",
+        {"role": "viewer"},
+        content_type="application/json",
+    )
+    assert refused.status_code == 400
+    assert "last owner" in refused.json()["error"]["message"]
+    mine.refresh_from_db()
+    assert mine.role == Role.OWNER
+
+
+def test_audit_log_over_rest_lists_key_events(client_for, org, owner):
+    api_key_create(org=org, actor=owner, name="k", scopes=["read"])
+    events = client_for(owner).get(f"/api/orgs/{org.slug}/audit/").json()["results"]
+    assert [e["action"] for e in events][:1] == ["key.created"]
+    assert events[0]["actor"] == owner.email

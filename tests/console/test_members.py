@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
+
+from console.models import AuditEvent, Invitation, Membership
+from console.permissions import Role
+from console.services.members import (
+    invitation_accept,
+    invitation_create,
+    invitation_revoke,
+    membership_change_role,
+    membership_remove,
+)
+from tests.factories import UserFactory
+
+
+def _token_from_mail() -> str:
+    body = mail.outbox[-1].body
+    return body.split("/invitations/")[1].split("/")[0]
+
+
+def test_invitation_is_emailed_and_accepted_once(org, owner, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        created = invitation_create(org=org, actor=owner, email="New@Example.com", role=Role.VIEWER)
+    assert mail.outbox[-1].to == ["new@example.com"]
+    token = _token_from_mail()
+    assert token == created.token
+    assert created.token not in Invitation.objects.get().token_digest
+    user = UserFactory(email="new@example.com")
+    membership = invitation_accept(token=token, user=user)
+    assert membership.role == Role.VIEWER and membership.org == org
+    with pytest.raises(ValidationError, match="already been used"):
+        invitation_accept(token=token, user=user)
+    assert AuditEvent.objects.filter(org=org, action="member.joined").count() == 1
+
+
+def test_expired_invitation_is_refused(org, owner):
+    created = invitation_create(org=org, actor=owner, email="late@example.com", role=Role.VIEWER)
+    Invitation.objects.update(expires_at=timezone.now() - timedelta(minutes=1))
+    with pytest.raises(ValidationError, match="expired"):
+        invitation_accept(token=created.token, user=UserFactory(email="late@example.com"))
+    assert not Membership.objects.filter(user__email="late@example.com").exists()
+
+
+def test_invitation_for_someone_else_is_refused(org, owner):
+    created = invitation_create(org=org, actor=owner, email="a@example.com", role=Role.VIEWER)
+    with pytest.raises(ValidationError, match=r"sent to a@example\.com"):
+        invitation_accept(token=created.token, user=UserFactory(email="b@example.com"))
+
+
+def test_revoked_and_superseded_invitations_do_not_work(org, owner):
+    first = invitation_create(org=org, actor=owner, email="x@example.com", role=Role.VIEWER)
+    second = invitation_create(org=org, actor=owner, email="x@example.com", role=Role.ADMIN)
+    user = UserFactory(email="x@example.com")
+    with pytest.raises(ValidationError):
+        invitation_accept(token=first.token, user=user)
+    invitation_revoke(invitation=second.invitation, actor=owner)
+    with pytest.raises(ValidationError):
+        invitation_accept(token=second.token, user=user)
+
+
+@pytest.mark.parametrize(
+    ("email", "role", "field"),
+    [
+        ("not-an-email", Role.VIEWER, "email"),
+        ("", Role.VIEWER, "email"),
+        ("ok@example.com", "god", "role"),
+    ],
+)
+def test_bad_invitation_input_changes_nothing(org, owner, email, role, field):
+    with pytest.raises(ValidationError) as error:
+        invitation_create(org=org, actor=owner, email=email, role=role)
+    assert field in error.value.message_dict
+    assert Invitation.objects.count() == 0
+
+
+def test_inviting_an_existing_member_is_refused(org, owner, member):
+    with pytest.raises(ValidationError, match="already a member"):
+        invitation_create(org=org, actor=owner, email=member.email, role=Role.VIEWER)
+
+
+def test_only_an_owner_invites_an_owner(org, make_member):
+    admin = make_member(Role.ADMIN)
+    with pytest.raises(PermissionDenied):
+        invitation_create(org=org, actor=admin.user, email="o@example.com", role=Role.OWNER)
+
+
+def test_last_owner_cannot_be_demoted_or_removed(org, owner):
+    mine = Membership.objects.get(org=org, user=owner)
+    with pytest.raises(ValidationError, match="last owner"):
+        membership_change_role(membership=mine, actor=mine, role=Role.ADMIN)
+    with pytest.raises(ValidationError, match="last owner"):
+        membership_remove(membership=mine, actor=mine)
+    mine.refresh_from_db()
+    assert mine.role == Role.OWNER
+
+
+def test_with_two_owners_one_can_step_down(org, owner, make_member):
+    other = make_member(Role.OWNER)
+    mine = Membership.objects.get(org=org, user=owner)
+    membership_change_role(membership=mine, actor=mine, role=Role.DEVELOPER)
+    mine.refresh_from_db()
+    assert mine.role == Role.DEVELOPER
+    assert AuditEvent.objects.filter(action="member.role_changed", actor=owner).exists()
+    with pytest.raises(ValidationError):
+        membership_remove(membership=other, actor=other)
+
+
+def test_admin_cannot_touch_owners(org, owner, make_member):
+    admin = make_member(Role.ADMIN)
+    mine = Membership.objects.get(org=org, user=owner)
+    with pytest.raises(PermissionDenied):
+        membership_change_role(membership=mine, actor=admin, role=Role.VIEWER)
+    with pytest.raises(PermissionDenied):
+        membership_remove(membership=mine, actor=admin)
+    dev = make_member(Role.DEVELOPER)
+    with pytest.raises(PermissionDenied):
+        membership_change_role(membership=dev, actor=admin, role=Role.OWNER)
