@@ -16,7 +16,6 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _eager_tasks(settings):  # type: ignore[no-untyped-def]
     settings.CELERY_TASK_ALWAYS_EAGER = True
-    settings.SECURE_SSL_REDIRECT = False
     # Fast hashing: the tests create many users; production keeps Django's default hasher.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

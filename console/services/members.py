@@ -53,8 +53,8 @@ def invitation_create(
     except ValidationError:
         raise ValidationError({"email": "Enter a valid email address."}) from None
     role = _clean_role(role)
-    if role == Role.OWNER and actor is not None:
-        inviter = org.memberships.filter(user=actor).first()
+    if role == Role.OWNER:
+        inviter = org.memberships.filter(user=actor).first() if actor is not None else None
         if inviter is None or inviter.role != Role.OWNER:
             raise PermissionDenied("Only an owner can invite another owner.")
     if org.memberships.filter(user__email__iexact=email).exists():

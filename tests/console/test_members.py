@@ -121,3 +121,17 @@ def test_admin_cannot_touch_owners(org, owner, make_member):
     dev = make_member(Role.DEVELOPER)
     with pytest.raises(PermissionDenied):
         membership_change_role(membership=dev, actor=admin, role=Role.OWNER)
+
+
+def test_an_api_key_cannot_invite_an_owner(org, owner, client):
+    from console.services.keys import api_key_create
+
+    secret = api_key_create(org=org, actor=owner, name="m", scopes=["manage"]).secret
+    response = client.post(
+        f"/api/orgs/{org.slug}/invitations/",
+        {"email": "boss@example.com", "role": "owner"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 403
+    assert Invitation.objects.count() == 0

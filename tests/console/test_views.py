@@ -1,0 +1,129 @@
+"""Console pages over HTTP: owner, member and outsider, full pages and htmx partials."""
+
+from __future__ import annotations
+
+from console.models import ApiKey, Invitation, Membership
+from console.permissions import Role
+from console.services.keys import api_key_create
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def test_pages_render_for_a_member(client_for, org, member):
+    client = client_for(member)
+    for path in ["", "deployments/", "routes/", "keys/", "usage/", "members/", "settings/"]:
+        response = client.get(f"/o/{org.slug}/{path}")
+        assert response.status_code == 200, path
+
+
+def test_anonymous_visitors_are_sent_to_log_in(client, org):
+    response = client.get(f"/o/{org.slug}/keys/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_outsider_gets_404(client_for, org, outsider):
+    assert client_for(outsider).get(f"/o/{org.slug}/keys/").status_code == 404
+
+
+def test_key_create_with_htmx_returns_the_panel_with_the_secret_once(client_for, org, member):
+    client = client_for(member)
+    response = client.post(
+        f"/o/{org.slug}/keys/new/", {"name": "svc", "scopes": ["inference"]}, **HTMX
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="key-panel">')  # a partial, not the whole page
+    key = ApiKey.objects.get(name="svc")
+    secret = html.split('data-testid="new-key-secret">')[1].split("<")[0]
+    assert secret.startswith(key.prefix)
+    assert secret not in client.get(f"/o/{org.slug}/keys/").content.decode()
+
+
+def test_key_create_without_javascript_renders_the_full_page(client_for, org, owner):
+    response = client_for(owner).post(
+        f"/o/{org.slug}/keys/new/", {"name": "svc", "scopes": ["read"]}
+    )
+    assert response.status_code == 200
+    assert b"<html" in response.content and b"new-key-secret" in response.content
+
+
+def test_invalid_key_form_shows_errors_beside_fields_and_creates_nothing(client_for, org, owner):
+    response = client_for(owner).post(
+        f"/o/{org.slug}/keys/new/", {"name": "", "rpm_limit": "0"}, **HTMX
+    )
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "This field is required." in html and "greater than or equal to 1" in html
+    assert ApiKey.objects.count() == 0
+
+
+def test_revoke_with_htmx_returns_the_list(client_for, org, owner):
+    key = api_key_create(org=org, actor=owner, name="svc", scopes=["inference"]).key
+    response = client_for(owner).post(f"/o/{org.slug}/keys/{key.pk}/revoke/", **HTMX)
+    assert response.content.decode().lstrip().startswith('<div id="key-list">')
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+
+
+def test_viewer_sees_keys_but_no_create_form(client_for, org, viewer, owner):
+    api_key_create(org=org, actor=owner, name="svc", scopes=["inference"])
+    html = client_for(viewer).get(f"/o/{org.slug}/keys/").content.decode()
+    assert "svc" in html and "Create key" not in html and "Revoke" not in html
+
+
+def test_invite_and_change_role_and_remove_in_place(client_for, org, owner, member):
+    client = client_for(owner)
+    response = client.post(
+        f"/o/{org.slug}/members/invite/", {"email": "new@example.com", "role": "viewer"}, **HTMX
+    )
+    assert response.status_code == 200 and "new@example.com" in response.content.decode()
+    assert Invitation.objects.filter(email="new@example.com").exists()
+    target = Membership.objects.get(user=member)
+    client.post(f"/o/{org.slug}/members/{target.pk}/role/", {"role": "admin"}, **HTMX)
+    target.refresh_from_db()
+    assert target.role == Role.ADMIN
+    client.post(f"/o/{org.slug}/members/{target.pk}/remove/", **HTMX)
+    assert not Membership.objects.filter(pk=target.pk).exists()
+
+
+def test_last_owner_demotion_is_refused_with_a_message(client_for, org, owner):
+    mine = Membership.objects.get(user=owner)
+    response = client_for(owner).post(
+        f"/o/{org.slug}/members/{mine.pk}/role/", {"role": "viewer"}, **HTMX
+    )
+    assert response.status_code == 400 and "last owner" in response.content.decode()
+    mine.refresh_from_db()
+    assert mine.role == Role.OWNER
+
+
+def test_member_can_leave_but_last_owner_cannot(client_for, org, owner, member):
+    assert client_for(member).post(f"/o/{org.slug}/leave/").status_code == 302
+    assert not Membership.objects.filter(user=member, org=org).exists()
+    client_for(owner).post(f"/o/{org.slug}/leave/")
+    assert Membership.objects.filter(user=owner, org=org).exists()
+
+
+def test_invitation_accept_page(client_for, org, owner):
+    from console.services.members import invitation_create
+    from tests.factories import UserFactory
+
+    created = invitation_create(org=org, actor=owner, email="join@example.com", role=Role.VIEWER)
+    joiner = UserFactory(email="join@example.com")
+    client = client_for(joiner)
+    assert b"Join Acme" in client.get(f"/invitations/{created.token}/").content
+    response = client.post(f"/invitations/{created.token}/")
+    assert response.status_code == 302 and response["Location"] == f"/o/{org.slug}/"
+    assert client.post(f"/invitations/{created.token}/").status_code == 400
+
+
+def test_signup_rejects_duplicate_email(client, org, owner):
+    response = client.post(
+        "/signup/",
+        {"email": owner.email, "password1": "x-Long-pass-1234", "password2": "x-Long-pass-1234"},
+    )
+    assert response.status_code == 200 and b"already exists" in response.content
+
+
+def test_password_reset_sends_an_email(client, owner, mailoutbox):
+    client.post("/password-reset/", {"email": owner.email})
+    assert len(mailoutbox) == 1 and "/password-reset/" in mailoutbox[0].body

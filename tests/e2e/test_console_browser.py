@@ -1,0 +1,70 @@
+"""The console in real headless Chromium: sign up, create an org, invite, create and revoke a key."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from console.models import ApiKey, AuditEvent, Invitation, Organisation
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "a-long-and-unusual-passphrase-42"
+
+
+def test_signup_org_invite_key_create_and_revoke(page, transactional_db):
+    page.goto("/signup/")
+    page.fill("input[name=email]", "founder@example.com")
+    page.fill("input[name=password1]", PASSWORD)
+    page.fill("input[name=password2]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/orgs/new/")
+
+    page.fill("input[name=name]", "Browser Co")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/o/browser-co/")
+    assert page.locator("h1").inner_text() == "Browser Co"
+
+    # Invite a member: the panel updates in place (htmx), the URL does not change.
+    page.click("nav >> text=Members")
+    page.wait_for_url("**/o/browser-co/members/")
+    page.fill("input[name=email]", "teammate@example.com")
+    page.select_option("select[name=role]", "viewer")
+    page.click("text=Send invitation")
+    page.wait_for_selector("tr[data-invitation='teammate@example.com']")
+    assert page.url.endswith("/o/browser-co/members/")
+
+    # A bad address is refused beside the field, in place.
+    page.fill("input[name=email]", "someone@nowhere")  # passes the browser, not the server
+    page.click("text=Send invitation")
+    page.wait_for_selector(".has-error >> text=Enter a valid email address.")
+
+    # Create a key: shown once, listed.
+    page.click("nav >> text=API keys")
+    page.wait_for_url("**/o/browser-co/keys/")
+    page.fill("input[name=name]", "ci-key")
+    page.click("text=Create key")
+    secret = page.locator("[data-testid=new-key-secret]").inner_text().strip()
+    assert re.fullmatch(r"sk-[A-Za-z0-9_\-]{43}", secret)
+    row = page.locator("tr[data-key='ci-key']")
+    assert "active" in row.inner_text()
+
+    # Revoke it, confirming the dialog.
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("text=Revoke").click()
+    page.wait_for_selector("tr[data-key='ci-key'] >> text=revoked")
+    # The secret is gone from the page once the list is refreshed.
+    page.reload()
+    assert secret not in page.content()
+
+    # Narrow screens keep the navigation usable.
+    page.set_viewport_size({"width": 390, "height": 800})
+    assert page.locator("nav >> text=Members").is_visible()
+
+    org = Organisation.objects.get(slug="browser-co")
+    assert Invitation.objects.filter(org=org, email="teammate@example.com").count() == 1
+    key = ApiKey.objects.get(org=org, name="ci-key")
+    assert key.revoked_at is not None
+    actions = set(AuditEvent.objects.filter(org=org).values_list("action", flat=True))
+    assert {"org.created", "member.invited", "key.created", "key.revoked"} <= actions
