@@ -1,4 +1,4 @@
-"""The console in real headless Chromium: sign up, create an org, invite, create and revoke a key."""
+"""The console in real headless Chromium: sign up, create an org, invite, create, revoke a key."""
 
 from __future__ import annotations
 
