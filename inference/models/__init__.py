@@ -7,6 +7,7 @@ from inference.models.deployments import (
     ReplicaState,
     Runner,
 )
+from inference.models.routes import ExternalEndpoint, Route, RoutePolicy  # noqa: F401
 
 __all__ = [
     "LIVE_REPLICA_STATES",
