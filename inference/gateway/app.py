@@ -1,0 +1,624 @@
+"""The gateway ASGI application: /v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models and /metrics.
+
+A plain ASGI callable (no framework) because every microsecond here is added to every request.
+Per request: key -> snapshot lookup, body checks, route plan, one limiter step, the proxied
+exchange, one limiter settlement and one in-memory usage event. No ORM query, no Django
+middleware; the database is touched only by background threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from inference.gateway import bodies
+from inference.gateway.balancer import Balancer
+from inference.gateway.config import GatewayConfig
+from inference.gateway.errors import GatewayError
+from inference.gateway.exchange import Exchange, Outcome, Target, target_label
+from inference.gateway.ledger import UsageEvent, cost_micros
+from inference.gateway.limits import (
+    BUDGET_TTL_S,
+    RATE_TTL_S,
+    Admission,
+    Counter,
+    Limiter,
+    LocalLimiter,
+    RedisLimiter,
+    minute_window,
+)
+from inference.gateway.metering import Meter
+from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.snapshot import (
+    DeploymentEntry,
+    KeyEntry,
+    OrgEntry,
+    Snapshot,
+    SnapshotPoller,
+    empty_snapshot,
+)
+from inference.gateway.upstream import Pool
+from inference.routing.config import TargetRef
+from inference.routing.resolve import Plan, RouteResolutionError, route_plan
+
+logger = logging.getLogger("inference.gateway")
+access_logger = logging.getLogger("inference.gateway.access")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_KINDS = {
+    "/v1/chat/completions": bodies.CHAT,
+    "/v1/completions": bodies.COMPLETION,
+    "/v1/embeddings": bodies.EMBEDDING,
+}
+DEMAND_SIGNAL_EVERY_S = 5.0
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def _month(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y%m")
+
+
+class Gateway:
+    """Process-wide gateway state and the ASGI entry point."""
+
+    def __init__(
+        self,
+        config: GatewayConfig | None = None,
+        *,
+        limiter: Limiter | None = None,
+        meter: Meter | None = None,
+        poll: bool = True,
+    ) -> None:
+        self.config = config = config or GatewayConfig.from_env()
+        self.snapshot: Snapshot = empty_snapshot()
+        self.balancer = Balancer(mode=config.balance, eject_s=config.eject_s)
+        self.pool = Pool(
+            connect_timeout=config.connect_timeout_s, read_timeout=config.read_timeout_s
+        )
+        if limiter is None:
+            limiter = RedisLimiter(config.redis_url) if config.redis_url else LocalLimiter()
+        self.limiter = limiter
+        self.metrics = GatewayMetrics(self._inflight_gauge)
+        if meter is None and config.metering:
+            meter = Meter(
+                flush_s=config.meter_flush_s,
+                batch=config.meter_batch,
+                spill_dir=Path(getattr(settings, "RUN_DIR", ".")),
+                on_spill=lambda n: self.metrics.usage_dropped.inc((), n),
+            )
+        self.meter = meter
+        self.poll = poll
+        self.poller = SnapshotPoller(
+            self._install_threadsafe, poll_s=config.snapshot_poll_s, ttl_s=config.snapshot_ttl_s
+        )
+        self.inflight: dict[str, int] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._snapshot_waiters: list[asyncio.Future[None]] = []
+        self._demand_at: dict[uuid.UUID, float] = {}
+        self._keys_used: set[uuid.UUID] = set()
+        self.started = False
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.poll:
+            try:
+                await asyncio.to_thread(self.poller.refresh, force=True)
+            except Exception:
+                logger.exception("first snapshot failed; serving an empty one until it works")
+            self.poller.start()
+        if self.meter is not None:
+            self.meter.start()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        self.poller.stop()
+        if self.meter is not None:
+            await asyncio.to_thread(self.meter.close)
+        await asyncio.to_thread(self._touch_keys)
+        self.pool.close()
+        await self.limiter.close()
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot (event loop thread) and wake requests waiting for replicas."""
+        self.snapshot = snapshot
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _install_threadsafe(self, snapshot: Snapshot) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.install, snapshot)
+        else:
+            self.install(snapshot)
+        self._touch_keys()
+
+    def _touch_keys(self) -> None:
+        """Record keys' last use, at most once a minute each (from the poller thread)."""
+        if not self._keys_used:
+            return
+        from console.models import ApiKey
+
+        used, self._keys_used = self._keys_used, set()
+        now = datetime.now(UTC)
+        stale = now.timestamp() - 60
+        try:
+            ApiKey.objects.filter(id__in=used).exclude(
+                last_used_at__gte=datetime.fromtimestamp(stale, UTC)
+            ).update(last_used_at=now)
+        finally:
+            close_old_connections()
+
+    # ---- deployments and replicas --------------------------------------------------------
+
+    def current_deployment(self, target: DeploymentEntry) -> DeploymentEntry | None:
+        return self.snapshot.catalogue(target.org_id).deployments.get(target.name)
+
+    def inflight_add(self, target: Target, delta: int) -> None:
+        key = str(target.id)
+        value = self.inflight.get(key, 0) + delta
+        if value > 0:
+            self.inflight[key] = value
+        else:
+            self.inflight.pop(key, None)
+
+    def _inflight_gauge(self) -> dict[tuple[str, ...], int]:
+        return {(key,): value for key, value in self.inflight.items()}
+
+    def signal_demand(self, target: DeploymentEntry) -> None:
+        """Ask the orchestrator for a replica (at most every few seconds per deployment)."""
+        now = time.monotonic()
+        if now - self._demand_at.get(target.id, -1e9) < DEMAND_SIGNAL_EVERY_S:
+            return
+        self._demand_at[target.id] = now
+
+        def signal() -> None:
+            from inference.services.deployments import deployment_signal_demand
+
+            try:
+                deployment_signal_demand(deployment_id=target.id)
+            except Exception:
+                logger.exception("demand signal failed", extra={"deployment_id": str(target.id)})
+            finally:
+                close_old_connections()
+
+        assert self.loop is not None
+        self.loop.run_in_executor(None, signal)
+
+    async def wait_for_replicas(self, target: DeploymentEntry) -> DeploymentEntry | None:
+        """Wait (bounded by ``cold_start_wait_s``) until the snapshot shows a ready replica."""
+        deadline = time.monotonic() + self.config.cold_start_wait_s
+        while True:
+            current = self.current_deployment(target)
+            if current is None or current.paused:
+                return None
+            if current.replicas:
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            assert self.loop is not None
+            waiter = self.loop.create_future()
+            self._snapshot_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, timeout=left)
+            except TimeoutError:
+                return None
+
+    # ---- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle_http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as error:
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        kind = _KINDS.get(path)
+        request_id = "req-" + uuid.uuid4().hex
+        try:
+            if kind is not None:
+                if method != "POST":
+                    raise GatewayError(405, f"Use POST for {path}.", "method_not_allowed")
+                await self.handle_inference(kind, request_id, scope, receive, send)
+            elif path == "/v1/models":
+                await self.handle_models(scope, send, request_id)
+            elif path == "/metrics":
+                await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
+            else:
+                raise GatewayError(404, f"No such endpoint: {method} {path}.", "unknown_url")
+        except GatewayError as error:
+            await _respond_error(send, error, request_id)
+        except _ClientGone:
+            return
+
+    # ---- authentication -------------------------------------------------------------------
+
+    def authenticate(self, scope: Scope) -> tuple[KeyEntry, OrgEntry]:
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        if not header.startswith(b"Bearer ") or len(header) > 300:
+            raise GatewayError(
+                401, "Missing API key: send 'Authorization: Bearer sk-...'.", "missing_api_key"
+            )
+        digest = hashlib.sha256(header[7:].strip()).hexdigest()
+        snapshot = self.snapshot
+        key = snapshot.keys.get(digest)
+        if key is None:
+            raise GatewayError(401, "Invalid API key.", "invalid_api_key")
+        if key.revoked:
+            raise GatewayError(401, "This API key has been revoked.", "revoked_api_key")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise GatewayError(401, "This API key has expired.", "expired_api_key")
+        if "inference" not in key.scopes:
+            raise GatewayError(
+                403, "This key lacks the 'inference' scope needed for /v1.", "insufficient_scope"
+            )
+        org = snapshot.orgs.get(key.org_id)
+        if org is None:
+            raise GatewayError(401, "Invalid API key.", "invalid_api_key")
+        if org.suspended_reason is not None:
+            raise GatewayError(
+                402, f"This organisation is suspended: {org.suspended_reason}.", "org_suspended"
+            )
+        self._keys_used.add(key.id)
+        return key, org
+
+    async def handle_models(self, scope: Scope, send: Send, request_id: str) -> None:
+        key, org = self.authenticate(scope)
+        cat = self.snapshot.catalogue(org.id)
+        names = sorted(set(cat.routes) | set(cat.served))
+        if key.allowed_models:
+            names = [n for n in names if n in key.allowed_models]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": org.slug} for n in names]
+        body = json.dumps({"object": "list", "data": data}).encode()
+        await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
+
+    # ---- inference --------------------------------------------------------------------------
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.config.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise GatewayError(413, f"The body is larger than {limit} bytes.", "body_too_large")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"The body is larger than {limit} bytes.", "body_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def plan_for(self, org_id: int, parsed: bodies.ParsedRequest) -> tuple[str, Plan, list[Target]]:
+        """(route name or "", plan, resolved targets) for the model a request names."""
+        snapshot = self.snapshot
+        cat = snapshot.catalogue(org_id)
+        entry = cat.routes.get(parsed.model)
+        if entry is not None:
+            try:
+                plan = route_plan(entry.spec, cat.specs, parsed.features)
+            except RouteResolutionError as error:
+                raise GatewayError(
+                    503, f"The route cannot be resolved: {error}.", "bad_route"
+                ) from None
+            route = parsed.model
+        else:
+            deployment = cat.served.get(parsed.model)
+            if deployment is None:
+                raise GatewayError(
+                    404,
+                    f"The model '{parsed.model}' does not exist or you do not have access to it.",
+                    "model_not_found",
+                    param="model",
+                )
+            plan = Plan(targets=(TargetRef("deployment", deployment.name),))
+            route = ""
+        targets = [
+            t for ref in plan.targets if (t := snapshot.target_entry(org_id, ref)) is not None
+        ]
+        if not targets:
+            raise GatewayError(503, "None of this route's targets exists any more.", "no_capacity")
+        return route, plan, targets
+
+    def _reservation(
+        self, org: OrgEntry, parsed: bodies.ParsedRequest, targets: list[Target]
+    ) -> int:
+        """The most this request can cost at any target it may go to, in micro-dollars."""
+        worst = 0
+        for target in targets:
+            if parsed.kind == bodies.EMBEDDING:
+                completion = 0
+            elif parsed.max_tokens is not None:
+                completion = parsed.max_tokens
+            elif isinstance(target, DeploymentEntry) and target.max_model_len:
+                completion = target.max_model_len
+            else:
+                completion = self.config.default_max_tokens
+            price = self.snapshot.price(org.id, target)
+            worst = max(worst, cost_micros(price, parsed.prompt_tokens_bound, completion, 0))
+        return worst
+
+    def admission(
+        self, key: KeyEntry, org: OrgEntry, parsed: bodies.ParsedRequest, reserve: int
+    ) -> Admission:
+        now = time.time()
+        window, _ = minute_window(now)
+        adm = Admission()
+        tokens = parsed.prompt_tokens_estimate
+        cfg = self.config
+        for scope_name, ident, rpm, tpm in (
+            ("key", key.id, key.rpm_limit, key.tpm_limit),
+            ("org", org.id, cfg.org_rpm_limit or None, cfg.org_tpm_limit or None),
+        ):
+            if rpm:
+                label = f"this {scope_name}'s limit of {rpm} requests per minute"
+                adm.rates.append(
+                    Counter(f"gw:rpm:{scope_name}:{ident}:{window}", rpm, 1, RATE_TTL_S, label)
+                )
+            if tpm:
+                label = f"this {scope_name}'s limit of {tpm} tokens per minute"
+                counter_key = f"gw:tpm:{scope_name}:{ident}:{window}"
+                adm.rates.append(Counter(counter_key, tpm, tokens, RATE_TTL_S, label))
+                adm.token_keys.append(counter_key)
+        month = _month(now)
+        if org.budget_micros is not None:
+            adm.budgets.append(
+                Counter(
+                    f"gw:spend:org:{org.id}:{month}",
+                    org.budget_micros,
+                    reserve,
+                    BUDGET_TTL_S,
+                    "the organisation's monthly spend limit",
+                    seed=org.month_spend_micros,
+                )
+            )
+        if key.budget_micros is not None:
+            adm.budgets.append(
+                Counter(
+                    f"gw:spend:key:{key.id}:{month}",
+                    key.budget_micros,
+                    reserve,
+                    BUDGET_TTL_S,
+                    "this key's monthly budget",
+                    seed=self.snapshot.key_spend.get(key.id, 0),
+                )
+            )
+        return adm
+
+    async def handle_inference(
+        self, kind: str, request_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        key, org = self.authenticate(scope)
+        raw = await self._read_body(scope, receive)
+        tag = None
+        for name, value in scope["headers"]:
+            if name == b"x-route-tag":
+                tag = value.decode("latin-1")[:64]
+        parsed = bodies.request_parse(
+            kind, raw, tag=tag, affinity_chars=self.config.affinity_prefix_chars
+        )
+        if key.allowed_models and parsed.model not in key.allowed_models:
+            raise GatewayError(
+                403,
+                f"This key may not use the model '{parsed.model}'.",
+                "model_not_allowed",
+                param="model",
+            )
+        route, plan, targets = self.plan_for(org.id, parsed)
+        reserve = (
+            self._reservation(org, parsed, targets)
+            if (org.budget_micros is not None or key.budget_micros is not None)
+            else 0
+        )
+        adm = self.admission(key, org, parsed, reserve)
+        if not adm.empty:
+            refusal = await self.limiter.admit(adm)
+            if refusal is not None:
+                if refusal.is_budget:
+                    raise GatewayError(
+                        402,
+                        f"Request refused: {refusal.counter.label} is used up.",
+                        "budget_exhausted",
+                    )
+                raise GatewayError(
+                    429,
+                    f"Rate limit reached: {refusal.counter.label}. "
+                    f"Retry after {refusal.retry_after_s} s.",
+                    "rate_limit_exceeded",
+                    retry_after=refusal.retry_after_s,
+                )
+        exchange = Exchange(
+            self,
+            request_id=request_id,
+            route=route,
+            org_id=org.id,
+            parsed=parsed,
+            raw=raw,
+            send=send,
+        )
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange))
+        error: GatewayError | None = None
+        try:
+            outcome = await exchange.run(plan, targets)
+        except GatewayError as caught:
+            error, outcome = caught, exchange.outcome
+            outcome.status = caught.status
+        finally:
+            watcher.cancel()
+        if error is not None and not outcome.disconnected:
+            await _respond_error(send, error, request_id, route, outcome)
+        self.finish(key, org, parsed, route, plan, outcome, adm, reserve, request_id, started)
+
+    def finish(
+        self,
+        key: KeyEntry,
+        org: OrgEntry,
+        parsed: bodies.ParsedRequest,
+        route: str,
+        plan: Plan,
+        outcome: Outcome,
+        adm: Admission,
+        reserve: int,
+        request_id: str,
+        started: float,
+    ) -> None:
+        """Settle limits, meter, count and log one finished request (nothing here awaits)."""
+        elapsed = time.perf_counter() - started
+        target = outcome.target
+        cost = 0
+        if target is not None and outcome.usage_known and adm.budgets:
+            price = self.snapshot.price(org.id, target)
+            cost = cost_micros(
+                price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
+            )
+        if adm.token_keys or adm.budgets:
+            token_delta = (
+                outcome.prompt_tokens + outcome.completion_tokens - parsed.prompt_tokens_estimate
+            )
+            assert self.loop is not None
+            self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
+        status = str(outcome.status)
+        label = route or parsed.model
+        self.metrics.requests.inc((label, status))
+        self.metrics.latency.observe((label, status), elapsed)
+        if outcome.ttft_s is not None:
+            self.metrics.ttft.observe((label,), outcome.ttft_s)
+        if outcome.prompt_tokens or outcome.completion_tokens:
+            self.metrics.tokens.inc((label, "prompt"), outcome.prompt_tokens)
+            self.metrics.tokens.inc((label, "completion"), outcome.completion_tokens)
+        deployment = target if isinstance(target, DeploymentEntry) else None
+        if self.meter is not None and target is not None:
+            model = (
+                deployment.served_model_name
+                if deployment is not None
+                else getattr(target, "model", "")
+            )
+            self.meter.record(
+                UsageEvent(
+                    request_id=request_id,
+                    org_id=org.id,
+                    model=model,
+                    served_at=datetime.now(UTC),
+                    prompt_tokens=outcome.prompt_tokens,
+                    completion_tokens=outcome.completion_tokens,
+                    cached_tokens=outcome.cached_tokens,
+                    status_code=outcome.status,
+                    latency_ms=int(elapsed * 1000),
+                    ttft_ms=int(outcome.ttft_s * 1000) if outcome.ttft_s is not None else None,
+                    api_key_id=key.id,
+                    route=route or parsed.model,
+                    target=target_label(target),
+                    deployment_id=deployment.id if deployment is not None else None,
+                    replica_id=outcome.replica.id if outcome.replica is not None else None,
+                    router_score=plan.decision.score,
+                    router_choice=plan.decision.choice,
+                )
+            )
+        if self.config.access_log:
+            access_logger.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "org": org.slug,
+                    "key": key.prefix,
+                    "model": parsed.model,
+                    "target": target_label(target),
+                    "replica": outcome.replica.key if outcome.replica is not None else "",
+                    "status": outcome.status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "ttft_ms": round(outcome.ttft_s * 1000, 2)
+                    if outcome.ttft_s is not None
+                    else None,
+                    "prompt_tokens": outcome.prompt_tokens,
+                    "completion_tokens": outcome.completion_tokens,
+                    "attempts": outcome.attempts,
+                },
+            )
+
+
+async def _watch_disconnect(receive: Receive, exchange: Exchange) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            exchange.on_disconnect()
+            return
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_error(
+    send: Send,
+    error: GatewayError,
+    request_id: str,
+    route: str = "",
+    outcome: Outcome | None = None,
+) -> None:
+    extra = []
+    if request_id:
+        extra.append((b"x-request-id", request_id.encode()))
+    if route:
+        extra.append((b"x-route", route.encode()))
+    if outcome is not None and outcome.target is not None:
+        extra.append((b"x-target", target_label(outcome.target).encode()))
+    if error.retry_after is not None:
+        extra.append((b"retry-after", str(error.retry_after).encode()))
+    await _respond(send, error.status, error.body(), extra=extra)

@@ -1,0 +1,195 @@
+"""Parse and check OpenAI request bodies before anything reaches an upstream.
+
+Only the fields the gateway relies on, or that would confuse an engine when mistyped, are checked
+here; everything else passes through to the engine, which validates the rest and answers 400 in
+the same error format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from inference.gateway.errors import GatewayError
+from inference.routing.resolve import RequestFeatures
+
+CHAT = "chat"
+COMPLETION = "completion"
+EMBEDDING = "embedding"
+
+_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+_INTS = ("n", "seed", "top_k", "logprobs", "top_logprobs", "best_of")
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# Rough tokens-per-character for English text; routing rules and TPM use this estimate.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    kind: str
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    max_tokens: int | None
+    prompt_tokens_estimate: int
+    # An upper bound on prompt tokens for byte-level tokenizers (never more tokens than bytes),
+    # so that a budget reservation covers the real cost.
+    prompt_tokens_bound: int
+    affinity_text: str
+    features: RequestFeatures
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_body") -> GatewayError:
+    return GatewayError(400, message, code, param=param)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_token_list(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_int(t) for t in value)
+
+
+def _text_of_content(content: object, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _bad(f"{where}[{i}] must be an object with a 'type'.", where)
+            text = part.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+        return "".join(parts)
+    raise _bad(f"{where} must be a string or a list of content parts.", where)
+
+
+def _chat_text(body: dict[str, Any]) -> tuple[str, int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list.", "messages")
+    texts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}] must be an object.", "messages")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _bad(
+                f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}.", "messages"
+            )
+        texts.append(role)
+        texts.append(_text_of_content(message.get("content"), f"messages[{i}].content"))
+    # A few template tokens per message on top of the text.
+    return "\n".join(texts), 4 * len(messages)
+
+
+def _prompt_text(value: object, name: str) -> tuple[str, int]:
+    """Text (or token count) of a completions prompt or an embeddings input."""
+    if isinstance(value, str):
+        return value, 0
+    if _is_token_list(value):
+        return "", len(value)  # type: ignore[arg-type]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return "\n".join(value), 0
+        if all(_is_token_list(v) for v in value):
+            return "", sum(len(v) for v in value)
+    raise _bad(f"'{name}' must be a string, a list of strings, or a list of token ids.", name)
+
+
+def request_parse(
+    kind: str, raw: bytes, *, tag: str | None = None, affinity_chars: int = 256
+) -> ParsedRequest:
+    """Parse a body or raise GatewayError(400) saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _bad(f"The body is not valid JSON: {error}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _bad("The body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > 256:
+        raise _bad("'model' must be a non-empty string.", "model")
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be true or false.", "stream")
+    options = body.get("stream_options")
+    include_usage = continuous = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("'stream_options' must be an object.", "stream_options")
+        include_usage = options.get("include_usage") is True
+        continuous = options.get("continuous_usage_stats") is True
+    for name in _NUMBERS:
+        value = body.get(name)
+        if value is not None and not _is_number(value):
+            raise _bad(f"'{name}' must be a number.", name)
+    for name in _INTS:
+        value = body.get(name)
+        if value is not None and not _is_int(value):
+            raise _bad(f"'{name}' must be a whole number.", name)
+    max_tokens = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 0:
+            raise _bad(f"'{name}' must be a whole number of at least 0.", name)
+        max_tokens = value if max_tokens is None else min(max_tokens, value)
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("'tools' must be a list.", "tools")
+    response_format = body.get("response_format")
+    if response_format is not None and not isinstance(response_format, dict):
+        raise _bad("'response_format' must be an object.", "response_format")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise _bad("'stop' must be a string or a list of strings.", "stop")
+
+    if kind == CHAT:
+        text, extra_tokens = _chat_text(body)
+    elif kind == COMPLETION:
+        text, extra_tokens = _prompt_text(body.get("prompt"), "prompt")
+    else:
+        text, extra_tokens = _prompt_text(body.get("input"), "input")
+        if stream:
+            raise _bad("Embeddings cannot be streamed.", "stream")
+
+    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
+    bound = len(text.encode()) + extra_tokens + 16
+    n = body.get("n") or 1
+    features = RequestFeatures(
+        prompt_tokens=estimate,
+        max_tokens=max_tokens,
+        has_tools=bool(tools),
+        has_response_format=response_format is not None,
+        tag=tag,
+        prompt_text=text,
+    )
+    return ParsedRequest(
+        kind=kind,
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        continuous_usage=continuous,
+        max_tokens=None if max_tokens is None else max_tokens * max(1, n),
+        prompt_tokens_estimate=estimate,
+        prompt_tokens_bound=bound,
+        affinity_text=text[:affinity_chars],
+        features=features,
+    )

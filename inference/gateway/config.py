@@ -1,0 +1,59 @@
+"""Gateway settings, read from environment variables (README.md documents each one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from console.envvars import env_bool, env_int, env_str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    snapshot_poll_s: float = 0.5
+    snapshot_ttl_s: float = 30.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    # Longest silence allowed from an upstream: a non-streamed completion sends nothing until done.
+    read_timeout_s: float = 600.0
+    cold_start_wait_s: float = 120.0
+    eject_s: float = 10.0
+    meter_flush_s: float = 1.0
+    meter_batch: int = 500
+    metering: bool = True
+    org_rpm_limit: int = 0
+    org_tpm_limit: int = 0
+    # Completion tokens a budget reservation assumes when a request sets no max_tokens.
+    default_max_tokens: int = 4096
+    affinity_prefix_chars: int = 256
+    balance: str = "affinity"  # affinity | least | round_robin
+    access_log: bool = True
+    redis_url: str = ""
+
+    @classmethod
+    def from_env(cls) -> GatewayConfig:
+        balance = env_str("GATEWAY_BALANCE", "affinity")
+        if balance not in {"affinity", "least", "round_robin"}:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"GATEWAY_BALANCE must be affinity, least or round_robin, got {balance!r}"
+            )
+        return cls(
+            snapshot_poll_s=env_int("GATEWAY_SNAPSHOT_POLL_MS", 500) / 1000,
+            snapshot_ttl_s=float(env_int("GATEWAY_SNAPSHOT_TTL_S", 30)),
+            max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024),
+            connect_timeout_s=float(env_int("GATEWAY_CONNECT_TIMEOUT_S", 5)),
+            read_timeout_s=float(env_int("GATEWAY_READ_TIMEOUT_S", 600)),
+            cold_start_wait_s=float(env_int("GATEWAY_COLD_START_WAIT_S", 120)),
+            eject_s=float(env_int("GATEWAY_EJECT_S", 10)),
+            meter_flush_s=env_int("GATEWAY_METER_FLUSH_MS", 1000) / 1000,
+            meter_batch=env_int("GATEWAY_METER_BATCH", 500),
+            metering=env_bool("GATEWAY_METERING", True),
+            org_rpm_limit=env_int("GATEWAY_ORG_RPM_LIMIT", 0),
+            org_tpm_limit=env_int("GATEWAY_ORG_TPM_LIMIT", 0),
+            default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096),
+            affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256),
+            balance=balance,
+            access_log=env_bool("GATEWAY_ACCESS_LOG", True),
+            redis_url=env_str("REDIS_URL"),
+        )

@@ -1,0 +1,372 @@
+"""One proxied request: try the plan's targets, stream the answer back, and say what happened.
+
+Retries happen only before the first byte reaches the client: a connection failure is retried
+once on another replica of the same deployment (the failed one is ejected for a cool-down), and a
+fallback plan moves to its next target on connection errors, 5xx, timeouts, overload (429/503)
+and context-length errors. Any other upstream answer (a 400 about the request, say) goes back to
+the client as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from inference.gateway.bodies import CHAT, COMPLETION, ParsedRequest
+from inference.gateway.errors import GatewayError
+from inference.gateway.snapshot import DeploymentEntry, ExternalEntry, ReplicaEntry
+from inference.gateway.sse import StreamFilter
+from inference.gateway.upstream import UpstreamError, UpstreamResponse
+from inference.routing.resolve import Plan
+
+if TYPE_CHECKING:
+    from inference.gateway.app import Gateway
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Target = DeploymentEntry | ExternalEntry
+
+_PATHS = {CHAT: "/chat/completions", COMPLETION: "/completions"}
+_RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+_EJECTING_STATUS = {500, 502, 504}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the client got, and what the engine reported, for metering and headers."""
+
+    status: int = 0
+    target: Target | None = None
+    replica: ReplicaEntry | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usage_known: bool = False
+    ttft_s: float | None = None
+    attempts: int = 0
+    disconnected: bool = False
+    upstream: UpstreamResponse | None = field(default=None, repr=False)
+
+
+def target_label(target: Target | None) -> str:
+    if isinstance(target, DeploymentEntry):
+        return f"deployment:{target.name}"
+    if isinstance(target, ExternalEntry):
+        return f"external:{target.name}"
+    return ""
+
+
+def response_headers(
+    request_id: str, route: str, outcome: Outcome, content_type: bytes
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", content_type),
+        (b"x-request-id", request_id.encode()),
+        (b"x-route", route.encode()),
+        (b"x-target", target_label(outcome.target).encode()),
+    ]
+    if isinstance(outcome.target, DeploymentEntry):
+        headers.append((b"x-deployment-id", str(outcome.target.id).encode()))
+    if outcome.replica is not None:
+        headers.append((b"x-replica-id", outcome.replica.key.encode()))
+    return headers
+
+
+def _usage_from(usage: object, outcome: Outcome) -> None:
+    if not isinstance(usage, dict):
+        return
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens") or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return
+    outcome.prompt_tokens = prompt
+    outcome.completion_tokens = completion
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    outcome.cached_tokens = cached if isinstance(cached, int) and 0 <= cached <= prompt else 0
+    outcome.usage_known = True
+
+
+def _upstream_body(parsed: ParsedRequest, target: Target, raw: bytes) -> bytes:
+    body = parsed.body
+    model = target.served_model_name if isinstance(target, DeploymentEntry) else target.model
+    if model == parsed.model and not parsed.stream:
+        return raw  # nothing to change: forward the client's bytes as they are
+    body = dict(body)
+    body["model"] = model
+    if parsed.stream:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        if isinstance(target, DeploymentEntry):
+            options["continuous_usage_stats"] = True
+        body["stream_options"] = options
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        return str(message or body[:200].decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
+class Exchange:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        request_id: str,
+        route: str,
+        org_id: int,
+        parsed: ParsedRequest,
+        raw: bytes,
+        send: Send,
+    ) -> None:
+        self.gw = gateway
+        self.request_id = request_id
+        self.route = route
+        self.org_id = org_id
+        self.parsed = parsed
+        self.raw = raw
+        self.send = send
+        self.started = time.perf_counter()
+        self.outcome = Outcome()
+
+    def on_disconnect(self) -> None:
+        self.outcome.disconnected = True
+        if self.outcome.upstream is not None:
+            self.outcome.upstream.abort()
+
+    async def run(self, plan: Plan, targets: list[Target]) -> Outcome:
+        """Try targets in order until one answers; deliver its answer; return the outcome."""
+        outcome = self.outcome
+        last = GatewayError(503, "No target of this model can take the request.", "no_capacity")
+        cold = (
+            self.gw.snapshot.target_entry(self.org_id, plan.cold_start_fallback)
+            if plan.cold_start_fallback is not None
+            else None
+        )
+        queue = list(targets)
+        budget = plan.max_attempts
+        while queue and budget > 0 and not outcome.disconnected:
+            target: Target | None = queue.pop(0)
+            budget -= 1
+            if isinstance(target, DeploymentEntry):
+                deployment = self.gw.current_deployment(target)
+                if deployment is None or deployment.paused:
+                    last = GatewayError(503, "The deployment is paused or gone.", "no_capacity")
+                    continue
+                target = deployment
+                if not deployment.replicas:
+                    self.gw.signal_demand(deployment)
+                    if cold is not None and cold not in queue:
+                        queue.insert(0, cold)
+                        budget += 1
+                        cold = None
+                        last = GatewayError(
+                            503,
+                            "The model is starting; try again shortly.",
+                            "cold_start",
+                            retry_after=10,
+                        )
+                        continue
+                    target = await self.gw.wait_for_replicas(deployment)
+                    if target is None:
+                        last = GatewayError(
+                            503,
+                            "The model is starting and no replica became ready in time.",
+                            "cold_start",
+                            retry_after=10,
+                        )
+                        continue
+            assert target is not None
+            try:
+                response = await self._attempt(target)
+            except GatewayError as error:
+                last = error
+                continue
+            if response is not None:
+                await self._deliver(response, target)
+                return outcome
+        if outcome.disconnected:
+            outcome.status = 499
+            return outcome
+        raise last
+
+    async def _attempt(self, target: Target) -> UpstreamResponse | None:
+        """Open the upstream response for ``target`` (retrying once on another replica).
+
+        Returns the response to deliver, or raises GatewayError when this target failed in a way
+        that lets the plan move on. A non-retryable upstream answer is returned for delivery.
+        """
+        gw, outcome = self.gw, self.outcome
+        body = _upstream_body(self.parsed, target, self.raw)
+        path = _PATHS.get(self.parsed.kind, "/embeddings")
+        headers = [("Content-Type", "application/json"), ("X-Request-Id", self.request_id)]
+        tried: set[str] = set()
+        label = target_label(target)
+        while True:
+            replica = None
+            if isinstance(target, DeploymentEntry):
+                replica = gw.balancer.choose(
+                    target.replicas,
+                    affinity_text=self.parsed.affinity_text,
+                    exclude=frozenset(tried),
+                )
+                if replica is None:
+                    raise GatewayError(503, "No replica could take the request.", "no_capacity")
+                tried.add(replica.key)
+                url = replica.base_url + "/v1" + path
+                auth = headers
+            else:
+                url = target.base_url + path
+                auth = [*headers, ("Authorization", f"Bearer {target.api_key}")]
+            outcome.attempts += 1
+            outcome.target, outcome.replica = target, replica
+            if replica is not None:
+                gw.balancer.acquire(replica)
+                gw.inflight_add(target, 1)
+            try:
+                response = await gw.pool.request("POST", url, body, auth)
+            except UpstreamError as error:
+                self._release(target, replica)
+                gw.metrics.upstream_errors.inc((label, error.kind))
+                if error.kind == "timeout":
+                    raise GatewayError(
+                        504, f"The model did not answer: {error}.", "timeout"
+                    ) from None
+                if replica is not None:
+                    gw.balancer.eject(replica)
+                    more = isinstance(target, DeploymentEntry) and len(target.replicas) > 1
+                    if more and not outcome.disconnected and len(tried) < 2:
+                        continue
+                raise GatewayError(
+                    502, f"The model server could not be reached: {error}.", "upstream_unreachable"
+                ) from None
+            outcome.upstream = response
+            if outcome.disconnected:
+                response.abort()
+                self._release(target, replica)
+                return None
+            if response.status == 200:
+                if replica is not None:
+                    gw.balancer.restore(replica)
+                return response
+            retry = response.status in _RETRYABLE_STATUS
+            if not retry and response.status == 400:
+                body_bytes = await self._read_quietly(response)
+                retry = b"context length" in body_bytes
+                response.pending_body = body_bytes
+            if not retry:
+                return response
+            error_body = response.pending_body
+            if error_body is None:
+                error_body = await self._read_quietly(response)
+            self._release(target, replica)
+            outcome.upstream = None
+            gw.metrics.upstream_errors.inc((label, str(response.status)))
+            if replica is not None and response.status in _EJECTING_STATUS:
+                gw.balancer.eject(replica)
+            message = _error_message(error_body)
+            if response.status in (429, 503):
+                raise GatewayError(
+                    503, f"The model is overloaded: {message}", "overloaded", retry_after=1
+                )
+            if response.status == 400:
+                raise GatewayError(400, message, "context_length_exceeded")
+            raise GatewayError(502, f"The model server failed: {message}", "upstream_error")
+
+    async def _read_quietly(self, response: UpstreamResponse) -> bytes:
+        try:
+            return await response.read()
+        except UpstreamError:
+            return b""
+
+    def _release(self, target: Target, replica: ReplicaEntry | None) -> None:
+        if replica is not None:
+            self.gw.balancer.release(replica)
+            self.gw.inflight_add(target, -1)
+
+    async def _deliver(self, response: UpstreamResponse, target: Target) -> None:
+        outcome = self.outcome
+        outcome.status = response.status
+        try:
+            if self.parsed.stream and response.status == 200:
+                await self._deliver_stream(response)
+            else:
+                await self._deliver_whole(response)
+        finally:
+            self._release(target, outcome.replica)
+            outcome.upstream = None
+
+    async def _deliver_whole(self, response: UpstreamResponse) -> None:
+        outcome = self.outcome
+        body = response.pending_body
+        if body is None:
+            try:
+                body = await response.read()
+            except UpstreamError as error:
+                if outcome.disconnected:
+                    outcome.status = 499
+                    return
+                outcome.status = 504 if error.kind == "timeout" else 502
+                raise GatewayError(
+                    outcome.status,
+                    f"The model server failed mid-answer: {error}.",
+                    "upstream_error",
+                ) from None
+        if response.status == 200:
+            try:
+                _usage_from(json.loads(body).get("usage"), outcome)
+            except (ValueError, AttributeError):
+                pass
+        content_type = b"application/json"
+        for name, value in response.headers:
+            if name == b"content-type":
+                content_type = value
+        headers = response_headers(self.request_id, self.route, outcome, content_type)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send(
+            {"type": "http.response.start", "status": response.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def _deliver_stream(self, response: UpstreamResponse) -> None:
+        outcome = self.outcome
+        stream = StreamFilter(
+            keep_final_usage=self.parsed.include_usage,
+            keep_inline_usage=self.parsed.continuous_usage,
+        )
+        headers = response_headers(self.request_id, self.route, outcome, b"text/event-stream")
+        headers.append((b"cache-control", b"no-cache"))
+        send = self.send
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            async for chunk in response.chunks():
+                out = stream.feed(chunk)
+                if out:
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - self.started
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = stream.finish()
+        except UpstreamError:
+            # The client went away (we aborted the upstream) or the upstream broke mid-stream:
+            # either way the client already has a 200 and whatever was forwarded.
+            tail = b""
+            outcome.status = 499 if outcome.disconnected else 502
+        except asyncio.CancelledError:
+            response.abort()
+            raise
+        usage = stream.usage()
+        if usage is not None:
+            _usage_from(usage, outcome)
+        elif not outcome.usage_known:
+            # No engine count (an external endpoint cut short): one token per streamed event.
+            outcome.prompt_tokens = self.parsed.prompt_tokens_estimate
+            outcome.completion_tokens = max(0, stream.data_events - 2)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -1,0 +1,208 @@
+"""Rate limits (RPM, TPM per key and per org) and budget reservations, checked atomically.
+
+One admission is one atomic step: every counter is checked first and only then are all of them
+incremented, so a refused request consumes nothing. With Redis the step is a Lua script, so any
+number of gateway processes together admit the limit once; without Redis (the embedded default,
+one process) the same logic runs in memory.
+
+Rate windows are fixed minutes. TPM admits a request while the window's tokens plus its prompt
+estimate fit; the real count replaces the estimate at settlement. A budget counter holds the
+month's spend plus outstanding reservations: it is seeded from the ledger's month-to-date spend
+the first time it is used, a request reserves its maximum cost, and settlement replaces the
+reservation by the actual cost. The actual cost never exceeds the reservation unless the prompt
+bound was wrong, so concurrent requests cannot push spend past the cap by more than one
+reservation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+RATE_TTL_S = 61
+BUDGET_TTL_S = 40 * 86400
+
+
+@dataclass(slots=True)
+class Counter:
+    key: str
+    limit: int
+    amount: int
+    ttl_s: int
+    label: str  # what the client is told when this counter refuses
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class Admission:
+    """The counters one request touches. ``rates`` first (RPM, TPM), then ``budgets``."""
+
+    rates: list[Counter] = field(default_factory=list)
+    budgets: list[Counter] = field(default_factory=list)
+    # Which rate counters count tokens, to be corrected at settlement.
+    token_keys: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.rates and not self.budgets
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    counter: Counter
+    is_budget: bool
+    retry_after_s: int
+
+
+class Limiter(Protocol):
+    async def admit(self, admission: Admission) -> Refusal | None: ...
+
+    async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def minute_window(now: float) -> tuple[int, int]:
+    """(window number, seconds until it ends) for fixed one-minute windows."""
+    window = int(now // 60)
+    return window, max(1, math.ceil((window + 1) * 60 - now))
+
+
+class LocalLimiter:
+    """In-process counters with the same semantics as the Redis script (one process only)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+        self._sweep_at = 0.0
+
+    def _get(self, key: str, now: float) -> int | None:
+        item = self._values.get(key)
+        if item is None or item[1] <= now:
+            return None
+        return item[0]
+
+    def _sweep(self, now: float) -> None:
+        if now >= self._sweep_at:
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+            self._sweep_at = now + 60
+
+    async def admit(self, admission: Admission) -> Refusal | None:
+        now = time.time()
+        self._sweep(now)
+        for counter in admission.rates:
+            current = self._get(counter.key, now) or 0
+            if current + counter.amount > counter.limit:
+                expires = self._values[counter.key][1] if counter.key in self._values else now
+                return Refusal(counter, False, max(1, math.ceil(expires - now)))
+        for counter in admission.budgets:
+            found = self._get(counter.key, now)
+            if found is None:
+                found = counter.seed
+                self._values[counter.key] = (found, now + counter.ttl_s)
+            current = found
+            if current >= counter.limit or current + counter.amount > counter.limit:
+                return Refusal(counter, True, 0)
+        for counter in admission.rates + admission.budgets:
+            value, expires = self._values.get(counter.key, (0, now + counter.ttl_s))
+            if expires <= now:
+                value, expires = 0, now + counter.ttl_s
+            self._values[counter.key] = (value + counter.amount, expires)
+        return None
+
+    async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
+        now = time.time()
+        changes = [(key, token_delta) for key in admission.token_keys]
+        changes += [(counter.key, cost_delta) for counter in admission.budgets]
+        for key, delta in changes:
+            if not delta:
+                continue
+            item = self._values.get(key)
+            if item is not None and item[1] > now:
+                self._values[key] = (item[0] + delta, item[1])
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: rate counters, then budget counters. ARGV: number of rate counters, then for each
+# counter (limit, amount, ttl, seed). Returns 0 when admitted, else the 1-based index of the
+# refusing counter and its remaining time to live in seconds.
+_ADMIT = """
+local nrate = tonumber(ARGV[1])
+local values = {}
+for i = 1, #KEYS do
+  local base = 2 + (i - 1) * 4
+  local limit = tonumber(ARGV[base])
+  local amount = tonumber(ARGV[base + 1])
+  local current = redis.call('GET', KEYS[i])
+  if i > nrate then
+    if not current then
+      current = tonumber(ARGV[base + 3])
+      redis.call('SET', KEYS[i], current, 'EX', tonumber(ARGV[base + 2]))
+    end
+    current = tonumber(current)
+    if current >= limit or current + amount > limit then
+      return {i, 0}
+    end
+  else
+    current = tonumber(current or '0')
+    if current + amount > limit then
+      return {i, redis.call('TTL', KEYS[i])}
+    end
+  end
+end
+for i = 1, #KEYS do
+  local base = 2 + (i - 1) * 4
+  local amount = tonumber(ARGV[base + 1])
+  local after = redis.call('INCRBY', KEYS[i], amount)
+  if i <= nrate and after == amount then
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[base + 2]))
+  end
+end
+return {0, 0}
+"""
+
+# KEYS: counters to correct; ARGV: the delta for each. Expired counters stay expired.
+_SETTLE = """
+for i = 1, #KEYS do
+  local delta = tonumber(ARGV[i])
+  if delta ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBY', KEYS[i], delta)
+  end
+end
+return 0
+"""
+
+
+class RedisLimiter:
+    """Counters in Redis, shared by every gateway process; each step is one script call."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self._redis: Any = redis.Redis.from_url(url)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._settle = self._redis.register_script(_SETTLE)
+
+    async def admit(self, admission: Admission) -> Refusal | None:
+        counters = admission.rates + admission.budgets
+        args: list[int] = [len(admission.rates)]
+        for counter in counters:
+            args += [counter.limit, counter.amount, counter.ttl_s, counter.seed]
+        index, ttl = await self._admit(keys=[c.key for c in counters], args=args)
+        if not index:
+            return None
+        counter = counters[int(index) - 1]
+        is_budget = int(index) > len(admission.rates)
+        return Refusal(counter, is_budget, 0 if is_budget else max(1, int(ttl)))
+
+    async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
+        keys = list(admission.token_keys) + [c.key for c in admission.budgets]
+        deltas = [token_delta] * len(admission.token_keys) + [cost_delta] * len(admission.budgets)
+        if any(deltas):
+            await self._settle(keys=keys, args=deltas)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

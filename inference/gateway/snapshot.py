@@ -1,0 +1,322 @@
+"""The gateway's in-memory picture of the control plane: keys, orgs, routes, replicas, prices.
+
+Built from the database in a background thread and swapped in whole, so that a request reads one
+consistent, immutable snapshot with no query. A poller rebuilds it when the control-plane version
+moves (keys revoked, routes edited, replicas ready) and at least every ``snapshot_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from inference.gateway import ledger
+from inference.routing.config import RouteConfigError, RouteSpec, TargetRef, route_spec_parse
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    id: uuid.UUID
+    org_id: int
+    prefix: str
+    scopes: frozenset[str]
+    allowed_models: frozenset[str]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    budget_micros: int | None
+    expires_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrgEntry:
+    id: int
+    slug: str
+    suspended_reason: str | None
+    budget_micros: int | None
+    budget_message: str
+    month_spend_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEntry:
+    id: uuid.UUID
+    base_url: str
+    key: str  # str(id), hashed for prefix affinity and used as a dict key
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentEntry:
+    id: uuid.UUID
+    org_id: int
+    name: str
+    served_model_name: str
+    runner: str
+    paused: bool
+    max_model_len: int | None
+    replicas: tuple[ReplicaEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalEntry:
+    id: uuid.UUID
+    org_id: int
+    name: str
+    base_url: str
+    model: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    id: uuid.UUID
+    spec: RouteSpec
+
+
+@dataclass(slots=True)
+class OrgCatalogue:
+    """What one org's keys can ask for by name."""
+
+    routes: dict[str, RouteEntry] = field(default_factory=dict)
+    deployments: dict[str, DeploymentEntry] = field(default_factory=dict)  # by deployment name
+    served: dict[str, DeploymentEntry] = field(default_factory=dict)  # by served model name
+    externals: dict[str, ExternalEntry] = field(default_factory=dict)
+    specs: dict[str, RouteSpec] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    version: int
+    built_at: float
+    keys: dict[str, KeyEntry]
+    orgs: dict[int, OrgEntry]
+    catalogues: dict[int, OrgCatalogue]
+    prices: ledger.PriceLookup | None
+    month: str
+    key_spend: dict[uuid.UUID, int] = field(default_factory=dict)
+
+    def catalogue(self, org_id: int) -> OrgCatalogue:
+        return self.catalogues.get(org_id) or OrgCatalogue()
+
+    def target_entry(self, org_id: int, ref: TargetRef) -> DeploymentEntry | ExternalEntry | None:
+        cat = self.catalogue(org_id)
+        if ref.kind == "deployment":
+            return cat.deployments.get(ref.name)
+        if ref.kind == "external":
+            return cat.externals.get(ref.name)
+        return None
+
+    def price(self, org_id: int, target: DeploymentEntry | ExternalEntry) -> ledger.PriceRates:
+        if self.prices is None:
+            return ledger.FREE
+        if isinstance(target, DeploymentEntry):
+            return self.prices.get(org_id, target.served_model_name, deployment_id=target.id)
+        return self.prices.get(org_id, target.model)
+
+
+def empty_snapshot() -> Snapshot:
+    return Snapshot(0, 0.0, {}, {}, {}, None, "")
+
+
+def _max_model_len(engine_args: object) -> int | None:
+    if isinstance(engine_args, dict):
+        value = engine_args.get("max_model_len")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def snapshot_build(version: int) -> Snapshot:
+    """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones)."""
+    from console.models import ApiKey, Organisation
+    from inference.models import Deployment, ExternalEndpoint, Replica, Route
+    from inference.routing.secrets import secret_decrypt
+
+    now = timezone.now()
+    spend = ledger.spend_load(now)
+    orgs = {
+        row["id"]: OrgEntry(
+            id=row["id"],
+            slug=row["slug"],
+            suspended_reason=(row["suspended_reason"] or "no reason given")
+            if row["suspended_at"] is not None
+            else None,
+            budget_micros=spend.org_caps.get(row["id"]),
+            budget_message=spend.org_cap_messages.get(row["id"], ""),
+            month_spend_micros=spend.org_spend.get(row["id"], 0),
+        )
+        for row in Organisation.objects.values("id", "slug", "suspended_at", "suspended_reason")
+    }
+    keys: dict[str, KeyEntry] = {}
+    for row in ApiKey.objects.values(
+        "id",
+        "org_id",
+        "prefix",
+        "digest",
+        "scopes",
+        "allowed_models",
+        "rpm_limit",
+        "tpm_limit",
+        "monthly_budget_micros",
+        "expires_at",
+        "revoked_at",
+    ):
+        expires: datetime | None = row["expires_at"]
+        keys[row["digest"]] = KeyEntry(
+            id=row["id"],
+            org_id=row["org_id"],
+            prefix=row["prefix"],
+            scopes=frozenset(row["scopes"] or ()),
+            allowed_models=frozenset(row["allowed_models"] or ()),
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
+            budget_micros=row["monthly_budget_micros"],
+            expires_at=expires.timestamp() if expires is not None else None,
+            revoked=row["revoked_at"] is not None,
+        )
+
+    replicas: dict[uuid.UUID, list[ReplicaEntry]] = {}
+    for rep in (
+        Replica.objects.filter(state="ready", deployment__deleted_at=None)
+        .exclude(port=None)
+        .values("id", "deployment_id", "host", "port")
+        .order_by("created_at")
+    ):
+        host = rep["host"] or "127.0.0.1"
+        replicas.setdefault(rep["deployment_id"], []).append(
+            ReplicaEntry(id=rep["id"], base_url=f"http://{host}:{rep['port']}", key=str(rep["id"]))
+        )
+    catalogues: dict[int, OrgCatalogue] = {}
+    for dep in Deployment.objects.filter(deleted_at=None).values(
+        "id", "org_id", "name", "served_model_name", "runner", "paused", "engine_args"
+    ):
+        entry = DeploymentEntry(
+            id=dep["id"],
+            org_id=dep["org_id"],
+            name=dep["name"],
+            served_model_name=dep["served_model_name"],
+            runner=dep["runner"],
+            paused=dep["paused"],
+            max_model_len=_max_model_len(dep["engine_args"]),
+            replicas=tuple(replicas.get(dep["id"], ())),
+        )
+        cat = catalogues.setdefault(dep["org_id"], OrgCatalogue())
+        cat.deployments[entry.name] = entry
+        cat.served[entry.served_model_name] = entry
+    for endpoint in ExternalEndpoint.objects.all():
+        try:
+            api_key = secret_decrypt(endpoint.api_key_encrypted)
+        except ValueError:
+            logger.error(
+                "external endpoint key cannot be decrypted",
+                extra={"endpoint_id": str(endpoint.id)},
+            )
+            continue
+        catalogues.setdefault(endpoint.org_id, OrgCatalogue()).externals[endpoint.name] = (
+            ExternalEntry(
+                id=endpoint.id,
+                org_id=endpoint.org_id,
+                name=endpoint.name,
+                base_url=endpoint.base_url.rstrip("/"),
+                model=endpoint.model,
+                api_key=api_key,
+            )
+        )
+    for route in Route.objects.values(
+        "id", "org_id", "name", "policy", "config", "cold_start_fallback"
+    ):
+        try:
+            spec = route_spec_parse(
+                name=route["name"],
+                policy=route["policy"],
+                config=route["config"],
+                cold_start_fallback=route["cold_start_fallback"],
+            )
+        except RouteConfigError as error:
+            # Saved routes were validated; this only happens if validation rules tightened.
+            logger.error(
+                "route skipped: invalid configuration",
+                extra={"route_id": str(route["id"]), "error": "; ".join(error.messages)},
+            )
+            continue
+        cat = catalogues.setdefault(route["org_id"], OrgCatalogue())
+        cat.routes[spec.name] = RouteEntry(id=route["id"], spec=spec)
+        cat.specs[spec.name] = spec
+    return Snapshot(
+        version=version,
+        built_at=time.monotonic(),
+        keys=keys,
+        orgs=orgs,
+        catalogues=catalogues,
+        prices=ledger.prices_load(),
+        month=now.strftime("%Y%m"),
+        key_spend=spend.key_spend,
+    )
+
+
+class SnapshotPoller:
+    """A daemon thread: poll the control-plane version, rebuild on change or TTL, hand it over.
+
+    ``install`` is called with each new snapshot from the poller thread; the gateway makes it a
+    thread-safe handover to its event loop.
+    """
+
+    def __init__(
+        self,
+        install: Callable[[Snapshot], None],
+        *,
+        poll_s: float,
+        ttl_s: float,
+        build: Callable[[int], Snapshot] = snapshot_build,
+    ) -> None:
+        self._install = install
+        self._poll_s = poll_s
+        self._ttl_s = ttl_s
+        self._build = build
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.version = -1
+        self.built_at = 0.0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Rebuild if the version moved, the TTL passed, or ``force``. Returns whether it did."""
+        from console.snapshot import snapshot_version
+
+        try:
+            version = snapshot_version()
+            stale = time.monotonic() - self.built_at >= self._ttl_s
+            if not (force or stale or version != self.version):
+                return False
+            snapshot = self._build(version)
+            self.version, self.built_at = version, snapshot.built_at
+            self._install(snapshot)
+            return True
+        finally:
+            close_old_connections()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                self.refresh()
+            except Exception:
+                # The old snapshot keeps serving; the next poll tries again.
+                logger.exception("snapshot refresh failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gateway-snapshot", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

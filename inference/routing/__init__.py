@@ -1,0 +1,1 @@
+"""Route configuration and resolution: pure functions, used by the gateway and the console."""

@@ -1,0 +1,118 @@
+"""The official openai client against the gateway in front of a fake engine: answers, streams,
+headers and metering."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from billing.models import UsageRecord
+from tests.gateway.conftest import make_deployment
+
+
+@pytest.fixture
+def served(gw, engine, org, inference_key):  # type: ignore[no-untyped-def]
+    fake, server = engine
+    deployment = make_deployment(org, "tiny", [server.port], served="tiny-chat")
+    gw.refresh()
+    return fake, deployment
+
+
+def test_chat_completion_passes_through_with_headers_and_is_metered(gw, served, inference_key):
+    fake, deployment = served
+    client = gw.client(inference_key)
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "say hello to me"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "hello from the fake engine"
+    assert completion.usage.prompt_tokens == 4
+    request_id = raw.headers["x-request-id"]
+    assert request_id.startswith("req-")
+    assert raw.headers["x-target"] == "deployment:tiny"
+    assert raw.headers["x-deployment-id"] == str(deployment.id)
+    replica = deployment.replicas.get()
+    assert raw.headers["x-replica-id"] == str(replica.id)
+    # The engine got the body as the client sent it.
+    assert fake.requests[-1]["messages"][0]["content"] == "say hello to me"
+
+    gw.flush()
+    record = UsageRecord.objects.get(request_id=request_id)
+    assert (record.prompt_tokens, record.completion_tokens) == (4, 5)
+    assert record.deployment_id == deployment.id
+    assert record.replica_id == replica.id
+    assert record.model == "tiny-chat"
+    assert record.status_code == 200
+
+
+def test_stream_is_forwarded_and_usage_chunk_dropped_unless_asked(gw, served, inference_key):
+    fake, _ = served
+    client = gw.client(inference_key)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "a b c"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).startswith("tok0 tok1")
+    # The gateway asked the engine for usage on every chunk and at the end...
+    options = fake.requests[-1]["stream_options"]
+    assert options == {"include_usage": True, "continuous_usage_stats": True}
+    # ...and the client, who asked for neither, sees no usage at all.
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+    gw.flush()
+    record = UsageRecord.objects.get()
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 8)
+    assert record.ttft_ms is not None
+
+
+def test_stream_with_include_usage_keeps_the_final_usage_chunk(gw, served, inference_key):
+    client = gw.client(inference_key)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-chat",
+            messages=[{"role": "user", "content": "a b"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 8
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_completions_and_embeddings(gw, served, org, engine, inference_key):
+    fake, server = engine
+    make_deployment(org, "embedder", [server.port], runner="pooling")
+    gw.refresh()
+    client = gw.client(inference_key)
+    text = client.completions.create(model="tiny-chat", prompt="once upon", max_tokens=2)
+    assert text.choices[0].text == "hello from"
+    vectors = client.embeddings.create(model="embedder", input=["one", "two words"])
+    assert len(vectors.data) == 2
+    assert vectors.usage.prompt_tokens == 3
+    gw.flush()
+    assert UsageRecord.objects.count() == 2
+
+
+def test_models_lists_what_the_key_may_use(gw, served, org, owner):
+    from console.services.keys import api_key_create
+
+    limited = api_key_create(
+        org=org, actor=owner, name="l", scopes=["inference"], allowed_models=["nothing"]
+    ).secret
+    any_model = api_key_create(org=org, actor=owner, name="a", scopes=["inference"]).secret
+    gw.refresh()
+    assert [m.id for m in gw.client(any_model).models.list()] == ["tiny-chat"]
+    assert list(gw.client(limited).models.list()) == []
+
+
+def test_metrics_count_requests_by_route_and_status(gw, served, inference_key):
+    gw.client(inference_key).chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "x"}]
+    )
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'gateway_requests_total{route="tiny-chat",status="200"} 1' in text
+    assert "gateway_request_duration_seconds_bucket" in text
+    assert 'gateway_tokens_total{route="tiny-chat",kind="completion"} 5' in text
