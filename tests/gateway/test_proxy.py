@@ -83,7 +83,7 @@ def test_stream_with_include_usage_keeps_the_final_usage_chunk(gw, served, infer
 
 
 def test_completions_and_embeddings(gw, served, org, engine, inference_key):
-    fake, server = engine
+    _, server = engine
     make_deployment(org, "embedder", [server.port], runner="pooling")
     gw.refresh()
     client = gw.client(inference_key)
