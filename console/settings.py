@@ -215,6 +215,35 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 
+# Billing. Without STRIPE_API_KEY the platform runs in local-ledger mode: no Stripe calls.
+STRIPE_API_KEY = env_str("STRIPE_API_KEY")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # empty: Stripe's own; set for a local fake
+STRIPE_MAX_RETRIES = env_int("STRIPE_MAX_RETRIES", 4)
+BILLING_GRACE_PERIOD_HOURS = env_int("BILLING_GRACE_PERIOD_HOURS", 72)
+BILLING_ROLLUP_MARGIN_SECONDS = env_int("BILLING_ROLLUP_MARGIN_SECONDS", 600)
+BILLING_METER_REPORT_DELAY_MINUTES = env_int("BILLING_METER_REPORT_DELAY_MINUTES", 5)
+BILLING_METER_BATCH_SIZE = env_int("BILLING_METER_BATCH_SIZE", 200)
+BILLING_METER_EVENTS_PER_SECOND = env_int("BILLING_METER_EVENTS_PER_SECOND", 20)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing-usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 300.0},
+        "billing-usage-rollup-nightly": {
+            "task": "billing.tasks.usage_rollup_recent_days_task",
+            "schedule": 86400.0,
+        },
+        "billing-budget-alerts": {"task": "billing.tasks.budget_alerts_task", "schedule": 600.0},
+        "billing-meter-events": {"task": "billing.tasks.meter_events_task", "schedule": 900.0},
+        "billing-reconcile": {"task": "billing.tasks.meter_reconcile_task", "schedule": 3600.0},
+        "billing-grace": {"task": "billing.tasks.grace_enforce_task", "schedule": 900.0},
+        "billing-webhook-retry": {
+            "task": "billing.tasks.stripe_events_retry_task",
+            "schedule": 600.0,
+        },
+    }
+)
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

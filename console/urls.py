@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from billing import urls as billing_urls
 from console.views import accounts, keys, members, org
 
 o = "o/<slug:org_slug>/"
@@ -10,6 +11,8 @@ urlpatterns = [
     path("", accounts.home, name="home"),
     path("admin/", admin.site.urls),
     path("api/", include("console.api.urls")),
+    path("api/", include("billing.api.urls")),
+    path("billing/", include("billing.urls")),
     # Accounts
     path("signup/", accounts.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -38,8 +41,7 @@ urlpatterns = [
     path(o + "audit/", org.audit_log, name="audit_log"),
     path(o + "deployments/", org.deployments, name="deployment_list"),
     path(o + "routes/", org.routes, name="route_list"),
-    path(o + "usage/", org.usage, name="usage"),
-    path(o + "billing/", org.billing, name="billing"),
+    path(o, include(billing_urls.org_urlpatterns)),
     path(o + "keys/", keys.key_list, name="key_list"),
     path(o + "keys/new/", keys.key_create, name="key_create"),
     path(o + "keys/<uuid:key_id>/revoke/", keys.key_revoke, name="key_revoke"),

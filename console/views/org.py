@@ -66,5 +66,3 @@ def _placeholder(template: str, action: Action):
 
 deployments = _placeholder("console/deployments.html", Action.DEPLOYMENTS_VIEW)
 routes = _placeholder("console/routes.html", Action.ROUTES_VIEW)
-usage = _placeholder("console/usage.html", Action.USAGE_VIEW)
-billing = _placeholder("console/billing.html", Action.BILLING_VIEW)

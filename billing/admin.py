@@ -1,0 +1,217 @@
+"""Staff pages: prices and plans (editable), and the ledger and Stripe state (read-only).
+
+Prices already in force are read-only: a change is a new version with a later start, so that
+past usage keeps the price it was rated at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from billing.models import (
+    BillingAccount,
+    Budget,
+    BudgetAlert,
+    Invoice,
+    MeterEvent,
+    Plan,
+    Price,
+    ReconciliationResult,
+    StripeEvent,
+    StripeMeter,
+    UsageRecord,
+    UsageRollup,
+)
+from billing.models.payments import MeterEventStatus
+from billing.services.webhooks import stripe_event_process
+from console.snapshot import snapshot_bump
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin[Price]):
+    list_display = [
+        "__str__",
+        "unit",
+        "input_micros_per_million",
+        "output_micros_per_million",
+        "cached_input_micros_per_million",
+        "micros_per_unit_hour",
+        "effective_from",
+    ]
+    list_filter = ["unit", ("org", admin.EmptyFieldListFilter)]
+    search_fields = ["model", "org__slug", "deployment_id", "note"]
+    autocomplete_fields = ["org"]
+    date_hierarchy = "effective_from"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Price | None = None) -> list[str]:
+        if obj is not None and obj.effective_from <= timezone.now():
+            return [f.name for f in Price._meta.fields]
+        return []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return obj is None or obj.effective_from > timezone.now()
+
+    def save_model(self, request: HttpRequest, obj: Price, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        snapshot_bump()
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin[Plan]):
+    list_display = ["name", "code", "kind", "monthly_credit_micros", "is_default"]
+
+    def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        snapshot_bump()
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin[BillingAccount]):
+    list_display = [
+        "org",
+        "plan",
+        "subscription_status",
+        "payment_method_label",
+        "grace_until",
+        "suspended_for_payment",
+    ]
+    list_filter = ["plan", "subscription_status", "suspended_for_payment"]
+    search_fields = ["org__name", "org__slug", "stripe_customer_id"]
+    readonly_fields = [
+        "stripe_customer_id",
+        "stripe_subscription_id",
+        "subscription_status",
+        "subscription_event_at",
+        "subscription_generation",
+        "payment_method_id",
+        "payment_method_label",
+        "payment_failed_at",
+        "grace_until",
+        "suspended_for_payment",
+        "billable_from",
+        "billable_until",
+    ]
+
+    def save_model(
+        self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        snapshot_bump()
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin[Budget]):
+    list_display = ["org", "amount_micros", "hard_limit", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        snapshot_bump()
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    list_display = ["org", "subject", "period", "threshold", "spend_micros", "sent_at"]
+    list_filter = ["threshold", "period"]
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "request_id",
+        "org",
+        "model",
+        "route",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_micros",
+        "status_code",
+        "served_at",
+    ]
+    list_filter = ["status_code"]
+    search_fields = ["request_id", "org__slug", "model", "route"]
+    date_hierarchy = "served_at"
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = ["hour", "org", "source", "model", "route", "requests", "cost_micros"]
+    list_filter = ["source"]
+    search_fields = ["org__slug", "model", "route"]
+    date_hierarchy = "hour"
+
+
+@admin.register(StripeMeter)
+class StripeMeterAdmin(ReadOnlyAdmin):
+    list_display = ["key", "event_name", "stripe_meter_id", "stripe_price_id"]
+
+
+@admin.register(MeterEvent)
+class MeterEventAdmin(ReadOnlyAdmin):
+    list_display = ["identifier", "org", "meter_key", "hour", "value", "status", "attempts"]
+    list_filter = ["status", "meter_key"]
+    search_fields = ["identifier", "org__slug"]
+    actions = ["retry"]
+
+    @admin.action(description="Send the selected failed events again")
+    def retry(self, request: HttpRequest, queryset: QuerySet[MeterEvent]) -> None:
+        count = queryset.filter(status=MeterEventStatus.FAILED).update(
+            status=MeterEventStatus.PENDING, next_attempt_at=timezone.now(), claimed_at=None
+        )
+        self.message_user(request, f"{count} event(s) will be sent on the next run.")
+
+
+@admin.register(ReconciliationResult)
+class ReconciliationResultAdmin(ReadOnlyAdmin):
+    list_display = [
+        "day",
+        "org",
+        "meter_key",
+        "ledger_micros",
+        "reported_micros",
+        "sent_micros",
+        "stripe_value",
+        "matches",
+        "detail",
+    ]
+    list_filter = ["matches", "meter_key"]
+    date_hierarchy = "day"
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "type", "stripe_created", "processed_at", "attempts", "error"]
+    list_filter = ["type", ("processed_at", admin.EmptyFieldListFilter)]
+    search_fields = ["event_id"]
+    actions = ["reprocess"]
+
+    @admin.action(description="Handle the selected unprocessed events again")
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
+        done = sum(
+            1
+            for pk in queryset.filter(processed_at=None).values_list("pk", flat=True)
+            if stripe_event_process(event_pk=pk)
+        )
+        self.message_user(request, f"{done} event(s) handled.", messages.INFO)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ["number", "org", "status", "amount_due_cents", "period_start", "paid_at"]
+    list_filter = ["status"]
+    search_fields = ["number", "stripe_invoice_id", "org__slug"]

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from billing.api.renderers import UsageCSVRenderer
+from billing.api.serializers import (
+    BudgetSerializer,
+    SpendSerializer,
+    UsageQuerySerializer,
+    UsageResponseSerializer,
+)
+from billing.exports import usage_row_dict
+from billing.models import Budget
+from billing.selectors import (
+    UsageFilters,
+    account_peek,
+    forecast_micros,
+    key_month_to_date_spend,
+    month_start,
+    month_to_date_spend,
+    spend_limit_details,
+    usage_series,
+    usage_totals,
+)
+from billing.services.accounts import budget_set
+from console.api.access import OrgAPIView
+from console.permissions import Action
+
+
+class UsageView(OrgAPIView):
+    actions = {"GET": Action.USAGE_VIEW}
+    renderer_classes = [JSONRenderer, UsageCSVRenderer]
+
+    @extend_schema(
+        parameters=[
+            UsageQuerySerializer,
+            OpenApiParameter(
+                "format", OpenApiTypes.STR, enum=["json", "csv"], description="json (default)"
+            ),
+        ],
+        responses={200: UsageResponseSerializer},
+        summary="Usage and cost over a date range, grouped by day, model, route and/or key",
+    )
+    def get(self, request: Request, org_slug: str) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        dims = data["group_by"]
+        filters = UsageFilters(
+            start=data["start"],
+            end=data["end"],
+            key_id=data.get("key"),
+            route=data.get("route", ""),
+            model=data.get("model", ""),
+        )
+        rows = usage_series(org=self.access.org, filters=filters, group_by=dims)
+        ordered = [d for d in ("day", "model", "route", "key") if d in dims]
+        if request.accepted_renderer.format == "csv":
+            return Response({"_rows": rows, "group_by": ordered})
+        return Response(
+            {
+                "start": filters.start,
+                "end": filters.end,
+                "group_by": ordered,
+                "rows": [usage_row_dict(row, ordered) for row in rows],
+                "totals": usage_row_dict(usage_totals(rows), []),
+            }
+        )
+
+
+class SpendView(OrgAPIView):
+    actions = {"GET": Action.USAGE_VIEW}
+
+    @extend_schema(
+        responses=SpendSerializer,
+        summary="Month-to-date spend, forecast, the hard cap and budgets (micro-dollars)",
+    )
+    def get(self, request: Request, org_slug: str) -> Response:
+        org = self.access.org
+        limit = spend_limit_details([org.pk])[org.pk]
+        budget = Budget.objects.filter(org=org).first()
+        key_spend = key_month_to_date_spend([org.pk])
+        return Response(
+            {
+                "period_start": month_start(),
+                "plan": account_peek(org).plan.code,
+                "month_to_date_micros": month_to_date_spend([org.pk])[org.pk],
+                "forecast_micros": forecast_micros(org=org),
+                "limit_micros": limit.cap_micros,
+                "limit_reason": limit.reason,
+                "budget": None
+                if budget is None
+                else {"amount_micros": budget.amount_micros, "hard_limit": budget.hard_limit},
+                "keys": [
+                    {
+                        "key_id": key.pk,
+                        "name": key.name,
+                        "prefix": key.prefix,
+                        "month_to_date_micros": key_spend.get(key.pk, 0),
+                        "budget_micros": key.monthly_budget_micros,
+                    }
+                    for key in org.api_keys.filter(revoked_at=None)
+                ],
+            }
+        )
+
+
+class BudgetView(OrgAPIView):
+    actions = {"GET": Action.BILLING_VIEW, "PUT": Action.BILLING_MANAGE}
+
+    @extend_schema(responses={200: BudgetSerializer, 404: OpenApiResponse(description="None set")})
+    def get(self, request: Request, org_slug: str) -> Response:
+        budget = Budget.objects.filter(org=self.access.org).first()
+        if budget is None:
+            raise Http404("No budget is set.")
+        return Response(BudgetSerializer(budget).data)
+
+    @extend_schema(
+        request=BudgetSerializer,
+        responses={200: BudgetSerializer},
+        summary="Set the monthly budget (amount_micros null removes it)",
+    )
+    def put(self, request: Request, org_slug: str) -> Response:
+        data = BudgetSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        budget = budget_set(
+            org=self.access.org,
+            actor=self.access.user,
+            amount_micros=data.validated_data["amount_micros"],
+            hard_limit=data.validated_data["hard_limit"],
+        )
+        if budget is None:
+            return Response({"amount_micros": None, "hard_limit": False})
+        return Response(BudgetSerializer(budget).data)

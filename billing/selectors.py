@@ -1,0 +1,300 @@
+"""Reads of the ledger: month-to-date spend, forecasts, spend limits and usage series.
+
+The gateway builds its budget snapshot from ``spend_limits``, ``month_to_date_spend`` and
+``key_month_to_date_spend``; the console and the REST API read ``usage_series``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.models import (
+    BillingAccount,
+    Budget,
+    Plan,
+    PlanKind,
+    UptimeRecord,
+    UsageRecord,
+    UsageRollup,
+)
+from billing.money import format_dollars
+from billing.rollups import LATENCY_BUCKETS_MS, histogram_percentile, hour_floor
+from console.models import ApiKey, Organisation
+
+
+def month_start(moment: datetime | None = None) -> datetime:
+    moment = (moment or timezone.now()).astimezone(UTC)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(moment: datetime | None = None) -> datetime:
+    start = month_start(moment)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+def _split_point(now: datetime) -> datetime:
+    # Hours before this come from rollups; the (at most two) hours since come from raw records,
+    # so that spend is current without scanning a month of records.
+    return max(hour_floor(now) - timedelta(hours=1), month_start(now))
+
+
+def _spend(group: str, org_ids: Iterable[int] | None, now: datetime) -> dict:
+    start, split = month_start(now), _split_point(now)
+    rollups = UsageRollup.objects.filter(hour__gte=start, hour__lt=split)
+    records = UsageRecord.objects.filter(served_at__gte=split, served_at__lt=now)
+    uptime = UptimeRecord.objects.filter(hour__gte=split, hour__lt=now)
+    ids = list(org_ids) if org_ids is not None else None
+    if ids is not None:
+        rollups = rollups.filter(org_id__in=ids)
+        records = records.filter(org_id__in=ids)
+        uptime = uptime.filter(org_id__in=ids)
+    totals: dict = defaultdict(int)
+    sources = [rollups, records] if group == "api_key_id" else [rollups, records, uptime]
+    for queryset in sources:
+        if group == "api_key_id":
+            queryset = queryset.filter(api_key_id__isnull=False)
+        for key, cost in queryset.values_list(group).order_by().annotate(c=Sum("cost_micros")):
+            totals[key] += int(cost or 0)
+    if ids is not None and group == "org_id":
+        for org_id in ids:
+            totals.setdefault(org_id, 0)
+    return dict(totals)
+
+
+def month_to_date_spend(
+    org_ids: Iterable[int] | None = None, *, now: datetime | None = None
+) -> dict[int, int]:
+    """Micro-dollars spent this calendar month (UTC) per org id, tokens and uptime together."""
+    return _spend("org_id", org_ids, now or timezone.now())
+
+
+def key_month_to_date_spend(
+    org_ids: Iterable[int] | None = None, *, now: datetime | None = None
+) -> dict[uuid.UUID, int]:
+    """Micro-dollars spent this month per API key id."""
+    return _spend("api_key_id", org_ids, now or timezone.now())
+
+
+def forecast_micros(*, org: Organisation, now: datetime | None = None) -> int:
+    """Month-to-date spend plus the last seven days' pace for the rest of the month."""
+    now = now or timezone.now()
+    mtd = month_to_date_spend([org.pk], now=now)[org.pk]
+    window_start = max(now - timedelta(days=7), month_start(now))
+    window_seconds = int((now - window_start).total_seconds())
+    if window_seconds <= 0:
+        return mtd
+    window_spend = (
+        UsageRollup.objects.filter(org=org, hour__gte=hour_floor(window_start), hour__lt=now)
+        .aggregate(c=Sum("cost_micros"))
+        .get("c")
+        or 0
+    )
+    remaining = int((next_month_start(now) - now).total_seconds())
+    return mtd + int(window_spend) * remaining // window_seconds
+
+
+def default_plan() -> Plan:
+    plan = Plan.objects.filter(is_default=True).first() or Plan.objects.order_by("pk").first()
+    if plan is None:
+        raise Plan.DoesNotExist("No plan exists; the billing migrations create the defaults.")
+    return plan
+
+
+def account_peek(org: Organisation) -> BillingAccount:
+    """The org's billing account, or an unsaved one on the default plan (reads create nothing)."""
+    account = BillingAccount.objects.select_related("plan").filter(org=org).first()
+    return account or BillingAccount(org=org, plan=default_plan())
+
+
+@dataclass(frozen=True)
+class SpendLimit:
+    """The month's hard cap for an org and why; ``cap_micros`` None means no cap."""
+
+    cap_micros: int | None
+    reason: str = ""
+    message: str = ""
+
+
+def _limit_for(account: BillingAccount | None, plan: Plan, budget: Budget | None) -> SpendLimit:
+    limits: list[SpendLimit] = []
+    if plan.kind == PlanKind.FREE:
+        limits.append(
+            SpendLimit(
+                plan.monthly_credit_micros,
+                "free_credit",
+                f"The {plan.name} plan's monthly credit of "
+                f"{format_dollars(plan.monthly_credit_micros)} is used up. Add a payment method "
+                "in Billing to switch to Pay as you go.",
+            )
+        )
+    elif settings.STRIPE_API_KEY and plan.requires_payment_method:
+        if account is None or not (account.has_payment_method and account.subscription_active):
+            limits.append(
+                SpendLimit(
+                    0,
+                    "payment_method_required",
+                    f"The {plan.name} plan needs a payment method and an active subscription: "
+                    "add a payment method in Billing.",
+                )
+            )
+    if budget is not None and budget.hard_limit:
+        limits.append(
+            SpendLimit(
+                budget.amount_micros,
+                "org_budget",
+                f"The organisation's monthly budget of {format_dollars(budget.amount_micros)} is "
+                "reached. An owner or admin can raise it in Billing.",
+            )
+        )
+    if not limits:
+        return SpendLimit(None)
+    return min(limits, key=lambda limit: limit.cap_micros or 0)
+
+
+def spend_limit_details(org_ids: Iterable[int] | None = None) -> dict[int, SpendLimit]:
+    """Every org's hard cap for the current month, with the reason and a message for a 402."""
+    orgs = Organisation.objects.all()
+    if org_ids is not None:
+        orgs = orgs.filter(pk__in=list(org_ids))
+    ids = list(orgs.values_list("pk", flat=True))
+    accounts = {
+        a.org_id: a for a in BillingAccount.objects.select_related("plan").filter(org_id__in=ids)
+    }
+    budgets = {b.org_id: b for b in Budget.objects.filter(org_id__in=ids)}
+    fallback = default_plan()
+    result = {}
+    for org_id in ids:
+        account = accounts.get(org_id)
+        plan = account.plan if account else fallback
+        result[org_id] = _limit_for(account, plan, budgets.get(org_id))
+    return result
+
+
+def spend_limits(org_ids: Iterable[int] | None = None) -> dict[int, int | None]:
+    """The hard cap in micro-dollars for the current month per org id, or None for no cap."""
+    return {org_id: limit.cap_micros for org_id, limit in spend_limit_details(org_ids).items()}
+
+
+def key_spend_limits(org_ids: Iterable[int] | None = None) -> dict[uuid.UUID, int]:
+    """Keys with a monthly budget (``ApiKey.monthly_budget_micros``): key id -> cap."""
+    keys = ApiKey.objects.filter(monthly_budget_micros__isnull=False, revoked_at__isnull=True)
+    if org_ids is not None:
+        keys = keys.filter(org_id__in=list(org_ids))
+    return {k: int(v or 0) for k, v in keys.values_list("id", "monthly_budget_micros")}
+
+
+# Usage series for the console and the REST API ------------------------------------------------
+
+DIMENSIONS = ("day", "model", "route", "key")
+
+
+@dataclass
+class UsageRow:
+    day: date | None = None
+    model: str | None = None
+    route: str | None = None
+    key_id: uuid.UUID | None = None
+    key_name: str | None = None
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    resource_seconds: int = 0
+    cost_micros: int = 0
+    baseline_cost_micros: int = 0
+    histogram: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def latency_p50_ms(self) -> int | None:
+        return histogram_percentile(self.histogram, 0.5)
+
+    @property
+    def latency_p95_ms(self) -> int | None:
+        return histogram_percentile(self.histogram, 0.95)
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    start: date
+    end: date  # inclusive
+    key_id: uuid.UUID | None = None
+    route: str = ""
+    model: str = ""
+
+
+def usage_series(
+    *, org: Organisation, filters: UsageFilters, group_by: Iterable[str]
+) -> list[UsageRow]:
+    """Usage from the hourly rollups, summed over the given dimensions (UTC days)."""
+    dims = [d for d in DIMENSIONS if d in set(group_by)]
+    start = datetime.combine(filters.start, time.min, tzinfo=UTC)
+    end = datetime.combine(filters.end + timedelta(days=1), time.min, tzinfo=UTC)
+    rollups = UsageRollup.objects.filter(org=org, hour__gte=start, hour__lt=end)
+    if filters.key_id:
+        rollups = rollups.filter(api_key_id=filters.key_id)
+    if filters.route:
+        rollups = rollups.filter(route=filters.route)
+    if filters.model:
+        rollups = rollups.filter(model=filters.model)
+    key_names = dict(org.api_keys.values_list("id", "name"))
+    rows: dict[tuple, UsageRow] = {}
+    for r in rollups.order_by("hour").iterator():
+        values = {
+            "day": r.hour.astimezone(UTC).date(),
+            "model": r.model,
+            "route": r.route,
+            "key": r.api_key_id,
+        }
+        group = tuple(values[d] for d in dims)
+        row = rows.get(group)
+        if row is None:
+            row = rows[group] = UsageRow()
+            for d in dims:
+                if d == "key":
+                    row.key_id = r.api_key_id
+                    row.key_name = key_names.get(r.api_key_id, "") if r.api_key_id else ""
+                else:
+                    setattr(row, d, values[d])
+        row.requests += r.requests
+        row.errors += r.errors
+        row.prompt_tokens += r.prompt_tokens
+        row.completion_tokens += r.completion_tokens
+        row.cached_tokens += r.cached_tokens
+        row.resource_seconds += r.resource_seconds
+        row.cost_micros += r.cost_micros
+        row.baseline_cost_micros += r.baseline_cost_micros
+        for index, count in enumerate(r.latency_histogram or []):
+            if index < len(row.histogram):
+                row.histogram[index] += count
+    return sorted(
+        rows.values(),
+        key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),
+    )
+
+
+def usage_totals(rows: Iterable[UsageRow]) -> UsageRow:
+    total = UsageRow()
+    for row in rows:
+        total.requests += row.requests
+        total.errors += row.errors
+        total.prompt_tokens += row.prompt_tokens
+        total.completion_tokens += row.completion_tokens
+        total.cached_tokens += row.cached_tokens
+        total.resource_seconds += row.resource_seconds
+        total.cost_micros += row.cost_micros
+        total.baseline_cost_micros += row.baseline_cost_micros
+        total.histogram = [a + b for a, b in zip(total.histogram, row.histogram, strict=True)]
+    return total

@@ -1,0 +1,58 @@
+// Draws the usage charts from the JSON the page embeds; redraws after an htmx swap.
+(function () {
+  "use strict";
+  var charts = [];
+  var palette = ["#2459d6", "#067647", "#b54708", "#7a2e9e", "#0e7c86", "#b42318", "#5b6470", "#c11574"];
+
+  function dollars(micros) {
+    return "$" + (micros / 1e6).toLocaleString(undefined, { maximumFractionDigits: 4 });
+  }
+
+  function stacked(id, data, metric, format) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    var names = Object.keys(data.series);
+    charts.push(new Chart(el, {
+      type: "bar",
+      data: {
+        labels: data.days,
+        datasets: names.map(function (name, i) {
+          return { label: name, data: data.series[name][metric], backgroundColor: palette[i % palette.length] };
+        })
+      },
+      options: {
+        animation: false,
+        scales: { x: { stacked: true }, y: { stacked: true, ticks: format ? { callback: format } : {} } },
+        plugins: { tooltip: format ? { callbacks: { label: function (c) { return c.dataset.label + ": " + format(c.raw); } } } : {} }
+      }
+    }));
+  }
+
+  function draw() {
+    charts.forEach(function (c) { c.destroy(); });
+    charts = [];
+    var source = document.getElementById("usage-chart-data");
+    if (!source || typeof Chart === "undefined") return;
+    var data = JSON.parse(source.textContent);
+    stacked("chart-tokens", data, "tokens");
+    stacked("chart-requests", data, "requests");
+    stacked("chart-cost", data, "cost_micros", dollars);
+    var latency = document.getElementById("chart-latency");
+    if (latency) {
+      charts.push(new Chart(latency, {
+        type: "line",
+        data: {
+          labels: data.days,
+          datasets: [
+            { label: "p50", data: data.p50, borderColor: palette[0], spanGaps: true },
+            { label: "p95", data: data.p95, borderColor: palette[2], spanGaps: true }
+          ]
+        },
+        options: { animation: false }
+      }));
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", draw);
+  document.addEventListener("htmx:afterSettle", draw);
+})();

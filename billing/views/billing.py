@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from billing.forms import BudgetForm, KeyBudgetForm, PlanForm
+from billing.models import Budget, Invoice, Plan
+from billing.money import format_dollars, micros_to_decimal
+from billing.selectors import (
+    account_peek,
+    forecast_micros,
+    key_month_to_date_spend,
+    month_start,
+    month_to_date_spend,
+    spend_limit_details,
+)
+from billing.services.accounts import (
+    BillingNotConfiguredError,
+    budget_set,
+    checkout_session_create,
+    key_budget_set,
+    plan_change,
+    portal_session_create,
+)
+from billing.stripe_client import stripe_enabled
+from console.decorators import requires
+from console.permissions import Action, role_can
+from console.requests import OrgRequest
+
+
+def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict:
+    org = request.org
+    account = account_peek(org)
+    budget = Budget.objects.filter(org=org).first()
+    mtd = month_to_date_spend([org.pk])[org.pk]
+    key_spend = key_month_to_date_spend([org.pk])
+    keys = list(org.api_keys.filter(revoked_at=None))
+    for key in keys:
+        key.mtd_micros = key_spend.get(key.pk, 0)  # type: ignore[attr-defined]
+    limit = spend_limit_details([org.pk])[org.pk]
+    credit_used = 0
+    if account.plan.kind == "free":
+        credit_used = min(mtd, account.plan.monthly_credit_micros)
+    if budget_form is None:
+        budget_form = BudgetForm(
+            initial={
+                "amount": None if budget is None else micros_to_decimal(budget.amount_micros),
+                "hard_limit": True if budget is None else budget.hard_limit,
+            }
+        )
+    return {
+        "account": account,
+        "plans": Plan.objects.all(),
+        "stripe_enabled": stripe_enabled(),
+        "period_start": month_start(),
+        "mtd": mtd,
+        "forecast": forecast_micros(org=org),
+        "limit": limit,
+        "credit_used": credit_used,
+        "estimate_due": max(mtd - credit_used, 0),
+        "budget": budget,
+        "budget_form": budget_form,
+        "keys": keys,
+        "invoices": Invoice.objects.filter(org=org)[:24],
+        "can_manage": role_can(request.membership.role, Action.BILLING_MANAGE),
+    }
+
+
+@requires(Action.BILLING_VIEW)
+def billing_page(request: OrgRequest, org_slug: str) -> HttpResponse:
+    checkout = request.GET.get("checkout")
+    if checkout == "success":
+        messages.success(request, "Payment method saved. It can take a moment to show here.")
+    elif checkout == "cancelled":
+        messages.info(request, "Adding a payment method was cancelled.")
+    return render(request, "billing/billing.html", _context(request))
+
+
+@requires(Action.BILLING_MANAGE)
+@require_POST
+def budget_update(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = BudgetForm(request.POST)
+    if form.is_valid():
+        budget_set(
+            org=request.org,
+            actor=request.user,
+            amount_micros=form.amount_micros(),
+            hard_limit=form.cleaned_data["hard_limit"],
+        )
+        amount = form.amount_micros()
+        messages.success(
+            request,
+            "Budget removed." if amount is None else f"Budget set to {format_dollars(amount)}.",
+        )
+        return redirect("billing", org_slug=request.org.slug)
+    context = _context(request, budget_form=form)
+    template = "billing/billing.html#budget-panel" if request.htmx else "billing/billing.html"
+    return render(request, template, context, status=400)
+
+
+@requires(Action.BILLING_MANAGE)
+@require_POST
+def key_budget_update(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
+    key = get_object_or_404(request.org.api_keys, id=key_id)
+    form = KeyBudgetForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter an amount of at least 0.01, or leave it empty.")
+    else:
+        key_budget_set(key=key, actor=request.user, amount_micros=form.amount_micros())
+        messages.success(request, f"Budget for “{key.name}” saved.")
+    return redirect("billing", org_slug=request.org.slug)
+
+
+def _stripe_redirect(request: OrgRequest, make_url: object) -> HttpResponse:
+    if not stripe_enabled():
+        messages.error(request, "Payments are not set up on this platform (local-ledger mode).")
+        return redirect("billing", org_slug=request.org.slug)
+    try:
+        url = make_url()  # type: ignore[operator]
+    except BillingNotConfiguredError as error:
+        messages.error(request, str(error))
+        return redirect("billing", org_slug=request.org.slug)
+    return redirect(url)
+
+
+@requires(Action.BILLING_MANAGE)
+@require_POST
+def payment_method_add(request: OrgRequest, org_slug: str) -> HttpResponse:
+    return _stripe_redirect(
+        request, lambda: checkout_session_create(org=request.org, actor=request.user)
+    )
+
+
+@requires(Action.BILLING_MANAGE)
+@require_POST
+def portal_open(request: OrgRequest, org_slug: str) -> HttpResponse:
+    return _stripe_redirect(
+        request, lambda: portal_session_create(org=request.org, actor=request.user)
+    )
+
+
+@requires(Action.BILLING_MANAGE)
+@require_POST
+def plan_update(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = PlanForm(request.POST)
+    plan = Plan.objects.filter(code=form.data.get("plan", "")).first() if form.is_valid() else None
+    if plan is None:
+        messages.error(request, "Choose one of the plans.")
+        return redirect("billing", org_slug=request.org.slug)
+    if plan.requires_payment_method and not stripe_enabled():
+        messages.error(
+            request, "Payments are not set up on this platform; staff can change the plan."
+        )
+        return redirect("billing", org_slug=request.org.slug)
+    try:
+        change = plan_change(org=request.org, actor=request.user, plan=plan)
+    except (BillingNotConfiguredError, ValidationError) as error:
+        messages.error(request, str(error))
+        return redirect("billing", org_slug=request.org.slug)
+    if change.redirect_url:
+        return redirect(change.redirect_url)
+    messages.success(request, f"You are on the {change.plan.name} plan.")
+    return redirect("billing", org_slug=request.org.slug)

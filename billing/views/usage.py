@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from django.http import HttpResponse
+from django.shortcuts import render
+
+from billing.exports import usage_csv, usage_row_dict
+from billing.forms import UsageFilterForm
+from billing.selectors import UsageRow, usage_series, usage_totals
+from console.decorators import requires
+from console.permissions import Action
+from console.requests import OrgRequest
+
+
+def _label(row: UsageRow, group: str) -> str:
+    if group == "key":
+        return row.key_name or ("(no key)" if row.key_id is None else str(row.key_id)[:8])
+    return str(getattr(row, group) or "(none)")
+
+
+def _chart_data(rows: list[UsageRow], daily: list[UsageRow], group: str) -> dict:
+    days = [row.day.isoformat() for row in daily if row.day]
+    index = {day: i for i, day in enumerate(days)}
+    series: dict[str, dict[str, list[int]]] = {}
+    for row in rows:
+        if row.day is None:
+            continue
+        label = _label(row, group)
+        entry = series.setdefault(
+            label, {metric: [0] * len(days) for metric in ("tokens", "requests", "cost_micros")}
+        )
+        i = index[row.day.isoformat()]
+        entry["tokens"][i] += row.total_tokens
+        entry["requests"][i] += row.requests
+        entry["cost_micros"][i] += row.cost_micros
+    return {
+        "days": days,
+        "series": series,
+        "p50": [row.latency_p50_ms for row in daily],
+        "p95": [row.latency_p95_ms for row in daily],
+    }
+
+
+@requires(Action.USAGE_VIEW)
+def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """Charts and a table of usage by day, split by model, route or key; ``?format=csv``
+    downloads the same numbers."""
+    org = request.org
+    form = UsageFilterForm(request.GET or None, org=org)
+    filters, group = form.filters()
+    rows = usage_series(org=org, filters=filters, group_by=["day", group])
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(usage_csv(rows, ["day", group]), content_type="text/csv")
+        response["Content-Disposition"] = (
+            f'attachment; filename="usage-{org.slug}-{filters.start}-{filters.end}.csv"'
+        )
+        return response
+    daily = usage_series(org=org, filters=filters, group_by=["day"])
+    context = {
+        "form": form,
+        "filters": filters,
+        "group": group,
+        "rows": [usage_row_dict(row, ["day", group]) for row in rows],
+        "daily": daily,
+        "totals": usage_totals(daily),
+        "chart": _chart_data(rows, daily, group),
+        "csv_query": request.GET.urlencode(),
+    }
+    template = "billing/usage.html#usage-panel" if request.htmx else "billing/usage.html"
+    return render(request, template, context)
