@@ -1,0 +1,1 @@
+"""The orchestrator: makes running engine replicas match what deployments ask for."""

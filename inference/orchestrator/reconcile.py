@@ -1,0 +1,482 @@
+"""The reconcile loop: observe replicas, decide how many there should be, start, drain, stop.
+
+One pass looks at every deployment: it checks each live replica (is the process there, does it
+answer, is it ready yet), asks the autoscaler for the desired count, starts or drains replicas
+to match, and writes the deployment's summary state. A restarted orchestrator simply observes
+the replicas the database lists: those still running are adopted as they are, so nothing is
+started twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from uuid import UUID
+
+from django.core.cache import cache
+from django.db import close_old_connections
+from django.db.models import Max
+from django.utils import timezone
+
+from console.snapshot import snapshot_bump, snapshot_version
+from inference.conf import OrchestratorConfig
+from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
+from inference.orchestrator.autoscale import ScaleInput, scale_decide
+from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
+from inference.orchestrator.gpus import gpus_pack
+from inference.orchestrator.probe import EngineMetrics, EngineProbe
+from inference.orchestrator.states import (
+    deployment_summary,
+    replica_next_state,
+    restart_backoff_s,
+    startup_phase,
+)
+
+logger = logging.getLogger(__name__)
+S = ReplicaState
+RUNNING_STATES = (S.PENDING, S.STARTING, S.READY)
+# Gateways publish the requests they hold per deployment under this cache key (optional).
+GATEWAY_INFLIGHT_KEY = "gateway:inflight:{deployment_id}"
+# Gateways refresh their snapshot within about a second; a draining replica waits this long
+# before it may be stopped, so that no request is still on its way to it.
+MIN_DRAIN_S = 2.0
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        config: OrchestratorConfig,
+        probe: EngineProbe | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.probe = probe or EngineProbe()
+        self._report = report or (lambda line: None)
+        self._stop = threading.Event()
+        self._health_misses: dict[UUID, int] = {}
+        self._drain_started: dict[UUID, float] = {}
+        self._last_metrics: dict[UUID, EngineMetrics] = {}
+        self._waiting: dict[UUID, str] = {}
+        self._in_use: list[list[int]] = []
+
+    # The loop
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish its pass, drain and stop every replica, and return."""
+        self._stop.set()
+
+    def _change_token(self) -> tuple[object, ...]:
+        latest = Deployment.objects.aggregate(u=Max("updated_at"), d=Max("demand_at"))
+        return (snapshot_version(), latest["u"], latest["d"])
+
+    def run(self) -> None:
+        """Reconcile every ``interval_s``, and at once when a deployment changes or is wanted."""
+        last_token: tuple[object, ...] | None = None
+        next_pass = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    token = self._change_token()
+                    if token != last_token or time.monotonic() >= next_pass:
+                        self.reconcile_once()
+                        last_token = self._change_token()
+                        next_pass = time.monotonic() + self.config.interval_s
+                except Exception:
+                    # A database hiccup must not end the loop that keeps replicas alive.
+                    logger.exception("reconcile pass failed")
+                    close_old_connections()
+                self._stop.wait(0.5)
+        finally:
+            self.shutdown()
+
+    def reconcile_once(self) -> None:
+        capacity = self.backend.capacity()
+        self._in_use = [
+            list(gpus)
+            for gpus in Replica.objects.filter(
+                backend=self.backend.name, state__in=LIVE_REPLICA_STATES
+            ).values_list("gpus", flat=True)
+        ]
+        for deployment in Deployment.objects.select_related("org").order_by("created_at"):
+            try:
+                self._reconcile(deployment, capacity)
+            except Exception as error:
+                # One broken deployment must not stop the others from being served.
+                logger.exception("reconciling deployment %s failed", deployment.pk)
+                Deployment.objects.filter(pk=deployment.pk).update(
+                    state_reason=f"The orchestrator hit an error: {error}"[:1000]
+                )
+        cutoff = timezone.now() - timedelta(days=1)
+        Replica.objects.filter(state__in=[S.STOPPED], stopped_at__lt=cutoff).delete()
+
+    def shutdown(self) -> None:
+        """Drain and stop every replica this backend runs (SIGTERM to the orchestrator)."""
+        live = list(
+            Replica.objects.select_related("deployment").filter(
+                backend=self.backend.name, state__in=LIVE_REPLICA_STATES
+            )
+        )
+        for replica in live:
+            self._drain(replica)
+        deadline = time.monotonic() + self.config.drain_timeout_s + MIN_DRAIN_S
+        while any(r.state == S.DRAINING for r in live):
+            for replica in live:
+                if replica.state == S.DRAINING:
+                    self._drain_step(replica, force=time.monotonic() >= deadline)
+            time.sleep(0.5)
+        for deployment in Deployment.objects.filter(pk__in={r.deployment_id for r in live}):
+            self._summarise(deployment, [])
+        self.probe.close()
+        self._report(f"stopped {len(live)} replica(s)")
+
+    # One deployment
+
+    def _reconcile(self, deployment: Deployment, capacity: Capacity) -> None:
+        replicas = list(
+            deployment.replicas.filter(
+                backend=self.backend.name, state__in=LIVE_REPLICA_STATES
+            ).order_by("created_at")
+        )
+        for replica in replicas:
+            replica.deployment = deployment
+            self._observe(deployment, replica)
+        live = [r for r in replicas if r.state in LIVE_REPLICA_STATES]
+        failure = self._failure(deployment)
+        desired = self._desired(deployment, live)
+
+        running = [r for r in live if r.state in RUNNING_STATES]
+        current = [r for r in running if r.spec_version == deployment.spec_version]
+        stale = [r for r in running if r.spec_version != deployment.spec_version]
+        if len(current) < desired and not failure:
+            for _ in range(desired - len(current)):
+                current.append(
+                    Replica.objects.create(
+                        deployment=deployment,
+                        backend=self.backend.name,
+                        spec_version=deployment.spec_version,
+                    )
+                )
+        elif len(current) > desired:
+            # Give up the least useful first: not yet started, then starting, then the newest.
+            order: dict[str, int] = {S.PENDING: 0, S.STARTING: 1, S.READY: 2}
+            victims = sorted(current, key=lambda r: (order[r.state], -r.created_at.timestamp()))
+            for replica in victims[: len(current) - desired]:
+                self._drain(replica)
+            current = [r for r in current if r.state in RUNNING_STATES]
+        ready_current = sum(1 for r in current if r.state == S.READY)
+        for replica in stale:
+            if replica.state != S.READY or ready_current >= desired:
+                self._drain(replica)
+
+        now = timezone.now()
+        for replica in current:
+            if replica.state == S.PENDING and not failure:
+                if replica.next_start_at is None or replica.next_start_at <= now:
+                    self._start(deployment, replica, capacity)
+
+        seen = {r.pk: r for r in [*live, *current]}
+        live = [r for r in seen.values() if r.state in LIVE_REPLICA_STATES]
+        if deployment.deleted_at is not None and not live:
+            logger.info("deployment %s deleted", deployment.pk)
+            deployment.delete()
+            snapshot_bump()
+            return
+        self._summarise(deployment, live, failure=failure)
+
+    def _failure(self, deployment: Deployment) -> str:
+        failed = (
+            deployment.replicas.filter(state=S.FAILED, spec_version=deployment.spec_version)
+            .order_by("-stopped_at")
+            .first()
+        )
+        if failed is None:
+            return ""
+        return f"A replica failed and will not be restarted: {failed.last_error}"[:4000]
+
+    def _desired(self, deployment: Deployment, live: list[Replica]) -> int:
+        if deployment.deleted_at is not None or deployment.paused:
+            if deployment.desired_replicas:
+                Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=0)
+                deployment.desired_replicas = 0
+            return 0
+        now = timezone.now()
+        ready = [r for r in live if r.state == S.READY]
+        load = [self._last_metrics[r.id].load for r in ready if r.id in self._last_metrics]
+        inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
+        demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
+            seconds=self.config.demand_ttl_s
+        )
+        decision = scale_decide(
+            ScaleInput(
+                current=deployment.desired_replicas,
+                min_replicas=deployment.min_replicas,
+                max_replicas=deployment.max_replicas,
+                target_concurrency=deployment.target_concurrency,
+                replica_load=load,
+                gateway_inflight=int(inflight) if inflight is not None else None,
+                demand=demand,
+                low_load_since=deployment.low_load_since,
+                now=now,
+                scale_down_delay_s=deployment.scale_down_delay_s,
+            )
+        )
+        if (decision.desired, decision.low_load_since) != (
+            deployment.desired_replicas,
+            deployment.low_load_since,
+        ):
+            if decision.desired != deployment.desired_replicas:
+                self._say(
+                    deployment,
+                    f"scaling {deployment.desired_replicas} -> {decision.desired} "
+                    f"({decision.reason})",
+                )
+            deployment.desired_replicas = decision.desired
+            deployment.low_load_since = decision.low_load_since
+            Deployment.objects.filter(pk=deployment.pk).update(
+                desired_replicas=decision.desired, low_load_since=decision.low_load_since
+            )
+        return decision.desired
+
+    def _summarise(self, deployment: Deployment, live: list[Replica], *, failure: str = "") -> None:
+        summary = deployment_summary(
+            deleting=deployment.deleted_at is not None,
+            paused=deployment.paused,
+            desired=deployment.desired_replicas,
+            replica_states=[r.state for r in live],
+            failure=failure,
+        )
+        reason = summary.reason
+        waiting = self._waiting.get(deployment.pk)
+        if waiting and summary.state in ("pending", "degraded"):
+            reason = f"{reason} Waiting for capacity: {waiting}."
+        if (summary.state, reason) != (deployment.state, deployment.state_reason):
+            Deployment.objects.filter(pk=deployment.pk).update(
+                state=summary.state, state_reason=reason
+            )
+            if summary.state != deployment.state:
+                self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
+            deployment.state, deployment.state_reason = summary.state, reason
+            snapshot_bump()
+
+    # One replica
+
+    def _observe(self, deployment: Deployment, replica: Replica) -> None:
+        if replica.state == S.PENDING:
+            return
+        if replica.state == S.DRAINING:
+            self._drain_step(replica)
+            return
+        inspection = self.backend.inspect(handle=replica.handle)
+        if inspection.liveness is not Liveness.RUNNING:
+            self._crashed(replica, inspection.detail or "the replica ended")
+            return
+        if replica.state == S.STARTING:
+            self._check_starting(deployment, replica)
+        elif replica.state == S.READY:
+            self._check_ready(replica)
+
+    def _check_starting(self, deployment: Deployment, replica: Replica) -> None:
+        tail = self._this_run(self._tail(replica, 60))
+        phase = startup_phase(tail)
+        if self.probe.healthy(replica.base_url):
+            error = self.probe.one_token(
+                replica.base_url, model=deployment.served_model_name, runner=deployment.runner
+            )
+            if error is None:
+                self._became_ready(deployment, replica)
+                return
+            phase = "warming up"
+        elapsed = (timezone.now() - (replica.started_at or timezone.now())).total_seconds()
+        if elapsed > self.config.start_timeout_s:
+            self._crashed(replica, f"not ready after {self.config.start_timeout_s:.0f} s")
+            return
+        if phase != replica.progress:
+            replica.progress = phase
+            Replica.objects.filter(pk=replica.pk).update(progress=phase)
+            self._say(deployment, f"replica {str(replica.pk)[:8]} {phase} ({elapsed:.0f} s)")
+
+    def _became_ready(self, deployment: Deployment, replica: Replica) -> None:
+        now = timezone.now()
+        replica.state = replica_next_state(replica.state, "became_ready")
+        replica.ready_at, replica.progress, replica.crash_streak = now, "ready", 0
+        replica.save(update_fields=["state", "ready_at", "progress", "crash_streak"])
+        # The waiting request can now be served; demand after this is measured as load.
+        Deployment.objects.filter(pk=deployment.pk, demand_at__lte=now).update(demand_at=None)
+        deployment.demand_at = None
+        snapshot_bump()
+        took = (now - replica.started_at).total_seconds() if replica.started_at else 0.0
+        self._say(deployment, f"replica {str(replica.pk)[:8]} ready in {took:.0f} s")
+
+    def _check_ready(self, replica: Replica) -> None:
+        metrics = self.probe.metrics(replica.base_url)
+        if metrics is None and not self.probe.healthy(replica.base_url):
+            misses = self._health_misses.get(replica.pk, 0) + 1
+            self._health_misses[replica.pk] = misses
+            if misses >= self.config.health_failures:
+                self._crashed(replica, f"stopped answering /health ({misses} checks in a row)")
+            return
+        self._health_misses.pop(replica.pk, None)
+        if metrics is None:
+            return
+        previous = self._last_metrics.get(replica.pk)
+        self._last_metrics[replica.pk] = metrics
+        reading: dict[str, float | int | str] = {
+            "running": metrics.running,
+            "waiting": metrics.waiting,
+            "kv_cache_usage": round(metrics.kv_cache_usage, 4),
+            "prompt_tokens_total": int(metrics.prompt_tokens_total),
+            "generation_tokens_total": int(metrics.generation_tokens_total),
+        }
+        if previous is not None and metrics.read_at > previous.read_at:
+            span = metrics.read_at - previous.read_at
+            reading["generation_tokens_per_s"] = round(
+                max(0.0, metrics.generation_tokens_total - previous.generation_tokens_total) / span,
+                1,
+            )
+            reading["prompt_tokens_per_s"] = round(
+                max(0.0, metrics.prompt_tokens_total - previous.prompt_tokens_total) / span, 1
+            )
+        stored = {k: v for k, v in replica.metrics.items() if k != "read_at"}
+        if stored != reading:
+            reading["read_at"] = timezone.now().isoformat()
+            replica.metrics = reading
+            Replica.objects.filter(pk=replica.pk).update(metrics=reading)
+
+    def _crashed(self, replica: Replica, detail: str) -> None:
+        was_ready = replica.state == S.READY
+        # Whatever is left of it (helper processes, a hung server) goes before a restart.
+        self.backend.stop(handle=replica.handle, grace_s=1.0)
+        tail = self._this_run(self._tail(replica, 20))
+        now = timezone.now()
+        replica.restart_count += 1
+        replica.crash_streak += 1
+        replica.last_error = "\n".join([detail.capitalize() + ".", *tail])[:4000]
+        self._forget(replica)
+        deployment = replica.deployment
+        if replica.crash_streak > self.config.restart_limit:
+            replica.state = replica_next_state(replica.state, "gave_up")
+            replica.stopped_at = now
+            self._say(deployment, f"replica {str(replica.pk)[:8]} failed: {detail}")
+        else:
+            replica.state = replica_next_state(replica.state, "crashed")
+            wait = restart_backoff_s(
+                crash_streak=replica.crash_streak,
+                base_s=self.config.backoff_base_s,
+                cap_s=self.config.backoff_cap_s,
+            )
+            replica.next_start_at = now + timedelta(seconds=wait)
+            self._say(
+                deployment,
+                f"replica {str(replica.pk)[:8]} crashed ({detail}); restarting in {wait:.0f} s",
+            )
+        replica.save()
+        if was_ready:
+            snapshot_bump()
+
+    def _start(self, deployment: Deployment, replica: Replica, capacity: Capacity) -> None:
+        gpus: list[int] = []
+        if not capacity.cpu_only:
+            packing = gpus_pack(
+                gpus=capacity.gpus,
+                in_use=self._in_use,
+                wanted={str(replica.pk): deployment.gpus_per_replica},
+            )
+            if str(replica.pk) in packing.unplaced:
+                self._waiting[deployment.pk] = packing.unplaced[str(replica.pk)]
+                return
+            gpus = packing.assigned[str(replica.pk)]
+        self._waiting.pop(deployment.pk, None)
+        spec = ReplicaSpec(
+            replica_id=str(replica.pk),
+            deployment_id=str(deployment.pk),
+            source=deployment.source,
+            model=deployment.model,
+            revision=deployment.revision,
+            served_model_name=deployment.served_model_name,
+            runner=deployment.runner,
+            engine_args=deployment.engine_args,
+            gpu_count=deployment.gpus_per_replica,
+        )
+        now = timezone.now()
+        try:
+            launched = self.backend.start(spec, gpus=gpus)
+        except CannotStart as error:
+            replica.state = replica_next_state(replica.state, "gave_up")
+            replica.last_error, replica.stopped_at = str(error), now
+            replica.save(update_fields=["state", "last_error", "stopped_at"])
+            self._say(deployment, f"cannot start: {error}")
+            return
+        replica.state = replica_next_state(replica.state, "launched")
+        replica.handle, replica.host, replica.port = launched.handle, launched.host, launched.port
+        replica.pid, replica.gpus, replica.log_path = launched.pid, launched.gpus, launched.log_ref
+        replica.started_at, replica.ready_at, replica.next_start_at = now, None, None
+        replica.progress = "launching"
+        replica.save()
+        self._in_use.append(list(launched.gpus))
+        self._say(
+            deployment,
+            f"replica {str(replica.pk)[:8]} launching on port {launched.port}"
+            + (f", GPUs {launched.gpus}" if launched.gpus else " (CPU)"),
+        )
+
+    def _drain(self, replica: Replica) -> None:
+        """Take a replica out of service: a ready one finishes its requests first."""
+        if replica.state == S.READY:
+            replica.state = replica_next_state(replica.state, "drain")
+            replica.save(update_fields=["state"])
+            self._drain_started[replica.pk] = time.monotonic()
+            snapshot_bump()
+            self._say(replica.deployment, f"replica {str(replica.pk)[:8]} draining")
+        elif replica.state in (S.PENDING, S.STARTING):
+            if replica.handle and replica.state == S.STARTING:
+                self.backend.stop(handle=replica.handle, grace_s=self.config.stop_grace_s)
+            self._stopped(replica)
+
+    def _drain_step(self, replica: Replica, *, force: bool = False) -> None:
+        started = self._drain_started.setdefault(replica.pk, time.monotonic())
+        elapsed = time.monotonic() - started
+        if self.backend.inspect(handle=replica.handle).liveness is Liveness.RUNNING:
+            if elapsed < MIN_DRAIN_S and not force:
+                return
+            metrics = self.probe.metrics(replica.base_url)
+            busy = metrics is not None and metrics.load > 0
+            if busy and elapsed < self.config.drain_timeout_s and not force:
+                return
+            self.backend.stop(handle=replica.handle, grace_s=self.config.stop_grace_s)
+        self._stopped(replica)
+
+    def _stopped(self, replica: Replica) -> None:
+        replica.state = replica_next_state(replica.state, "stopped")
+        replica.stopped_at = timezone.now()
+        replica.save(update_fields=["state", "stopped_at"])
+        self._forget(replica)
+        self._say(replica.deployment, f"replica {str(replica.pk)[:8]} stopped")
+
+    # Small things
+
+    def _forget(self, replica: Replica) -> None:
+        self._health_misses.pop(replica.pk, None)
+        self._drain_started.pop(replica.pk, None)
+        self._last_metrics.pop(replica.pk, None)
+
+    def _tail(self, replica: Replica, lines: int) -> list[str]:
+        return self.backend.log_tail(handle=replica.handle, log_ref=replica.log_path, lines=lines)
+
+    @staticmethod
+    def _this_run(lines: list[str]) -> list[str]:
+        """The lines since the latest start marker (the log file is kept across restarts)."""
+        for index in range(len(lines) - 1, -1, -1):
+            if lines[index].startswith("=== "):
+                return lines[index + 1 :]
+        return lines
+
+    def _say(self, deployment: Deployment, message: str) -> None:
+        line = f"{deployment.org.slug}/{deployment.name}: {message}"
+        logger.info(line)
+        self._report(line)
