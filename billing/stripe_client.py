@@ -69,11 +69,16 @@ def backoff_seconds(attempt: int) -> float:
     return float(min(0.5 * 2 ** (attempt - 1), 8.0))
 
 
+def pause(seconds: float) -> None:
+    """Wait between retries (a module function, so that tests can replace it)."""
+    time.sleep(seconds)
+
+
 def with_retries(
     call: Callable[[], T],
     *,
     attempts: int | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``call``; on a retryable error wait and run it again, up to ``attempts`` times in all.
 
@@ -94,5 +99,5 @@ def with_retries(
                 attempt,
                 delay,
             )
-            sleep(delay)
+            (sleep or pause)(delay)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -14,7 +14,6 @@ as a further event for the difference only (``...-<seq>``), so nothing is counte
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,12 +25,18 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
+import billing.stripe_client as stripe_calls
 from billing.models import BillingAccount, MeterEvent, StripeMeter, UsageRollup
 from billing.models.ledger import RollupSource
 from billing.models.payments import MeterEventStatus
 from billing.rollups import hour_floor
 from billing.selectors import month_start
-from billing.stripe_client import backoff_seconds, is_retryable, stripe_client, with_retries
+from billing.stripe_client import (
+    backoff_seconds,
+    is_retryable,
+    stripe_client,
+    with_retries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +229,10 @@ def _already_recorded(error: stripe.StripeError) -> bool:
 
 
 def _meter_event_create(
-    client: stripe.StripeClient, params: Any, identifier: str, sleep: Callable[[float], None]
+    client: stripe.StripeClient,
+    params: Any,
+    identifier: str,
+    sleep: Callable[[float], None] | None,
 ) -> None:
     options: Any = {"idempotency_key": f"meter-event-{identifier}"}
     with_retries(lambda: client.v1.billing.meter_events.create(params, options), sleep=sleep)
@@ -234,7 +242,7 @@ def meter_events_send(
     *,
     now: datetime | None = None,
     limit: int | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> SendResult:
     """Send due meter events in a batch, paced under Stripe's rate limit, each retried with
     backoff on 429 and 5xx. What still fails transiently waits for the next run; a rejected
@@ -267,7 +275,7 @@ def meter_events_send(
             result.failed += 1
             continue
         if index:
-            sleep(pause)
+            (sleep or stripe_calls.pause)(pause)
         params: Any = {
             "event_name": meter.event_name,
             "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},

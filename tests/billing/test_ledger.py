@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import models
+from django.db.models import Sum
+
+from billing.ledger import UptimeEvent, uptime_record_batch, usage_record_batch
+from billing.models import (
+    MeterEvent,
+    Price,
+    PriceUnit,
+    UptimeRecord,
+    UsageRecord,
+    UsageRollup,
+)
+from billing.rollups import rollup_hour, usage_rollup, usage_rollup_range
+from console.services.keys import api_key_create
+from tests.billing.factories import price, usage
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
+
+
+def rollup_rows() -> list[dict]:
+    return list(UsageRollup.objects.order_by("id").values())
+
+
+def test_each_record_is_rated_at_the_price_in_force_when_served(org):
+    price(effective_from=T0 - timedelta(days=1), input_micros_per_million=1_000_000)
+    new = price(effective_from=T0 + timedelta(minutes=30), input_micros_per_million=3_000_000)
+    written = usage_record_batch(
+        [
+            usage(org.pk, T0 + timedelta(minutes=29), request_id="before", completion_tokens=0),
+            usage(org.pk, T0 + timedelta(minutes=30), request_id="after", completion_tokens=0),
+        ]
+    )
+    assert written == 2
+    before, after = (UsageRecord.objects.get(request_id=r) for r in ("before", "after"))
+    assert (before.cost_micros, after.cost_micros) == (1_000, 3_000)
+    assert after.price_id == new.id
+
+
+def test_a_repeated_request_id_writes_nothing(org):
+    event = usage(org.pk, T0, request_id="req-1")
+    assert usage_record_batch([event, event]) == 1
+    assert usage_record_batch([event]) == 0
+    assert UsageRecord.objects.count() == 1
+
+
+def test_an_invalid_event_writes_nothing_of_its_batch(org):
+    good = usage(org.pk, T0)
+    bad = usage(org.pk, T0, cached_tokens=5_000)  # more cached than prompt tokens
+    with pytest.raises(ValueError, match="cached_tokens"):
+        usage_record_batch([good, bad])
+    naive = usage(org.pk, T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="timezone"):
+        usage_record_batch([naive])
+    assert UsageRecord.objects.count() == 0
+
+
+def test_baseline_cost_is_rated_at_the_baseline_model(org):
+    price(effective_from=T0 - timedelta(days=1))
+    price(
+        model="big-model",
+        effective_from=T0 - timedelta(days=1),
+        output_micros_per_million=20_000_000,
+    )
+    usage_record_batch([usage(org.pk, T0, request_id="r", baseline_model="big-model")])
+    record = UsageRecord.objects.get(request_id="r")
+    # 1,000 in at $1/M + 500 out at $2/M = 2,000; at big-model: 1,000 + 500 x $20/M = 11,000.
+    assert (record.cost_micros, record.baseline_cost_micros) == (2_000, 11_000)
+
+
+def test_money_columns_are_integers_never_floats(org):
+    money = [
+        field
+        for model in (UsageRecord, UsageRollup, MeterEvent, Price, UptimeRecord)
+        for field in model._meta.fields
+        if "micros" in field.name
+    ]
+    assert money and all(isinstance(f, models.BigIntegerField) for f in money)
+    usage_record_batch([usage(org.pk, T0)])
+    usage_rollup(now=T0 + timedelta(hours=1))
+    assert type(UsageRecord.objects.get().cost_micros) is int
+    assert type(UsageRollup.objects.get().cost_micros) is int
+
+
+def test_rerunning_a_rollup_gives_the_same_rows(org, owner):
+    key = api_key_create(org=org, actor=owner, name="k", scopes=["inference"]).key
+    usage_record_batch(
+        [
+            usage(org.pk, T0 + timedelta(minutes=m), api_key_id=key.pk, route=r, latency_ms=50 * m)
+            for m, r in [(1, "chat"), (2, "chat"), (3, "fast"), (61, "chat")]
+        ]
+        + [usage(org.pk, T0 + timedelta(minutes=5), status_code=500)]
+    )
+    usage_rollup(now=T0 + timedelta(hours=3))
+    first = rollup_rows()
+    usage_rollup(now=T0 + timedelta(hours=3))
+    usage_rollup_range(start=T0 - timedelta(days=1), end=T0 + timedelta(days=1))
+    rollup_hour(org_id=org.pk, hour=T0)
+    assert rollup_rows() == first
+    hour = [r for r in first if r["hour"] == T0]
+    assert sorted((r["route"], r["requests"], r["errors"]) for r in hour) == [
+        ("", 1, 1),
+        ("chat", 2, 0),
+        ("fast", 1, 0),
+    ]
+    assert sum(r["requests"] for r in first) == 5
+
+
+def test_late_usage_reaches_its_hour_on_the_next_run(org):
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=10))])
+    usage_rollup(now=T0 + timedelta(hours=2))
+    total = UsageRollup.objects.aggregate(c=Sum("cost_micros"))["c"]
+    # A record for that (long finished) hour arrives a day later.
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=20), completion_tokens=0)])
+    usage_rollup(now=T0 + timedelta(days=1))
+    rollup = UsageRollup.objects.get()
+    assert rollup.requests == 2
+    assert rollup.cost_micros == total + 500  # 1,000 prompt tokens at the fallback $0.50/M
+    assert rollup.cost_micros == UsageRecord.objects.aggregate(c=Sum("cost_micros"))["c"]
+
+
+def test_uptime_is_split_by_hour_rated_and_rolled_up(org):
+    deployment = uuid.uuid4()
+    price(
+        org=org,
+        deployment_id=deployment,
+        unit=PriceUnit.GPU_SECOND,
+        micros_per_unit_hour=3_600_000,  # $3.60 per GPU-hour = 1,000 µ$ per GPU-second
+        effective_from=T0 - timedelta(days=1),
+    )
+    event = UptimeEvent(
+        event_id="up-1",
+        org_id=org.pk,
+        deployment_id=deployment,
+        replica_id=uuid.uuid4(),
+        model="tiny-llama",
+        started_at=T0 + timedelta(minutes=59),
+        ended_at=T0 + timedelta(minutes=61),
+        gpus=2,
+    )
+    assert uptime_record_batch([event]) == 2
+    assert uptime_record_batch([event]) == 0
+    assert sorted(UptimeRecord.objects.values_list("seconds", "cost_micros")) == [
+        (60, 120_000),
+        (60, 120_000),
+    ]
+    # Requests served by that deployment cost nothing per token.
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=59), deployment_id=deployment)])
+    assert UsageRecord.objects.get().cost_micros == 0
+    usage_rollup(now=T0 + timedelta(hours=3))
+    uptime = UsageRollup.objects.filter(source="uptime")
+    assert sorted(uptime.values_list("resource_seconds", "cost_micros")) == [
+        (120, 120_000),
+        (120, 120_000),
+    ]
+
+
+def test_uptime_events_are_validated(org):
+    with pytest.raises(ValueError, match="before"):
+        uptime_record_batch(
+            [
+                UptimeEvent(
+                    event_id="x",
+                    org_id=org.pk,
+                    deployment_id=uuid.uuid4(),
+                    replica_id=uuid.uuid4(),
+                    model="m",
+                    started_at=T0,
+                    ended_at=T0 - timedelta(seconds=1),
+                )
+            ]
+        )
