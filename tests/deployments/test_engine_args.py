@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from inference.engine_args import ALLOWED, engine_args_argv, engine_args_validate
+
+
+def refusal(raw):  # type: ignore[no-untyped-def]
+    with pytest.raises(ValidationError) as caught:
+        engine_args_validate(raw)
+    return " ".join(caught.value.message_dict["engine_args"])
+
+
+def test_allowed_values_pass_through():
+    clean = engine_args_validate(
+        {
+            "max_model_len": 4096,
+            "dtype": "bfloat16",
+            "gpu_memory_utilization": 0.9,
+            "enable_prefix_caching": True,
+            "max_num_seqs": 64,
+        }
+    )
+    assert clean["max_model_len"] == 4096
+    assert clean["gpu_memory_utilization"] == 0.9
+
+
+def test_dashes_are_accepted_as_underscores():
+    assert engine_args_validate({"max-model-len": 512}) == {"max_model_len": 512}
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"max_model_len": "4096"}, "max_model_len must be a whole number"),
+        ({"max_model_len": True}, "max_model_len must be a whole number"),
+        ({"max_model_len": 8}, "max_model_len must be between 16 and"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization must be between"),
+        ({"dtype": "float8"}, "dtype must be one of"),
+        ({"enable_prefix_caching": "yes"}, "enable_prefix_caching must be true or false"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size must be between 1 and 8"),
+        ({"worker_extension_cls": "x"}, "worker_extension_cls is not an allowed engine argument"),
+        ({"trust_remote_code": True}, "trust_remote_code cannot be set"),
+        ({"port": 80}, "port cannot be set"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_field(raw, named):
+    assert named in refusal(raw)
+
+
+def test_every_error_is_reported_at_once():
+    message = refusal({"dtype": "x", "max_num_seqs": -1})
+    assert "dtype" in message and "max_num_seqs" in message
+
+
+def test_not_an_object_is_refused():
+    assert "JSON object" in " ".join(
+        pytest.raises(ValidationError, engine_args_validate, ["--port", "1"]).value.messages
+    )
+
+
+def test_argv_is_a_list_of_separate_items_with_boolean_flags():
+    argv = engine_args_argv(
+        {"max_model_len": 512, "enforce_eager": True, "enable_prefix_caching": False}
+    )
+    assert argv == [
+        "--enable-prefix-caching".replace("--", "--no-"),
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+    ]
+
+
+def test_a_value_cannot_smuggle_a_second_flag():
+    with pytest.raises(ValidationError):
+        engine_args_validate({"dtype": "float32 --trust-remote-code"})
+
+
+def test_every_allowed_argument_has_help():
+    assert all(spec.help for spec in ALLOWED.values())

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+
+from inference.models import DeploymentState, ReplicaState
+from inference.orchestrator.states import (
+    TRANSITIONS,
+    InvalidTransition,
+    deployment_summary,
+    replica_next_state,
+    restart_backoff_s,
+    startup_phase,
+)
+
+S = ReplicaState
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "after"),
+    [
+        (S.PENDING, "launched", S.STARTING),
+        (S.STARTING, "became_ready", S.READY),
+        (S.READY, "crashed", S.PENDING),
+        (S.STARTING, "crashed", S.PENDING),
+        (S.READY, "drain", S.DRAINING),
+        (S.DRAINING, "stopped", S.STOPPED),
+        (S.STARTING, "gave_up", S.FAILED),
+        (S.PENDING, "gave_up", S.FAILED),
+    ],
+)
+def test_allowed_transitions(state, event, after):
+    assert replica_next_state(state, event) == after
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (S.PENDING, "became_ready"),
+        (S.STOPPED, "launched"),
+        (S.FAILED, "launched"),
+        (S.DRAINING, "became_ready"),
+        (S.DRAINING, "crashed"),
+        (S.STOPPED, "drain"),
+    ],
+)
+def test_impossible_transitions_are_refused(state, event):
+    with pytest.raises(InvalidTransition):
+        replica_next_state(state, event)
+
+
+def test_stopped_and_failed_are_final():
+    for sources, _ in TRANSITIONS.values():
+        assert S.STOPPED not in sources
+        assert S.FAILED not in sources
+
+
+def test_unknown_event_is_refused():
+    with pytest.raises(InvalidTransition):
+        replica_next_state(S.READY, "exploded")
+
+
+def test_backoff_doubles_and_is_capped():
+    waits = [restart_backoff_s(crash_streak=n, base_s=2, cap_s=30) for n in range(0, 7)]
+    assert waits == [0, 2, 4, 8, 16, 30, 30]
+
+
+def summary(**kw):  # type: ignore[no-untyped-def]
+    params = {"deleting": False, "paused": False, "desired": 1, "replica_states": []}
+    params.update(kw)
+    return deployment_summary(**params)
+
+
+def test_summary_states():
+    assert summary(replica_states=[S.READY]).state == DeploymentState.READY
+    assert summary(desired=2, replica_states=[S.READY, S.STARTING]).state == "degraded"
+    assert summary(replica_states=[S.STARTING]).state == DeploymentState.STARTING
+    assert summary(replica_states=[S.PENDING]).state == DeploymentState.PENDING
+    assert summary(desired=0).state == DeploymentState.IDLE
+    assert summary(paused=True).state == DeploymentState.PAUSED
+    assert summary(deleting=True, paused=True).state == DeploymentState.DELETING
+
+
+def test_failure_wins_and_carries_its_reason():
+    result = summary(replica_states=[S.READY], failure="boom: last lines")
+    assert result.state == DeploymentState.FAILED
+    assert result.reason == "boom: last lines"
+
+
+def test_startup_phase_follows_the_engine_log():
+    lines = [
+        "INFO non-default args: {...}",
+        "INFO [cpu_model_runner.py:68] Starting to load model /models/tiny...",
+        "Loading safetensors checkpoint shards: 100% Completed",
+    ]
+    assert startup_phase([]) == "launching"
+    assert startup_phase(lines[:1]) == "launching"
+    assert startup_phase(lines) == "loading"
+    assert startup_phase([*lines, "INFO Warming up model for the compilation..."]) == "warming up"
+    assert startup_phase(["Downloading model.safetensors", *lines]) == "loading"
+    assert startup_phase(["Downloading model.safetensors"]) == "downloading"
