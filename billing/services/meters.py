@@ -207,6 +207,7 @@ def meter_events_prepare(*, now: datetime | None = None) -> int:
                             # Usage for a period Stripe has already invoiced goes on the next.
                             timestamp=hour if hour >= closed_before else now,
                             stripe_customer_id=account.stripe_customer_id,
+                            next_attempt_at=now,
                         )
                 except IntegrityError:
                     continue  # a concurrent run queued this difference already
@@ -263,7 +264,7 @@ def meter_events_send(
         claimed = (
             MeterEvent.objects.filter(pk=pk, status=MeterEventStatus.PENDING)
             .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
-            .update(claimed_at=timezone.now())
+            .update(claimed_at=now)
         )
         if not claimed:
             continue  # another worker has it
@@ -292,7 +293,7 @@ def meter_events_send(
                 event.status, event.sent_at = MeterEventStatus.SENT, timezone.now()
                 result.sent += 1
             elif is_retryable(error):
-                event.next_attempt_at = timezone.now() + timedelta(
+                event.next_attempt_at = now + timedelta(
                     seconds=60 * backoff_seconds(event.attempts)
                 )
                 result.retry_later += 1

@@ -1,0 +1,311 @@
+"""Contract tests: the exact requests our code sends to Stripe, answered with Stripe's own
+example objects and error shapes through the library's ``http_client`` hook."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import stripe
+from django.db.models import Sum
+
+from billing.ledger import usage_record_batch
+from billing.models import BillingAccount, MeterEvent, StripeMeter, UsageRecord, UsageRollup
+from billing.models.payments import MeterEventStatus
+from billing.rollups import usage_rollup
+from billing.services.accounts import (
+    account_for,
+    checkout_session_create,
+    customer_ensure,
+    portal_session_create,
+    subscription_ensure,
+)
+from billing.services.meters import meter_events_prepare, meter_events_send, stripe_setup
+from billing.services.reconcile import meter_reconcile
+from tests.billing.conftest import subscribe
+from tests.billing.factories import usage
+from tests.billing.stripe_fake import stripe_error
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=3)
+
+
+def test_customer_is_created_once_per_org_with_a_fixed_idempotency_key(stripe_fake, org, owner):
+    stripe_fake.answer("POST", "/v1/customers", stripe_fake.obj("customer", id="cus_new"))
+    account = account_for(org=org)
+    assert customer_ensure(account=account) == "cus_new"
+    assert customer_ensure(account=account) == "cus_new"
+    [call] = stripe_fake.requests
+    assert (call.method, call.path) == ("POST", "/v1/customers")
+    assert call.params == {
+        "name": "Acme",
+        "email": owner.email,
+        "metadata[org_id]": str(org.public_id),
+        "metadata[org_slug]": "acme",
+    }
+    assert call.idempotency_key == f"customer-create-{org.public_id}"
+    assert BillingAccount.objects.get(org=org).stripe_customer_id == "cus_new"
+
+
+def test_checkout_session_is_in_setup_mode_for_the_orgs_customer(stripe_fake, org, settings):
+    settings.SITE_URL = "https://console.example"
+    BillingAccount.objects.filter(org=org).delete()
+    account_for(org=org)
+    BillingAccount.objects.filter(org=org).update(stripe_customer_id="cus_acme")
+    session = stripe_fake.obj("checkout.session", id="cs_1", mode="setup", customer="cus_acme")
+    stripe_fake.answer("POST", "/v1/checkout/sessions", session)
+    url = checkout_session_create(org=org, actor=None, plan_code="payg")
+    assert url == session["url"]
+    [call] = stripe_fake.requests
+    assert call.path == "/v1/checkout/sessions"
+    assert call.params == {
+        "mode": "setup",
+        "customer": "cus_acme",
+        "currency": "usd",
+        "client_reference_id": str(org.public_id),
+        "success_url": "https://console.example/o/acme/billing/?checkout=success",
+        "cancel_url": "https://console.example/o/acme/billing/?checkout=cancelled",
+        "metadata[org_id]": str(org.public_id),
+        "metadata[plan]": "payg",
+    }
+    assert call.idempotency_key.startswith(f"checkout-setup-{org.public_id}-")
+
+
+def test_portal_session_returns_to_the_billing_page(stripe_fake, org, settings):
+    settings.SITE_URL = "https://console.example"
+    subscribe(org, since=T0)
+    portal = stripe_fake.obj("billing_portal.session", customer="cus_acme")
+    stripe_fake.answer("POST", "/v1/billing_portal/sessions", portal)
+    assert portal_session_create(org=org, actor=None) == portal["url"]
+    [call] = stripe_fake.requests
+    assert call.params == {
+        "customer": "cus_acme",
+        "return_url": "https://console.example/o/acme/billing/",
+    }
+
+
+def test_stripe_setup_creates_meters_products_and_metered_prices_once(stripe_fake):
+    stripe_fake.answer("POST", "/v1/billing/meters", stripe_fake.obj("billing.meter", id="mtr_1"))
+    stripe_fake.answer("POST", "/v1/products", stripe_fake.obj("product", id="prod_1"))
+    stripe_fake.answer("POST", "/v1/prices", stripe_fake.obj("price", id="price_1"))
+    stripe_setup()
+    stripe_setup()
+    assert [(r.method, r.path) for r in stripe_fake.requests] == [
+        ("POST", "/v1/billing/meters"),
+        ("POST", "/v1/products"),
+        ("POST", "/v1/prices"),
+    ] * 2  # two meters, and nothing more on the second run
+    meter, _, price = stripe_fake.requests[:3]
+    assert meter.params == {
+        "display_name": "Inference (tokens)",
+        "event_name": "inference_tokens_cost",
+        "default_aggregation[formula]": "sum",
+        "customer_mapping[type]": "by_id",
+        "customer_mapping[event_payload_key]": "stripe_customer_id",
+        "value_settings[event_payload_key]": "value",
+    }
+    assert meter.idempotency_key == "meter-create-inference_tokens_cost"
+    assert price.params == {
+        "product": "prod_1",
+        "currency": "usd",
+        "unit_amount_decimal": "0.0001",
+        "recurring[interval]": "month",
+        "recurring[usage_type]": "metered",
+        "recurring[meter]": "mtr_1",
+        "lookup_key": "inference_tokens_cost_micros",
+        "nickname": "Inference (tokens), per micro-dollar",
+    }
+    assert price.idempotency_key == "price-create-tokens"
+    assert StripeMeter.objects.filter(stripe_price_id="price_1").count() == 2
+
+
+def test_subscription_uses_the_metered_prices_and_a_generation_key(stripe_fake, meters, org):
+    account = account_for(org=org)
+    BillingAccount.objects.filter(pk=account.pk).update(stripe_customer_id="cus_acme")
+    account.refresh_from_db()
+    stripe_fake.answer(
+        "POST",
+        "/v1/subscriptions",
+        stripe_fake.obj("subscription", id="sub_new", status="active", customer="cus_acme"),
+    )
+    assert subscription_ensure(account=account) == "sub_new"
+    assert subscription_ensure(account=account) == "sub_new"
+    [call] = stripe_fake.requests
+    assert call.params == {
+        "customer": "cus_acme",
+        "items[0][price]": "price_tokens",
+        "items[1][price]": "price_uptime",
+        "billing_cycle_anchor_config[day_of_month]": "1",
+        "proration_behavior": "none",
+        "metadata[org_id]": str(org.public_id),
+    }
+    assert call.idempotency_key == f"subscription-create-{org.public_id}-1"
+    account.refresh_from_db()
+    assert account.billable_from is not None and account.subscription_generation == 1
+
+
+def test_a_declined_card_raises_and_changes_nothing(stripe_fake, meters, org):
+    account = account_for(org=org)
+    BillingAccount.objects.filter(pk=account.pk).update(stripe_customer_id="cus_acme")
+    account.refresh_from_db()
+    stripe_fake.answer("POST", "/v1/subscriptions", stripe_error(402))
+    with pytest.raises(stripe.CardError):
+        subscription_ensure(account=account)
+    assert len(stripe_fake.requests) == 1  # a 402 is not retried
+    account.refresh_from_db()
+    assert account.stripe_subscription_id == "" and account.subscription_generation == 0
+
+
+def _meter_event_answer(fake, value="1"):  # type: ignore[no-untyped-def]
+    return fake.obj("billing.meter_event", event_name="inference_tokens_cost")
+
+
+def test_meter_events_carry_deterministic_identifiers_and_idempotency_keys(
+    stripe_fake, meters, org
+):
+    subscribe(org, since=T0)
+    usage_record_batch(
+        [usage(org.pk, T0 + timedelta(minutes=m)) for m in (1, 2, 61)]  # two hours
+    )
+    usage_rollup(now=NOW)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    assert meter_events_prepare(now=NOW) == 2
+    assert meter_events_send(now=NOW).sent == 2
+    calls = stripe_fake.calls("POST", "/v1/billing/meter_events")
+    hour = f"{T0:%Y%m%d%H}"
+    assert calls[0].params == {
+        "event_name": "inference_tokens_cost",
+        "payload[stripe_customer_id]": "cus_acme",
+        "payload[value]": "2500",  # 2 x (1,000 in at $0.50/M + 500 out at $1.50/M)
+        "identifier": f"{org.public_id}-tokens-{hour}",
+        "timestamp": str(int(T0.timestamp())),
+    }
+    assert calls[0].idempotency_key == f"meter-event-{org.public_id}-tokens-{hour}"
+    assert calls[1].params["timestamp"] == str(int((T0 + timedelta(hours=1)).timestamp()))
+    # Run again: nothing new to send.
+    assert meter_events_prepare(now=NOW) == 0
+    assert meter_events_send(now=NOW).sent == 0
+    assert len(stripe_fake.requests) == 2
+
+
+def test_records_equal_rollups_equal_what_was_sent_including_late_usage(
+    stripe_fake, meters, org
+):
+    subscribe(org, since=T0)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=m)) for m in range(0, 120, 7)])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    meter_events_send(now=NOW)
+    # Usage for the first hour arrives after that hour was reported.
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=30), completion_tokens=2_000)])
+    later = NOW + timedelta(hours=1)
+    usage_rollup(now=later)
+    assert meter_events_prepare(now=later) == 1
+    meter_events_send(now=later)
+    late = stripe_fake.calls("POST", "/v1/billing/meter_events")[-1]
+    assert late.params["identifier"] == f"{org.public_id}-tokens-{T0:%Y%m%d%H}-1"
+    assert late.params["payload[value]"] == "3500"  # only the difference
+    records = UsageRecord.objects.aggregate(c=Sum("cost_micros"))["c"]
+    rollups = UsageRollup.objects.aggregate(c=Sum("cost_micros"))["c"]
+    sent = sum(
+        int(c.params["payload[value]"]) for c in stripe_fake.calls("POST", "/v1/billing/meter_events")
+    )
+    assert records == rollups == sent
+    assert MeterEvent.objects.filter(status=MeterEventStatus.SENT).aggregate(v=Sum("value"))[
+        "v"
+    ] == sent
+
+
+def test_usage_before_the_subscription_is_not_billed(stripe_fake, meters, org):
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=5))])
+    subscribe(org, since=T0 + timedelta(minutes=30))  # upgraded mid-hour
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=75))])
+    usage_rollup(now=NOW)
+    assert meter_events_prepare(now=NOW) == 1
+    assert MeterEvent.objects.get().hour == T0 + timedelta(hours=1)
+
+
+def test_429_and_500_are_retried_with_backoff_under_one_idempotency_key(stripe_fake, meters, org):
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    stripe_fake.answer(
+        "POST",
+        "/v1/billing/meter_events",
+        stripe_error(429),
+        stripe_error(500),
+        _meter_event_answer(stripe_fake),
+    )
+    assert meter_events_send(now=NOW).sent == 1
+    calls = stripe_fake.calls("POST", "/v1/billing/meter_events")
+    assert len(calls) == 3
+    assert len({c.idempotency_key for c in calls}) == 1
+    assert stripe_fake.waits == [0.5, 1.0]
+
+
+def test_persistent_5xx_leaves_the_event_for_a_later_run(stripe_fake, meters, org, settings):
+    settings.STRIPE_MAX_RETRIES = 2
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", stripe_error(500))
+    result = meter_events_send(now=NOW)
+    assert (result.sent, result.retry_later) == (0, 1)
+    event = MeterEvent.objects.get()
+    assert event.status == MeterEventStatus.PENDING and event.next_attempt_at > NOW
+    assert len(stripe_fake.requests) == 3
+    # Not due yet: the next run at the same moment sends nothing.
+    assert meter_events_send(now=NOW).sent == 0 and len(stripe_fake.requests) == 3
+
+
+def test_a_rejected_event_is_marked_failed_without_retries(stripe_fake, meters, org):
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", stripe_error(400))
+    assert meter_events_send(now=NOW).failed == 1
+    event = MeterEvent.objects.get()
+    assert event.status == MeterEventStatus.FAILED and "InvalidRequestError 400" in event.last_error
+    assert len(stripe_fake.requests) == 1
+    # Staff see it; a failed event is not re-queued as a difference either.
+    assert meter_events_prepare(now=NOW) == 0
+
+
+def test_reconciliation_compares_stripe_summaries_with_the_ledger(stripe_fake, meters, org):
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    meter_events_send(now=NOW)
+    path = "/v1/billing/meters/mtr_tokens/event_summaries"
+    summary = stripe_fake.obj("billing.meter_event_summary", aggregated_value=1250)
+    stripe_fake.answer("GET", path, {"object": "list", "data": [summary], "has_more": False})
+    stripe_fake.answer(
+        "GET",
+        "/v1/billing/meters/mtr_uptime/event_summaries",
+        {"object": "list", "data": [], "has_more": False},
+    )
+    results = {r.meter_key: r for r in meter_reconcile(day=T0.date())}
+    assert results["tokens"].matches and results["tokens"].stripe_value == 1250
+    assert results["uptime"].matches and results["uptime"].ledger_micros == 0
+    [call] = stripe_fake.calls("GET", path)
+    day = datetime(2026, 3, 10, tzinfo=UTC)
+    assert call.params == {
+        "customer": "cus_acme",
+        "start_time": str(int(day.timestamp())),
+        "end_time": str(int((day + timedelta(days=1)).timestamp())),
+        "value_grouping_window": "day",
+    }
+    # Stripe counting less than we sent shows up as a difference for staff.
+    summary["aggregated_value"] = 1000
+    stripe_fake.answer("GET", path, {"object": "list", "data": [summary], "has_more": False})
+    stripe_fake._answers[("GET", path)].popleft()
+    row = {r.meter_key: r for r in meter_reconcile(day=T0.date())}["tokens"]
+    assert not row.matches and "Stripe 1000" in row.detail
