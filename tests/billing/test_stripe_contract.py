@@ -190,9 +190,7 @@ def test_meter_events_carry_deterministic_identifiers_and_idempotency_keys(
     assert len(stripe_fake.requests) == 2
 
 
-def test_records_equal_rollups_equal_what_was_sent_including_late_usage(
-    stripe_fake, meters, org
-):
+def test_records_equal_rollups_equal_what_was_sent_including_late_usage(stripe_fake, meters, org):
     subscribe(org, since=T0)
     stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
     usage_record_batch([usage(org.pk, T0 + timedelta(minutes=m)) for m in range(0, 120, 7)])
@@ -211,12 +209,14 @@ def test_records_equal_rollups_equal_what_was_sent_including_late_usage(
     records = UsageRecord.objects.aggregate(c=Sum("cost_micros"))["c"]
     rollups = UsageRollup.objects.aggregate(c=Sum("cost_micros"))["c"]
     sent = sum(
-        int(c.params["payload[value]"]) for c in stripe_fake.calls("POST", "/v1/billing/meter_events")
+        int(c.params["payload[value]"])
+        for c in stripe_fake.calls("POST", "/v1/billing/meter_events")
     )
     assert records == rollups == sent
-    assert MeterEvent.objects.filter(status=MeterEventStatus.SENT).aggregate(v=Sum("value"))[
-        "v"
-    ] == sent
+    assert (
+        MeterEvent.objects.filter(status=MeterEventStatus.SENT).aggregate(v=Sum("value"))["v"]
+        == sent
+    )
 
 
 def test_usage_before_the_subscription_is_not_billed(stripe_fake, meters, org):
