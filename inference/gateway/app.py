@@ -522,8 +522,11 @@ class Gateway:
             token_delta = (
                 outcome.prompt_tokens + outcome.completion_tokens - parsed.prompt_tokens_estimate
             )
-            assert self.loop is not None
-            self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
+            if isinstance(self.limiter, LocalLimiter):
+                self.limiter.settle_now(adm, token_delta, cost - reserve)
+            else:
+                assert self.loop is not None
+                self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
         status = str(outcome.status)
         label = route or parsed.model
         self.metrics.requests.inc((label, status))

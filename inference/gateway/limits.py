@@ -112,6 +112,9 @@ class LocalLimiter:
         return None
 
     async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
+        self.settle_now(admission, token_delta, cost_delta)
+
+    def settle_now(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
         now = time.time()
         changes = [(key, token_delta) for key in admission.token_keys]
         changes += [(counter.key, cost_delta) for counter in admission.budgets]

@@ -104,6 +104,7 @@ class Snapshot:
     prices: ledger.PriceLookup | None
     month: str
     key_spend: dict[uuid.UUID, int] = field(default_factory=dict)
+    price_cache: dict[uuid.UUID, ledger.PriceRates] = field(default_factory=dict)
 
     def catalogue(self, org_id: int) -> OrgCatalogue:
         return self.catalogues.get(org_id) or OrgCatalogue()
@@ -117,11 +118,21 @@ class Snapshot:
         return None
 
     def price(self, org_id: int, target: DeploymentEntry | ExternalEntry) -> ledger.PriceRates:
+        """The target's price now, for reservations (the ledger rates records itself).
+
+        Cached for the snapshot's life (at most ``snapshot_ttl_s``), so a price version that
+        takes effect is used for reservations within that time."""
+        cached = self.price_cache.get(target.id)
+        if cached is not None:
+            return cached
         if self.prices is None:
-            return ledger.FREE
-        if isinstance(target, DeploymentEntry):
-            return self.prices.get(org_id, target.served_model_name, deployment_id=target.id)
-        return self.prices.get(org_id, target.model)
+            price = ledger.FREE
+        elif isinstance(target, DeploymentEntry):
+            price = self.prices.get(org_id, target.served_model_name, deployment_id=target.id)
+        else:
+            price = self.prices.get(org_id, target.model)
+        self.price_cache[target.id] = price
+        return price
 
 
 def empty_snapshot() -> Snapshot:

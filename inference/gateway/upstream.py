@@ -89,6 +89,7 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.received = False
+        self.keep_alive = False
         # A body already read to decide on a retry, kept for delivery to the client.
         self.pending_body: bytes | None = None
 
@@ -110,6 +111,8 @@ class UpstreamResponse:
         self._wake()
 
     def on_message_complete(self) -> None:
+        # Read the flag now: the parser resets it once the message is over.
+        self.keep_alive = self.parser.should_keep_alive()
         self._complete = True
         self._wake()
 
@@ -181,7 +184,7 @@ class UpstreamResponse:
     def _release(self) -> None:
         conn = self.conn
         conn.response = None
-        if self.parser.should_keep_alive() and not conn.closed:
+        if self.keep_alive and not conn.closed:
             conn.pool.put(conn)
         else:
             conn.close()

@@ -1,0 +1,145 @@
+"""Benchmark 1: latency the gateway adds in front of a fast local upstream (non-streaming).
+
+Both arms run in the same process, interleaved round by round: the load generator calls the
+upstream directly, then through the gateway, with the same body. Prints p50 and p99 of each arm
+and the difference (the gateway's added latency) at each concurrency, plus metering on vs off
+when asked.
+
+    .venv/bin/python bench/gateway_latency.py [--rounds 10] [--requests 400] [--concurrency 1 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway_common import (
+    UVICORN,
+    bench_env,
+    free_port,
+    load,
+    log_dir,
+    machine,
+    merge,
+    ms,
+    request_bytes,
+    setup_database,
+    start_gateway,
+    start_process,
+    stop,
+)
+
+BODY = {"model": "fast", "messages": [{"role": "user", "content": "Say something short."}]}
+
+
+async def measure(arms: dict[str, bytes], ports: dict[str, int], args: argparse.Namespace) -> None:
+    for concurrency in args.concurrency:
+        runs: dict[str, list] = {name: [] for name in arms}
+        for name in arms:  # warm-up: connections, caches
+            await load(ports[name], arms[name], concurrency=concurrency, total=concurrency * 20)
+        for _ in range(args.rounds):
+            for name in arms:
+                runs[name].append(
+                    await load(
+                        ports[name], arms[name], concurrency=concurrency, total=args.requests
+                    )
+                )
+        merged = {name: merge(r) for name, r in runs.items()}
+        base = merged["direct"]
+        print(
+            f"\nconcurrency {concurrency}: {len(base.latencies)} requests per arm, "
+            f"{args.rounds} interleaved rounds"
+        )
+        for name, run in merged.items():
+            print(
+                f"  {name:<16} p50 {ms(run.pct(0.5))} ms  p99 {ms(run.pct(0.99))} ms  "
+                f"{run.rps:8.0f} req/s  errors {run.errors}"
+            )
+        for name, run in merged.items():
+            if name == "direct":
+                continue
+            print(
+                f"  added by {name:<8} p50 {ms(run.pct(0.5) - base.pct(0.5))} ms  "
+                f"p99 {ms(run.pct(0.99) - base.pct(0.99))} ms  "
+                f"throughput ratio {run.rps / base.rps:.3f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--metering-off", action="store_true", help="add a gateway arm without metering"
+    )
+    args = parser.parse_args()
+
+    upstream_port = free_port()
+    logs = log_dir()
+    upstream = start_process(
+        [
+            UVICORN,
+            "bench.gateway_upstream:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(upstream_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--lifespan",
+            "off",
+        ],
+        bench_env(Path("/nonexistent")),
+        upstream_port,
+        logs / "gwbench-upstream.log",
+    )
+    db_path, key = setup_database({"fast": [upstream_port]})
+    processes = [upstream]
+    try:
+        ports = {"direct": upstream_port, "gateway": free_port()}
+        processes.append(
+            start_gateway(
+                db_path, ports["gateway"], logs / "gwbench-gateway.log", GATEWAY_ACCESS_LOG="0"
+            )
+        )
+        if args.metering_off:
+            ports["no-meter"] = free_port()
+            processes.append(
+                start_gateway(
+                    db_path,
+                    ports["no-meter"],
+                    logs / "gwbench-gateway-nometer.log",
+                    GATEWAY_ACCESS_LOG="0",
+                    GATEWAY_METERING="0",
+                )
+            )
+        arms = {
+            "direct": request_bytes(upstream_port, "/v1/chat/completions", BODY),
+            **{
+                name: request_bytes(port, "/v1/chat/completions", BODY, key)
+                for name, port in ports.items()
+                if name != "direct"
+            },
+        }
+        print(
+            f"machine: {machine()}; upstream: bench/gateway_upstream.py; gateway: uvicorn "
+            "console.asgi:application (uvloop, httptools), access log off"
+        )
+        asyncio.run(measure(arms, ports, args))
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()

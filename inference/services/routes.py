@@ -1,0 +1,291 @@
+"""Writes to routes and external endpoints: create, update, delete.
+
+Every change is validated in full before anything is written: the route's own shape
+(``inference.routing.config``) and then the org's whole route graph with the change applied
+(unknown targets, cycles). Changes are audited and announced to gateways with ``snapshot_bump``,
+which reach every gateway process within a second or so.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from console.models import ApiKey, Organisation, User
+from console.services.audit import audit_record
+from console.snapshot import snapshot_bump
+from inference.models import ExternalEndpoint, Route, RoutePolicy
+from inference.routing.config import (
+    RouteConfigError,
+    RouteSpec,
+    route_spec_parse,
+    routes_check_references,
+)
+from inference.routing.secrets import secret_encrypt
+
+ROUTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+ENDPOINT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _lock_org(org: Organisation) -> None:
+    # Serialises route changes within an org so that two edits cannot form a cycle together.
+    Organisation.objects.select_for_update().filter(pk=org.pk).first()
+
+
+def _spec_of(route: Route) -> RouteSpec:
+    return route_spec_parse(
+        name=route.name,
+        policy=route.policy,
+        config=route.config,
+        cold_start_fallback=route.cold_start_fallback,
+    )
+
+
+def _deployment_names(org: Organisation) -> tuple[set[str], set[str]]:
+    live = org.deployments.filter(deleted_at=None)
+    return (
+        set(live.values_list("name", flat=True)),
+        set(live.values_list("served_model_name", flat=True)),
+    )
+
+
+def _check_graph(org: Organisation, candidate: Route, *, removing: Route | None = None) -> None:
+    """Validate the org's routes as they would be with ``candidate`` saved (or ``removing``
+    deleted). Raises ValidationError naming the field and the problem."""
+    try:
+        spec = _spec_of(candidate)
+    except RouteConfigError as error:
+        raise ValidationError({"config": error.messages}) from None
+    specs: dict[str, RouteSpec] = {}
+    for other in org.routes.exclude(pk=candidate.pk):
+        if removing is not None and other.pk == removing.pk:
+            continue
+        try:
+            specs[other.name] = _spec_of(other)
+        except RouteConfigError:
+            continue  # an older route that no longer validates cannot block this change
+    specs[spec.name] = spec
+    deployments, _ = _deployment_names(org)
+    externals = set(org.external_endpoints.values_list("name", flat=True))
+    try:
+        routes_check_references(specs, deployments=deployments, externals=externals)
+    except RouteConfigError as error:
+        raise ValidationError({"config": error.messages}) from None
+
+
+def _check_name(org: Organisation, name: str, exclude: Route | None) -> str:
+    name = (name or "").strip()
+    if not ROUTE_NAME_RE.match(name):
+        raise ValidationError(
+            {"name": "Use 1 to 128 letters, digits and . _ : / -, starting with a letter or digit."}
+        )
+    others = org.routes.filter(name=name)
+    if exclude is not None:
+        others = others.exclude(pk=exclude.pk)
+    if others.exists():
+        raise ValidationError({"name": f"A route named {name!r} already exists."})
+    _, served = _deployment_names(org)
+    if name in served:
+        raise ValidationError(
+            {"name": f"A deployment already serves the model name {name!r}; choose another name."}
+        )
+    return name
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in RoutePolicy.values:
+        raise ValidationError(
+            {"policy": f"Choose one of {', '.join(RoutePolicy.values)} (got {policy!r})."}
+        )
+    return policy
+
+
+@transaction.atomic
+def route_create(
+    *,
+    org: Organisation,
+    actor: User | None,
+    name: str,
+    policy: str,
+    config: Any,
+    cold_start_fallback: str = "",
+    description: str = "",
+    actor_key: ApiKey | None = None,
+) -> Route:
+    _lock_org(org)
+    route = Route(
+        org=org,
+        name=_check_name(org, name, None),
+        policy=_check_policy(policy),
+        config=config,
+        cold_start_fallback=(cold_start_fallback or "").strip(),
+        description=(description or "").strip()[:200],
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    _check_graph(org, route)
+    route.save()
+    audit_record(
+        org=org,
+        action="route.created",
+        actor=actor,
+        actor_key=actor_key,
+        target=route,
+        data={"policy": route.policy, "config": route.config},
+    )
+    snapshot_bump()
+    return route
+
+
+@transaction.atomic
+def route_update(
+    *,
+    route: Route,
+    actor: User | None,
+    actor_key: ApiKey | None = None,
+    **changes: Any,
+) -> Route:
+    """Change any of name, policy, config, cold_start_fallback, description."""
+    allowed = {"name", "policy", "config", "cold_start_fallback", "description"}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValidationError(f"Unknown field(s): {', '.join(unknown)}.")
+    org = route.org
+    _lock_org(org)
+    route = Route.objects.get(pk=route.pk)
+    before = {"name": route.name, "policy": route.policy, "config": route.config}
+    old_name = route.name
+    if "name" in changes:
+        route.name = _check_name(org, changes["name"], route)
+    if "policy" in changes:
+        route.policy = _check_policy(changes["policy"])
+    if "config" in changes:
+        route.config = changes["config"]
+    if "cold_start_fallback" in changes:
+        route.cold_start_fallback = (changes["cold_start_fallback"] or "").strip()
+    if "description" in changes:
+        route.description = (changes["description"] or "").strip()[:200]
+    if route.name != old_name:
+        _check_not_referenced(route, f"route:{old_name}", "renamed")
+    _check_graph(org, route)
+    route.updated_at = timezone.now()
+    route.save()
+    audit_record(
+        org=org,
+        action="route.updated",
+        actor=actor,
+        actor_key=actor_key,
+        target=route,
+        data={
+            "before": before,
+            "after": {"name": route.name, "policy": route.policy, "config": route.config},
+        },
+    )
+    snapshot_bump()
+    return route
+
+
+def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str, verb: str) -> None:
+    org = route_or_endpoint.org
+    users = []
+    for other in org.routes.all():
+        if other.pk == route_or_endpoint.pk:
+            continue
+        try:
+            refs = {str(r) for r in _spec_of(other).references()}
+        except RouteConfigError:
+            continue
+        if ref in refs:
+            users.append(other.name)
+    if users:
+        raise ValidationError(
+            f"{ref} cannot be {verb}: route(s) {', '.join(sorted(users))} send requests to it."
+        )
+
+
+@transaction.atomic
+def route_delete(*, route: Route, actor: User | None, actor_key: ApiKey | None = None) -> None:
+    _lock_org(route.org)
+    _check_not_referenced(route, f"route:{route.name}", "deleted")
+    audit_record(
+        org=route.org,
+        action="route.deleted",
+        actor=actor,
+        actor_key=actor_key,
+        target=route,
+        data={"policy": route.policy, "config": route.config},
+    )
+    route.delete()
+    snapshot_bump()
+
+
+@transaction.atomic
+def external_endpoint_create(
+    *,
+    org: Organisation,
+    actor: User | None,
+    name: str,
+    base_url: str,
+    model: str,
+    api_key: str = "",
+    actor_key: ApiKey | None = None,
+) -> ExternalEndpoint:
+    """Register an OpenAI-compatible endpoint. Its API key is stored encrypted only."""
+    errors: dict[str, str] = {}
+    name = (name or "").strip()
+    if not ENDPOINT_NAME_RE.match(name):
+        errors["name"] = "Use 1 to 63 lowercase letters, digits and hyphens."
+    elif org.external_endpoints.filter(name=name).exists():
+        errors["name"] = f"An endpoint named {name!r} already exists."
+    base_url = (base_url or "").strip().rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        errors["base_url"] = "Enter an http(s) URL, up to and including /v1."
+    model = (model or "").strip()
+    if not model or len(model) > 128:
+        errors["model"] = "Enter the model name the endpoint expects (1 to 128 characters)."
+    if api_key and (len(api_key) > 500 or any(c.isspace() for c in api_key)):
+        errors["api_key"] = "An API key is at most 500 characters, without spaces."
+    if errors:
+        raise ValidationError(errors)
+    endpoint = ExternalEndpoint.objects.create(
+        org=org,
+        name=name,
+        base_url=base_url,
+        model=model,
+        api_key_encrypted=secret_encrypt(api_key),
+        api_key_hint=api_key[-4:] if len(api_key) >= 12 else "",
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    audit_record(
+        org=org,
+        action="endpoint.created",
+        actor=actor,
+        actor_key=actor_key,
+        target=endpoint,
+        data={"base_url": base_url, "model": model},
+    )
+    snapshot_bump()
+    return endpoint
+
+
+@transaction.atomic
+def external_endpoint_delete(
+    *, endpoint: ExternalEndpoint, actor: User | None, actor_key: ApiKey | None = None
+) -> None:
+    _lock_org(endpoint.org)
+    _check_not_referenced(endpoint, f"external:{endpoint.name}", "deleted")
+    audit_record(
+        org=endpoint.org,
+        action="endpoint.deleted",
+        actor=actor,
+        actor_key=actor_key,
+        target=endpoint,
+        data={"base_url": endpoint.base_url},
+    )
+    endpoint.delete()
+    snapshot_bump()

@@ -1,0 +1,150 @@
+"""Refusals in OpenAI's error format, with the right status, raised by the official client, and
+never reaching the engine."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from django.utils import timezone
+
+from console.services.keys import api_key_create, api_key_revoke
+from tests.gateway.conftest import make_deployment
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def served(gw, engine, org, inference_key):  # type: ignore[no-untyped-def]
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    return fake
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert response.headers["x-request-id"].startswith("req-")
+    return body["error"]
+
+
+def test_bad_missing_and_revoked_keys_get_401(gw, served, org, owner):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        gw.client("sk-not-a-real-key").chat.completions.create(**CHAT)
+    assert caught.value.code == "invalid_api_key"
+    response = httpx.post(gw.url + "/v1/chat/completions", json=CHAT)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "missing_api_key"
+
+    created = api_key_create(org=org, actor=owner, name="k", scopes=["inference"])
+    api_key_revoke(key=created.key, actor=owner)
+    gw.refresh()
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        gw.client(created.secret).chat.completions.create(**CHAT)
+    assert served.requests == []
+
+
+def test_expired_key_gets_401(gw, served, org, owner):
+    created = api_key_create(org=org, actor=owner, name="k", scopes=["inference"])
+    type(created.key).objects.filter(pk=created.key.pk).update(expires_at=timezone.now())
+    gw.refresh()
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        gw.client(created.secret).chat.completions.create(**CHAT)
+
+
+def test_scope_and_model_restrictions_get_403(gw, served, org, owner):
+    manage_only = api_key_create(org=org, actor=owner, name="m", scopes=["manage"]).secret
+    other_model = api_key_create(
+        org=org, actor=owner, name="o", scopes=["inference"], allowed_models=["other"]
+    ).secret
+    gw.refresh()
+    with pytest.raises(openai.PermissionDeniedError, match="inference"):
+        gw.client(manage_only).chat.completions.create(**CHAT)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        gw.client(other_model).chat.completions.create(**CHAT)
+    assert caught.value.code == "model_not_allowed"
+    assert served.requests == []
+
+
+def test_unknown_model_gets_404_and_other_orgs_models_are_unknown(gw, served, inference_key):
+    from tests.factories import OrgFactory
+
+    make_deployment(OrgFactory(), "theirs", [1])
+    gw.refresh()
+    for model in ("nope", "theirs"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            gw.client(inference_key).chat.completions.create(**{**CHAT, "model": model})
+        assert caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"messages": []}', "'model'"),
+        (b'{"model": "tiny", "messages": "hi"}', "'messages' must be a non-empty list"),
+        (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}', "role"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": 5}]}', "content"),
+        (b'{"model": "tiny", "messages": [{"role": "user"}], "max_tokens": "9"}', "max_tokens"),
+        (b'{"model": "tiny", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+        (b'{"model": "tiny", "messages": [{"role": "user"}], "temperature": true}', "temperature"),
+    ],
+)
+def test_invalid_bodies_get_400_saying_what_is_wrong(gw, served, inference_key, body, message):
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {inference_key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert message in error_of(response)["message"]
+    assert served.requests == []
+
+
+def test_bodies_over_the_limit_get_413(start_gateway, engine, org, inference_key):
+    gw = start_gateway(max_body_bytes=1000)
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json=big,
+        headers={"Authorization": f"Bearer {inference_key}"},
+    )
+    assert response.status_code == 413
+    assert fake.requests == []
+
+
+def test_suspended_org_gets_402_with_the_reason(gw, served, org, inference_key):
+    type(org).objects.filter(pk=org.pk).update(
+        suspended_at=timezone.now(), suspended_reason="payment failed"
+    )
+    gw.refresh()
+    with pytest.raises(openai.APIStatusError) as caught:
+        gw.client(inference_key).chat.completions.create(**CHAT)
+    assert caught.value.status_code == 402
+    assert "payment failed" in caught.value.message
+
+
+def test_rpm_limit_gets_429_with_retry_after(gw, served, org, owner):
+    secret = api_key_create(
+        org=org, actor=owner, name="slow", scopes=["inference"], rpm_limit=2
+    ).secret
+    gw.refresh()
+    client = gw.client(secret)
+    client.chat.completions.create(**CHAT)
+    client.chat.completions.create(**CHAT)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**CHAT)
+    retry_after = int(caught.value.response.headers["retry-after"])
+    assert 1 <= retry_after <= 61
+    assert len(served.requests) == 2
+
+
+def test_unknown_path_and_wrong_method(gw, served, inference_key):
+    response = httpx.get(gw.url + "/v1/chat/completions")
+    assert response.status_code == 405
+    assert httpx.post(gw.url + "/v1/nothing").status_code == 404
