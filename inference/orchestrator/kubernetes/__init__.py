@@ -1,0 +1,1 @@
+"""The Kubernetes backend: a Deployment and a Service per model deployment (docs/operations.md)."""

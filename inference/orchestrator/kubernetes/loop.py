@@ -1,0 +1,333 @@
+"""The reconcile loop for the Kubernetes backend.
+
+Each pass, for every deployment: decide the replica count (the same autoscaling decision as the
+local backend), read the cluster, create or repair the Deployment and Service and scale through
+the scale subresource, then copy what the cluster says into Replica rows: one row per pod, with
+``ready`` only for pods among the Service's ready endpoints, so gateways route to ready pods only.
+
+Nothing is remembered between passes that the cluster does not hold, so a restarted orchestrator
+adopts the objects it finds instead of creating them again. Stopping the orchestrator leaves the
+pods serving: Kubernetes keeps them running and restarts them without us.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.core.cache import cache
+from django.db import close_old_connections
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from console.snapshot import snapshot_bump, snapshot_version
+from inference.conf import OrchestratorConfig
+from inference.models import Deployment, DeploymentState, Replica, ReplicaState
+from inference.orchestrator.autoscale import ScaleInput, scale_decide
+from inference.orchestrator.kubernetes.backend import (
+    ClusterError,
+    KubernetesBackend,
+    Observation,
+    PodView,
+)
+from inference.orchestrator.kubernetes.config import KubernetesConfig
+from inference.orchestrator.kubernetes.manifests import (
+    DeploymentFacts,
+    SpecRefused,
+    engine_argv,
+)
+from inference.orchestrator.probe import EngineProbe
+from inference.orchestrator.reconcile import GATEWAY_INFLIGHT_KEY
+from inference.orchestrator.states import deployment_summary
+
+logger = logging.getLogger(__name__)
+S = ReplicaState
+BACKEND = "kubernetes"
+
+
+def deployment_facts(deployment: Deployment) -> DeploymentFacts:
+    return DeploymentFacts(
+        id=str(deployment.pk),
+        name=deployment.name,
+        org_id=str(deployment.org.public_id),
+        org_slug=deployment.org.slug,
+        source=deployment.source,
+        model=deployment.model,
+        revision=deployment.revision,
+        served_model_name=deployment.served_model_name,
+        runner=deployment.runner,
+        engine_args=dict(deployment.engine_args or {}),
+        gpus_per_replica=deployment.gpus_per_replica,
+        spec_version=deployment.spec_version,
+    )
+
+
+def pod_state(pod: PodView) -> tuple[str, str]:
+    """A pod's replica state and start-up progress."""
+    if pod.deleting:
+        return S.DRAINING, "stopping"
+    if pod.ready:
+        return S.READY, "ready"
+    if pod.phase in ("Failed", "Succeeded"):
+        return S.FAILED, pod.phase.lower()
+    if not pod.scheduled:
+        return S.PENDING, "scheduling"
+    if pod.phase == "Pending":
+        return S.STARTING, "pulling image"
+    return S.STARTING, "loading"
+
+
+def _when(raw: str | None) -> datetime | None:
+    return parse_datetime(raw) if raw else None
+
+
+class KubernetesOrchestrator:
+    """Same surface as the local orchestrator: ``run``, ``stop``, ``reconcile_once``."""
+
+    def __init__(
+        self,
+        *,
+        config: OrchestratorConfig,
+        kube: KubernetesConfig,
+        backend: KubernetesBackend | None = None,
+        probe: EngineProbe | None = None,
+        probe_metrics: bool = True,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.backend = backend or KubernetesBackend(kube)
+        # Load for autoscaling comes from each ready pod's /metrics, which needs the
+        # orchestrator to reach pod IPs (it does when it runs inside the cluster).
+        self.probe = probe or EngineProbe(timeout_s=1.0)
+        self.probe_metrics = probe_metrics
+        self._report = report or (lambda line: None)
+        self._stop = threading.Event()
+
+    # The loop
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _change_token(self) -> tuple[object, ...]:
+        latest = Deployment.objects.aggregate(u=Max("updated_at"), d=Max("demand_at"))
+        return (snapshot_version(), latest["u"], latest["d"])
+
+    def run(self) -> None:
+        """Reconcile every ``interval_s``, and at once when a deployment changes."""
+        last_token: tuple[object, ...] | None = None
+        next_pass = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    token = self._change_token()
+                    if token != last_token or time.monotonic() >= next_pass:
+                        self.reconcile_once()
+                        last_token = self._change_token()
+                        next_pass = time.monotonic() + self.config.interval_s
+                except Exception:
+                    logger.exception("reconcile pass failed")
+                    close_old_connections()
+                self._stop.wait(0.5)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Let go of the API connection; the pods keep serving under Kubernetes' care."""
+        self.probe.close()
+        self.backend.close()
+        self._report("orchestrator stopped; Kubernetes keeps the replicas running")
+
+    def reconcile_once(self) -> None:
+        for deployment in Deployment.objects.select_related("org").order_by("created_at"):
+            try:
+                self.reconcile_deployment(deployment)
+            except (ClusterError, SpecRefused) as error:
+                self._summarise(deployment, [], failure=str(error))
+            except Exception as error:
+                logger.exception("reconciling deployment %s failed", deployment.pk)
+                self._summarise(deployment, [], failure=f"The orchestrator hit an error: {error}")
+
+    # One deployment
+
+    def reconcile_deployment(
+        self, deployment: Deployment, *, observed: Observation | None = None
+    ) -> None:
+        """One deployment's pass; ``observed`` lets a caller supply the cluster reading."""
+        facts = deployment_facts(deployment)
+        if deployment.deleted_at is not None:
+            self._delete(deployment, facts)
+            return
+        # Refused here, before any request: the same allow-list as the local backend.
+        engine_argv(facts, self.kube)
+        observation = observed or self.backend.observe(facts)
+        desired = self._desired(deployment, observation)
+        for action in self.backend.ensure(facts, replicas=desired, observed=observation):
+            self._say(deployment, action)
+        if observed is not None or desired != (
+            (observation.deployment or {}).get("spec") or {}
+        ).get("replicas"):
+            observation = self.backend.observe(facts)
+        rows = self._sync_replicas(deployment, observation)
+        failure = (
+            f"Kubernetes gave up on the rollout: {observation.failed}" if observation.failed else ""
+        )
+        self._summarise(deployment, rows, failure=failure, warnings=observation.warnings)
+
+    def _delete(self, deployment: Deployment, facts: DeploymentFacts) -> None:
+        if not self.backend.delete(facts):
+            self._summarise(deployment, list(self._live_rows(deployment)))
+            return
+        self._sync_replicas(deployment, Observation(None, None))
+        logger.info("deployment %s deleted", deployment.pk)
+        self._say(deployment, "deleted; its Deployment, Service and pods are gone")
+        deployment.delete()
+        snapshot_bump()
+
+    def _desired(self, deployment: Deployment, observation: Observation) -> int:
+        if deployment.paused:
+            if deployment.desired_replicas:
+                Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=0)
+                deployment.desired_replicas = 0
+            return 0
+        now = timezone.now()
+        load: list[int] = []
+        if self.probe_metrics:
+            for _, ip, port in observation.endpoints:
+                metrics = self.probe.metrics(f"http://{ip}:{port}")
+                if metrics is not None:
+                    load.append(metrics.load)
+        inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
+        demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
+            seconds=self.config.demand_ttl_s
+        )
+        decision = scale_decide(
+            ScaleInput(
+                current=deployment.desired_replicas,
+                min_replicas=deployment.min_replicas,
+                max_replicas=deployment.max_replicas,
+                target_concurrency=deployment.target_concurrency,
+                replica_load=load,
+                gateway_inflight=int(inflight) if inflight is not None else None,
+                demand=demand,
+                low_load_since=deployment.low_load_since,
+                now=now,
+                scale_down_delay_s=deployment.scale_down_delay_s,
+            )
+        )
+        if (decision.desired, decision.low_load_since) != (
+            deployment.desired_replicas,
+            deployment.low_load_since,
+        ):
+            if decision.desired != deployment.desired_replicas:
+                self._say(
+                    deployment,
+                    f"scaling {deployment.desired_replicas} -> {decision.desired} "
+                    f"({decision.reason})",
+                )
+            deployment.desired_replicas = decision.desired
+            deployment.low_load_since = decision.low_load_since
+            Deployment.objects.filter(pk=deployment.pk).update(
+                desired_replicas=decision.desired, low_load_since=decision.low_load_since
+            )
+        return decision.desired
+
+    def _live_rows(self, deployment: Deployment) -> list[Replica]:
+        return list(
+            Replica.objects.filter(deployment=deployment, backend=BACKEND).exclude(state=S.STOPPED)
+        )
+
+    def _sync_replicas(self, deployment: Deployment, observation: Observation) -> list[Replica]:
+        """One Replica row per pod; bump the gateways' snapshot when the ready set changes."""
+        rows = {row.handle: row for row in self._live_rows(deployment)}
+        before = {(r.handle, r.host, r.port) for r in rows.values() if r.state == S.READY}
+        ports = {pod: port for pod, _, port in observation.endpoints}
+        now = timezone.now()
+        kept: list[Replica] = []
+        for pod in observation.pods:
+            state, progress = pod_state(pod)
+            values = {
+                "state": state,
+                "progress": progress,
+                "host": pod.ip,
+                "port": ports.get(pod.name, self.kube.engine_port),
+                "restart_count": pod.restarts,
+                "last_error": pod.problem[:4000],
+                "spec_version": pod.spec_version or deployment.spec_version,
+                "started_at": _when(pod.started_at),
+                "ready_at": _when(pod.ready_at) if state == S.READY else None,
+            }
+            row = rows.pop(pod.name, None)
+            if row is None:
+                row = Replica.objects.create(
+                    deployment=deployment, backend=BACKEND, handle=pod.name, **values
+                )
+                self._say(deployment, f"pod {pod.name} {state}")
+            elif any(getattr(row, key) != value for key, value in values.items()):
+                if row.state != state:
+                    self._say(deployment, f"pod {pod.name} {row.state} -> {state}")
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.save(update_fields=list(values))
+            kept.append(row)
+        for row in rows.values():  # pods that are gone
+            row.state, row.stopped_at, row.progress = S.STOPPED, now, ""
+            row.save(update_fields=["state", "stopped_at", "progress"])
+        after = {(r.handle, r.host, r.port) for r in kept if r.state == S.READY}
+        if before != after:
+            snapshot_bump()
+        if deployment.deleted_at is None:
+            Replica.objects.filter(
+                deployment=deployment,
+                backend=BACKEND,
+                state=S.STOPPED,
+                stopped_at__lt=now - timedelta(days=1),
+            ).delete()
+        return [row for row in kept if row.state != S.STOPPED]
+
+    def _summarise(
+        self,
+        deployment: Deployment,
+        rows: list[Replica],
+        *,
+        failure: str = "",
+        warnings: list[str] | None = None,
+    ) -> None:
+        summary = deployment_summary(
+            deleting=deployment.deleted_at is not None,
+            paused=deployment.paused,
+            desired=deployment.desired_replicas,
+            replica_states=[r.state for r in rows],
+            failure=failure,
+        )
+        reason = summary.reason
+        if warnings and summary.state in (
+            DeploymentState.PENDING,
+            DeploymentState.STARTING,
+            DeploymentState.DEGRADED,
+        ):
+            reason = f"{reason} {' '.join(warnings)}"
+        reason = reason[:4000]
+        if (summary.state, reason) != (deployment.state, deployment.state_reason):
+            Deployment.objects.filter(pk=deployment.pk).update(
+                state=summary.state, state_reason=reason
+            )
+            if summary.state != deployment.state:
+                self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
+            deployment.state, deployment.state_reason = summary.state, reason
+            snapshot_bump()
+
+    def _say(self, deployment: Deployment, message: str) -> None:
+        line = f"{deployment.org.slug}/{deployment.name}: {message}"
+        logger.info(line)
+        self._report(line)
+
+
+def kubernetes_orchestrator(
+    config: OrchestratorConfig, *, report: Callable[[str], None] | None = None
+) -> KubernetesOrchestrator:
+    return KubernetesOrchestrator(config=config, kube=KubernetesConfig.from_env(), report=report)
