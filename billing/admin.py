@@ -22,8 +22,10 @@ from billing.models import (
     Plan,
     Price,
     ReconciliationResult,
+    RollupCursor,
     StripeEvent,
     StripeMeter,
+    UptimeRecord,
     UsageRecord,
     UsageRollup,
 )
@@ -154,6 +156,18 @@ class UsageRollupAdmin(ReadOnlyAdmin):
     list_filter = ["source"]
     search_fields = ["org__slug", "model", "route"]
     date_hierarchy = "hour"
+
+
+@admin.register(UptimeRecord)
+class UptimeRecordAdmin(ReadOnlyAdmin):
+    list_display = ["hour", "org", "model", "replica_id", "gpus", "seconds", "cost_micros"]
+    search_fields = ["org__slug", "model", "event_id"]
+    date_hierarchy = "hour"
+
+
+@admin.register(RollupCursor)
+class RollupCursorAdmin(ReadOnlyAdmin):
+    list_display = ["created_before", "last_run_at"]
 
 
 @admin.register(StripeMeter)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core import mail
+
+from billing.ledger import usage_record_batch
+from billing.models import BillingAccount, BudgetAlert, Plan
+from billing.rollups import usage_rollup
+from billing.selectors import (
+    forecast_micros,
+    key_month_to_date_spend,
+    month_to_date_spend,
+    spend_limit_details,
+    spend_limits,
+)
+from billing.services.accounts import budget_set, key_budget_set
+from billing.services.alerts import budget_alerts_check
+from console.models import ControlPlaneVersion
+from console.services.keys import api_key_create
+from tests.billing.factories import usage
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
+
+
+def spend(org, micros_each: int, n: int, at: datetime, **fields):  # type: ignore[no-untyped-def]
+    # At the fallback price, 2 prompt tokens cost 1 µ$; build requests costing micros_each.
+    usage_record_batch(
+        [
+            usage(org.pk, at, prompt_tokens=2 * micros_each, completion_tokens=0, **fields)
+            for _ in range(n)
+        ]
+    )
+
+
+def test_month_to_date_counts_rollups_and_the_latest_records_once(org):
+    spend(org, 1_000, 1, datetime(2026, 2, 28, 23, 0, tzinfo=UTC))  # last month
+    spend(org, 1_000, 2, datetime(2026, 3, 1, 0, 5, tzinfo=UTC))
+    spend(org, 1_000, 1, NOW - timedelta(hours=5))
+    usage_rollup(now=NOW - timedelta(hours=3))
+    spend(org, 1_000, 1, NOW - timedelta(minutes=10))  # not rolled up yet
+    assert month_to_date_spend(now=NOW) == {org.pk: 4_000}
+    assert month_to_date_spend([org.pk, 999_999], now=NOW) == {org.pk: 4_000, 999_999: 0}
+    usage_rollup(now=NOW)
+    assert month_to_date_spend(now=NOW)[org.pk] == 4_000
+
+
+def test_key_month_to_date_spend(org, owner):
+    key = api_key_create(org=org, actor=owner, name="k", scopes=["inference"]).key
+    spend(org, 500, 3, NOW - timedelta(minutes=5), api_key_id=key.pk)
+    spend(org, 500, 1, NOW - timedelta(minutes=5))
+    assert key_month_to_date_spend(now=NOW) == {key.pk: 1_500}
+
+
+def test_forecast_extends_the_last_weeks_pace_to_the_month_end(org):
+    spend(org, 7_000, 1, datetime(2026, 3, 5, 12, 0, tzinfo=UTC))
+    now = datetime(2026, 3, 12, 0, 0, tzinfo=UTC)
+    usage_rollup(now=now)
+    # 7,000 µ$ in the last 7 days = 1,000 a day; 20 days left in March.
+    assert forecast_micros(org=org, now=now) == 7_000 + 20_000
+
+
+def test_free_plan_caps_at_its_credit_with_a_reason(org):
+    limit = spend_limit_details([org.pk])[org.pk]
+    assert limit.cap_micros == 5_000_000 and limit.reason == "free_credit"
+    assert "monthly credit of $5.00 is used up" in limit.message
+
+
+def test_an_org_budget_below_the_credit_is_the_cap_and_changes_bump_the_snapshot(
+    org, owner, django_capture_on_commit_callbacks
+):
+    before = ControlPlaneVersion.objects.filter(pk=1).values_list("version", flat=True).first() or 0
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_set(org=org, actor=owner, amount_micros=2_000_000)
+    assert spend_limits([org.pk]) == {org.pk: 2_000_000}
+    assert spend_limit_details([org.pk])[org.pk].reason == "org_budget"
+    assert ControlPlaneVersion.objects.get(pk=1).version == before + 1
+    budget_set(org=org, actor=owner, amount_micros=2_000_000, hard_limit=False)
+    assert spend_limits([org.pk]) == {org.pk: 5_000_000}
+
+
+def test_pay_as_you_go_has_no_cap_in_local_ledger_mode_but_needs_a_card_with_stripe(org, settings):
+    BillingAccount.objects.create(org=org, plan=Plan.objects.get(code="payg"))
+    assert spend_limits([org.pk]) == {org.pk: None}
+    settings.STRIPE_API_KEY = "sk_test_x"
+    limit = spend_limit_details([org.pk])[org.pk]
+    assert (limit.cap_micros, limit.reason) == (0, "payment_method_required")
+
+
+def test_budget_input_is_validated(org, owner):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        budget_set(org=org, actor=owner, amount_micros=0)
+    with pytest.raises(ValidationError):
+        budget_set(org=org, actor=owner, amount_micros=1.5)  # type: ignore[arg-type]
+
+
+def test_alerts_go_out_once_per_threshold_and_period(
+    org, owner, django_capture_on_commit_callbacks
+):
+    budget_set(org=org, actor=owner, amount_micros=10_000)
+    spend(org, 6_000, 1, NOW - timedelta(minutes=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert budget_alerts_check(now=NOW) == 1
+        assert budget_alerts_check(now=NOW) == 0
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].subject == "Acme: 50% of the organisation's monthly budget used"
+    assert mail.outbox[0].to == [owner.email]
+    spend(org, 4_000, 1, NOW - timedelta(minutes=4))  # 100%: 80 and 100 crossed together
+    with django_capture_on_commit_callbacks(execute=True):
+        assert budget_alerts_check(now=NOW) == 1
+    assert "100%" in mail.outbox[1].subject and "refused" in mail.outbox[1].body
+    assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80, 100]
+    # Next month starts afresh.
+    next_month = datetime(2026, 4, 1, 1, 0, tzinfo=UTC)
+    spend(org, 6_000, 1, next_month - timedelta(minutes=30))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert budget_alerts_check(now=next_month) == 1
+
+
+def test_key_budget_alerts(org, owner, django_capture_on_commit_callbacks):
+    key = api_key_create(org=org, actor=owner, name="ci", scopes=["inference"]).key
+    key_budget_set(key=key, actor=owner, amount_micros=1_000)
+    spend(org, 900, 1, NOW - timedelta(minutes=5), api_key_id=key.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert budget_alerts_check(now=NOW) == 1
+    assert "80% of the monthly budget of key “ci”" in mail.outbox[0].subject

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing.ledger import usage_record_batch
+from billing.models import Budget
+from billing.rollups import usage_rollup
+from console.services.keys import api_key_create
+from tests.billing.factories import usage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def used(org, owner):  # type: ignore[no-untyped-def]
+    """Two days of usage on two models and a key, rolled up."""
+    key = api_key_create(org=org, actor=owner, name="prod", scopes=["inference"]).key
+    today = timezone.now().replace(hour=1, minute=0, second=0, microsecond=0)
+    usage_record_batch(
+        [
+            usage(
+                org.pk,
+                today - timedelta(days=1),
+                model="tiny-llama",
+                route="chat",
+                api_key_id=key.pk,
+                latency_ms=80,
+            ),
+            usage(
+                org.pk, today - timedelta(days=1), model="big-model", route="chat", latency_ms=900
+            ),
+            usage(
+                org.pk, today, model="tiny-llama", route="fast", api_key_id=key.pk, latency_ms=40
+            ),
+        ]
+    )
+    usage_rollup()
+    return key
+
+
+def test_usage_page_shows_charts_and_numbers_to_viewers(client_for, viewer, org, used):
+    response = client_for(viewer).get(f"/o/{org.slug}/usage/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'data-testid="total-requests">3<' in body
+    assert "chart.umd.min.js" in body and 'id="usage-chart-data"' in body
+    assert "big-model" in body
+
+
+def test_usage_filters_and_csv_export_give_the_same_numbers(client_for, owner, org, used):
+    client = client_for(owner)
+    response = client.get(
+        f"/o/{org.slug}/usage/", {"key": str(used.pk), "group": "route", "format": "csv"}
+    )
+    assert response["Content-Type"] == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert [(r["route"], r["requests"], r["cost_micros"], r["cost_usd"]) for r in rows] == [
+        ("chat", "1", "1250", "0.001250"),
+        ("fast", "1", "1250", "0.001250"),
+    ]
+    page = client.get(
+        f"/o/{org.slug}/usage/", {"key": str(used.pk), "group": "route"}, HTTP_HX_REQUEST="true"
+    )
+    assert page.status_code == 200 and "<html" not in page.content.decode()
+    assert 'data-testid="total-requests">2<' in page.content.decode()
+
+
+def test_usage_filter_errors_are_shown_and_defaults_used(client_for, owner, org):
+    response = client_for(owner).get(
+        f"/o/{org.slug}/usage/", {"start": "2026-03-10", "end": "2026-03-01"}
+    )
+    assert response.status_code == 200
+    assert "The start must not be after the end." in response.content.decode()
+
+
+def test_outsider_gets_404_on_usage_and_billing(client_for, outsider, org):
+    for url in (f"/o/{org.slug}/usage/", f"/o/{org.slug}/billing/"):
+        assert client_for(outsider).get(url).status_code == 404
+
+
+def test_billing_page_is_for_owners_and_admins(client_for, owner, viewer, member, org, used):
+    assert client_for(viewer).get(f"/o/{org.slug}/billing/").status_code == 403
+    assert client_for(member).get(f"/o/{org.slug}/billing/").status_code == 403
+    response = client_for(owner).get(f"/o/{org.slug}/billing/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-testid="local-ledger"' in body
+    assert 'data-testid="plan">Free<' in body
+    assert 'data-testid="mtd">$0.003750<' in body
+
+
+def test_owner_sets_a_budget_and_bad_input_changes_nothing(client_for, owner, org):
+    client = client_for(owner)
+    bad = client.post(f"/o/{org.slug}/billing/budget/", {"amount": "-3"})
+    assert bad.status_code == 400 and not Budget.objects.exists()
+    ok = client.post(f"/o/{org.slug}/billing/budget/", {"amount": "12.50", "hard_limit": "on"})
+    assert ok.status_code == 302
+    budget = Budget.objects.get(org=org)
+    assert (budget.amount_micros, budget.hard_limit) == (12_500_000, True)
+    client.post(f"/o/{org.slug}/billing/budget/", {"amount": ""})
+    assert not Budget.objects.exists()
+
+
+def test_key_budget_is_set_from_the_billing_page(client_for, owner, org, used):
+    client_for(owner).post(f"/o/{org.slug}/billing/keys/{used.pk}/budget/", {"amount": "2"})
+    used.refresh_from_db()
+    assert used.monthly_budget_micros == 2_000_000
+
+
+def test_payment_buttons_say_so_in_local_ledger_mode(client_for, owner, org):
+    response = client_for(owner).post(f"/o/{org.slug}/billing/payment-method/", follow=True)
+    assert "local-ledger mode" in response.content.decode()
+
+
+def test_developers_cannot_change_budgets(client_for, member, org):
+    response = client_for(member).post(f"/o/{org.slug}/billing/budget/", {"amount": "5"})
+    assert response.status_code == 403 and not Budget.objects.exists()
+
+
+# REST ----------------------------------------------------------------------------------------
+
+
+def test_api_usage_groups_by_day_and_model_in_json(client_for, viewer, org, used):
+    response = client_for(viewer).get(f"/api/orgs/{org.slug}/usage/", {"group_by": "day,model"})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["group_by"] == ["day", "model"]
+    assert [(r["model"], r["requests"]) for r in data["rows"]] == [
+        ("big-model", 1),
+        ("tiny-llama", 1),
+        ("tiny-llama", 1),
+    ]
+    assert data["totals"]["cost_micros"] == 3_750 and data["totals"]["cost_usd"] == "0.003750"
+
+
+def test_api_usage_csv_matches_json(client_for, owner, org, used):
+    client = client_for(owner)
+    as_json = client.get(f"/api/orgs/{org.slug}/usage/", {"group_by": "key"}).json()["rows"]
+    as_csv = client.get(f"/api/orgs/{org.slug}/usage/", {"group_by": "key", "format": "csv"})
+    assert as_csv["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.content.decode())))
+    assert [int(r["cost_micros"]) for r in rows] == [r["cost_micros"] for r in as_json]
+    assert {r["key_name"] for r in rows} == {"", "prod"}
+
+
+def test_api_usage_rejects_bad_parameters(client_for, owner, org):
+    response = client_for(owner).get(f"/api/orgs/{org.slug}/usage/", {"group_by": "day,colour"})
+    assert response.status_code == 400
+    assert "colour" in response.json()["error"]["fields"]["group_by"][0]
+
+
+def test_api_spend_and_budget(client_for, owner, viewer, org, used):
+    client = client_for(owner)
+    put = client.put(
+        f"/api/orgs/{org.slug}/budget/",
+        {"amount_micros": 4_000_000, "hard_limit": True},
+        content_type="application/json",
+    )
+    assert put.status_code == 200 and put.json()["amount_micros"] == 4_000_000
+    spend = client_for(viewer).get(f"/api/orgs/{org.slug}/spend/").json()
+    assert spend["month_to_date_micros"] == 3_750
+    assert (spend["limit_micros"], spend["limit_reason"]) == (4_000_000, "org_budget")
+    assert spend["budget"] == {"amount_micros": 4_000_000, "hard_limit": True}
+    assert spend["keys"][0]["month_to_date_micros"] == 2_500
+    assert (
+        client_for(viewer)
+        .put(f"/api/orgs/{org.slug}/budget/", {"amount_micros": 1}, content_type="application/json")
+        .status_code
+        == 403
+    )
+    bad = client.put(
+        f"/api/orgs/{org.slug}/budget/", {"amount_micros": 1.5}, content_type="application/json"
+    )
+    assert bad.status_code == 400
+    assert Budget.objects.get().amount_micros == 4_000_000
+
+
+def test_usage_endpoints_are_in_the_openapi_schema(client_for, owner):
+    schema = client_for(owner).get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    assert {
+        "/api/orgs/{org_slug}/usage/",
+        "/api/orgs/{org_slug}/spend/",
+        "/api/orgs/{org_slug}/budget/",
+    } <= set(schema["paths"])
+    params = {
+        p["name"] for p in schema["paths"]["/api/orgs/{org_slug}/usage/"]["get"]["parameters"]
+    }
+    assert {"start", "end", "group_by", "key", "route", "model", "format"} <= params
+
+
+def test_the_day_boundaries_are_utc(client_for, owner, org):
+    late = datetime.now(UTC).replace(hour=23, minute=59) - timedelta(days=2)
+    usage_record_batch([usage(org.pk, late)])
+    usage_rollup()
+    rows = client_for(owner).get(f"/api/orgs/{org.slug}/usage/").json()["rows"]
+    assert [r["day"] for r in rows] == [late.date().isoformat()]
