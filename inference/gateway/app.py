@@ -114,6 +114,7 @@ class Gateway:
         self._snapshot_waiters: list[asyncio.Future[None]] = []
         self._demand_at: dict[uuid.UUID, float] = {}
         self._keys_used: set[uuid.UUID] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.started = False
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -526,7 +527,10 @@ class Gateway:
                 self.limiter.settle_now(adm, token_delta, cost - reserve)
             else:
                 assert self.loop is not None
-                self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
+                task = self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
+                # Keep a reference until it is done (the loop holds only a weak one).
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         status = str(outcome.status)
         label = route or parsed.model
         self.metrics.requests.inc((label, status))

@@ -48,11 +48,21 @@ class Meter:
         self._lock = threading.Lock()  # one flush at a time (the thread, or close())
         self._thread: threading.Thread | None = None
         self.written = 0
+        self.recorded = 0
+        self._recorded_changed = threading.Condition()
 
     def record(self, event: UsageEvent) -> None:
         self._buffer.append(event)
+        self.recorded += 1
         if len(self._buffer) >= self.batch:
             self._wake.set()
+        with self._recorded_changed:
+            self._recorded_changed.notify_all()
+
+    def wait_recorded(self, count: int, timeout: float) -> bool:
+        """Block until at least ``count`` events were recorded (tests and shutdown checks)."""
+        with self._recorded_changed:
+            return self._recorded_changed.wait_for(lambda: self.recorded >= count, timeout)
 
     @property
     def pending(self) -> int:

@@ -105,6 +105,7 @@ class Snapshot:
     month: str
     key_spend: dict[uuid.UUID, int] = field(default_factory=dict)
     price_cache: dict[uuid.UUID, ledger.PriceRates] = field(default_factory=dict)
+    spend: ledger.Spend | None = None
 
     def catalogue(self, org_id: int) -> OrgCatalogue:
         return self.catalogues.get(org_id) or OrgCatalogue()
@@ -147,14 +148,21 @@ def _max_model_len(engine_args: object) -> int | None:
     return None
 
 
-def snapshot_build(version: int) -> Snapshot:
-    """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones)."""
+def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
+    """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones).
+
+    If billing's spend figures cannot be read, the previous snapshot's are kept (caps included),
+    so that a billing problem neither stops serving nor lifts the caps."""
     from console.models import ApiKey, Organisation
     from inference.models import Deployment, ExternalEndpoint, Replica, Route
     from inference.routing.secrets import secret_decrypt
 
     now = timezone.now()
-    spend = ledger.spend_load(now)
+    try:
+        spend = ledger.spend_load(now)
+    except Exception:
+        logger.exception("spend figures unavailable; keeping the previous ones")
+        spend = previous.spend if previous is not None else ledger.Spend({}, {}, {}, {})
     orgs = {
         row["id"]: OrgEntry(
             id=row["id"],
@@ -272,6 +280,7 @@ def snapshot_build(version: int) -> Snapshot:
         prices=ledger.prices_load(),
         month=now.strftime("%Y%m"),
         key_spend=spend.key_spend,
+        spend=spend,
     )
 
 
@@ -288,7 +297,7 @@ class SnapshotPoller:
         *,
         poll_s: float,
         ttl_s: float,
-        build: Callable[[int], Snapshot] = snapshot_build,
+        build: Callable[[int, Snapshot | None], Snapshot] = snapshot_build,
     ) -> None:
         self._install = install
         self._poll_s = poll_s
@@ -298,6 +307,7 @@ class SnapshotPoller:
         self._thread: threading.Thread | None = None
         self.version = -1
         self.built_at = 0.0
+        self.last: Snapshot | None = None
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the version moved, the TTL passed, or ``force``. Returns whether it did."""
@@ -308,8 +318,8 @@ class SnapshotPoller:
             stale = time.monotonic() - self.built_at >= self._ttl_s
             if not (force or stale or version != self.version):
                 return False
-            snapshot = self._build(version)
-            self.version, self.built_at = version, snapshot.built_at
+            snapshot = self._build(version, self.last)
+            self.version, self.built_at, self.last = version, snapshot.built_at, snapshot
             self._install(snapshot)
             return True
         finally:

@@ -191,6 +191,7 @@ class UpstreamResponse:
 
     def abort(self) -> None:
         """Drop the connection: the upstream sees the client go and stops generating."""
+        self.fail(UpstreamError("closed", "aborted", received=self.received))
         self.conn.response = None
         self.conn.abort()
 

@@ -87,6 +87,12 @@ class RunningGateway:
         assert self.gateway.meter is not None
         return self.gateway.meter.flush()
 
+    def wait_for_records(self, count: int) -> None:
+        """Wait until ``count`` usage events were recorded, then write them."""
+        assert self.gateway.meter is not None
+        assert self.gateway.meter.wait_recorded(count, timeout=30)
+        self.flush()
+
 
 @pytest.fixture
 def start_gateway(

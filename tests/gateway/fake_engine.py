@@ -23,7 +23,7 @@ class FakeEngine:
     def __init__(self, name: str = "fake", *, max_model_len: int = 512) -> None:
         self.name = name
         self.max_model_len = max_model_len
-        self.script: deque[int] = deque()
+        self.script: deque[int | tuple[int, str]] = deque()
         self.stream_tokens = 8
         self.stream_delay_s = 0.0
         self.requests: list[dict[str, Any]] = []
@@ -32,6 +32,7 @@ class FakeEngine:
         self.generation_tokens_total = 0
         self.disconnected = threading.Event()
         self.fixed_body: bytes | None = None
+        self.answer_delay_s = 0.0
 
     # One word, one token: simple, and enough to check that counts travel unchanged.
     @staticmethod
@@ -63,8 +64,9 @@ class FakeEngine:
         self.requests.append(body)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         if self.script:
-            status = self.script.popleft()
-            message = {"error": {"message": f"scripted failure {status}", "code": status}}
+            item = self.script.popleft()
+            status, text = item if isinstance(item, tuple) else (item, f"scripted failure {item}")
+            message = {"error": {"message": text, "code": status}}
             await self._json(send, status, json.dumps(message).encode())
             return
         prompt = self._prompt_tokens(body)
@@ -84,6 +86,8 @@ class FakeEngine:
         if body.get("stream"):
             await self._stream(body, prompt, receive, send)
             return
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         words = FIXED_ANSWER.split()[: max_tokens or None]
         self.prompt_tokens_total += prompt
         self.generation_tokens_total += len(words)

@@ -1,0 +1,286 @@
+"""Fallbacks, retries, ejection, timeouts, cold starts and client disconnects, against fake
+engines on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import httpx
+import openai
+import pytest
+
+from billing.models import UsageRecord
+from console.snapshot import snapshot_bump
+from inference.models import Deployment, Replica
+from inference.services.routes import external_endpoint_create, route_create
+from tests.gateway.conftest import make_deployment
+from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.servers import ThreadServer
+
+CHAT = {"messages": [{"role": "user", "content": "hello there"}]}
+
+
+def dead_port() -> int:
+    """A port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def second_engine():  # type: ignore[no-untyped-def]
+    fake = FakeEngine("second", max_model_len=100_000)
+    server = ThreadServer(fake, lifespan="off").start()
+    yield fake, server
+    server.stop()
+
+
+def test_refused_connection_is_retried_on_another_replica_and_the_replica_ejected(
+    start_gateway, engine, org, inference_key
+):
+    # Round robin, so that the dead replica is certainly chosen (affinity might never pick it).
+    gw = start_gateway(balance="round_robin")
+    fake, server = engine
+    deployment = make_deployment(org, "tiny", [dead_port(), server.port])
+    gw.refresh()
+    client = gw.client(inference_key)
+    for _ in range(6):
+        raw = client.chat.completions.with_raw_response.create(model="tiny", **CHAT)
+        assert raw.http_response.status_code == 200
+    live = deployment.replicas.get(port=server.port)
+    assert raw.headers["x-replica-id"] == str(live.id)
+    assert len(fake.requests) == 6
+    metrics = httpx.get(gw.url + "/metrics").text
+    # The dead replica failed once, then sat out its cool-down.
+    assert 'gateway_upstream_errors_total{target="deployment:tiny",kind="connect"} 1' in metrics
+
+
+def test_only_replica_unreachable_gives_502(gw, org, inference_key):
+    make_deployment(org, "tiny", [dead_port()])
+    gw.refresh()
+    with pytest.raises(openai.APIStatusError) as caught:
+        gw.client(inference_key).chat.completions.create(model="tiny", **CHAT)
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_unreachable"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [500, 503, 429, (400, "This model's maximum context length is 512 tokens. However, ...")],
+)
+def test_fallback_route_moves_on_after_failure(
+    gw, engine, second_engine, org, owner, inference_key, failure
+):
+    first, first_server = engine
+    second, second_server = second_engine
+    make_deployment(org, "small", [first_server.port])
+    make_deployment(org, "big", [second_server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="fallback",
+        config={"targets": ["deployment:small", "deployment:big"]},
+    )
+    gw.refresh()
+    first.script.append(failure)
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="chat", **CHAT)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-route"] == "chat"
+    assert raw.headers["x-target"] == "deployment:big"
+    assert len(first.requests) == 1
+    assert second.requests[0]["model"] == "big"
+    gw.flush()
+    record = UsageRecord.objects.get()
+    assert (record.route, record.target, record.model) == ("chat", "deployment:big", "big")
+
+
+def test_single_target_errors_map_to_502_and_client_errors_pass_through(
+    gw, engine, org, inference_key
+):
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    client = gw.client(inference_key)
+    fake.script.append(500)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="tiny", **CHAT)
+    assert caught.value.status_code == 502
+    assert "scripted failure 500" in caught.value.message
+    fake.script.append((400, "temperature must be at most 2"))
+    with pytest.raises(openai.BadRequestError, match="temperature must be at most 2"):
+        client.chat.completions.create(model="tiny", **CHAT)
+
+
+def test_slow_upstream_times_out_with_504(start_gateway, engine, org, inference_key):
+    gw = start_gateway(read_timeout_s=0.3)
+    fake, server = engine
+    fake.answer_delay_s = 3
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    with pytest.raises(openai.APIStatusError) as caught:
+        gw.client(inference_key).chat.completions.create(model="tiny", **CHAT)
+    assert caught.value.status_code == 504
+
+
+def test_weighted_and_conditional_routes_choose_targets(
+    gw, engine, second_engine, org, owner, inference_key
+):
+    _, first_server = engine
+    _, second_server = second_engine
+    make_deployment(org, "small", [first_server.port])
+    make_deployment(org, "big", [second_server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="canary",
+        policy="weighted",
+        config={
+            "targets": [
+                {"target": "deployment:small", "weight": 0},
+                {"target": "deployment:big", "weight": 100},
+            ]
+        },
+    )
+    route_create(
+        org=org,
+        actor=owner,
+        name="smart",
+        policy="conditional",
+        config={
+            "rules": [
+                {"when": {"tag": "batch"}, "target": "deployment:small"},
+                {"when": {"has_tools": True}, "target": "deployment:big"},
+            ],
+            "default": "deployment:small",
+        },
+    )
+    gw.refresh()
+    client = gw.client(inference_key)
+
+    def target(model: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
+        raw = client.chat.completions.with_raw_response.create(model=model, **CHAT, **kwargs)
+        return raw.headers["x-target"]
+
+    assert target("canary") == "deployment:big"
+    assert target("smart") == "deployment:small"
+    assert target("smart", extra_headers={"x-route-tag": "batch"}) == "deployment:small"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert target("smart", tools=tools) == "deployment:big"
+
+
+def test_external_endpoint_gets_its_model_name_and_key(gw, engine, org, owner, inference_key):
+    fake, server = engine
+    external_endpoint_create(
+        org=org,
+        actor=owner,
+        name="partner",
+        base_url=server.url + "/v1",
+        model="partner-large",
+        api_key="sk-partner-secret-123",
+    )
+    route_create(
+        org=org,
+        actor=owner,
+        name="outside",
+        policy="single",
+        config={"target": "external:partner"},
+    )
+    gw.refresh()
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(
+        model="outside", **CHAT
+    )
+    assert raw.headers["x-target"] == "external:partner"
+    assert fake.requests[-1]["model"] == "partner-large"
+    assert fake.headers[-1]["authorization"] == "Bearer sk-partner-secret-123"
+
+
+def test_scaled_to_zero_uses_the_cold_start_fallback_and_signals_demand(
+    gw, engine, org, owner, inference_key
+):
+    _, server = engine
+    sleeping = make_deployment(org, "sleepy", [], min_replicas=0)
+    make_deployment(org, "warm", [server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="single",
+        config={"target": "deployment:sleepy"},
+        cold_start_fallback="deployment:warm",
+    )
+    gw.refresh()
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="chat", **CHAT)
+    assert raw.headers["x-target"] == "deployment:warm"
+    # The demand signal is written from a worker thread; poll the row, bounded.
+    for _ in range(200):
+        sleeping.refresh_from_db()
+        if sleeping.demand_at is not None:
+            break
+        threading.Event().wait(0.02)
+    assert sleeping.demand_at is not None
+
+
+def test_request_waits_for_a_replica_to_become_ready(start_gateway, engine, org, inference_key):
+    gw = start_gateway(cold_start_wait_s=20)
+    fake, server = engine
+    deployment = make_deployment(org, "sleepy", [], min_replicas=0)
+    gw.refresh()
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        result["answer"] = gw.client(inference_key).chat.completions.create(model="sleepy", **CHAT)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    # Wait until the gateway has asked for a replica, then "start" one.
+    for _ in range(500):
+        if Deployment.objects.filter(pk=deployment.pk, demand_at__isnull=False).exists():
+            break
+        threading.Event().wait(0.02)
+    Replica.objects.create(deployment=deployment, host="127.0.0.1", port=server.port, state="ready")
+    snapshot_bump()
+    caller.join(timeout=30)
+    assert "answer" in result
+    assert len(fake.requests) == 1
+
+
+def test_no_replica_in_time_gives_503_with_retry_after(start_gateway, org, inference_key):
+    gw = start_gateway(cold_start_wait_s=0.2)
+    make_deployment(org, "sleepy", [], min_replicas=0)
+    gw.refresh()
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "sleepy", **CHAT},
+        headers={"Authorization": f"Bearer {inference_key}"},
+    )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "10"
+
+
+def test_client_disconnect_mid_stream_aborts_upstream_and_meters_what_was_generated(
+    gw, engine, org, inference_key
+):
+    fake, server = engine
+    fake.stream_tokens = 200
+    fake.stream_delay_s = 0.05
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    stream = gw.client(inference_key).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    received = 0
+    for _chunk in stream:
+        received += 1
+        if received == 3:
+            break
+    stream.close()
+    assert fake.disconnected.wait(timeout=10)
+    gw.wait_for_records(1)
+    record = UsageRecord.objects.get()
+    assert record.status_code == 499
+    assert record.prompt_tokens == 3
+    # What the engine reported on the last chunk the gateway received before the abort.
+    assert 3 <= record.completion_tokens < 200
+    assert record.completion_tokens <= fake.generation_tokens_total
