@@ -309,3 +309,11 @@ def test_reconciliation_compares_stripe_summaries_with_the_ledger(stripe_fake, m
     stripe_fake._answers[("GET", path)].popleft()
     row = {r.meter_key: r for r in meter_reconcile(day=T0.date())}["tokens"]
     assert not row.matches and "Stripe 1000" in row.detail
+
+
+def test_stripe_setup_command_refuses_in_local_ledger_mode(settings):
+    from django.core.management import CommandError, call_command
+
+    settings.STRIPE_API_KEY = ""
+    with pytest.raises(CommandError, match="local-ledger"):
+        call_command("stripe_setup")
