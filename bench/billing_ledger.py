@@ -90,7 +90,8 @@ def main() -> None:
         month_to_date_spend()
     mtd_ms = (time.perf_counter() - t) / 20 * 1000
     engine = django.db.connection.vendor
-    print(f"database: {engine}; records: {batched_n} batched ({args.batch}/call), {single_n} single")
+    print(f"database: {engine}; records: {batched_n} batched ({args.batch}/call),", end=" ")
+    print(f"{single_n} one per call")
     print(f"batched: {batched_rate:,.0f} records/s; one per call: {single_rate:,.0f} records/s")
     print(f"ratio batched/single: {batched_rate / single_rate:.1f}x")
     print(f"rollup of {batched_n + single_n} records ({run.org_hours} org-hours): {rollup_s:.2f}s;")

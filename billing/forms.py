@@ -27,6 +27,9 @@ class UsageFilterForm(forms.Form):
 
     def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        today = timezone.now().date()
+        self.initial.setdefault("end", today)
+        self.initial.setdefault("start", today - timedelta(days=29))
         keys = [(str(pk), f"{name} ({prefix}…)") for pk, name, prefix in
                 org.api_keys.values_list("id", "name", "prefix")]  # fmt: skip
         cast(forms.ChoiceField, self.fields["key"]).choices = [("", "All keys"), *keys]
