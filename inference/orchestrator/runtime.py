@@ -7,10 +7,16 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ImproperlyConfigured
 
 from inference.conf import OrchestratorConfig
 from inference.orchestrator.backends.local import LocalBackend, LocalConfig
 from inference.orchestrator.reconcile import Orchestrator
+
+if TYPE_CHECKING:
+    from inference.orchestrator.kubernetes.loop import KubernetesOrchestrator
 
 
 class AlreadyRunning(Exception):
@@ -32,7 +38,16 @@ def local_backend(config: OrchestratorConfig, *, gpus: list[int] | None = None) 
 
 def orchestrator_build(
     config: OrchestratorConfig, *, report: Callable[[str], None] | None = None
-) -> Orchestrator:
+) -> Orchestrator | KubernetesOrchestrator:
+    backend = os.environ.get("ORCHESTRATOR_BACKEND", "local")
+    if backend == "kubernetes":
+        from inference.orchestrator.kubernetes.loop import kubernetes_orchestrator
+
+        return kubernetes_orchestrator(config, report=report)
+    if backend != "local":
+        raise ImproperlyConfigured(
+            f"ORCHESTRATOR_BACKEND must be local or kubernetes, not {backend!r}"
+        )
     return Orchestrator(backend=local_backend(config), config=config, report=report)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from inference.orchestrator.backends.base import Capacity
 from inference.orchestrator.kubernetes.config import KubernetesConfig
 from inference.orchestrator.kubernetes.manifests import (
     DEPLOYMENT_ID,
@@ -102,6 +103,10 @@ class KubernetesBackend:
 
     def close(self) -> None:
         self.api.close()
+
+    def capacity(self) -> Capacity:
+        """No accelerators of ours to hand out: the scheduler places pods on the cluster's GPUs."""
+        return Capacity(gpus=[])
 
     # Calls
 

@@ -121,6 +121,10 @@ class KubernetesOrchestrator:
         """Reconcile every ``interval_s``, and at once when a deployment changes."""
         last_token: tuple[object, ...] | None = None
         next_pass = 0.0
+        self._report(
+            f"orchestrator managing Kubernetes Deployments in namespace {self.kube.namespace} "
+            f"(image {self.kube.image})"
+        )
         try:
             while not self._stop.is_set():
                 try:
