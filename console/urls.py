@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from billing import urls as billing_urls
 from console.views import accounts, keys, members, org
+from inference import routes_urls
 
 o = "o/<slug:org_slug>/"
 
@@ -12,6 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("console.api.urls")),
     path("api/", include("billing.api.urls")),
+    path("api/", include(routes_urls.api_urlpatterns)),
     path("billing/", include("billing.urls")),
     # Accounts
     path("signup/", accounts.signup, name="signup"),
@@ -40,7 +42,7 @@ urlpatterns = [
     path(o + "settings/", org.org_settings, name="org_settings"),
     path(o + "audit/", org.audit_log, name="audit_log"),
     path(o + "deployments/", org.deployments, name="deployment_list"),
-    path(o + "routes/", org.routes, name="route_list"),
+    path(o, include(routes_urls.org_urlpatterns)),
     path(o, include(billing_urls.org_urlpatterns)),
     path(o + "keys/", keys.key_list, name="key_list"),
     path(o + "keys/new/", keys.key_create, name="key_create"),

@@ -65,4 +65,3 @@ def _placeholder(template: str, action: Action):
 
 
 deployments = _placeholder("console/deployments.html", Action.DEPLOYMENTS_VIEW)
-routes = _placeholder("console/routes.html", Action.ROUTES_VIEW)

@@ -68,6 +68,21 @@ _KINDS = {
 DEMAND_SIGNAL_EVERY_S = 5.0
 
 
+# The console's "try it" box acts as the org itself, with no key and no key limits.
+CONSOLE_KEY = KeyEntry(
+    id=uuid.UUID(int=0),
+    org_id=0,
+    prefix="console",
+    scopes=frozenset({"inference"}),
+    allowed_models=frozenset(),
+    rpm_limit=None,
+    tpm_limit=None,
+    budget_micros=None,
+    expires_at=None,
+    revoked=False,
+)
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -442,6 +457,21 @@ class Gateway:
         for name, value in scope["headers"]:
             if name == b"x-route-tag":
                 tag = value.decode("latin-1")[:64]
+        await self.serve(kind, request_id, key, org, raw, tag, receive, send, started)
+
+    async def serve(
+        self,
+        kind: str,
+        request_id: str,
+        key: KeyEntry,
+        org: OrgEntry,
+        raw: bytes,
+        tag: str | None,
+        receive: Receive,
+        send: Send,
+        started: float,
+    ) -> None:
+        """Everything after authentication: checks, limits, the exchange, settlement."""
         parsed = bodies.request_parse(
             kind, raw, tag=tag, affinity_chars=self.config.affinity_prefix_chars
         )
@@ -463,11 +493,10 @@ class Gateway:
             refusal = await self.limiter.admit(adm)
             if refusal is not None:
                 if refusal.is_budget:
-                    raise GatewayError(
-                        402,
-                        f"Request refused: {refusal.counter.label} is used up.",
-                        "budget_exhausted",
-                    )
+                    message = f"Request refused: {refusal.counter.label} is used up."
+                    if refusal.counter.key.startswith("gw:spend:org:") and org.budget_message:
+                        message = org.budget_message
+                    raise GatewayError(402, message, "budget_exhausted")
                 raise GatewayError(
                     429,
                     f"Rate limit reached: {refusal.counter.label}. "
@@ -559,7 +588,7 @@ class Gateway:
                     status_code=outcome.status,
                     latency_ms=int(elapsed * 1000),
                     ttft_ms=int(outcome.ttft_s * 1000) if outcome.ttft_s is not None else None,
-                    api_key_id=key.id,
+                    api_key_id=None if key is CONSOLE_KEY else key.id,
                     route=route or parsed.model,
                     target=target_label(target),
                     deployment_id=deployment.id if deployment is not None else None,

@@ -16,6 +16,7 @@ from console.models import ApiKey, Invitation
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
+from inference.services.routes import external_endpoint_create, route_create
 from tests.console.urlwalk import org_patterns
 from tests.factories import MembershipFactory
 
@@ -27,11 +28,19 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
     key = api_key_create(org=org, actor=owner, name="victim", scopes=["inference"]).key
     invitation = invitation_create(org=org, actor=owner, email="inv@example.com", role=Role.VIEWER)
     member = MembershipFactory(org=org, role=Role.DEVELOPER)
+    endpoint = external_endpoint_create(
+        org=org, actor=owner, name="victim", base_url="https://example.com/v1", model="m"
+    )
+    route = route_create(
+        org=org, actor=owner, name="victim", policy="single", config={"target": "external:victim"}
+    )
     return {
         "org_slug": org.slug,
         "key_id": str(key.pk),
         "member_id": str(member.pk),
         "invitation_id": str(invitation.invitation.pk),
+        "route_id": str(route.pk),
+        "endpoint_id": str(endpoint.pk),
     }
 
 

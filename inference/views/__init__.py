@@ -1,0 +1,1 @@
+"""Console pages and REST endpoints for the inference app."""

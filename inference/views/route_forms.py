@@ -1,0 +1,65 @@
+"""Forms for the routes page. The services validate the route graph; these check the shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from inference.models import RoutePolicy
+
+CONFIG_HELP = (
+    'JSON. single: {"target": "deployment:NAME"}; weighted: {"targets": [{"target": '
+    '"deployment:a", "weight": 90}, {"target": "deployment:b", "weight": 10}]}; fallback: '
+    '{"targets": ["deployment:a", "external:b"]}; conditional: {"rules": [{"when": '
+    '{"prompt_tokens_min": 1000}, "target": "deployment:long"}], "default": "deployment:a"}.'
+)
+
+
+class RouteForm(forms.Form):
+    name = forms.CharField(max_length=128, help_text="The model name clients will send.")
+    description = forms.CharField(max_length=200, required=False)
+    policy = forms.ChoiceField(choices=RoutePolicy.choices)
+    config = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}), help_text=CONFIG_HELP
+    )
+    cold_start_fallback = forms.CharField(
+        max_length=200,
+        required=False,
+        help_text="Optional target used while a scaled-to-zero deployment starts.",
+    )
+
+    def clean_config(self) -> Any:
+        raw = self.cleaned_data["config"]
+        try:
+            value = json.loads(raw)
+        except ValueError as error:
+            raise forms.ValidationError(f"This is not valid JSON: {error}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Write a JSON object, e.g. {"target": "deployment:x"}.')
+        return value
+
+
+class EndpointForm(forms.Form):
+    name = forms.CharField(max_length=63, help_text="Targets refer to it as external:NAME.")
+    base_url = forms.CharField(max_length=300, help_text="e.g. https://api.example.com/v1")
+    model = forms.CharField(max_length=128, help_text="The model name that endpoint expects.")
+    api_key = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted; never shown again.",
+    )
+
+
+class TryForm(forms.Form):
+    model = forms.ChoiceField(choices=())
+    prompt = forms.CharField(
+        max_length=8000, widget=forms.Textarea(attrs={"rows": 3}), initial="Say hello."
+    )
+    max_tokens = forms.IntegerField(min_value=1, max_value=1024, initial=64)
+
+    def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(m, m) for m in models]

@@ -1,0 +1,168 @@
+"""The routes page: routes and external endpoints, their forms, and the "try it" box."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from console.decorators import requires
+from console.forms import apply_service_error
+from console.permissions import Action, role_can
+from console.requests import OrgRequest
+from inference.gateway.console_try import TryResult, route_try
+from inference.services.routes import (
+    external_endpoint_create,
+    external_endpoint_delete,
+    route_create,
+    route_delete,
+    route_update,
+)
+from inference.views.route_forms import EndpointForm, RouteForm, TryForm
+
+PAGE = "inference/routes.html"
+
+
+def _models(request: OrgRequest) -> list[str]:
+    org = request.org
+    routes = list(org.routes.values_list("name", flat=True))
+    served = list(
+        org.deployments.filter(deleted_at=None).values_list("served_model_name", flat=True)
+    )
+    return sorted(set(routes) | set(served))
+
+
+def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
+    org = request.org
+    models = _models(request)
+    context: dict[str, Any] = {
+        "routes": org.routes.all(),
+        "endpoints": org.external_endpoints.all(),
+        "deployments": org.deployments.filter(deleted_at=None).order_by("name"),
+        "can_manage": role_can(request.membership.role, Action.ROUTES_MANAGE),
+        "route_form": RouteForm(initial={"policy": "single"}),
+        "endpoint_form": EndpointForm(),
+        "try_form": TryForm(models=models),
+        "models": models,
+    }
+    context.update(extra)
+    return context
+
+
+@requires(Action.ROUTES_VIEW)
+def route_list(request: OrgRequest, org_slug: str) -> HttpResponse:
+    return render(request, PAGE, _context(request))
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def route_new(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = RouteForm(request.POST)
+    if form.is_valid():
+        try:
+            route = route_create(org=request.org, actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            messages.success(request, f"Route “{route.name}” created.")
+            return redirect("route_list", org_slug=org_slug)
+    return render(
+        request, PAGE, _context(request, route_form=form, open_route_form=True), status=400
+    )
+
+
+@requires(Action.ROUTES_VIEW)
+@require_http_methods(["GET", "POST"])
+def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
+    route = get_object_or_404(request.org.routes, id=route_id)
+    initial = {
+        "name": route.name,
+        "description": route.description,
+        "policy": route.policy,
+        "config": json.dumps(route.config, indent=2),
+        "cold_start_fallback": route.cold_start_fallback,
+    }
+    form = RouteForm(request.POST or None, initial=initial)
+    can_manage = role_can(request.membership.role, Action.ROUTES_MANAGE)
+    status = 200
+    if request.method == "POST":
+        if not can_manage:
+            raise PermissionDenied("Your role cannot change routes.")
+        if form.is_valid():
+            try:
+                route = route_update(route=route, actor=request.user, **form.cleaned_data)
+            except ValidationError as error:
+                apply_service_error(form, error)
+            else:
+                messages.success(request, f"Route “{route.name}” saved.")
+                return redirect("route_list", org_slug=org_slug)
+        status = 400
+    context = {"route": route, "form": form, "can_manage": can_manage}
+    return render(request, "inference/route_edit.html", context, status=status)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def route_remove(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
+    route = get_object_or_404(request.org.routes, id=route_id)
+    try:
+        route_delete(route=route, actor=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Route “{route.name}” deleted.")
+    return redirect("route_list", org_slug=org_slug)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def endpoint_new(request: OrgRequest, org_slug: str) -> HttpResponse:
+    form = EndpointForm(request.POST)
+    if form.is_valid():
+        try:
+            endpoint = external_endpoint_create(
+                org=request.org, actor=request.user, **form.cleaned_data
+            )
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            messages.success(request, f"Endpoint “{endpoint.name}” added.")
+            return redirect("route_list", org_slug=org_slug)
+    context = _context(request, endpoint_form=form, open_endpoint_form=True)
+    return render(request, PAGE, context, status=400)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def endpoint_remove(request: OrgRequest, org_slug: str, endpoint_id: str) -> HttpResponse:
+    endpoint = get_object_or_404(request.org.external_endpoints, id=endpoint_id)
+    try:
+        external_endpoint_delete(endpoint=endpoint, actor=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Endpoint “{endpoint.name}” deleted.")
+    return redirect("route_list", org_slug=org_slug)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def route_try_view(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """Send a prompt through a route or deployment as the org; show who answered and the cost."""
+    form = TryForm(request.POST, models=_models(request))
+    result: TryResult | None = None
+    if form.is_valid():
+        result = route_try(
+            org=request.org,
+            model=form.cleaned_data["model"],
+            prompt=form.cleaned_data["prompt"],
+            max_tokens=form.cleaned_data["max_tokens"],
+        )
+    context = _context(request, try_form=form, try_result=result)
+    template = PAGE + "#try-box" if request.htmx else PAGE
+    return render(request, template, context, status=200 if form.is_valid() else 400)
