@@ -457,3 +457,27 @@ def test_backend_without_rights_reports_forbidden(
     assert deployment.state == DeploymentState.FAILED
     assert "403 Forbidden" in deployment.state_reason
     assert "docs/operations.md" in deployment.state_reason
+
+
+def test_run_orchestrator_command_uses_the_kubernetes_backend(
+    org: Organisation,
+    owner: User,
+    namespace: str,
+    orchestrator_kubeconfig: Path,
+    apps: Any,
+    settings: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.core.management import call_command
+
+    settings.RUN_DIR = str(tmp_path)
+    monkeypatch.setenv("ORCHESTRATOR_BACKEND", "kubernetes")
+    monkeypatch.setenv("K8S_NAMESPACE", namespace)
+    monkeypatch.setenv("K8S_KUBECONFIG", str(orchestrator_kubeconfig))
+    monkeypatch.setenv("K8S_ENGINE_IMAGE", IMAGE)
+    deployment = create(org, owner)
+    call_command("run_orchestrator", "--once")
+    name = object_name(deployment_facts(deployment))
+    live = apps.read_namespaced_deployment(name, namespace)
+    assert live.spec.template.spec.containers[0].image == IMAGE

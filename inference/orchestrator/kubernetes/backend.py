@@ -39,6 +39,11 @@ WRITE_ATTEMPTS = 5
 class ClusterError(Exception):
     """The cluster refused a request or could not be reached; the message says which and why."""
 
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+        """Unreachable or overloaded: worth trying again next pass, and no fault of the spec."""
+
 
 def _explain(error: Exception, doing: str) -> ClusterError:
     from kubernetes.client.exceptions import ApiException
@@ -49,8 +54,13 @@ def _explain(error: Exception, doing: str) -> ClusterError:
                 f"Kubernetes refused to let the orchestrator {doing} (403 Forbidden); "
                 "check its Role (docs/operations.md)."
             )
-        return ClusterError(f"Kubernetes answered {error.status} {error.reason} to {doing}.")
-    return ClusterError(f"The Kubernetes API could not be reached to {doing}: {error}")
+        return ClusterError(
+            f"Kubernetes answered {error.status} {error.reason} to {doing}.",
+            transient=error.status in TRANSIENT,
+        )
+    return ClusterError(
+        f"The Kubernetes API could not be reached to {doing}: {error}", transient=True
+    )
 
 
 @dataclass(frozen=True)
@@ -348,7 +358,9 @@ class KubernetesBackend:
                 elif error.status != 404:
                     raise _explain(error, "update a Deployment") from error
                 live = self.read_deployment(name)
-        raise ClusterError(f"Deployment {name} kept changing under us; will try again.")
+        raise ClusterError(
+            f"Deployment {name} kept changing under us; will try again.", transient=True
+        )
 
     def _ensure_service(self, facts: DeploymentFacts, live: dict[str, Any] | None) -> list[str]:
         from kubernetes.client.exceptions import ApiException
@@ -387,7 +399,9 @@ class KubernetesBackend:
                 elif error.status != 404:
                     raise _explain(error, "update a Service") from error
                 live = self.read_service(name)
-        raise ClusterError(f"Service {name} kept changing under us; will try again.")
+        raise ClusterError(
+            f"Service {name} kept changing under us; will try again.", transient=True
+        )
 
     def delete(self, facts: DeploymentFacts) -> bool:
         """Delete the Deployment and the Service we made for ``facts``; True once all are gone.

@@ -150,7 +150,13 @@ class KubernetesOrchestrator:
         for deployment in Deployment.objects.select_related("org").order_by("created_at"):
             try:
                 self.reconcile_deployment(deployment)
-            except (ClusterError, SpecRefused) as error:
+            except ClusterError as error:
+                if error.transient:
+                    # The pods keep serving without us: keep the state, say what is wrong.
+                    self._note(deployment, f"{error} Retrying.")
+                else:
+                    self._summarise(deployment, [], failure=str(error))
+            except SpecRefused as error:
                 self._summarise(deployment, [], failure=str(error))
             except Exception as error:
                 logger.exception("reconciling deployment %s failed", deployment.pk)
@@ -324,6 +330,11 @@ class KubernetesOrchestrator:
                 self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
             deployment.state, deployment.state_reason = summary.state, reason
             snapshot_bump()
+
+    def _note(self, deployment: Deployment, reason: str) -> None:
+        if reason != deployment.state_reason:
+            Deployment.objects.filter(pk=deployment.pk).update(state_reason=reason[:4000])
+            self._say(deployment, reason)
 
     def _say(self, deployment: Deployment, message: str) -> None:
         line = f"{deployment.org.slug}/{deployment.name}: {message}"
