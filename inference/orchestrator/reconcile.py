@@ -356,7 +356,7 @@ class Orchestrator:
         now = timezone.now()
         replica.restart_count += 1
         replica.crash_streak += 1
-        replica.last_error = "\n".join([detail.capitalize() + ".", *tail])[:4000]
+        replica.last_error = "\n".join([detail[:1].upper() + detail[1:] + ".", *tail])[:4000]
         self._forget(replica)
         deployment = replica.deployment
         if replica.crash_streak > self.config.restart_limit:

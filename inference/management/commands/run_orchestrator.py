@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from typing import Any
 
@@ -20,6 +21,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Health checks every two seconds per replica would otherwise fill the log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         config = OrchestratorConfig.from_env()
         orchestrator = orchestrator_build(config, report=self._say)
         try:
