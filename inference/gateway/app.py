@@ -588,7 +588,7 @@ class Gateway:
                     status_code=outcome.status,
                     latency_ms=int(elapsed * 1000),
                     ttft_ms=int(outcome.ttft_s * 1000) if outcome.ttft_s is not None else None,
-                    api_key_id=None if key is CONSOLE_KEY else key.id,
+                    api_key_id=None if key.id == CONSOLE_KEY.id else key.id,
                     route=route or parsed.model,
                     target=target_label(target),
                     deployment_id=deployment.id if deployment is not None else None,
