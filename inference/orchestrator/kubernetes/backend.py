@@ -92,11 +92,6 @@ class Observation:
     failed: str = ""
     """Kubernetes gave up on the rollout (progress deadline exceeded)."""
 
-    @property
-    def ready_replicas(self) -> int:
-        status = (self.deployment or {}).get("status") or {}
-        return int(status.get("readyReplicas") or 0)
-
 
 class KubernetesBackend:
     name = "kubernetes"

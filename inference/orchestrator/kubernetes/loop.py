@@ -40,7 +40,7 @@ from inference.orchestrator.kubernetes.manifests import (
     SpecRefused,
     engine_argv,
 )
-from inference.orchestrator.probe import EngineProbe
+from inference.orchestrator.probe import EngineMetrics, EngineProbe
 from inference.orchestrator.reconcile import GATEWAY_INFLIGHT_KEY
 from inference.orchestrator.states import deployment_summary
 
@@ -175,14 +175,19 @@ class KubernetesOrchestrator:
         # Refused here, before any request: the same allow-list as the local backend.
         engine_argv(facts, self.kube)
         observation = observed or self.backend.observe(facts)
-        desired = self._desired(deployment, observation)
-        for action in self.backend.ensure(facts, replicas=desired, observed=observation):
+        metrics = self._read_metrics(observation)
+        desired = self._desired(deployment, metrics)
+        actions = self.backend.ensure(facts, replicas=desired, observed=observation)
+        for action in actions:
             self._say(deployment, action)
-        if observed is not None or desired != (
-            (observation.deployment or {}).get("spec") or {}
-        ).get("replicas"):
+        if actions or observed is not None:
             observation = self.backend.observe(facts)
-        rows = self._sync_replicas(deployment, observation)
+        if observation.endpoints and deployment.demand_at is not None:
+            # The waiting request can be served now; demand after this is measured as load.
+            Deployment.objects.filter(pk=deployment.pk, demand_at__lte=timezone.now()).update(
+                demand_at=None
+            )
+        rows = self._sync_replicas(deployment, observation, metrics)
         failure = (
             f"Kubernetes gave up on the rollout: {observation.failed}" if observation.failed else ""
         )
@@ -198,19 +203,24 @@ class KubernetesOrchestrator:
         deployment.delete()
         snapshot_bump()
 
-    def _desired(self, deployment: Deployment, observation: Observation) -> int:
+    def _read_metrics(self, observation: Observation) -> dict[str, EngineMetrics]:
+        """Each ready pod's /metrics, by pod name (needs the pod network: in-cluster only)."""
+        found: dict[str, EngineMetrics] = {}
+        if self.probe_metrics:
+            for pod, ip, port in observation.endpoints:
+                metrics = self.probe.metrics(f"http://{ip}:{port}")
+                if metrics is not None:
+                    found[pod] = metrics
+        return found
+
+    def _desired(self, deployment: Deployment, metrics: dict[str, EngineMetrics]) -> int:
         if deployment.paused:
             if deployment.desired_replicas:
                 Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=0)
                 deployment.desired_replicas = 0
             return 0
         now = timezone.now()
-        load: list[int] = []
-        if self.probe_metrics:
-            for _, ip, port in observation.endpoints:
-                metrics = self.probe.metrics(f"http://{ip}:{port}")
-                if metrics is not None:
-                    load.append(metrics.load)
+        load = [reading.load for reading in metrics.values()]
         inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
         demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
             seconds=self.config.demand_ttl_s
@@ -251,7 +261,12 @@ class KubernetesOrchestrator:
             Replica.objects.filter(deployment=deployment, backend=BACKEND).exclude(state=S.STOPPED)
         )
 
-    def _sync_replicas(self, deployment: Deployment, observation: Observation) -> list[Replica]:
+    def _sync_replicas(
+        self,
+        deployment: Deployment,
+        observation: Observation,
+        metrics: dict[str, EngineMetrics] | None = None,
+    ) -> list[Replica]:
         """One Replica row per pod; bump the gateways' snapshot when the ready set changes."""
         rows = {row.handle: row for row in self._live_rows(deployment)}
         before = {(r.handle, r.host, r.port) for r in rows.values() if r.state == S.READY}
@@ -271,6 +286,15 @@ class KubernetesOrchestrator:
                 "started_at": _when(pod.started_at),
                 "ready_at": _when(pod.ready_at) if state == S.READY else None,
             }
+            reading = (metrics or {}).get(pod.name)
+            if reading is not None:
+                values["metrics"] = {
+                    "running": reading.running,
+                    "waiting": reading.waiting,
+                    "kv_cache_usage": round(reading.kv_cache_usage, 4),
+                    "prompt_tokens_total": int(reading.prompt_tokens_total),
+                    "generation_tokens_total": int(reading.generation_tokens_total),
+                }
             row = rows.pop(pod.name, None)
             if row is None:
                 row = Replica.objects.create(
