@@ -18,7 +18,7 @@ from inference.gateway.app import Gateway  # noqa: E402  (needs Django set up fi
 gateway = Gateway()
 
 
-async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+async def application(scope, receive, send):
     if scope["type"] == "http":
         path = scope["path"]
         if path.startswith("/v1/") or path == "/metrics":

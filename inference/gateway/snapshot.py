@@ -162,7 +162,8 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         spend = ledger.spend_load(now)
     except Exception:
         logger.exception("spend figures unavailable; keeping the previous ones")
-        spend = previous.spend if previous is not None else ledger.Spend({}, {}, {}, {})
+        kept = previous.spend if previous is not None else None
+        spend = kept if kept is not None else ledger.Spend({}, {}, {}, {})
     orgs = {
         row["id"]: OrgEntry(
             id=row["id"],

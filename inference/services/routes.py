@@ -19,7 +19,7 @@ from django.utils import timezone
 from console.models import ApiKey, Organisation, User
 from console.services.audit import audit_record
 from console.snapshot import snapshot_bump
-from inference.models import ExternalEndpoint, Route, RoutePolicy
+from inference.models import Deployment, ExternalEndpoint, Route, RoutePolicy
 from inference.routing.config import (
     RouteConfigError,
     RouteSpec,
@@ -47,7 +47,7 @@ def _spec_of(route: Route) -> RouteSpec:
 
 
 def _deployment_names(org: Organisation) -> tuple[set[str], set[str]]:
-    live = org.deployments.filter(deleted_at=None)
+    live = Deployment.objects.filter(org=org, deleted_at=None)
     return (
         set(live.values_list("name", flat=True)),
         set(live.values_list("served_model_name", flat=True)),
@@ -62,7 +62,7 @@ def _check_graph(org: Organisation, candidate: Route, *, removing: Route | None 
     except RouteConfigError as error:
         raise ValidationError({"config": error.messages}) from None
     specs: dict[str, RouteSpec] = {}
-    for other in org.routes.exclude(pk=candidate.pk):
+    for other in Route.objects.filter(org=org).exclude(pk=candidate.pk):
         if removing is not None and other.pk == removing.pk:
             continue
         try:
@@ -71,7 +71,7 @@ def _check_graph(org: Organisation, candidate: Route, *, removing: Route | None 
             continue  # an older route that no longer validates cannot block this change
     specs[spec.name] = spec
     deployments, _ = _deployment_names(org)
-    externals = set(org.external_endpoints.values_list("name", flat=True))
+    externals = set(ExternalEndpoint.objects.filter(org=org).values_list("name", flat=True))
     try:
         routes_check_references(specs, deployments=deployments, externals=externals)
     except RouteConfigError as error:
@@ -84,7 +84,7 @@ def _check_name(org: Organisation, name: str, exclude: Route | None) -> str:
         raise ValidationError(
             {"name": "Use 1 to 128 letters, digits and . _ : / -, starting with a letter or digit."}
         )
-    others = org.routes.filter(name=name)
+    others = Route.objects.filter(org=org, name=name)
     if exclude is not None:
         others = others.exclude(pk=exclude.pk)
     if others.exists():
@@ -192,7 +192,7 @@ def route_update(
 def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str, verb: str) -> None:
     org = route_or_endpoint.org
     users = []
-    for other in org.routes.all():
+    for other in Route.objects.filter(org=org):
         if other.pk == route_or_endpoint.pk:
             continue
         try:
@@ -239,7 +239,7 @@ def external_endpoint_create(
     name = (name or "").strip()
     if not ENDPOINT_NAME_RE.match(name):
         errors["name"] = "Use 1 to 63 lowercase letters, digits and hyphens."
-    elif org.external_endpoints.filter(name=name).exists():
+    elif ExternalEndpoint.objects.filter(org=org, name=name).exists():
         errors["name"] = f"An endpoint named {name!r} already exists."
     base_url = (base_url or "").strip().rstrip("/")
     parts = urlsplit(base_url)

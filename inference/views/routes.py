@@ -16,6 +16,7 @@ from console.forms import apply_service_error
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
 from inference.gateway.console_try import TryResult, route_try
+from inference.models import Deployment, ExternalEndpoint, Route
 from inference.services.routes import (
     external_endpoint_create,
     external_endpoint_delete,
@@ -30,9 +31,11 @@ PAGE = "inference/routes.html"
 
 def _models(request: OrgRequest) -> list[str]:
     org = request.org
-    routes = list(org.routes.values_list("name", flat=True))
+    routes = list(Route.objects.filter(org=org).values_list("name", flat=True))
     served = list(
-        org.deployments.filter(deleted_at=None).values_list("served_model_name", flat=True)
+        Deployment.objects.filter(org=org, deleted_at=None).values_list(
+            "served_model_name", flat=True
+        )
     )
     return sorted(set(routes) | set(served))
 
@@ -41,9 +44,9 @@ def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
     org = request.org
     models = _models(request)
     context: dict[str, Any] = {
-        "routes": org.routes.all(),
-        "endpoints": org.external_endpoints.all(),
-        "deployments": org.deployments.filter(deleted_at=None).order_by("name"),
+        "routes": Route.objects.filter(org=org),
+        "endpoints": ExternalEndpoint.objects.filter(org=org),
+        "deployments": Deployment.objects.filter(org=org, deleted_at=None).order_by("name"),
         "can_manage": role_can(request.membership.role, Action.ROUTES_MANAGE),
         "route_form": RouteForm(initial={"policy": "single"}),
         "endpoint_form": EndpointForm(),
@@ -79,7 +82,7 @@ def route_new(request: OrgRequest, org_slug: str) -> HttpResponse:
 @requires(Action.ROUTES_VIEW)
 @require_http_methods(["GET", "POST"])
 def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
-    route = get_object_or_404(request.org.routes, id=route_id)
+    route = get_object_or_404(Route.objects.filter(org=request.org), id=route_id)
     initial = {
         "name": route.name,
         "description": route.description,
@@ -109,7 +112,7 @@ def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpRespons
 @requires(Action.ROUTES_MANAGE)
 @require_POST
 def route_remove(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
-    route = get_object_or_404(request.org.routes, id=route_id)
+    route = get_object_or_404(Route.objects.filter(org=request.org), id=route_id)
     try:
         route_delete(route=route, actor=request.user)
     except ValidationError as error:
@@ -140,7 +143,7 @@ def endpoint_new(request: OrgRequest, org_slug: str) -> HttpResponse:
 @requires(Action.ROUTES_MANAGE)
 @require_POST
 def endpoint_remove(request: OrgRequest, org_slug: str, endpoint_id: str) -> HttpResponse:
-    endpoint = get_object_or_404(request.org.external_endpoints, id=endpoint_id)
+    endpoint = get_object_or_404(ExternalEndpoint.objects.filter(org=request.org), id=endpoint_id)
     try:
         external_endpoint_delete(endpoint=endpoint, actor=request.user)
     except ValidationError as error:

@@ -74,7 +74,7 @@ class RouteListView(OrgAPIView):
 
     @extend_schema(responses=RouteSerializer(many=True), summary="The org's routes")
     def get(self, request: Request, org_slug: str) -> Response:
-        return _page(self, request, self.access.org.routes.all(), RouteSerializer)
+        return _page(self, request, Route.objects.filter(org=self.access.org), RouteSerializer)
 
     @extend_schema(request=RouteSerializer, responses={201: RouteSerializer})
     def post(self, request: Request, org_slug: str) -> Response:
@@ -93,7 +93,7 @@ class RouteDetailView(OrgAPIView):
     }
 
     def _route(self, route_id: str) -> Route:
-        return get_object_or_404(self.access.org.routes, id=route_id)
+        return get_object_or_404(Route.objects.filter(org=self.access.org), id=route_id)
 
     @extend_schema(responses=RouteSerializer)
     def get(self, request: Request, org_slug: str, route_id: str) -> Response:
@@ -117,7 +117,9 @@ class EndpointListView(OrgAPIView):
 
     @extend_schema(responses=EndpointSerializer(many=True), summary="External endpoints")
     def get(self, request: Request, org_slug: str) -> Response:
-        return _page(self, request, self.access.org.external_endpoints.all(), EndpointSerializer)
+        return _page(
+            self, request, ExternalEndpoint.objects.filter(org=self.access.org), EndpointSerializer
+        )
 
     @extend_schema(request=EndpointSerializer, responses={201: EndpointSerializer})
     def post(self, request: Request, org_slug: str) -> Response:
@@ -132,7 +134,9 @@ class EndpointDetailView(OrgAPIView):
     actions = {"GET": Action.ROUTES_VIEW, "DELETE": Action.ROUTES_MANAGE}
 
     def _endpoint(self, endpoint_id: str) -> ExternalEndpoint:
-        return get_object_or_404(self.access.org.external_endpoints, id=endpoint_id)
+        return get_object_or_404(
+            ExternalEndpoint.objects.filter(org=self.access.org), id=endpoint_id
+        )
 
     @extend_schema(responses=EndpointSerializer)
     def get(self, request: Request, org_slug: str, endpoint_id: str) -> Response:
