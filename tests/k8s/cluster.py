@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -114,6 +115,8 @@ class LocalCluster:
     server: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    admin: Any = None
+    """An API client as ``admin``, set by the session fixture."""
 
     def kubeconfig(self, user: str) -> Path:
         return self.workdir / f"kubeconfig-{user}"

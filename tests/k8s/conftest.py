@@ -50,7 +50,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
         admin = client.ApiClient(_configuration(cluster, "admin"))
         kubelet = StandInKubelet(admin, gpus=GPUS_ON_NODE)
         kubelet.start()
-        cluster.admin = admin  # type: ignore[attr-defined]
+        cluster.admin = admin
         yield cluster
     finally:
         if kubelet is not None:
@@ -72,7 +72,7 @@ def _configuration(cluster: LocalCluster, user: str) -> Any:
 
 @pytest.fixture
 def admin_api(kube_cluster: LocalCluster) -> Any:
-    return kube_cluster.admin  # type: ignore[attr-defined]
+    return kube_cluster.admin
 
 
 def wait_until(
