@@ -64,4 +64,3 @@ def _placeholder(template: str, action: Action):
     return view
 
 
-deployments = _placeholder("console/deployments.html", Action.DEPLOYMENTS_VIEW)

@@ -46,7 +46,7 @@ class DeploymentForm(forms.Form):
             return {}
         try:
             value = json.loads(raw)
-        except ValueError as error:
+        except json.JSONDecodeError as error:
             raise forms.ValidationError(f"Not valid JSON: {error.msg}.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Write a JSON object, like {"max_model_len": 4096}.')

@@ -36,7 +36,7 @@ SETTLING = {"pending", "starting", "degraded", "deleting"}
 
 
 def _deployment(request: OrgRequest, deployment_id: str) -> Deployment:
-    return get_object_or_404(request.org.deployments, id=deployment_id)
+    return get_object_or_404(Deployment.objects.filter(org=request.org), id=deployment_id)
 
 
 def _can_manage(request: OrgRequest) -> bool:
@@ -162,7 +162,9 @@ def deployment_scale_view(request: OrgRequest, org_slug: str, deployment_id: str
         context = _detail_context(request, deployment)
         context["scale_form"] = form
         template = "inference/deployment_detail.html"
-        return render(request, template + "#status" if request.htmx else template, context, 400)
+        return render(
+            request, template + "#status" if request.htmx else template, context, status=400
+        )
     return _back(request, deployment)
 
 

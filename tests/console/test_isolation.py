@@ -16,6 +16,7 @@ from console.models import ApiKey, Invitation
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
+from inference.services.deployments import deployment_create
 from inference.services.routes import external_endpoint_create, route_create
 from tests.console.urlwalk import org_patterns
 from tests.factories import MembershipFactory
@@ -34,6 +35,9 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
     route = route_create(
         org=org, actor=owner, name="victim", policy="single", config={"target": "external:victim"}
     )
+    deployment = deployment_create(
+        org=org, actor=owner, name="victim", source="huggingface", model="acme/victim"
+    )
     return {
         "org_slug": org.slug,
         "key_id": str(key.pk),
@@ -41,6 +45,7 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "invitation_id": str(invitation.invitation.pk),
         "route_id": str(route.pk),
         "endpoint_id": str(endpoint.pk),
+        "deployment_id": str(deployment.pk),
     }
 
 

@@ -22,6 +22,7 @@ def _console_cases():  # type: ignore[no-untyped-def]
                 "post"
                 if pattern.route.rstrip("/").split("/")[-1]
                 in {"new", "revoke", "role", "remove", "invite", "leave", "delete", "try"}
+                | {"scale", "pause", "resume"}
                 else "get",
                 action,
             )

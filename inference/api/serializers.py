@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from inference.engine_args import ALLOWED
+from inference.models import Deployment, ModelSource, Replica, Runner
+
+
+class ReplicaSerializer(serializers.ModelSerializer[Replica]):
+    class Meta:
+        model = Replica
+        fields = [
+            "id",
+            "state",
+            "progress",
+            "host",
+            "port",
+            "gpus",
+            "started_at",
+            "ready_at",
+            "stopped_at",
+            "restart_count",
+            "last_error",
+            "metrics",
+        ]
+        read_only_fields = fields
+
+
+class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
+    deleting = serializers.BooleanField(source="is_deleting", read_only=True)
+    replicas = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "served_model_name",
+            "source",
+            "model",
+            "revision",
+            "engine",
+            "runner",
+            "engine_args",
+            "gpus_per_replica",
+            "min_replicas",
+            "max_replicas",
+            "desired_replicas",
+            "target_concurrency",
+            "scale_down_delay_s",
+            "paused",
+            "state",
+            "state_reason",
+            "deleting",
+            "created_at",
+            "updated_at",
+            "replicas",
+        ]
+        read_only_fields = fields
+
+    def get_replicas(self, deployment: Deployment) -> list[dict[str, Any]]:
+        replicas = self.context.get("replicas")
+        if replicas is None:
+            replicas = getattr(deployment, "live_replicas", [])
+        return list(ReplicaSerializer(replicas, many=True).data)
+
+
+ENGINE_ARGS_HELP = "Allowed keys: " + ", ".join(sorted(ALLOWED)) + "."
+
+
+class DeploymentWriteSerializer(serializers.Serializer[None]):
+    """Types only; the service checks values, names, paths and quotas."""
+
+    name = serializers.CharField(max_length=63)
+    served_model_name = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    source = serializers.ChoiceField(choices=ModelSource.choices)  # type: ignore[assignment]
+    model = serializers.CharField(max_length=500)
+    revision = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    runner = serializers.ChoiceField(choices=Runner.choices, required=False)
+    engine_args = serializers.DictField(required=False, help_text=ENGINE_ARGS_HELP)
+    gpus_per_replica = serializers.IntegerField(required=False)
+    min_replicas = serializers.IntegerField(required=False)
+    max_replicas = serializers.IntegerField(required=False)
+    target_concurrency = serializers.IntegerField(required=False)
+    scale_down_delay_s = serializers.IntegerField(required=False)
+
+
+class ScaleSerializer(serializers.Serializer[None]):
+    replicas = serializers.IntegerField(
+        required=False, help_text="Pin the count: the same as min_replicas = max_replicas."
+    )
+    min_replicas = serializers.IntegerField(required=False)
+    max_replicas = serializers.IntegerField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "replicas" in attrs:
+            if "min_replicas" in attrs or "max_replicas" in attrs:
+                raise serializers.ValidationError(
+                    "Give either replicas, or min_replicas and max_replicas."
+                )
+            return {"min_replicas": attrs["replicas"], "max_replicas": attrs["replicas"]}
+        missing = {"min_replicas", "max_replicas"} - set(attrs)
+        if missing:
+            raise serializers.ValidationError(
+                {field: "Required unless replicas is given." for field in sorted(missing)}
+            )
+        return attrs
+
+
+class LogTailSerializer(serializers.Serializer[None]):
+    replica = serializers.UUIDField(allow_null=True)
+    lines = serializers.ListField(child=serializers.CharField())

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from console.models import AuditEvent
+from console.services.keys import api_key_create
+from inference.models import Deployment, Replica, ReplicaState
+
+
+def api(org) -> str:  # type: ignore[no-untyped-def]
+    return f"/api/orgs/{org.slug}/deployments/"
+
+
+def body(model_root, **overrides):  # type: ignore[no-untyped-def]
+    data = {
+        "name": "tiny",
+        "served_model_name": "tiny-llama",
+        "source": "local",
+        "model": str(model_root / "tiny"),
+        "engine_args": {"max_model_len": 512},
+        "gpus_per_replica": 0,
+        "min_replicas": 0,
+        "max_replicas": 2,
+    }
+    data.update(overrides)
+    return data
+
+
+def test_create_list_detail_with_a_manage_key(org, owner, client, model_root):
+    secret = api_key_create(org=org, actor=owner, name="ci", scopes=["manage"]).secret
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    created = client.post(api(org), body(model_root), content_type="application/json", **auth)
+    assert created.status_code == 201, created.content
+    data = created.json()
+    assert data["state"] == "pending"
+    assert data["engine_args"] == {"max_model_len": 512}
+    assert data["replicas"] == []
+    event = AuditEvent.objects.get(action="deployment.created")
+    assert event.actor_key is not None
+
+    Replica.objects.create(
+        deployment_id=data["id"], state=ReplicaState.READY, host="127.0.0.1", port=18001
+    )
+    listing = client.get(api(org), **auth).json()
+    assert listing["count"] == 1
+    assert listing["results"][0]["replicas"][0]["port"] == 18001
+    detail = client.get(api(org) + data["id"] + "/", **auth).json()
+    assert detail["replicas"][0]["state"] == "ready"
+
+
+def test_bad_engine_arguments_get_400_naming_the_field(org, owner, client_for, model_root):
+    response = client_for(owner).post(
+        api(org),
+        body(model_root, engine_args={"max_num_seqs": 0, "enable_lora": True}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "engine_args" in error["fields"]
+    assert "max_num_seqs" in error["message"]
+    assert "enable_lora is not an allowed engine argument" in error["message"]
+    assert not Deployment.objects.exists()
+
+
+def test_quota_refusal_is_clear(org, owner, client_for, model_root):
+    org.max_replicas = 1
+    org.save()
+    response = client_for(owner).post(api(org), body(model_root), content_type="application/json")
+    assert response.status_code == 400
+    assert "may run 1 replicas in all" in response.json()["error"]["fields"]["max_replicas"][0]
+
+
+def test_patch_scale_pause_resume_delete(org, owner, client_for, model_root):
+    client = client_for(owner)
+    created = client.post(api(org), body(model_root), content_type="application/json").json()
+    one = api(org) + created["id"] + "/"
+    patched = client.patch(one, {"target_concurrency": 4}, content_type="application/json")
+    assert patched.json()["target_concurrency"] == 4
+    scaled = client.post(one + "scale/", {"replicas": 2}, content_type="application/json")
+    assert (scaled.json()["min_replicas"], scaled.json()["max_replicas"]) == (2, 2)
+    both = client.post(
+        one + "scale/", {"replicas": 1, "min_replicas": 1}, content_type="application/json"
+    )
+    assert both.status_code == 400
+    assert client.post(one + "pause/").json()["paused"] is True
+    assert client.post(one + "resume/").json()["paused"] is False
+    assert client.delete(one).status_code == 202
+    assert client.get(one).json()["deleting"] is True
+    refused = client.patch(one, {"target_concurrency": 2}, content_type="application/json")
+    assert refused.status_code == 400
+
+
+def test_logs_endpoint_returns_the_tail(org, owner, client_for, model_root, tmp_path):
+    client = client_for(owner)
+    created = client.post(api(org), body(model_root), content_type="application/json").json()
+    log = tmp_path / "r.log"
+    log.write_text("line one\nline two\n")
+    Replica.objects.create(deployment_id=created["id"], log_path=str(log))
+    response = client.get(api(org) + created["id"] + "/logs/?lines=1")
+    assert response.json()["lines"] == ["line two"]
+
+
+def test_read_key_cannot_create(org, owner, client, model_root):
+    secret = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    response = client.post(
+        api(org),
+        body(model_root),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 403
+
+
+def test_the_schema_documents_the_endpoints(client, owner, client_for):
+    schema = client_for(owner).get("/api/schema/?format=json").json()
+    paths = schema["paths"]
+    base = "/api/orgs/{org_slug}/deployments/"
+    for suffix in ["", "{deployment_id}/", "{deployment_id}/scale/", "{deployment_id}/logs/"]:
+        assert base + suffix in paths
