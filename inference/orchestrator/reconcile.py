@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from uuid import UUID
 
@@ -27,7 +28,7 @@ from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaSt
 from inference.orchestrator.autoscale import ScaleInput, scale_decide
 from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
 from inference.orchestrator.gpus import gpus_pack
-from inference.orchestrator.probe import EngineMetrics, EngineProbe
+from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
 from inference.orchestrator.states import (
     deployment_summary,
     replica_next_state,
@@ -43,6 +44,8 @@ GATEWAY_INFLIGHT_KEY = "gateway:inflight:{deployment_id}"
 # Gateways refresh their snapshot within about a second; a draining replica waits this long
 # before it may be stopped, so that no request is still on its way to it.
 MIN_DRAIN_S = 2.0
+# On shutdown the orchestrator has only seconds (process managers then kill it): drain briefly.
+SHUTDOWN_MIN_DRAIN_S = 1.0
 
 
 class Orchestrator:
@@ -116,20 +119,45 @@ class Orchestrator:
         Replica.objects.filter(state__in=[S.STOPPED], stopped_at__lt=cutoff).delete()
 
     def shutdown(self) -> None:
-        """Drain and stop every replica this backend runs (SIGTERM to the orchestrator)."""
+        """Drain and stop every replica this backend runs (SIGTERM to the orchestrator).
+
+        Ready replicas leave the gateways' snapshot first and finish what they are serving (up
+        to the drain timeout); then every engine is stopped at once, not one after another,
+        because process managers allow a stopping process only a few seconds.
+        """
         live = list(
-            Replica.objects.select_related("deployment").filter(
+            Replica.objects.select_related("deployment", "deployment__org").filter(
                 backend=self.backend.name, state__in=LIVE_REPLICA_STATES
             )
         )
+        serving = [r for r in live if r.state in (S.READY, S.DRAINING)]
+        for replica in serving:
+            if replica.state == S.READY:
+                replica.state = replica_next_state(replica.state, "drain")
+                replica.save(update_fields=["state"])
+        if serving:
+            snapshot_bump()
+            started = time.monotonic()
+            while time.monotonic() - started < self.config.drain_timeout_s:
+                self._stop.wait(0.25)
+                if time.monotonic() - started < SHUTDOWN_MIN_DRAIN_S:
+                    continue
+                loads = [self.probe.metrics(r.base_url) for r in serving]
+                if all(m is None or m.load == 0 for m in loads):
+                    break
+        running = [r for r in live if r.handle and r.state != S.PENDING]
+        if running:
+            with ThreadPoolExecutor(max_workers=len(running)) as pool:
+                list(
+                    pool.map(
+                        lambda r: self.backend.stop(
+                            handle=r.handle, grace_s=self.config.stop_grace_s
+                        ),
+                        running,
+                    )
+                )
         for replica in live:
-            self._drain(replica)
-        deadline = time.monotonic() + self.config.drain_timeout_s + MIN_DRAIN_S
-        while any(r.state == S.DRAINING for r in live):
-            for replica in live:
-                if replica.state == S.DRAINING:
-                    self._drain_step(replica, force=time.monotonic() >= deadline)
-            time.sleep(0.5)
+            self._stopped(replica)
         for deployment in Deployment.objects.filter(pk__in={r.deployment_id for r in live}):
             self._summarise(deployment, [])
         self.probe.close()
@@ -314,34 +342,20 @@ class Orchestrator:
         self._say(deployment, f"replica {str(replica.pk)[:8]} ready in {took:.0f} s")
 
     def _check_ready(self, replica: Replica) -> None:
-        metrics = self.probe.metrics(replica.base_url)
-        if metrics is None and not self.probe.healthy(replica.base_url):
+        # /health, not /metrics: the API server keeps answering /metrics when its engine died.
+        if not self.probe.healthy(replica.base_url):
             misses = self._health_misses.get(replica.pk, 0) + 1
             self._health_misses[replica.pk] = misses
             if misses >= self.config.health_failures:
                 self._crashed(replica, f"stopped answering /health ({misses} checks in a row)")
             return
         self._health_misses.pop(replica.pk, None)
+        metrics = self.probe.metrics(replica.base_url)
         if metrics is None:
             return
         previous = self._last_metrics.get(replica.pk)
         self._last_metrics[replica.pk] = metrics
-        reading: dict[str, float | int | str] = {
-            "running": metrics.running,
-            "waiting": metrics.waiting,
-            "kv_cache_usage": round(metrics.kv_cache_usage, 4),
-            "prompt_tokens_total": int(metrics.prompt_tokens_total),
-            "generation_tokens_total": int(metrics.generation_tokens_total),
-        }
-        if previous is not None and metrics.read_at > previous.read_at:
-            span = metrics.read_at - previous.read_at
-            reading["generation_tokens_per_s"] = round(
-                max(0.0, metrics.generation_tokens_total - previous.generation_tokens_total) / span,
-                1,
-            )
-            reading["prompt_tokens_per_s"] = round(
-                max(0.0, metrics.prompt_tokens_total - previous.prompt_tokens_total) / span, 1
-            )
+        reading = metrics_reading(metrics, previous)
         stored = {k: v for k, v in replica.metrics.items() if k != "read_at"}
         if stored != reading:
             reading["read_at"] = timezone.now().isoformat()
