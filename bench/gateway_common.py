@@ -207,6 +207,31 @@ async def load(port: int, request: bytes, *, concurrency: int, total: int) -> Ru
     return run
 
 
+async def load_list(port: int, requests: list[bytes], *, concurrency: int) -> Run:
+    """Send each of ``requests`` once, ``concurrency`` at a time over keep-alive connections."""
+    run = Run()
+    queue = list(requests)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue:
+                request = queue.pop()
+                started = time.perf_counter()
+                writer.write(request)
+                if await _read_response(reader, run, started):
+                    run.latencies.append(time.perf_counter() - started)
+                else:
+                    run.errors += 1
+        finally:
+            writer.close()
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    run.elapsed = time.perf_counter() - begin
+    return run
+
+
 def merge(runs: list[Run]) -> Run:
     merged = Run()
     for r in runs:
@@ -233,4 +258,4 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-__all__ = ["Run", "load", "log_dir", "machine", "merge", "ms", "statistics"]
+__all__ = ["Run", "load", "load_list", "log_dir", "machine", "merge", "ms", "statistics"]
