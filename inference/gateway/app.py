@@ -24,24 +24,21 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from inference.gateway import bodies
+from inference.gateway.accounting import Finished, request_account
+from inference.gateway.admission import admission_build, reservation_micros
 from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
 from inference.gateway.exchange import Exchange, Outcome, Target, target_label
-from inference.gateway.ledger import UsageEvent, cost_micros
 from inference.gateway.limits import (
-    BUDGET_TTL_S,
-    RATE_TTL_S,
-    Admission,
-    Counter,
     Limiter,
     LocalLimiter,
     RedisLimiter,
-    minute_window,
 )
 from inference.gateway.metering import Meter
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.snapshot import (
+    CONSOLE_KEY_ID,
     DeploymentEntry,
     KeyEntry,
     OrgEntry,
@@ -54,7 +51,6 @@ from inference.routing.config import TargetRef
 from inference.routing.resolve import Plan, RouteResolutionError, route_plan
 
 logger = logging.getLogger("inference.gateway")
-access_logger = logging.getLogger("inference.gateway.access")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -70,7 +66,7 @@ DEMAND_SIGNAL_EVERY_S = 5.0
 
 # The console's "try it" box acts as the org itself, with no key and no key limits.
 CONSOLE_KEY = KeyEntry(
-    id=uuid.UUID(int=0),
+    id=CONSOLE_KEY_ID,
     org_id=0,
     prefix="console",
     scopes=frozenset({"inference"}),
@@ -85,10 +81,6 @@ CONSOLE_KEY = KeyEntry(
 
 class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
-
-
-def _month(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y%m")
 
 
 class Gateway:
@@ -129,7 +121,8 @@ class Gateway:
         self._snapshot_waiters: list[asyncio.Future[None]] = []
         self._demand_at: dict[uuid.UUID, float] = {}
         self._keys_used: set[uuid.UUID] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        # Settlement tasks, referenced until done (the loop keeps only weak references).
+        self.background: set[asyncio.Task[None]] = set()
         self.started = False
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -148,6 +141,8 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.poller.stop()
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
         if self.meter is not None:
             await asyncio.to_thread(self.meter.close)
         await asyncio.to_thread(self._touch_keys)
@@ -382,71 +377,6 @@ class Gateway:
             raise GatewayError(503, "None of this route's targets exists any more.", "no_capacity")
         return route, plan, targets
 
-    def _reservation(
-        self, org: OrgEntry, parsed: bodies.ParsedRequest, targets: list[Target]
-    ) -> int:
-        """The most this request can cost at any target it may go to, in micro-dollars."""
-        worst = 0
-        for target in targets:
-            if parsed.kind == bodies.EMBEDDING:
-                completion = 0
-            elif parsed.max_tokens is not None:
-                completion = parsed.max_tokens
-            elif isinstance(target, DeploymentEntry) and target.max_model_len:
-                completion = target.max_model_len
-            else:
-                completion = self.config.default_max_tokens
-            price = self.snapshot.price(org.id, target)
-            worst = max(worst, cost_micros(price, parsed.prompt_tokens_bound, completion, 0))
-        return worst
-
-    def admission(
-        self, key: KeyEntry, org: OrgEntry, parsed: bodies.ParsedRequest, reserve: int
-    ) -> Admission:
-        now = time.time()
-        window, _ = minute_window(now)
-        adm = Admission()
-        tokens = parsed.prompt_tokens_estimate
-        cfg = self.config
-        for scope_name, ident, rpm, tpm in (
-            ("key", key.id, key.rpm_limit, key.tpm_limit),
-            ("org", org.id, cfg.org_rpm_limit or None, cfg.org_tpm_limit or None),
-        ):
-            if rpm:
-                label = f"this {scope_name}'s limit of {rpm} requests per minute"
-                adm.rates.append(
-                    Counter(f"gw:rpm:{scope_name}:{ident}:{window}", rpm, 1, RATE_TTL_S, label)
-                )
-            if tpm:
-                label = f"this {scope_name}'s limit of {tpm} tokens per minute"
-                counter_key = f"gw:tpm:{scope_name}:{ident}:{window}"
-                adm.rates.append(Counter(counter_key, tpm, tokens, RATE_TTL_S, label))
-                adm.token_keys.append(counter_key)
-        month = _month(now)
-        if org.budget_micros is not None:
-            adm.budgets.append(
-                Counter(
-                    f"gw:spend:org:{org.id}:{month}",
-                    org.budget_micros,
-                    reserve,
-                    BUDGET_TTL_S,
-                    "the organisation's monthly spend limit",
-                    seed=org.month_spend_micros,
-                )
-            )
-        if key.budget_micros is not None:
-            adm.budgets.append(
-                Counter(
-                    f"gw:spend:key:{key.id}:{month}",
-                    key.budget_micros,
-                    reserve,
-                    BUDGET_TTL_S,
-                    "this key's monthly budget",
-                    seed=self.snapshot.key_spend.get(key.id, 0),
-                )
-            )
-        return adm
-
     async def handle_inference(
         self, kind: str, request_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
@@ -484,11 +414,11 @@ class Gateway:
             )
         route, plan, targets = self.plan_for(org.id, parsed)
         reserve = (
-            self._reservation(org, parsed, targets)
+            reservation_micros(self.snapshot, self.config, org, parsed, targets)
             if (org.budget_micros is not None or key.budget_micros is not None)
             else 0
         )
-        adm = self.admission(key, org, parsed, reserve)
+        adm = admission_build(self.snapshot, self.config, key, org, parsed, reserve)
         if not adm.empty:
             refusal = await self.limiter.admit(adm)
             if refusal is not None:
@@ -524,99 +454,10 @@ class Gateway:
             watcher.cancel()
         if error is not None and not outcome.disconnected:
             await _respond_error(send, error, request_id, route, outcome)
-        self.finish(key, org, parsed, route, plan, outcome, adm, reserve, request_id, started)
-
-    def finish(
-        self,
-        key: KeyEntry,
-        org: OrgEntry,
-        parsed: bodies.ParsedRequest,
-        route: str,
-        plan: Plan,
-        outcome: Outcome,
-        adm: Admission,
-        reserve: int,
-        request_id: str,
-        started: float,
-    ) -> None:
-        """Settle limits, meter, count and log one finished request (nothing here awaits)."""
-        elapsed = time.perf_counter() - started
-        target = outcome.target
-        cost = 0
-        if target is not None and outcome.usage_known and adm.budgets:
-            price = self.snapshot.price(org.id, target)
-            cost = cost_micros(
-                price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
-            )
-        if adm.token_keys or adm.budgets:
-            token_delta = (
-                outcome.prompt_tokens + outcome.completion_tokens - parsed.prompt_tokens_estimate
-            )
-            if isinstance(self.limiter, LocalLimiter):
-                self.limiter.settle_now(adm, token_delta, cost - reserve)
-            else:
-                assert self.loop is not None
-                task = self.loop.create_task(self.limiter.settle(adm, token_delta, cost - reserve))
-                # Keep a reference until it is done (the loop holds only a weak one).
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        status = str(outcome.status)
-        label = route or parsed.model
-        self.metrics.requests.inc((label, status))
-        self.metrics.latency.observe((label, status), elapsed)
-        if outcome.ttft_s is not None:
-            self.metrics.ttft.observe((label,), outcome.ttft_s)
-        if outcome.prompt_tokens or outcome.completion_tokens:
-            self.metrics.tokens.inc((label, "prompt"), outcome.prompt_tokens)
-            self.metrics.tokens.inc((label, "completion"), outcome.completion_tokens)
-        deployment = target if isinstance(target, DeploymentEntry) else None
-        if self.meter is not None and target is not None:
-            model = (
-                deployment.served_model_name
-                if deployment is not None
-                else getattr(target, "model", "")
-            )
-            self.meter.record(
-                UsageEvent(
-                    request_id=request_id,
-                    org_id=org.id,
-                    model=model,
-                    served_at=datetime.now(UTC),
-                    prompt_tokens=outcome.prompt_tokens,
-                    completion_tokens=outcome.completion_tokens,
-                    cached_tokens=outcome.cached_tokens,
-                    status_code=outcome.status,
-                    latency_ms=int(elapsed * 1000),
-                    ttft_ms=int(outcome.ttft_s * 1000) if outcome.ttft_s is not None else None,
-                    api_key_id=None if key.id == CONSOLE_KEY.id else key.id,
-                    route=route or parsed.model,
-                    target=target_label(target),
-                    deployment_id=deployment.id if deployment is not None else None,
-                    replica_id=outcome.replica.id if outcome.replica is not None else None,
-                    router_score=plan.decision.score,
-                    router_choice=plan.decision.choice,
-                )
-            )
-        if self.config.access_log:
-            access_logger.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "org": org.slug,
-                    "key": key.prefix,
-                    "model": parsed.model,
-                    "target": target_label(target),
-                    "replica": outcome.replica.key if outcome.replica is not None else "",
-                    "status": outcome.status,
-                    "latency_ms": round(elapsed * 1000, 2),
-                    "ttft_ms": round(outcome.ttft_s * 1000, 2)
-                    if outcome.ttft_s is not None
-                    else None,
-                    "prompt_tokens": outcome.prompt_tokens,
-                    "completion_tokens": outcome.completion_tokens,
-                    "attempts": outcome.attempts,
-                },
-            )
+        request_account(
+            self,
+            Finished(key, org, parsed, route, plan, outcome, adm, reserve, request_id, started),
+        )
 
 
 async def _watch_disconnect(receive: Receive, exchange: Exchange) -> None:

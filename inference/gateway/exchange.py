@@ -32,6 +32,8 @@ Target = DeploymentEntry | ExternalEntry
 _PATHS = {CHAT: "/chat/completions", COMPLETION: "/completions"}
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 _EJECTING_STATUS = {500, 502, 504}
+# How engines word "the prompt plus max_tokens does not fit" (vLLM versions differ).
+_CONTEXT_LENGTH_MARKERS = (b"context length", b"max_model_len", b"maximum context")
 
 
 @dataclass(slots=True)
@@ -260,7 +262,7 @@ class Exchange:
             retry = response.status in _RETRYABLE_STATUS
             if not retry and response.status == 400:
                 body_bytes = await self._read_quietly(response)
-                retry = b"context length" in body_bytes
+                retry = any(marker in body_bytes for marker in _CONTEXT_LENGTH_MARKERS)
                 response.pending_body = body_bytes
             if not retry:
                 return response

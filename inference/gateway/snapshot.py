@@ -24,6 +24,10 @@ from inference.routing.config import RouteConfigError, RouteSpec, TargetRef, rou
 logger = logging.getLogger(__name__)
 
 
+# Stands for "no key" when the console sends a request as the organisation itself.
+CONSOLE_KEY_ID = uuid.UUID(int=0)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyEntry:
     id: uuid.UUID
