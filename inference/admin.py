@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from inference.models import Deployment, Replica
+
+
+class ReplicaInline(admin.TabularInline[Replica, Deployment]):
+    model = Replica
+    extra = 0
+    can_delete = False
+    fields = ["state", "progress", "host", "port", "pid", "gpus", "restart_count", "ready_at"]
+    readonly_fields = ["state", "progress", "host", "port", "pid", "gpus", "restart_count"]
+    readonly_fields += ["ready_at"]
+    show_change_link = True
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+    list_display = ["name", "org", "served_model_name", "state", "desired_replicas", "paused"]
+    list_filter = ["state", "paused", "runner", "source"]
+    search_fields = ["name", "served_model_name", "model", "org__slug"]
+    readonly_fields = ["state", "state_reason", "demand_at", "low_load_since", "spec_version"]
+    inlines = [ReplicaInline]
+
+
+@admin.register(Replica)
+class ReplicaAdmin(admin.ModelAdmin[Replica]):
+    list_display = ["id", "deployment", "state", "host", "port", "pid", "restart_count"]
+    list_filter = ["state", "backend"]
+    search_fields = ["deployment__name", "host"]
+    # Written by the orchestrator only; an edit here would fight it.
+    readonly_fields = [f.name for f in Replica._meta.fields]
