@@ -113,6 +113,7 @@ def tiny_model_build(*, target: Path, force: bool = False) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and swap it in, so a half-written folder is never served.
     work = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; engines may run as another user
     try:
         tokenizer = _build_tokenizer(work)
         _build_model(work, tokenizer)
