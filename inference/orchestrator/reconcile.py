@@ -420,7 +420,8 @@ class Orchestrator:
         now = timezone.now()
         try:
             launched = self.backend.start(spec, gpus=gpus)
-        except CannotStart as error:
+        except (CannotStart, OSError) as error:
+            # OSError: the engine could not even be spawned (a missing interpreter, no memory).
             replica.state = replica_next_state(replica.state, "gave_up")
             replica.last_error, replica.stopped_at = str(error), now
             replica.save(update_fields=["state", "last_error", "stopped_at"])
