@@ -270,8 +270,11 @@ class Gateway:
                     raise GatewayError(405, f"Use POST for {path}.", "method_not_allowed")
                 await self.handle_inference(kind, request_id, scope, receive, send)
             elif path == "/v1/models":
+                if method != "GET":
+                    raise GatewayError(405, "Use GET for /v1/models.", "method_not_allowed")
                 await self.handle_models(scope, send, request_id)
             elif path == "/metrics":
+                self.check_metrics_access(scope)
                 await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
             else:
                 raise GatewayError(404, f"No such endpoint: {method} {path}.", "unknown_url")
@@ -282,13 +285,27 @@ class Gateway:
 
     # ---- authentication -------------------------------------------------------------------
 
+    def check_metrics_access(self, scope: Scope) -> None:
+        """Metrics carry route names of every org: scrapers need the token, or loopback."""
+        token = self.config.metrics_token
+        if token:
+            expected = b"Bearer " + token.encode()
+            if not any(n == b"authorization" and v == expected for n, v in scope["headers"]):
+                raise GatewayError(401, "Send the metrics token as a bearer token.", "metrics_auth")
+            return
+        client = scope.get("client") or ("", 0)
+        if client[0] not in {"127.0.0.1", "::1"}:
+            raise GatewayError(
+                403, "Metrics are served to loopback only unless a token is set.", "metrics_auth"
+            )
+
     def authenticate(self, scope: Scope) -> tuple[KeyEntry, OrgEntry]:
         header = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 header = value
                 break
-        if not header.startswith(b"Bearer ") or len(header) > 300:
+        if header[:7].lower() != b"bearer " or len(header) > 300:
             raise GatewayError(
                 401, "Missing API key: send 'Authorization: Bearer sk-...'.", "missing_api_key"
             )

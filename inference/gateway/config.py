@@ -28,6 +28,7 @@ class GatewayConfig:
     balance: str = "affinity"  # affinity | least | round_robin
     access_log: bool = True
     redis_url: str = ""
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -56,4 +57,5 @@ class GatewayConfig:
             balance=balance,
             access_log=env_bool("GATEWAY_ACCESS_LOG", True),
             redis_url=env_str("REDIS_URL"),
+            metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
         )

@@ -116,3 +116,11 @@ def test_metrics_count_requests_by_route_and_status(gw, served, inference_key):
     assert 'gateway_requests_total{route="tiny-chat",status="200"} 1' in text
     assert "gateway_request_duration_seconds_bucket" in text
     assert 'gateway_tokens_total{route="tiny-chat",kind="completion"} 5' in text
+
+
+def test_metrics_need_the_token_when_one_is_set(start_gateway):
+    gw = start_gateway(metrics_token="scrape-me")
+    assert httpx.get(gw.url + "/metrics").status_code == 401
+    response = httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert response.status_code == 200
+    assert "gateway_requests_total" in response.text
