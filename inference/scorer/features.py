@@ -1,0 +1,40 @@
+"""Cheap prompt features that sit beside the embedding.
+
+The embedding sees at most the first and last tokens of a prompt; these features see all of it,
+in microseconds, so the head learns how length and notation move the odds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FEATURE_NAMES = (
+    "log_prompt_tokens",
+    "digit_share",
+    "math_symbol_share",
+    "log_lines",
+)
+
+# ASCII operators plus sum, integral, root, comparison, plus-minus, times and divide signs.
+_MATH_SYMBOLS = frozenset(
+    "+-*/=^<>%$()[]{}|\\\u2211\u222b\u221a\u2264\u2265\u2260\u00b1\u00d7\u00f7"
+)
+
+
+def prompt_features(prompt: str, prompt_tokens: int) -> np.ndarray:
+    """The features of FEATURE_NAMES, in that order, as float64."""
+    chars = max(len(prompt), 1)
+    digits = sum(c.isdigit() for c in prompt)
+    symbols = sum(c in _MATH_SYMBOLS for c in prompt)
+    lines = prompt.count("\n") + 1
+    return np.array(
+        [
+            math.log1p(prompt_tokens),
+            digits / chars,
+            symbols / chars,
+            math.log(lines),
+        ],
+        dtype=np.float64,
+    )
