@@ -62,5 +62,3 @@ def _placeholder(template: str, action: Action):
 
     view.__name__ = template.rsplit("/", 1)[-1].removesuffix(".html")
     return view
-
-
