@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from billing import tasks as billing_tasks
 from billing.models import BillingAccount, Plan, StripeEvent
 from billing.services.accounts import account_for, customer_ensure
 from billing.services.webhooks import stripe_event_process
@@ -34,13 +34,29 @@ from localstripe.webhooks import _webhooks as registered_webhooks  # noqa: E402
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    """Wait for something another thread does (a webhook arriving), bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
+class Handled:
+    """Signals, per event type, that our endpoint has handled a delivered event. The test waits
+    on these instead of polling the database, which the live server's thread shares with it on
+    SQLite."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: dict[str, threading.Event] = {}
+        original = billing_tasks.stripe_event_process
+
+        def process(*, event_pk: int) -> bool:
+            done = original(event_pk=event_pk)
+            kind = StripeEvent.objects.get(pk=event_pk).type
+            self.of(kind).set()
+            return done
+
+        monkeypatch.setattr(billing_tasks, "stripe_event_process", process)
+
+    def of(self, kind: str) -> threading.Event:
+        return self.events.setdefault(kind, threading.Event())
+
+    def wait(self, kind: str, timeout: float = 20.0) -> None:
+        if not self.of(kind).wait(timeout):
+            raise AssertionError(f"{kind} was not delivered in {timeout} s")
 
 
 @pytest.fixture(scope="session")
@@ -124,13 +140,21 @@ def test_customer_and_default_payment_method_round_trip(localstripe, org, owner)
     assert customer.invoice_settings.default_payment_method == method.id
 
 
-def test_subscription_webhooks_are_delivered_signed_and_handled(localstripe, live_server, org):
+def test_subscription_webhooks_are_delivered_signed_and_handled(
+    localstripe, live_server, org, monkeypatch
+):
     account = account_for(org=org)
     BillingAccount.objects.filter(pk=account.pk).update(plan=Plan.objects.get(code="payg"))
     customer_id = customer_ensure(account=account)
+    handled = Handled(monkeypatch)
     httpx.post(
         f"{localstripe}/_config/webhooks/console",
-        data={"url": f"{live_server.url}/billing/stripe/webhook/", "secret": WEBHOOK_SECRET},
+        data={
+            "url": f"{live_server.url}/billing/stripe/webhook/",
+            "secret": WEBHOOK_SECRET,
+            "events[0]": "customer.subscription.created",
+            "events[1]": "customer.subscription.deleted",
+        },
     ).raise_for_status()
     client = stripe_client()
     method = client.v1.payment_methods.create(
@@ -162,20 +186,12 @@ def test_subscription_webhooks_are_delivered_signed_and_handled(localstripe, liv
         auth=("sk_test_localstripe", ""),
         data={"customer": customer_id, "items[0][plan]": "tokens-legacy"},
     ).json()
-    wait_until(
-        lambda: StripeEvent.objects.filter(
-            type="customer.subscription.created", processed_at__isnull=False
-        ).exists()
-    )
+    handled.wait("customer.subscription.created")
     account.refresh_from_db()
     assert account.stripe_subscription_id == subscription["id"]
     assert account.subscription_status == "active" and account.billable_from is not None
 
     client.v1.subscriptions.cancel(subscription["id"])
-    wait_until(
-        lambda: StripeEvent.objects.filter(
-            type="customer.subscription.deleted", processed_at__isnull=False
-        ).exists()
-    )
+    handled.wait("customer.subscription.deleted")
     account.refresh_from_db()
     assert account.subscription_status == "canceled" and account.billable_until is not None
