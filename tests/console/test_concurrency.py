@@ -16,9 +16,11 @@ from tests.factories import MembershipFactory, OrgFactory
 
 
 @pytest.mark.postgres
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="needs PostgreSQL: SQLite has no row locks, SELECT FOR UPDATE is a no-op there",
+)
 def test_two_owners_demoting_each_other_at_once_leave_one_owner(transactional_db, monkeypatch):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: SQLite has no row locks, SELECT FOR UPDATE is a no-op there")
     org = OrgFactory()
     first = MembershipFactory(org=org, role=Role.OWNER)
     second = MembershipFactory(org=org, role=Role.OWNER)
