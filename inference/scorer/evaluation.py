@@ -189,3 +189,33 @@ def evaluate(
         random=random_metrics(weak, strong),
         oracle=metrics(oracle_curve(weak, strong), weak_q, strong_q),
     )
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:.1f}%"
+
+
+def format_evaluation(title: str, ev: Evaluation) -> str:
+    """A plain-text table of the three routers' curves and metrics."""
+    lines = [
+        f"{title}: {ev.prompts} prompts; weak model {_percent(ev.weak_quality)} correct, "
+        f"strong model {_percent(ev.strong_quality)}",
+        "",
+        "quality at each decile of the scores (strong-call share -> share answered correctly)",
+        f"{'threshold':>9s}  {'scorer':>15s}  {'random (10 seeds)':>17s}  {'oracle':>15s}",
+    ]
+    for i, (mine, rand, best) in enumerate(
+        zip(ev.router.curve, ev.random.curve, ev.oracle.curve, strict=True)
+    ):
+        cells = [
+            f"{_percent(p.strong_share):>6s} -> {_percent(p.quality):>6s}"
+            for p in (mine, rand, best)
+        ]
+        lines.append(f"{'p' + str(i * 10):>9s}  {cells[0]:>15s}  {cells[1]:>17s}  {cells[2]:>15s}")
+    lines.append("")
+    lines.append(f"{'':9s}  {'scorer':>15s}  {'random (10 seeds)':>17s}  {'oracle':>15s}")
+    for label, attr in (("APGR", "apgr"), ("CPT(50%)", "cpt50"), ("CPT(80%)", "cpt80")):
+        values = [getattr(m, attr) for m in (ev.router, ev.random, ev.oracle)]
+        cells = [f"{v:.3f}" if attr == "apgr" else _percent(v) for v in values]
+        lines.append(f"{label:>9s}  {cells[0]:>15s}  {cells[1]:>17s}  {cells[2]:>15s}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Leave-subjects-out cross-validation of the scorer: `python -m inference.scorer.crossval`.
+
+Every figure comes from prompts whose file the head never saw in training:
+- MMLU, leave one subject out: for each `mmlu_*` file, fit on every other file (the other
+  subjects and GSM8K) and score that subject; the held-out scores of all subjects are pooled and
+  evaluated together, as RouteLLM evaluates MMLU as one benchmark.
+- GSM8K, k folds over questions: fit on all MMLU files and the other folds, score the fold.
+- GSM8K held out whole: fit on MMLU only, score all of GSM8K (a new kind of task).
+
+Options choose the embedding (precision, token budget), so the quality cost of each speed
+choice is measured with the same protocol. Embeddings are cached under `.cache/scorer/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference.scorer.dataset import OutcomeFile, cached_head_inputs, data_dir, load_data_dir
+from inference.scorer.embedder import Embedder, EmbedderConfig
+from inference.scorer.evaluation import Evaluation, evaluate
+from inference.scorer.fit import DEFAULT_L2, HeadInputs, fit_head
+
+# RouteLLM's best published routers for GPT-4 against Mixtral, with augmented training data.
+ROUTELLM_TARGETS = {
+    "MMLU": {"apgr": 0.603, "cpt50": 0.354, "cpt80": 0.716},
+    "GSM8K": {"apgr": 0.622, "cpt50": 0.336, "cpt80": 0.633},
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """All prompts of the data folder with their file index."""
+
+    inputs: HeadInputs
+    weak: np.ndarray
+    strong: np.ndarray
+    file_index: np.ndarray
+    names: list[str]
+
+
+def build_pool(files: list[OutcomeFile], embedder: Embedder, verbose: bool) -> Pool:
+    parts = [cached_head_inputs(f, embedder, verbose) for f in files]
+    rows = [(i, r) for i, f in enumerate(files) for r in f.outcomes.rows]
+    return Pool(
+        inputs=HeadInputs(
+            np.vstack([p.embeddings for p in parts]), np.vstack([p.features for p in parts])
+        ),
+        weak=np.array([r.weak_correct for _, r in rows]),
+        strong=np.array([r.strong_correct for _, r in rows]),
+        file_index=np.array([i for i, _ in rows]),
+        names=[f.name for f in files],
+    )
+
+
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def head_predictor(pool: Pool, config: EmbedderConfig, l2: float) -> Predict:
+    """Fit on the `train` indices, return scores for the `test` indices."""
+
+    def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        head = fit_head(pool.inputs.take(train), pool.weak[train], pool.strong[train], config, l2)
+        held_out = pool.inputs.take(test)
+        return head.predict(held_out.embeddings, held_out.features)
+
+    return predict
+
+
+def question_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """A fold number for each of n questions: a seeded permutation cut into equal parts."""
+    assignment = np.empty(n, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(n)
+    for fold, chunk in enumerate(np.array_split(order, folds)):
+        assignment[chunk] = fold
+    return assignment
+
+
+def crossvalidate(pool: Pool, predict: Predict, folds: int) -> dict[str, Evaluation]:
+    results: dict[str, Evaluation] = {}
+    everything = np.arange(len(pool.weak))
+    mmlu = [i for i, name in enumerate(pool.names) if name.startswith("mmlu_")]
+    others = [i for i, name in enumerate(pool.names) if not name.startswith("mmlu_")]
+
+    if mmlu:
+        held = np.isin(pool.file_index, mmlu)
+        scores = np.zeros(len(pool.weak))
+        for subject in mmlu:
+            test = everything[pool.file_index == subject]
+            scores[test] = predict(everything[pool.file_index != subject], test)
+        results["MMLU"] = evaluate(scores[held], pool.weak[held], pool.strong[held])
+
+    for index in others:
+        name = pool.names[index].upper()
+        members = everything[pool.file_index == index]
+        fold_of = question_folds(len(members), folds)
+        scores = np.zeros(len(members))
+        for fold in range(folds):
+            test = members[fold_of == fold]
+            train = np.setdiff1d(everything, test)
+            scores[fold_of == fold] = predict(train, test)
+        results[f"{name} ({folds}-fold by question)"] = evaluate(
+            scores, pool.weak[members], pool.strong[members]
+        )
+        if mmlu:
+            train = everything[np.isin(pool.file_index, mmlu)]
+            scores = predict(train, members)
+            results[f"{name} (held out whole, MMLU-trained)"] = evaluate(
+                scores, pool.weak[members], pool.strong[members]
+            )
+    return results
+
+
+def _pct(value: float) -> str:
+    return "   n/a" if np.isnan(value) else f"{value * 100:5.1f}%"
+
+
+def report(results: dict[str, Evaluation], config: EmbedderConfig, l2: float) -> str:
+    lines = [
+        f"embedding: precision={config.precision} max_tokens={config.max_tokens} "
+        f"head_share={config.head_share}; head: logistic, l2={l2:g}",
+        "",
+        f"{'held-out set':40s} {'prompts':>7s} {'APGR':>6s} {'CPT50':>7s} {'CPT80':>7s}"
+        f"   {'random APGR':>11s} {'oracle APGR':>11s}",
+    ]
+    for name, ev in results.items():
+        lines.append(
+            f"{name:40s} {ev.prompts:7d} {ev.router.apgr:6.3f} {_pct(ev.router.cpt50):>7s} "
+            f"{_pct(ev.router.cpt80):>7s}   {ev.random.apgr:11.3f} {ev.oracle.apgr:11.3f}"
+        )
+        target = ROUTELLM_TARGETS.get(name.split(" ")[0])
+        if target:
+            lines.append(
+                f"{'  RouteLLM target':40s} {'':7s} {target['apgr']:6.3f} "
+                f"{_pct(target['cpt50']):>7s} {_pct(target['cpt80']):>7s}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="folder of outcome CSV files")
+    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    parser.add_argument("--max-tokens", type=int, default=EmbedderConfig.max_tokens)
+    parser.add_argument("--head-share", type=float, default=EmbedderConfig.head_share)
+    parser.add_argument("--l2", type=float, default=DEFAULT_L2)
+    parser.add_argument("--folds", type=int, default=5, help="folds over non-MMLU questions")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    config = EmbedderConfig(args.precision, args.max_tokens, args.head_share)
+    files = load_data_dir(args.data or data_dir())
+    pool = build_pool(files, Embedder(config), verbose=not args.quiet)
+    results = crossvalidate(pool, head_predictor(pool, config, args.l2), args.folds)
+    print(report(results, config, args.l2))
+
+
+if __name__ == "__main__":
+    main()

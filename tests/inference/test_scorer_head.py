@@ -1,0 +1,93 @@
+"""The logistic head: fitting is deterministic, and the weights file round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.scorer.embedder import EmbedderConfig
+from inference.scorer.features import FEATURE_NAMES, prompt_features
+from inference.scorer.fit import HeadInputs, fit_head, weak_good_enough
+from inference.scorer.head import HeadWeights, fit_logistic, sigmoid
+
+
+def synthetic(seed: int, n: int = 600) -> tuple[HeadInputs, np.ndarray, np.ndarray]:
+    """Embeddings whose first dimension decides whether the weak model copes."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.normal(size=(n, 384)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    features = rng.normal(size=(n, len(FEATURE_NAMES)))
+    weak = rng.random(n) < sigmoid(40 * embeddings[:, 0])
+    strong = weak | (rng.random(n) < 0.7)
+    return HeadInputs(embeddings, features), weak, strong
+
+
+def test_label_is_weak_right_or_strong_wrong() -> None:
+    weak = np.array([True, True, False, False])
+    strong = np.array([True, False, True, False])
+    assert weak_good_enough(weak, strong).tolist() == [True, True, False, True]
+
+
+def test_training_twice_gives_byte_identical_weights() -> None:
+    inputs, weak, strong = synthetic(0)
+    first = fit_head(inputs, weak, strong, EmbedderConfig()).to_json()
+    second = fit_head(inputs, weak, strong, EmbedderConfig()).to_json()
+    assert first == second
+
+
+def test_the_head_learns_the_direction_that_matters() -> None:
+    inputs, weak, strong = synthetic(1, n=3000)
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), l2=1e-5)
+    assert int(np.argmax(np.abs(head.coef))) == 0
+    held_out, weak_test, strong_test = synthetic(2, n=3000)
+    p = head.predict(held_out.embeddings, held_out.features)
+    label = weak_good_enough(weak_test, strong_test)
+    assert p[label].mean() > p[~label].mean() + 0.15
+
+
+def test_weights_file_round_trips() -> None:
+    inputs, weak, strong = synthetic(3)
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), info={"rows": 600})
+    again = HeadWeights.from_json(head.to_json())
+    assert again.to_json() == head.to_json()
+    assert again.embedder == EmbedderConfig()
+    assert again.info == {"rows": 600}
+    np.testing.assert_allclose(
+        again.predict(inputs.embeddings, inputs.features),
+        head.predict(inputs.embeddings, inputs.features),
+        atol=1e-5,
+    )
+
+
+def test_a_prior_keeps_a_small_fit_close_to_it() -> None:
+    inputs, weak, strong = synthetic(4)
+    prior = fit_head(inputs, weak, strong, EmbedderConfig(), l2=1e-4)
+    small, small_weak, small_strong = synthetic(5, n=30)
+    free = fit_head(small, small_weak, small_strong, EmbedderConfig(), l2=1e-4)
+    anchored = fit_head(small, small_weak, small_strong, EmbedderConfig(), l2=1e-2, prior=prior)
+    assert np.linalg.norm(anchored.coef - prior.coef) < np.linalg.norm(free.coef - prior.coef)
+
+
+def test_logistic_fit_matches_a_known_solution() -> None:
+    # One feature, y = 1 exactly when x > 0 with label noise: the slope must be positive and
+    # the intercept near zero by symmetry.
+    x = np.linspace(-3, 3, 601)[:, None]
+    y = (x[:, 0] > 0).astype(float)
+    y[::10] = 1 - y[::10]
+    coef, intercept = fit_logistic(x, y, l2=0.0)
+    assert coef[0] > 0.5
+    assert intercept == pytest.approx(0.0, abs=0.05)
+
+
+def test_unknown_weights_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="format"):
+        HeadWeights.from_json('{"format": 99}')
+
+
+def test_features_see_length_digits_and_notation() -> None:
+    plain = prompt_features("What is the capital of France?", 8)
+    maths = prompt_features("Solve 3x + 4 = 19 for x.\nThen compute 2^5.", 16)
+    assert maths[0] > plain[0]  # log tokens
+    assert maths[1] > plain[1] == 0  # digit share
+    assert maths[2] > plain[2]  # math symbols
+    assert maths[3] > plain[3] == 0  # log lines

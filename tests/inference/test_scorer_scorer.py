@@ -1,0 +1,107 @@
+"""The shipped scorer: loads offline, scores in [0, 1], caches, is thread-safe, and its weights
+are what the training command produces."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.scorer.embedder import EmbedderConfig
+from inference.scorer.fit import fit_from_outcomes
+from inference.scorer.head import HeadWeights
+from inference.scorer.outcomes import Outcome
+from inference.scorer.scorer import SHIPPED_WEIGHTS, Scorer
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots and prove there are no others.",
+    "Translate 'good morning' into Spanish.",
+    "A train leaves at 3:15 pm at 80 km/h; a second leaves at 4:00 pm at 100 km/h. When does "
+    "the second catch up, and how far from the station?",
+]
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    return Scorer.load()
+
+
+def test_shipped_weights_are_small_and_describe_their_inputs() -> None:
+    assert SHIPPED_WEIGHTS.stat().st_size < 100_000
+    head = HeadWeights.load(SHIPPED_WEIGHTS)
+    assert head.embedder == EmbedderConfig()
+    assert len(head.coef) == 384 + len(head.feature_names)
+
+
+def test_scores_are_probabilities(scorer: Scorer) -> None:
+    scores = scorer.score_batch(PROMPTS)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert len(set(scores)) == len(scores)
+
+
+def test_a_repeated_prompt_is_served_from_the_cache(scorer: Scorer) -> None:
+    first = scorer.score("Name three prime numbers.")
+    cached_before = len(scorer._cache)
+    assert scorer.score("Name three prime numbers.") == first
+    assert len(scorer._cache) == cached_before
+
+
+def test_cache_keeps_only_the_most_recent_prompts() -> None:
+    small = Scorer(HeadWeights.load(SHIPPED_WEIGHTS), cache_size=2)
+    for prompt in PROMPTS[:3]:
+        small.score(prompt)
+    assert len(small._cache) == 2
+
+
+def test_concurrent_scoring_gives_the_sequential_results(scorer: Scorer) -> None:
+    uncached = Scorer(scorer.head, scorer.embedder, cache_size=0)
+    expected = [uncached.score(p) for p in PROMPTS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(uncached.score, PROMPTS * 5))
+    assert results == expected * 5
+
+
+def test_a_head_for_other_embeddings_is_refused(scorer: Scorer) -> None:
+    head = HeadWeights.load(SHIPPED_WEIGHTS)
+    other = HeadWeights(
+        embedder=EmbedderConfig("fp32", 256),
+        feature_names=head.feature_names,
+        feature_mean=head.feature_mean,
+        feature_scale=head.feature_scale,
+        coef=head.coef,
+        intercept=head.intercept,
+        l2=head.l2,
+    )
+    with pytest.raises(ValueError, match="fitted on"):
+        Scorer(other, scorer.embedder)
+
+
+def test_a_tenant_file_refines_the_shipped_head(scorer: Scorer) -> None:
+    rows = [
+        Outcome(prompt=p, weak_correct=i % 2 == 0, strong_correct=True)
+        for i, p in enumerate(PROMPTS * 3)
+    ]
+    head = fit_from_outcomes(rows, embedder=scorer.embedder, prior=scorer.head)
+    assert head.info == {"rows": 12, "prior": True}
+    assert head.embedder == scorer.head.embedder
+    # Pulled towards, but not equal to, the shipped coefficients.
+    assert 0 < np.linalg.norm(head.coef - scorer.head.coef) < np.linalg.norm(scorer.head.coef)
+
+
+def test_shipped_weights_are_what_training_produces(shared_data: Path, tmp_path: Path) -> None:
+    """Retrains on the shared data (minutes on a first run; embeddings are then cached)."""
+    from inference.scorer.train import main
+
+    out = tmp_path / "head.json"
+    main(["--data", str(shared_data / "routing"), "--out", str(out), "--quiet"])
+    shipped = json.loads(SHIPPED_WEIGHTS.read_text())
+    trained = json.loads(out.read_text())
+    assert trained["info"] == shipped["info"]
+    # Byte-identical on this kind of machine; a tolerance keeps the test meaningful on a CPU
+    # whose kernels round differently.
+    np.testing.assert_allclose(trained["coef"], shipped["coef"], atol=1e-4)
+    assert trained["intercept"] == pytest.approx(shipped["intercept"], abs=1e-4)
