@@ -144,8 +144,10 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
     out_bytes: int = 0
+    cpu_s: float = 0.0  # CPU time of the process under test during the run, when measured
 
     def pct(self, q: float, values: list[float] | None = None) -> float:
         data = sorted(values if values is not None else self.latencies)
@@ -161,6 +163,7 @@ class Run:
 async def _read_response(reader: asyncio.StreamReader, run: Run, started: float) -> bool:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
+    run.statuses[status] = run.statuses.get(status, 0) + 1
     lower = head.lower()
     index = lower.find(b"content-length:")
     if index >= 0:
@@ -238,9 +241,19 @@ def merge(runs: list[Run]) -> Run:
         merged.latencies += r.latencies
         merged.ttfts += r.ttfts
         merged.errors += r.errors
+        for status, count in r.statuses.items():
+            merged.statuses[status] = merged.statuses.get(status, 0) + count
         merged.elapsed += r.elapsed
         merged.out_bytes += r.out_bytes
+        merged.cpu_s += r.cpu_s
     return merged
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process and its children so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def log_dir() -> Path:
@@ -258,4 +271,14 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-__all__ = ["Run", "load", "load_list", "log_dir", "machine", "merge", "ms", "statistics"]
+__all__ = [
+    "Run",
+    "cpu_seconds",
+    "load",
+    "load_list",
+    "log_dir",
+    "machine",
+    "merge",
+    "ms",
+    "statistics",
+]

