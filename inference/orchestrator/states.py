@@ -105,3 +105,11 @@ def startup_phase(log_lines: Iterable[str]) -> str:
             if (reached == "launching" or rank[name] > rank[reached]) and pattern.search(line):
                 reached = name
     return reached
+
+
+def lines_since_start(lines: list[str]) -> list[str]:
+    """The lines after the latest start marker (a replica's log is kept across restarts)."""
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("=== "):
+            return lines[index + 1 :]
+    return lines

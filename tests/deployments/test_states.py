@@ -7,6 +7,7 @@ from inference.orchestrator.states import (
     TRANSITIONS,
     InvalidTransition,
     deployment_summary,
+    lines_since_start,
     replica_next_state,
     restart_backoff_s,
     startup_phase,
@@ -98,3 +99,9 @@ def test_startup_phase_follows_the_engine_log():
     assert startup_phase([*lines, "INFO Warming up model for the compilation..."]) == "warming up"
     assert startup_phase(["Downloading model.safetensors", *lines]) == "loading"
     assert startup_phase(["Downloading model.safetensors"]) == "downloading"
+
+
+def test_only_the_latest_run_of_a_log_counts():
+    lines = ["=== first start", "Application startup complete", "=== second start", "Loading"]
+    assert lines_since_start(lines) == ["Loading"]
+    assert lines_since_start(["no marker"]) == ["no marker"]

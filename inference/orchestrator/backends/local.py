@@ -196,7 +196,7 @@ class LocalBackend:
             code = child.poll()
             if code is None:
                 return Inspection(Liveness.RUNNING)
-            self._children.pop(pid, None)
+            # Kept until stop(): asking again must give the same answer, exit code included.
             return Inspection(Liveness.EXITED, _describe_exit(code))
         stat = _proc_stat(pid)
         if stat is None or stat[1] != started:
