@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_common import (
     UVICORN,
     bench_env,
+    cpu_seconds,
     free_port,
     load,
     log_dir,
@@ -36,18 +37,25 @@ from gateway_common import (
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "Say something short."}]}
 
 
-async def measure(arms: dict[str, bytes], ports: dict[str, int], args: argparse.Namespace) -> None:
+async def measure(
+    arms: dict[str, bytes],
+    ports: dict[str, int],
+    args: argparse.Namespace,
+    pids: dict[str, int],
+) -> None:
     for concurrency in args.concurrency:
         runs: dict[str, list] = {name: [] for name in arms}
         for name in arms:  # warm-up: connections, caches
             await load(ports[name], arms[name], concurrency=concurrency, total=concurrency * 20)
         for _ in range(args.rounds):
             for name in arms:
-                runs[name].append(
-                    await load(
-                        ports[name], arms[name], concurrency=concurrency, total=args.requests
-                    )
+                pid = pids.get(name)
+                before = cpu_seconds(pid) if pid else 0.0
+                run = await load(
+                    ports[name], arms[name], concurrency=concurrency, total=args.requests
                 )
+                run.cpu_s = cpu_seconds(pid) - before if pid else 0.0
+                runs[name].append(run)
         merged = {name: merge(r) for name, r in runs.items()}
         base = merged["direct"]
         print(
@@ -58,6 +66,11 @@ async def measure(arms: dict[str, bytes], ports: dict[str, int], args: argparse.
             print(
                 f"  {name:<16} p50 {ms(run.pct(0.5))} ms  p99 {ms(run.pct(0.99))} ms  "
                 f"{run.rps:8.0f} req/s  errors {run.errors}"
+                + (
+                    f"  gateway CPU {run.cpu_s / len(run.latencies) * 1e6:.0f} us/request"
+                    if run.cpu_s
+                    else ""
+                )
             )
         for name, run in merged.items():
             if name == "direct":
@@ -135,7 +148,10 @@ def main() -> None:
             f"machine: {machine()}; upstream: bench/gateway_upstream.py; gateway: uvicorn "
             "console.asgi:application (uvloop, httptools), access log off"
         )
-        asyncio.run(measure(arms, ports, args))
+        pids = {"gateway": processes[1].pid}
+        if args.metering_off:
+            pids["no-meter"] = processes[2].pid
+        asyncio.run(measure(arms, ports, args, pids))
     finally:
         for process in reversed(processes):
             stop(process)

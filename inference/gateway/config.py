@@ -29,6 +29,7 @@ class GatewayConfig:
     access_log: bool = True
     redis_url: str = ""
     metrics_token: str = ""
+    gil_switch_interval_s: float = 0.0005
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
