@@ -89,7 +89,8 @@ def main() -> None:
     cached = Scorer.load(cache_size=16)
 
     print(
-        f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
+        f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}, "
+        f"torch threads: {torch.get_num_threads()}, "
         f"runs per cell: {args.runs}; scorer settings: {scorer.head.embedder}"
     )
     print(f"{'runtime':22s} {'tokens':>6s} {'p50 ms':>8s} {'p95 ms':>8s}")
@@ -110,6 +111,9 @@ def main() -> None:
             print(f"{name:22s} {tokens:6d} {p50:8.2f} {p95:8.2f}")
         ratio = statistics.median(torch_ms) / statistics.median(rows[3][1])
         print(f"{'':22s} {tokens:6d} scorer is {ratio:.1f}x faster than torch at p50")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} (figures are only comparable when low)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ are what the training command produces."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,3 +107,14 @@ def test_shipped_weights_are_what_training_produces(shared_data: Path, tmp_path:
     # whose kernels round differently.
     np.testing.assert_allclose(trained["coef"], shipped["coef"], atol=1e-4)
     assert trained["intercept"] == pytest.approx(shipped["intercept"], abs=1e-4)
+
+
+def test_importing_the_scorer_loads_neither_django_nor_torch() -> None:
+    code = (
+        "import sys, inference.scorer; "
+        "print(sorted(m for m in ('django', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
