@@ -35,6 +35,21 @@ class Finished:
     started: float
 
 
+def _baseline_cost(gateway: Gateway, org_id: int, plan: Plan, outcome: Outcome) -> int | None:
+    """What an auto route's request would have cost at its strongest target (same tokens, at
+    the snapshot's price); None when the strongest target served it (then it is the cost)."""
+    baseline = plan.decision.baseline
+    if baseline is None or outcome.target is None or target_label(outcome.target) == str(baseline):
+        return None
+    entry = gateway.snapshot.target_entry(org_id, baseline)
+    if entry is None:
+        return None
+    price = gateway.snapshot.price(org_id, entry)
+    return cost_micros(
+        price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
+    )
+
+
 def request_account(gateway: Gateway, done: Finished) -> None:
     """Settle limits, meter, count and log one finished request (nothing here awaits)."""
     key, org, parsed, route, plan = done.key, done.org, done.parsed, done.route, done.plan
@@ -72,6 +87,7 @@ def request_account(gateway: Gateway, done: Finished) -> None:
         gateway.metrics.tokens.inc((label, "prompt"), outcome.prompt_tokens)
         gateway.metrics.tokens.inc((label, "completion"), outcome.completion_tokens)
     deployment = target if isinstance(target, DeploymentEntry) else None
+    baseline_cost = _baseline_cost(gateway, org.id, plan, outcome)
     if gateway.meter is not None and target is not None:
         model = (
             deployment.served_model_name if deployment is not None else getattr(target, "model", "")
@@ -95,6 +111,7 @@ def request_account(gateway: Gateway, done: Finished) -> None:
                 replica_id=outcome.replica.id if outcome.replica is not None else None,
                 router_score=plan.decision.score,
                 router_choice=plan.decision.choice,
+                baseline_cost_micros=baseline_cost,
             )
         )
     if gateway.config.access_log:

@@ -38,6 +38,7 @@ from inference.gateway.limits import (
 )
 from inference.gateway.metering import Meter
 from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.router import AutoRouter
 from inference.gateway.snapshot import (
     CONSOLE_KEY_ID,
     DeploymentEntry,
@@ -48,8 +49,14 @@ from inference.gateway.snapshot import (
     empty_snapshot,
 )
 from inference.gateway.upstream import Pool
-from inference.routing.config import TargetRef
-from inference.routing.resolve import Plan, RouteResolutionError, route_plan
+from inference.routing.config import RouteSpec, TargetRef
+from inference.routing.resolve import (
+    Plan,
+    RequestFeatures,
+    ResolveContext,
+    RouteResolutionError,
+    route_plan,
+)
 
 logger = logging.getLogger("inference.gateway")
 
@@ -94,6 +101,7 @@ class Gateway:
         limiter: Limiter | None = None,
         meter: Meter | None = None,
         poll: bool = True,
+        router: AutoRouter | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig.from_env()
         self.snapshot: Snapshot = empty_snapshot()
@@ -113,6 +121,8 @@ class Gateway:
                 on_spill=lambda n: self.metrics.usage_dropped.inc((), n),
             )
         self.meter = meter
+        # Scores prompts for auto routes in its own thread pool (never on the event loop).
+        self.router = router or AutoRouter()
         self.poll = poll
         self.poller = SnapshotPoller(
             self._install_threadsafe, poll_s=config.snapshot_poll_s, ttl_s=config.snapshot_ttl_s
@@ -140,6 +150,13 @@ class Gateway:
             except Exception:
                 logger.exception("first snapshot failed; serving an empty one until it works")
             self.poller.start()
+        first = self.poller.last or self.snapshot
+        if any(
+            entry.spec.policy == "auto"
+            for cat in first.catalogues.values()
+            for entry in cat.routes.values()
+        ):
+            self.router.warm_up()
         if self.meter is not None:
             self.meter.start()
         self.started = True
@@ -152,6 +169,7 @@ class Gateway:
             await asyncio.to_thread(self.meter.close)
         await asyncio.to_thread(self._touch_keys)
         self.pool.close()
+        self.router.close()
         await self.limiter.close()
 
     def install(self, snapshot: Snapshot) -> None:
@@ -368,14 +386,58 @@ class Gateway:
             if not message.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def plan_for(self, org_id: int, parsed: bodies.ParsedRequest) -> tuple[str, Plan, list[Target]]:
+    async def auto_scores(
+        self, org_id: int, parsed: bodies.ParsedRequest
+    ) -> dict[str, float | Exception]:
+        """Scores of the prompt for every auto route the requested route can reach (usually
+        none, or the route itself), computed in the scorer's thread pool."""
+        cat = self.snapshot.catalogue(org_id)
+        entry = cat.routes.get(parsed.model)
+        if entry is None:
+            return {}
+        autos: list[RouteSpec] = []
+        seen: set[str] = set()
+        pending = [entry.spec]
+        while pending and len(seen) < 32:
+            spec = pending.pop()
+            if spec.name in seen:
+                continue
+            seen.add(spec.name)
+            if spec.policy == "auto":
+                autos.append(spec)
+            pending += [cat.specs[r.name] for r in spec.references() if r.name in cat.specs]
+        scores: dict[str, float | Exception] = {}
+        for spec in autos:
+            route = cat.routes[spec.name]
+            head = self.snapshot.scorer_heads.get(route.id)
+            scores[spec.name] = await self.router.score(
+                spec, str(route.id), head, parsed.features.prompt_text
+            )
+        return scores
+
+    def plan_for(
+        self,
+        org_id: int,
+        parsed: bodies.ParsedRequest,
+        scores: dict[str, float | Exception] | None = None,
+    ) -> tuple[str, Plan, list[Target]]:
         """(route name or "", plan, resolved targets) for the model a request names."""
         snapshot = self.snapshot
         cat = snapshot.catalogue(org_id)
         entry = cat.routes.get(parsed.model)
         if entry is not None:
+            ctx = None
+            if scores:
+
+                def scorer(spec: RouteSpec, features: RequestFeatures) -> float:
+                    value = scores.get(spec.name, RuntimeError("not scored"))
+                    if isinstance(value, Exception):
+                        raise value
+                    return value
+
+                ctx = ResolveContext(scorer=scorer)
             try:
-                plan = route_plan(entry.spec, cat.specs, parsed.features)
+                plan = route_plan(entry.spec, cat.specs, parsed.features, ctx)
             except RouteResolutionError as error:
                 raise GatewayError(
                     503, f"The route cannot be resolved: {error}.", "bad_route"
@@ -434,7 +496,8 @@ class Gateway:
                 "model_not_allowed",
                 param="model",
             )
-        route, plan, targets = self.plan_for(org.id, parsed)
+        scores = await self.auto_scores(org.id, parsed)
+        route, plan, targets = self.plan_for(org.id, parsed, scores)
         reserve = (
             reservation_micros(self.snapshot, self.config, org, parsed, targets)
             if (org.budget_micros is not None or key.budget_micros is not None)

@@ -21,7 +21,7 @@ from inference.gateway.errors import GatewayError
 from inference.gateway.snapshot import DeploymentEntry, ExternalEntry, ReplicaEntry
 from inference.gateway.sse import StreamFilter
 from inference.gateway.upstream import UpstreamError, UpstreamResponse
-from inference.routing.resolve import Plan
+from inference.routing.resolve import Decision, Plan
 
 if TYPE_CHECKING:
     from inference.gateway.app import Gateway
@@ -62,7 +62,11 @@ def target_label(target: Target | None) -> str:
 
 
 def response_headers(
-    request_id: str, route: str, outcome: Outcome, content_type: bytes
+    request_id: str,
+    route: str,
+    outcome: Outcome,
+    content_type: bytes,
+    decision: Decision | None = None,
 ) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", content_type),
@@ -74,6 +78,11 @@ def response_headers(
         headers.append((b"x-deployment-id", str(outcome.target.id).encode()))
     if outcome.replica is not None:
         headers.append((b"x-replica-id", outcome.replica.key.encode()))
+    if decision is not None and decision.baseline is not None:
+        # An auto route's decision: the score ("none" when the scorer failed) and the choice.
+        score = "none" if decision.score is None else f"{decision.score:.4f}"
+        headers.append((b"x-route-score", score.encode()))
+        headers.append((b"x-route-choice", decision.choice.encode("ascii", "replace")))
     return headers
 
 
@@ -138,6 +147,7 @@ class Exchange:
         self.send = send
         self.started = time.perf_counter()
         self.outcome = Outcome()
+        self.decision: Decision | None = None
 
     def on_disconnect(self) -> None:
         self.outcome.disconnected = True
@@ -147,6 +157,7 @@ class Exchange:
     async def run(self, plan: Plan, targets: list[Target]) -> Outcome:
         """Try targets in order until one answers; deliver its answer; return the outcome."""
         outcome = self.outcome
+        self.decision = plan.decision
         last = GatewayError(503, "No target of this model can take the request.", "no_capacity")
         cold = (
             self.gw.snapshot.target_entry(self.org_id, plan.cold_start_fallback)
@@ -331,7 +342,9 @@ class Exchange:
         for name, value in response.headers:
             if name == b"content-type":
                 content_type = value
-        headers = response_headers(self.request_id, self.route, outcome, content_type)
+        headers = response_headers(
+            self.request_id, self.route, outcome, content_type, self.decision
+        )
         headers.append((b"content-length", str(len(body)).encode()))
         await self.send(
             {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -344,7 +357,9 @@ class Exchange:
             keep_final_usage=self.parsed.include_usage,
             keep_inline_usage=self.parsed.continuous_usage,
         )
-        headers = response_headers(self.request_id, self.route, outcome, b"text/event-stream")
+        headers = response_headers(
+            self.request_id, self.route, outcome, b"text/event-stream", self.decision
+        )
         headers.append((b"cache-control", b"no-cache"))
         send = self.send
         await send({"type": "http.response.start", "status": 200, "headers": headers})

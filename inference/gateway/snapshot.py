@@ -110,6 +110,8 @@ class Snapshot:
     key_spend: dict[uuid.UUID, int] = field(default_factory=dict)
     price_cache: dict[uuid.UUID, ledger.PriceRates] = field(default_factory=dict)
     spend: ledger.Spend | None = None
+    # Auto routes' own fitted scorer heads (JSON), by route id; routes absent use the shipped one.
+    scorer_heads: dict[uuid.UUID, str] = field(default_factory=dict)
 
     def catalogue(self, org_id: int) -> OrgCatalogue:
         return self.catalogues.get(org_id) or OrgCatalogue()
@@ -158,7 +160,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
     If billing's spend figures cannot be read, the previous snapshot's are kept (caps included),
     so that a billing problem neither stops serving nor lifts the caps."""
     from console.models import ApiKey, Organisation
-    from inference.models import Deployment, ExternalEndpoint, Replica, Route
+    from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
     from inference.routing.secrets import secret_decrypt
 
     now = timezone.now()
@@ -276,6 +278,11 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         cat = catalogues.setdefault(route["org_id"], OrgCatalogue())
         cat.routes[spec.name] = RouteEntry(id=route["id"], spec=spec)
         cat.specs[spec.name] = spec
+    scorer_heads = dict(
+        RouteScorer.objects.filter(state="ready", route__policy="auto").values_list(
+            "route_id", "head_json"
+        )
+    )
     return Snapshot(
         version=version,
         built_at=time.monotonic(),
@@ -286,6 +293,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         month=now.strftime("%Y%m"),
         key_spend=spend.key_spend,
         spend=spend,
+        scorer_heads=scorer_heads,
     )
 
 

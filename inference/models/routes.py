@@ -20,6 +20,7 @@ class RoutePolicy(models.TextChoices):
     WEIGHTED = "weighted", "Weighted split (canary, A/B)"
     FALLBACK = "fallback", "Fallback chain"
     CONDITIONAL = "conditional", "Conditional rules"
+    AUTO = "auto", "Auto (cheapest model that is good enough)"
 
 
 class Route(models.Model):

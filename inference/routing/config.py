@@ -14,8 +14,19 @@ graph must stay acyclic). Policies and their ``config`` shapes:
   ``max_tokens_min``, ``max_tokens_max`` (whole numbers), ``has_tools``, ``has_response_format``
   (booleans) and ``tag`` (equal to the request's ``x-route-tag`` header).
 
-New policies (the cost/quality ``auto`` policy) register a parser here and a resolver in
-``inference.routing.resolve``.
+- ``auto``: ``{"targets": [REF, ...], "thresholds": [0.6, ...], "max_strong_percent": 30}``:
+  the cost/quality router. Targets run from cheapest to strongest (2 to 16 deployments or external
+  endpoints). The scorer gives one estimate per request that the cheaper models answer as well as
+  the strongest; the request goes to the first target ``i`` whose ``thresholds[i]`` the score
+  reaches, else to the strongest. ``thresholds`` holds one value in [0, 1] per target but the
+  strongest, never rising along the list (``threshold``, one number, is short for two targets).
+  With ``max_strong_percent`` (a whole number 0 to 100) the platform computes the thresholds from
+  the route's recent traffic and keeps them current (``inference.routing.calibration``);
+  ``calibration`` holds what that computation found and is written by the platform.
+  ``max_attempts`` bounds how many targets are tried on failure (the chosen one, then the
+  stronger ones in order).
+
+New policies register a parser here and a resolver in ``inference.routing.resolve``.
 """
 
 from __future__ import annotations
@@ -210,6 +221,71 @@ def _parse_conditional(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return {"rules": tuple(rules), "default": default}
 
 
+def _parse_auto(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    items = _target_list(config)
+    if len(items) < 2:
+        raise RouteConfigError(
+            "targets: the auto policy needs at least two targets, cheapest first, strongest last."
+        )
+    targets = tuple(target_ref_parse(item, f"targets[{i}]") for i, item in enumerate(items))
+    for i, ref in enumerate(targets):
+        if ref.kind == "route":
+            raise RouteConfigError(
+                f"targets[{i}]: the auto policy sends to deployments or external endpoints, "
+                "not to other routes (it prices the strongest target for savings)."
+            )
+    if len(set(targets)) != len(targets):
+        raise RouteConfigError("targets: a target appears twice.")
+    share = config.get("max_strong_percent")
+    if share is not None:
+        _whole(share, "max_strong_percent", 0, 100)
+    raw = config.get("thresholds")
+    if raw is None and "threshold" in config:
+        if len(targets) != 2:
+            raise RouteConfigError(
+                "threshold: one threshold serves two targets; with more, give thresholds "
+                f"(a list of {len(targets) - 1}, one per target but the strongest)."
+            )
+        raw = [config["threshold"]]
+        where = "threshold"
+    else:
+        where = "thresholds"
+    if raw is None:
+        raise RouteConfigError(
+            "thresholds: give the thresholds (one per target but the strongest), or "
+            "max_strong_percent for the platform to calibrate them."
+        )
+    if not isinstance(raw, list) or len(raw) != len(targets) - 1:
+        raise RouteConfigError(
+            f"{where}: give a list of {len(targets) - 1} number(s), one per target but the "
+            "strongest."
+        )
+    thresholds: list[float] = []
+    for i, value in enumerate(raw):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise RouteConfigError(f"{where}[{i}]: must be a number from 0 to 1.")
+        if thresholds and value > thresholds[-1]:
+            raise RouteConfigError(
+                f"{where}[{i}]: thresholds must not rise from cheaper to stronger targets "
+                f"({value} is above {thresholds[-1]})."
+            )
+        thresholds.append(float(value))
+    raw_attempts = config.get("max_attempts")
+    attempts = (
+        min(len(targets), MAX_ATTEMPTS)
+        if raw_attempts is None
+        else _whole(raw_attempts, "max_attempts", 1, MAX_ATTEMPTS)
+    )
+    calibration = config.get("calibration")
+    if calibration is not None and not isinstance(calibration, Mapping):
+        raise RouteConfigError("calibration: written by the platform; leave it out.")
+    return {
+        "targets": targets,
+        "max_attempts": attempts,
+        "extra": {"thresholds": tuple(thresholds), "max_strong_percent": share},
+    }
+
+
 PolicyParser = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 # Policy name -> parser of its config. A new policy adds itself here and in resolve.RESOLVERS.
@@ -218,12 +294,21 @@ PARSERS: dict[str, PolicyParser] = {
     "weighted": _parse_weighted,
     "fallback": _parse_fallback,
     "conditional": _parse_conditional,
+    "auto": _parse_auto,
 }
 _ALLOWED_KEYS = {
     "single": {"target"},
     "weighted": {"targets"},
     "fallback": {"targets", "max_attempts"},
     "conditional": {"rules", "default"},
+    "auto": {
+        "targets",
+        "thresholds",
+        "threshold",
+        "max_strong_percent",
+        "max_attempts",
+        "calibration",
+    },
 }
 
 

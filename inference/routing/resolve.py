@@ -38,6 +38,8 @@ class RequestFeatures:
 class Decision:
     score: float | None = None
     choice: str = ""
+    # The strongest target of an auto route: what savings are measured against.
+    baseline: TargetRef | None = None
 
 
 @dataclass(slots=True)
@@ -121,11 +123,43 @@ def _conditional(
     return (spec.default,), Decision(choice="default")
 
 
+def auto_choose(score: float, thresholds: tuple[float, ...]) -> int:
+    """Index of the cheapest target whose threshold the score reaches (the strongest if none)."""
+    for index, threshold in enumerate(thresholds):
+        if score >= threshold:
+            return index
+    return len(thresholds)
+
+
+def _auto(
+    spec: RouteSpec, f: RequestFeatures, ctx: ResolveContext
+) -> tuple[tuple[TargetRef, ...], Decision | None]:
+    """The chosen target, then the stronger ones (tried in order if it fails). Without a score
+    (no scorer, or it failed) the strongest target serves and the reason is recorded."""
+    thresholds: tuple[float, ...] = spec.extra["thresholds"]
+    strongest = spec.targets[-1]
+    try:
+        if ctx.scorer is None:
+            raise RuntimeError("no scorer")
+        score = float(ctx.scorer(spec, f))
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score {score!r} out of range")
+    except Exception as error:
+        reason = str(error) or type(error).__name__
+        choice = f"{strongest} (scorer failed: {reason})"[:100]
+        return (strongest,), Decision(score=None, choice=choice, baseline=strongest)
+    index = auto_choose(score, thresholds)
+    return spec.targets[index:], Decision(
+        score=score, choice=str(spec.targets[index]), baseline=strongest
+    )
+
+
 RESOLVERS: dict[str, Resolver] = {
     "single": _single,
     "weighted": _weighted,
     "fallback": _fallback,
     "conditional": _conditional,
+    "auto": _auto,
 }
 
 
