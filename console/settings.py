@@ -243,6 +243,11 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+# Auto routes' thresholds follow their recent traffic (inference.services.router).
+CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
+    "task": "inference.tasks.routes_recalibrate_task",
+    "schedule": 600.0,
+}
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

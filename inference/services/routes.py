@@ -27,6 +27,7 @@ from inference.routing.config import (
     routes_check_references,
 )
 from inference.routing.secrets import secret_encrypt
+from inference.services.router import auto_config_prepare
 
 ROUTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 ENDPOINT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -127,6 +128,10 @@ def route_create(
         description=(description or "").strip()[:200],
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
+    if route.policy == "auto":  # thresholds from a strong share are calibrated on save
+        route.config = auto_config_prepare(
+            org=org, route_name=route.name, route_id=None, config=route.config
+        )
     _check_graph(org, route)
     route.save()
     audit_record(
@@ -171,6 +176,10 @@ def route_update(
         route.description = (changes["description"] or "").strip()[:200]
     if route.name != old_name:
         _check_not_referenced(route, f"route:{old_name}", "renamed")
+    if route.policy == "auto":
+        route.config = auto_config_prepare(
+            org=org, route_name=route.name, route_id=route.id, config=route.config
+        )
     _check_graph(org, route)
     route.updated_at = timezone.now()
     route.save()

@@ -1,0 +1,17 @@
+"""Celery tasks of inference: thin wrappers around the services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from inference.services.router import route_scorer_fit, routes_recalibrate_all
+
+
+@shared_task
+def routes_recalibrate_task() -> int:
+    return routes_recalibrate_all()
+
+
+@shared_task
+def route_scorer_fit_task(scorer_id: str) -> bool:
+    return route_scorer_fit(scorer_id=scorer_id)
