@@ -38,7 +38,7 @@ from inference.gateway.limits import (
 )
 from inference.gateway.metering import Meter
 from inference.gateway.metrics import GatewayMetrics
-from inference.gateway.router import AutoRouter
+from inference.gateway.router import AutoRouter, scoring_text
 from inference.gateway.snapshot import (
     CONSOLE_KEY_ID,
     DeploymentEntry,
@@ -407,12 +407,11 @@ class Gateway:
                 autos.append(spec)
             pending += [cat.specs[r.name] for r in spec.references() if r.name in cat.specs]
         scores: dict[str, float | Exception] = {}
+        text = scoring_text(parsed) if autos else ""
         for spec in autos:
             route = cat.routes[spec.name]
             head = self.snapshot.scorer_heads.get(route.id)
-            scores[spec.name] = await self.router.score(
-                spec, str(route.id), head, parsed.features.prompt_text
-            )
+            scores[spec.name] = await self.router.score(spec, str(route.id), head, text)
         return scores
 
     def plan_for(

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from inference.gateway import bodies
 from inference.routing.config import RouteSpec
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,21 @@ def _with_head(base: PromptScorer, head_json: str) -> PromptScorer:
 
     assert isinstance(base, Scorer)
     return Scorer(HeadWeights.from_json(head_json), embedder=base.embedder)
+
+
+def scoring_text(parsed: bodies.ParsedRequest) -> str:
+    """What the scorer reads: the messages' text, one per line, without role names (the scorer
+    was fitted on bare prompts), or a completion's prompt."""
+    if parsed.kind != bodies.CHAT:
+        return parsed.features.prompt_text
+    texts = []
+    for message in parsed.body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append("".join(p["text"] for p in content if isinstance(p.get("text"), str)))
+    return "\n".join(t for t in texts if t)
 
 
 class AutoRouter:
