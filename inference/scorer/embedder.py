@@ -119,19 +119,33 @@ class Embedder:
         return 384
 
     def encode(self, prompt: str) -> Encoded:
-        """Token ids as the encoder will see them: [CLS], head, tail, [SEP]."""
+        """Token ids as the encoder will see them: [CLS], head, tail, [SEP].
+
+        `prompt_tokens` is exact for prompts up to a few thousand characters; beyond that only
+        the two ends are tokenised and the count is scaled up by characters.
+        """
         budget = self.config.max_tokens - 2
         char_bound = budget * _CHARS_PER_TOKEN_BOUND
         text = prompt
         if len(text) > 2 * char_bound:
             text = text[:char_bound] + " " + text[-char_bound:]
-        tokens = self._tokenizer.encode(text, add_special_tokens=False).ids
+        tokens = self._tokenize(text)
         prompt_tokens = len(tokens)
+        if text is not prompt:
+            prompt_tokens = round(prompt_tokens * len(prompt) / len(text))
         if len(tokens) > budget:
             head = round(budget * self.config.head_share)
             tail = budget - head
             tokens = tokens[:head] + (tokens[len(tokens) - tail :] if tail else [])
         return Encoded(ids=[self._cls, *tokens, self._sep], prompt_tokens=prompt_tokens)
+
+    def _tokenize(self, text: str) -> list[int]:
+        try:
+            return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        except TypeError:
+            # Lone surrogates (a JSON body may carry "\ud800") are not text to the tokenizer.
+            clean = text.encode("utf-8", "replace").decode("utf-8")
+            return list(self._tokenizer.encode(clean, add_special_tokens=False).ids)
 
     def embed_encoded(self, encoded: Encoded) -> np.ndarray:
         ids = np.asarray([encoded.ids], dtype=np.int64)

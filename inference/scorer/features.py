@@ -1,12 +1,14 @@
 """Cheap prompt features that sit beside the embedding.
 
 The embedding sees at most the first and last tokens of a prompt; these features see all of it,
-in microseconds, so the head learns how length and notation move the odds.
+cheaply (regular expressions run in C: about 5 ms for a megabyte), so the head learns how length
+and notation move the odds.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -17,17 +19,20 @@ FEATURE_NAMES = (
     "log_lines",
 )
 
+_DIGITS = re.compile(r"[0-9]")
 # ASCII operators plus sum, integral, root, comparison, plus-minus, times and divide signs.
-_MATH_SYMBOLS = frozenset(
-    "+-*/=^<>%$()[]{}|\\\u2211\u222b\u221a\u2264\u2265\u2260\u00b1\u00d7\u00f7"
+_MATH_SYMBOLS = re.compile(
+    "["
+    + re.escape("+-*/=^<>%$()[]{}|\\\u2211\u222b\u221a\u2264\u2265\u2260\u00b1\u00d7\u00f7")
+    + "]"
 )
 
 
 def prompt_features(prompt: str, prompt_tokens: int) -> np.ndarray:
     """The features of FEATURE_NAMES, in that order, as float64."""
     chars = max(len(prompt), 1)
-    digits = sum(c.isdigit() for c in prompt)
-    symbols = sum(c in _MATH_SYMBOLS for c in prompt)
+    digits = len(_DIGITS.findall(prompt))
+    symbols = len(_MATH_SYMBOLS.findall(prompt))
     lines = prompt.count("\n") + 1
     return np.array(
         [

@@ -80,3 +80,15 @@ def test_embedder_config_is_validated() -> None:
         EmbedderConfig.from_dict({"precision": "int4", "max_tokens": 128, "head_share": 0.5})
     with pytest.raises(ValueError, match="max_tokens"):
         EmbedderConfig.from_dict({"precision": "int8", "max_tokens": 4096, "head_share": 0.5})
+
+
+def test_huge_prompts_tokenise_only_their_ends_and_estimate_the_count(int8: Embedder) -> None:
+    prompt = "one two three four five six seven eight nine ten " * 20_000  # ~1 MB
+    encoded = int8.encode(prompt)
+    assert len(encoded.ids) == 128
+    assert encoded.prompt_tokens == pytest.approx(200_000, rel=0.05)
+
+
+def test_lone_surrogates_do_not_break_encoding(int8: Embedder) -> None:
+    encoded = int8.encode("abc \ud800 def")
+    assert len(encoded.ids) >= 4
