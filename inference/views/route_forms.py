@@ -13,7 +13,9 @@ CONFIG_HELP = (
     'JSON. single: {"target": "deployment:NAME"}; weighted: {"targets": [{"target": '
     '"deployment:a", "weight": 90}, {"target": "deployment:b", "weight": 10}]}; fallback: '
     '{"targets": ["deployment:a", "external:b"]}; conditional: {"rules": [{"when": '
-    '{"prompt_tokens_min": 1000}, "target": "deployment:long"}], "default": "deployment:a"}.'
+    '{"prompt_tokens_min": 1000}, "target": "deployment:long"}], "default": "deployment:a"}; '
+    'auto: {"targets": ["deployment:cheap", "external:strong"]} with a strong share or a '
+    "threshold below."
 )
 
 
@@ -29,6 +31,39 @@ class RouteForm(forms.Form):
         required=False,
         help_text="Optional target used while a scaled-to-zero deployment starts.",
     )
+
+    # The auto policy's trade-off, merged into config (either one; a strong share wins).
+    max_strong_percent = forms.IntegerField(
+        min_value=0,
+        max_value=100,
+        required=False,
+        help_text="Auto policy: send at most this % of requests to the strongest target; the "
+        "threshold is calibrated on the route's recent traffic.",
+    )
+    threshold = forms.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        help_text="Auto policy, two targets: or set the threshold yourself (0 to 1; requests "
+        "scoring at least this go to the cheaper target).",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        share = cleaned.pop("max_strong_percent", None)
+        threshold = cleaned.pop("threshold", None)
+        config = cleaned.get("config")
+        if cleaned.get("policy") == "auto" and isinstance(config, dict):
+            config = dict(config)
+            if share is not None:
+                config["max_strong_percent"] = share
+            elif threshold is not None:
+                config.pop("max_strong_percent", None)
+                config.pop("calibration", None)
+                config.pop("thresholds", None)
+                config["threshold"] = threshold
+            cleaned["config"] = config
+        return cleaned
 
     def clean_config(self) -> Any:
         raw = self.cleaned_data["config"]

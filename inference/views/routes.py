@@ -25,6 +25,7 @@ from inference.services.routes import (
     route_update,
 )
 from inference.views.route_forms import EndpointForm, RouteForm, TryForm
+from inference.views.router import router_context
 
 PAGE = "inference/routes.html"
 
@@ -106,6 +107,7 @@ def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpRespons
                 return redirect("route_list", org_slug=org_slug)
         status = 400
     context = {"route": route, "form": form, "can_manage": can_manage}
+    context.update(router_context(request, route))
     return render(request, "inference/route_edit.html", context, status=status)
 
 

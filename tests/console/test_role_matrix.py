@@ -21,7 +21,7 @@ def _console_cases():  # type: ignore[no-untyped-def]
                 pattern,
                 "post"
                 if pattern.route.rstrip("/").split("/")[-1]
-                in {"new", "revoke", "role", "remove", "invite", "leave", "delete", "try"}
+                in {"new", "revoke", "role", "remove", "invite", "leave", "delete", "try", "upload"}
                 | {"scale", "pause", "resume"}
                 else "get",
                 action,

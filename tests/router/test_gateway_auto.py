@@ -117,7 +117,7 @@ class _RecordingScorer:
 def test_a_failing_cheap_target_falls_back_to_the_stronger_one(
     start_gateway: Callable[..., RunningGateway], inference_key: str, auto_setup
 ):  # type: ignore[no-untyped-def]
-    cheap, strong, make_route = auto_setup
+    cheap, _strong, make_route = auto_setup
     make_route(0.5)
     scorer = _RecordingScorer(0.9)
     gw = start_gateway()
@@ -138,7 +138,7 @@ def test_a_failing_cheap_target_falls_back_to_the_stronger_one(
 def test_a_scorer_that_fails_sends_to_the_strongest_target_and_says_why(
     start_gateway: Callable[..., RunningGateway], inference_key: str, auto_setup
 ):  # type: ignore[no-untyped-def]
-    cheap, strong, make_route = auto_setup
+    cheap, _strong, make_route = auto_setup
     make_route(0.0)  # any score would go cheap
 
     def broken() -> _RecordingScorer:
@@ -174,7 +174,7 @@ class _GatedScorer:
 def test_a_slow_scorer_does_not_hold_up_requests_to_other_routes(
     start_gateway: Callable[..., RunningGateway], inference_key: str, auto_setup
 ):  # type: ignore[no-untyped-def]
-    cheap, strong, make_route = auto_setup
+    cheap, _strong, make_route = auto_setup
     make_route(0.5)
     gated = _GatedScorer()
     gw = start_gateway()

@@ -1,0 +1,97 @@
+"""REST endpoints of auto routes: daily savings and the request log.
+
+``GET /api/orgs/<org>/routes/<route_id>/savings/?days=30`` and
+``GET /api/orgs/<org>/routes/<route_id>/requests/?limit=50``. Money is integer micro-dollars.
+"""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from console.api.access import OrgAPIView
+from console.permissions import Action
+from inference.models import Route
+from inference.selectors.router import route_requests, route_savings_daily
+
+
+class SavingsQuery(serializers.Serializer):
+    days = serializers.IntegerField(min_value=1, max_value=366, default=30)
+
+
+class RequestsQuery(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=500, default=50)
+
+
+class SavingsDaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    requests = serializers.IntegerField()
+    routed_cheaper = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    baseline_cost_micros = serializers.IntegerField()
+    saved_micros = serializers.IntegerField()
+
+
+class RequestLogSerializer(serializers.Serializer):
+    request_id = serializers.CharField()
+    served_at = serializers.DateTimeField()
+    router_score = serializers.FloatField(allow_null=True)
+    router_choice = serializers.CharField()
+    target = serializers.CharField()
+    model = serializers.CharField()
+    status_code = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    baseline_cost_micros = serializers.IntegerField(allow_null=True)
+    latency_ms = serializers.IntegerField()
+
+
+class _RouteView(OrgAPIView):
+    actions = {"GET": Action.USAGE_VIEW}
+
+    def _route(self, route_id: str) -> Route:
+        return get_object_or_404(Route.objects.filter(org=self.access.org), id=route_id)
+
+
+class RouteSavingsView(_RouteView):
+    @extend_schema(
+        parameters=[SavingsQuery],
+        responses=SavingsDaySerializer(many=True),
+        summary="A route's cost per day against every request at its strongest target",
+    )
+    def get(self, request: Request, org_slug: str, route_id: str) -> Response:
+        route = self._route(route_id)
+        query = SavingsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        days = route_savings_daily(
+            org=self.access.org, route_name=route.name, days=query.validated_data["days"]
+        )
+        rows = SavingsDaySerializer(days, many=True).data
+        totals = {
+            name: sum(getattr(d, name) for d in days)
+            for name in ("requests", "routed_cheaper", "cost_micros", "baseline_cost_micros")
+        }
+        totals["saved_micros"] = totals["baseline_cost_micros"] - totals["cost_micros"]
+        return Response({"route": route.name, "days": rows, "totals": totals})
+
+
+class RouteRequestsView(_RouteView):
+    @extend_schema(
+        parameters=[RequestsQuery],
+        responses=RequestLogSerializer(many=True),
+        summary="A route's latest requests with the router's decision",
+    )
+    def get(self, request: Request, org_slug: str, route_id: str) -> Response:
+        route = self._route(route_id)
+        query = RequestsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        records = route_requests(
+            org=self.access.org, route_name=route.name, limit=query.validated_data["limit"]
+        )
+        return Response(
+            {"route": route.name, "requests": RequestLogSerializer(records, many=True).data}
+        )

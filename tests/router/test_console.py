@@ -1,0 +1,98 @@
+"""The route page of an auto route, its upload form, and the savings and request-log API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from billing.ledger import usage_record_batch
+from inference.models import Route, RouteScorer
+from inference.services.routes import route_create
+from tests.billing.factories import usage
+from tests.gateway.conftest import make_deployment
+
+TWO = ["deployment:cheap", "deployment:strong"]
+
+
+def _route(org, owner) -> Route:  # type: ignore[no-untyped-def]
+    make_deployment(org, "cheap", [])
+    make_deployment(org, "strong", [])
+    return route_create(
+        org=org, actor=owner, name="smart", policy="auto", config={"targets": TWO, "threshold": 0.5}
+    )
+
+
+def test_the_route_form_sets_a_strong_share_and_the_page_shows_calibration_savings_and_log(
+    org, owner, client_for
+):  # type: ignore[no-untyped-def]
+    route = _route(org, owner)
+    now = datetime.now(UTC)
+    usage_record_batch(
+        [
+            usage(
+                org.id,
+                now,
+                route="smart",
+                router_score=0.91,
+                router_choice="deployment:cheap",
+                target="deployment:cheap",
+                baseline_cost_micros=9_000_000,
+            ),
+        ]
+    )
+    client = client_for(owner)
+    url = reverse("route_edit", args=[org.slug, route.id])
+    response = client.post(
+        url,
+        {
+            "name": "smart",
+            "policy": "auto",
+            "config": '{"targets": ["deployment:cheap", "deployment:strong"], "threshold": 0.5}',
+            "max_strong_percent": "30",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    route.refresh_from_db()
+    assert route.config["max_strong_percent"] == 30
+    assert "threshold" not in route.config and len(route.config["thresholds"]) == 1
+    page = client.get(url).content.decode()
+    assert "calibrated for at most 30%" in page
+    assert "reference sample" in page
+    assert "0.910" in page and "deployment:cheap" in page  # the request log
+    assert "$9.00" in page  # the all-strong cost in the savings table
+
+
+def test_an_uploaded_file_with_a_bad_row_is_refused_naming_it(org, owner, client_for):  # type: ignore[no-untyped-def]
+    route = _route(org, owner)
+    rows = "prompt,weak,strong\n" + "".join(f"q{i},True,False\n" for i in range(25)) + "q,x,y\n"
+    client = client_for(owner)
+    response = client.post(
+        reverse("route_scorer_upload", args=[org.slug, route.id]),
+        {"file": SimpleUploadedFile("o.csv", rows.encode(), content_type="text/csv")},
+        follow=True,
+    )
+    assert "row 27" in response.content.decode()
+    assert not RouteScorer.objects.exists()
+
+
+def test_the_savings_and_requests_api(org, owner, client_for):  # type: ignore[no-untyped-def]
+    route = _route(org, owner)
+    now = datetime.now(UTC)
+    usage_record_batch(
+        [
+            usage(org.id, now, route="smart", router_score=0.8, baseline_cost_micros=10_000_000),
+            usage(org.id, now, route="smart", router_score=0.1),
+        ]
+    )
+    client = client_for(owner)
+    body = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/savings/?days=7").json()
+    totals = body["totals"]
+    assert totals["requests"] == 2 and totals["routed_cheaper"] == 1
+    assert totals["saved_micros"] == totals["baseline_cost_micros"] - totals["cost_micros"]
+    assert body["days"][0]["requests"] == 2
+    log = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/requests/?limit=1").json()
+    assert len(log["requests"]) == 1
+    bad = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/savings/?days=0")
+    assert bad.status_code == 400
