@@ -148,6 +148,7 @@ class Run:
     elapsed: float = 0.0
     out_bytes: int = 0
     cpu_s: float = 0.0  # CPU time of the process under test during the run, when measured
+    first_error: bytes = b""
 
     def pct(self, q: float, values: list[float] | None = None) -> float:
         data = sorted(values if values is not None else self.latencies)
@@ -170,6 +171,8 @@ async def _read_response(reader: asyncio.StreamReader, run: Run, started: float)
         end = lower.index(b"\r\n", index)
         body = await reader.readexactly(int(lower[index + 15 : end]))
         run.out_bytes += len(body)
+        if status != 200 and not run.first_error:
+            run.first_error = body[:300]
     else:  # chunked (streaming): read chunks, noting the first one's arrival
         first = True
         while True:
@@ -246,6 +249,7 @@ def merge(runs: list[Run]) -> Run:
         merged.elapsed += r.elapsed
         merged.out_bytes += r.out_bytes
         merged.cpu_s += r.cpu_s
+        merged.first_error = merged.first_error or r.first_error
     return merged
 
 

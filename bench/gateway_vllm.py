@@ -47,6 +47,9 @@ from gateway_common import (
 )
 
 MAX_MODEL_LEN = 512
+# About 330 tokens of the tiny model's tokenizer: long enough to be worth caching, short enough
+# that prefix, question and 16 output tokens fit in MAX_MODEL_LEN.
+PREFIX_WORDS = 80
 
 
 def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
@@ -156,7 +159,8 @@ async def affinity(ports: list[int], key: str, db: Path, args: argparse.Namespac
     rng = random.Random(7)
     prefixes = [
         " ".join(
-            rng.choice(["alpha", "beta", "gamma", "delta", "omega", "sigma"]) for _ in range(120)
+            rng.choice(["alpha", "beta", "gamma", "delta", "omega", "sigma"])
+            for _ in range(PREFIX_WORDS)
         )
         for _ in range(8)
     ]
@@ -190,13 +194,10 @@ async def affinity(ports: list[int], key: str, db: Path, args: argparse.Namespac
                 run = await load_list(port, requests, concurrency=16)
                 runs[mode].append(run)
                 end = [counters(p) for p in ports]
-                for s, e in zip(start, end, strict=True):
-                    before_after[mode][0] += e.get("vllm:prefix_cache_hits_total", 0) - s.get(
-                        "vllm:prefix_cache_hits_total", 0
-                    )
-                    before_after[mode][1] += e.get("vllm:prefix_cache_queries_total", 0) - s.get(
-                        "vllm:prefix_cache_queries_total", 0
-                    )
+                for first, last in zip(start, end, strict=True):
+                    for slot, name in enumerate(("hits", "queries")):
+                        counter = f"vllm:prefix_cache_{name}_total"
+                        before_after[mode][slot] += last.get(counter, 0) - first.get(counter, 0)
         for mode in gateways:
             results[mode] = merge(runs[mode])
             hits, queries = before_after[mode]
@@ -205,13 +206,15 @@ async def affinity(ports: list[int], key: str, db: Path, args: argparse.Namespac
         for _, process in gateways.values():
             stop(process)
     print(
-        f"\n5. prefix affinity vs round robin: 2 replicas, 8 shared prefixes (50 words), "
-        f"16 concurrent, {args.affinity_requests} requests x {args.rounds} rounds, 16 tokens out"
+        "\n5. prefix affinity vs round robin: 2 replicas, "
+        f"8 shared prefixes ({PREFIX_WORDS} words), 16 concurrent, "
+        f"{args.affinity_requests} requests x {args.rounds} rounds, 16 tokens out"
     )
     for mode, run in results.items():
         print(
             f"  {mode:<12} {run.rps:7.2f} req/s  p50 {ms(run.pct(0.5))} ms  "
             f"prefix-cache hit rate {hit_rates[mode]:.3f}  statuses {run.statuses}"
+            + (f"  first error {run.first_error!r}" if run.first_error else "")
         )
     print(
         "  affinity/round_robin: throughput "
