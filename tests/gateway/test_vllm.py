@@ -186,7 +186,7 @@ def test_openai_client_chat_and_streaming_through_the_gateway(e):
 
 def test_openai_client_errors_from_the_engine_and_the_gateway(e):
     client = e.client()
-    with pytest.raises(openai.BadRequestError, match="max_model_len|context length"):
+    with pytest.raises(openai.BadRequestError, match=r"max_model_len|context length"):
         client.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=5000
         )
