@@ -64,7 +64,10 @@ async def _run(gateway: Gateway, org_id: int, body: bytes, request_id: str) -> d
     except GatewayError as error:
         captured.update(status=error.status, error=error.message)
     finally:
+        if gateway.background:  # the limiter's settlement, before its connection closes
+            await asyncio.gather(*gateway.background, return_exceptions=True)
         gateway.pool.close()
+        gateway.router.close()
         await gateway.limiter.close()
     return captured
 
@@ -78,13 +81,7 @@ def route_try(
     config: GatewayConfig | None = None,
 ) -> TryResult:
     """Send ``prompt`` to ``model`` (a route or a deployment's name) as the org; bill it."""
-    written: list[Any] = []
-
-    def keep(events: Any) -> int:
-        written.extend(events)
-        return 0
-
-    meter = Meter(write=keep)
+    meter = Meter()  # never started: the event is taken out below and written here
     base = config or GatewayConfig.from_env()
     gateway = Gateway(replace(base, access_log=False), meter=meter, poll=False)
     gateway.install(snapshot_build(snapshot_version()))
@@ -102,7 +99,8 @@ def route_try(
 
     from inference.gateway.ledger import usage_write
 
-    meter.flush()  # hands the event to ``written``
+    # Written in this thread and this transaction, so that the page can show its cost.
+    written = meter.drain()
     usage_write(written)
     headers = captured["headers"]
     result: dict[str, Any] = {

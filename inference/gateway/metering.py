@@ -64,6 +64,12 @@ class Meter:
         with self._recorded_changed:
             return self._recorded_changed.wait_for(lambda: self.recorded >= count, timeout)
 
+    def drain(self) -> list[UsageEvent]:
+        """Take the buffered events without writing them (the caller writes them itself)."""
+        with self._lock:
+            events, self._buffer = self._buffer, []
+        return events
+
     @property
     def pending(self) -> int:
         return len(self._buffer) + len(self._retry)
