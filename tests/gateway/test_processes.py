@@ -204,3 +204,35 @@ def test_revoked_key_is_refused_within_two_seconds_by_gateways_in_this_process(
                 break
     assert len(refused_after) == 2
     assert max(refused_after) < 2.0
+
+
+def test_route_changes_reach_a_running_gateway_within_two_seconds(
+    start_gateway, engine, org, owner, inference_key
+):
+    from inference.services.routes import route_create, route_update
+
+    _, server = engine
+    make_deployment(org, "tiny", [server.port])
+    make_deployment(org, "other", [server.port])
+    gw = start_gateway(snapshot_poll_s=0.5)
+    gw.refresh()
+    assert _chat_model(gw.url, inference_key, "chat").status_code == 404
+    route = route_create(
+        org=org, actor=owner, name="chat", policy="single", config={"target": "deployment:tiny"}
+    )
+    changed_at = time.monotonic()
+    while _chat_model(gw.url, inference_key, "chat").status_code != 200:
+        assert time.monotonic() - changed_at < 2.0, "the new route did not arrive in 2 s"
+    route_update(route=route, actor=owner, config={"target": "deployment:other"})
+    changed_at = time.monotonic()
+    while _chat_model(gw.url, inference_key, "chat").headers["x-target"] != "deployment:other":
+        assert time.monotonic() - changed_at < 2.0, "the route change did not arrive in 2 s"
+
+
+def _chat_model(url: str, key: str, model: str) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json={**CHAT, "model": model},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
