@@ -85,6 +85,10 @@ class Meter:
                 return 0
             try:
                 written = self._write(events)
+            except ValueError:
+                # The ledger refuses a whole batch for one invalid event: write them one by one
+                # and set the invalid ones aside, so that one bad event cannot block the rest.
+                written = self._write_singly(events)
             except Exception:
                 logger.exception("usage flush failed; will retry", extra={"events": len(events)})
                 self._retry = events
@@ -93,6 +97,23 @@ class Meter:
                 close_old_connections()
             self.written += written
             return written
+
+    def _write_singly(self, events: list[UsageEvent]) -> int:
+        written = 0
+        refused: list[UsageEvent] = []
+        for event in events:
+            try:
+                written += self._write([event])
+            except ValueError:
+                logger.exception(
+                    "usage event refused by the ledger", extra={"id": event.request_id}
+                )
+                refused.append(event)
+            except Exception:
+                self._retry.append(event)
+        if refused:
+            self._spill_events(refused)
+        return written
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -120,8 +141,10 @@ class Meter:
         with self._lock:
             events = self._retry + self._buffer
             self._retry, self._buffer = [], []
-        if not events:
-            return
+        if events:
+            self._spill_events(events)
+
+    def _spill_events(self, events: list[UsageEvent]) -> None:
         directory = self._spill_dir or Path(".")
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"unwritten-usage-{os.getpid()}.jsonl"
