@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from inference.models import Deployment, Replica
+from inference.models import Deployment, ExternalEndpoint, Replica, Route
 
 
 class ReplicaInline(admin.TabularInline[Replica, Deployment]):
@@ -31,3 +31,22 @@ class ReplicaAdmin(admin.ModelAdmin[Replica]):
     search_fields = ["deployment__name", "host"]
     # Written by the orchestrator only; an edit here would fight it.
     readonly_fields = [f.name for f in Replica._meta.fields]
+
+
+# Routes and external endpoints (the gateway's routing). Tenants edit them in the console, where
+# every change is validated and audited; staff mostly look.
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin[Route]):
+    list_display = ["name", "org", "policy", "updated_at"]
+    list_filter = ["policy"]
+    search_fields = ["name", "org__slug"]
+    readonly_fields = ["created_at", "updated_at"]
+
+
+@admin.register(ExternalEndpoint)
+class ExternalEndpointAdmin(admin.ModelAdmin[ExternalEndpoint]):
+    list_display = ["name", "org", "base_url", "model"]
+    search_fields = ["name", "org__slug", "base_url"]
+    # The key is stored encrypted; the admin never shows or edits it.
+    exclude = ["api_key_encrypted"]
+    readonly_fields = ["api_key_hint", "created_at"]

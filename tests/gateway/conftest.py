@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import openai
 import pytest
+from django.apps import apps as django_apps
 
 from console.models import Organisation, User
 from console.services.keys import api_key_create
@@ -94,12 +96,24 @@ class RunningGateway:
         self.flush()
 
 
+def migration_rows() -> None:
+    """Put back the rows data migrations create (billing's plans and fallback price), which a
+    transactional test's flush removes. Idempotent."""
+    billing_defaults = importlib.import_module(
+        "billing.migrations.0002_default_plans_and_fallback_price"
+    )
+    billing_defaults.create(django_apps, None)
+
+
 @pytest.fixture
-def start_gateway(
-    transactional_db: None, django_db_serialized_rollback: None
-) -> Iterator[Callable[..., RunningGateway]]:
-    """Gateways read the database from their own threads, so their tests commit for real (and
-    get the migrations' rows, such as billing's default plan, back after each flush)."""
+def committed_db(transactional_db: None) -> None:
+    """A database whose writes commit for real, so that other threads and processes see them."""
+    migration_rows()
+
+
+@pytest.fixture
+def start_gateway(committed_db: None) -> Iterator[Callable[..., RunningGateway]]:
+    """Gateways read the database from their own threads, so their tests commit for real."""
     running: list[RunningGateway] = []
 
     def start(**overrides: Any) -> RunningGateway:

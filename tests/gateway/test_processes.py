@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def spawn_gateway(
-    transactional_db: None, django_db_serialized_rollback: None, tmp_path: Path
+    committed_db: None, tmp_path: Path
 ) -> Iterator[Callable[..., tuple[str, subprocess.Popen]]]:
     if connection.vendor != "postgresql":
         pytest.skip("gateway processes must open the test database: set DATABASE_URL to PostgreSQL")
