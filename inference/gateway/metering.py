@@ -35,12 +35,15 @@ class Meter:
         write: Callable[[Sequence[UsageEvent]], int] = usage_write,
         spill_dir: Path | None = None,
         on_spill: Callable[[int], None] | None = None,
+        close_connections: bool = True,
     ) -> None:
         self.flush_s = flush_s
         self.batch = batch
         self._write = write
         self._spill_dir = spill_dir
         self._on_spill = on_spill
+        # The flusher thread's database connection is its own; close it when it goes stale.
+        self._close_connections = close_connections
         self._buffer: list[UsageEvent] = []
         self._retry: list[UsageEvent] = []
         self._wake = threading.Event()
@@ -94,7 +97,8 @@ class Meter:
                 self._retry = events
                 return 0
             finally:
-                close_old_connections()
+                if self._close_connections:
+                    close_old_connections()
             self.written += written
             return written
 

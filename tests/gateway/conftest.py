@@ -112,8 +112,9 @@ def committed_db(transactional_db: None) -> None:
 
 
 @pytest.fixture
-def start_gateway(committed_db: None) -> Iterator[Callable[..., RunningGateway]]:
+def start_gateway(transactional_db: None) -> Iterator[Callable[..., RunningGateway]]:
     """Gateways read the database from their own threads, so their tests commit for real."""
+    migration_rows()
     running: list[RunningGateway] = []
 
     def start(**overrides: Any) -> RunningGateway:

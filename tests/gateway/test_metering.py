@@ -36,7 +36,7 @@ class Ledger:
 
 def test_events_are_written_in_one_batch():
     ledger = Ledger()
-    meter = Meter(write=ledger.write)
+    meter = Meter(write=ledger.write, close_connections=False)
     for i in range(5):
         meter.record(event(f"r{i}"))
     assert meter.flush() == 5
@@ -46,7 +46,7 @@ def test_events_are_written_in_one_batch():
 
 def test_a_failed_batch_is_kept_and_written_by_the_next_flush():
     ledger = Ledger()
-    meter = Meter(write=ledger.write)
+    meter = Meter(write=ledger.write, close_connections=False)
     meter.record(event("a"))
     ledger.down = True
     assert meter.flush() == 0
@@ -60,7 +60,9 @@ def test_a_failed_batch_is_kept_and_written_by_the_next_flush():
 def test_a_refused_event_is_set_aside_and_the_rest_written(tmp_path):
     ledger = Ledger()
     spilled: list[int] = []
-    meter = Meter(write=ledger.write, spill_dir=tmp_path, on_spill=spilled.append)
+    meter = Meter(
+        write=ledger.write, spill_dir=tmp_path, on_spill=spilled.append, close_connections=False
+    )
     meter.record(event("good-1"))
     meter.record(event("bad", model=""))
     meter.record(event("good-2"))
@@ -74,7 +76,7 @@ def test_a_refused_event_is_set_aside_and_the_rest_written(tmp_path):
 def test_close_spills_what_the_ledger_never_took(tmp_path):
     ledger = Ledger()
     ledger.down = True
-    meter = Meter(write=ledger.write, spill_dir=tmp_path)
+    meter = Meter(write=ledger.write, spill_dir=tmp_path, close_connections=False)
     meter.record(event("late"))
     meter.close(attempts=2)
     (spill,) = tmp_path.glob("unwritten-usage-*.jsonl")
