@@ -42,12 +42,15 @@ class EmbedderConfig:
     max_tokens: int = 128
     # Share of the kept tokens taken from the start of the prompt; the rest come from its end.
     head_share: float = 0.5
+    # The intermediate layer (0-based, of 6) whose pooled output joins the sentence embedding.
+    middle_layer: int = 2
 
     def as_dict(self) -> dict[str, object]:
         return {
             "precision": self.precision,
             "max_tokens": self.max_tokens,
             "head_share": self.head_share,
+            "middle_layer": self.middle_layer,
         }
 
     @classmethod
@@ -65,7 +68,15 @@ class EmbedderConfig:
             raise ValueError(f"max_tokens must be an integer in [3, 512], not {max_tokens!r}")
         if not isinstance(head_share, int | float) or not 0.0 <= head_share <= 1.0:
             raise ValueError(f"head_share must be in [0, 1], not {head_share!r}")
-        return cls(precision=precision, max_tokens=max_tokens, head_share=float(head_share))
+        middle_layer = data["middle_layer"]
+        if not isinstance(middle_layer, int) or not 0 <= middle_layer < 6:
+            raise ValueError(f"middle_layer must be an integer in [0, 6), not {middle_layer!r}")
+        return cls(
+            precision=precision,
+            max_tokens=max_tokens,
+            head_share=float(head_share),
+            middle_layer=middle_layer,
+        )
 
 
 @dataclass(frozen=True)
@@ -109,14 +120,15 @@ class Embedder:
         # Threads that spin between runs would take CPU from the event loop in the same process.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
-            build_encoder(model_dir, self.config.precision),
+            build_encoder(model_dir, self.config.precision, self.config.middle_layer),
             options,
             providers=["CPUExecutionProvider"],
         )
 
     @property
     def dimensions(self) -> int:
-        return 384
+        """Length of `vectors`: the sentence embedding and the middle layer's, 384 each."""
+        return 768
 
     def encode(self, prompt: str) -> Encoded:
         """Token ids as the encoder will see them: [CLS], head, tail, [SEP].
@@ -147,13 +159,15 @@ class Embedder:
             clean = text.encode("utf-8", "replace").decode("utf-8")
             return list(self._tokenizer.encode(clean, add_special_tokens=False).ids)
 
-    def embed_encoded(self, encoded: Encoded) -> np.ndarray:
+    def vectors(self, encoded: Encoded) -> np.ndarray:
+        """The head's view of a prompt: its sentence embedding followed by its pooled middle
+        layer, each L2-normalised (768 float32)."""
         ids = np.asarray([encoded.ids], dtype=np.int64)
-        (out,) = self._session.run(
-            ["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        embedding, middle = self._session.run(
+            ["embedding", "middle"], {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         )
-        return np.asarray(out[0], dtype=np.float32)
+        return np.concatenate([embedding[0], middle[0]]).astype(np.float32)
 
     def embed(self, prompt: str) -> np.ndarray:
-        """The L2-normalised embedding (384 float32) of one prompt."""
-        return self.embed_encoded(self.encode(prompt))
+        """The sentence embedding (384 float32, L2-normalised) of one prompt."""
+        return self.vectors(self.encode(prompt))[:384]

@@ -1,8 +1,11 @@
 """Build the MiniLM sentence encoder as an ONNX graph from the packaged safetensors weights.
 
-The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns the
-sentence embedding (float32, [batch, 384]): BERT encoder, mean pooling over the real tokens, L2
-normalisation, which is what sentence-transformers computes for all-MiniLM-L6-v2.
+The graph takes `input_ids` and `attention_mask` (int64, [batch, tokens]) and returns:
+- `embedding` (float32, [batch, 384]): BERT encoder, mean pooling over the real tokens, L2
+  normalisation, which is what sentence-transformers computes for all-MiniLM-L6-v2;
+- `middle`: the same pooling of one intermediate layer's output (the third of six by default).
+  The final layer is trained for topical similarity; the middle one keeps more of the form of a
+  prompt, and the head predicts better with both (see docs/router.md).
 
 Two variants:
 - `fp32`: the weights as shipped.
@@ -66,7 +69,11 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class _Encoder:
     def __init__(
-        self, weights: dict[str, np.ndarray], config: dict[str, float], precision: Precision
+        self,
+        weights: dict[str, np.ndarray],
+        config: dict[str, float],
+        precision: Precision,
+        middle_layer: int,
     ):
         self.w = weights
         self.hidden = int(config["hidden_size"])
@@ -74,6 +81,9 @@ class _Encoder:
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config["layer_norm_eps"])
         self.precision = precision
+        if not 0 <= middle_layer < self.layers:
+            raise ValueError(f"middle_layer must be in [0, {self.layers}), not {middle_layer}")
+        self.middle_layer = middle_layer
         self.g = GraphBuilder(name="minilm_sentence_encoder")
 
     def const(self, name: str, array: np.ndarray) -> str:
@@ -146,6 +156,7 @@ class _Encoder:
         qkv_shape = self.i64("qkv_shape", [0, 0, 3, self.heads, head_dim])
         merged_shape = self.i64("merged_shape", [0, 0, hidden])
         scale = 1.0 / math.sqrt(head_dim)
+        middle = x
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
             # One matmul for Q, K and V; the 1/sqrt(d) score scale is folded into Q.
@@ -197,27 +208,39 @@ class _Encoder:
                 w[f"{p}.output.dense.bias"],
             )
             x = self.layer_norm(g.op("Add", out, x), f"{p}.output.LayerNorm")
+            if i == self.middle_layer:
+                middle = x
 
-        # Mean over real tokens, then L2 normalisation.
-        mask3 = g.op("Unsqueeze", mask_f, self.i64("pool_axes", [2]))
-        summed = g.op("ReduceSum", g.op("Mul", x, mask3), self.i64("token_axis", [1]), keepdims=0)
-        counts = g.op("ReduceSum", mask3, self.i64("token_axis_n", [1]), keepdims=0)
-        counts = g.op("Max", counts, self.const("min_count", np.array(1e-9, np.float32)))
-        mean = g.op("Div", summed, counts)
-        # Opset 17 ReduceL2 still takes its axes as an attribute (ReduceSum takes an input).
-        norm = g.op("ReduceL2", mean, axes=[1], keepdims=1)
-        norm = g.op("Max", norm, self.const("min_norm", np.array(1e-12, np.float32)))
-        g.node("Div", [mean, norm], ["embedding"])
+        pool_mask = g.op("Unsqueeze", mask_f, self.i64("pool_axes", [2]))
+        self._mean_normalised(x, pool_mask, "embedding")
+        self._mean_normalised(middle, pool_mask, "middle")
 
         return g.model(
             inputs=[
                 value_info("input_ids", INT64, ["batch", "tokens"]),
                 value_info("attention_mask", INT64, ["batch", "tokens"]),
             ],
-            outputs=[value_info("embedding", FLOAT, ["batch", hidden])],
+            outputs=[
+                value_info("embedding", FLOAT, ["batch", hidden]),
+                value_info("middle", FLOAT, ["batch", hidden]),
+            ],
             opsets={"": 17, "com.microsoft": 1},
             producer="inference.scorer.encoder_graph",
         )
+
+    def _mean_normalised(self, x: str, mask: str, output: str) -> None:
+        """Mean over the real tokens, then L2 normalisation, written to `output`."""
+        g = self.g
+        summed = g.op(
+            "ReduceSum", g.op("Mul", x, mask), self.i64(f"{output}.axis", [1]), keepdims=0
+        )
+        counts = g.op("ReduceSum", mask, self.i64(f"{output}.count_axis", [1]), keepdims=0)
+        counts = g.op("Max", counts, self.const(f"{output}.min_count", np.array(1e-9, np.float32)))
+        mean = g.op("Div", summed, counts)
+        # Opset 17 ReduceL2 still takes its axes as an attribute (ReduceSum takes an input).
+        norm = g.op("ReduceL2", mean, axes=[1], keepdims=1)
+        norm = g.op("Max", norm, self.const(f"{output}.min_norm", np.array(1e-12, np.float32)))
+        g.node("Div", [mean, norm], [output])
 
     def _gelu(self, x: str, prefix: str) -> str:
         # Exact (erf) GELU, as BERT uses; ORT fuses this pattern into one kernel.
@@ -230,8 +253,8 @@ class _Encoder:
         return g.op("Mul", half, one_plus)
 
 
-def build_encoder(model_dir: Path, precision: Precision = "int8") -> bytes:
+def build_encoder(model_dir: Path, precision: Precision = "int8", middle_layer: int = 2) -> bytes:
     """Return the serialised ONNX model for the sentence encoder in `model_dir`."""
     config = json.loads((model_dir / "config.json").read_text())
     weights = read_safetensors(model_dir / "model.safetensors")
-    return _Encoder(weights, config, precision).build()
+    return _Encoder(weights, config, precision, middle_layer).build()

@@ -24,7 +24,7 @@ DEFAULT_PRIOR_L2 = 3e-3
 
 @dataclass(frozen=True)
 class HeadInputs:
-    """Embeddings [n, 384] and features [n, len(FEATURE_NAMES)] of n prompts."""
+    """Encoder vectors [n, 768] and features [n, len(FEATURE_NAMES)] of n prompts."""
 
     embeddings: np.ndarray
     features: np.ndarray
@@ -43,7 +43,7 @@ def head_inputs(
     features = np.zeros((len(prompts), len(FEATURE_NAMES)), dtype=np.float64)
     for i, prompt in enumerate(prompts):
         encoded = embedder.encode(prompt)
-        embeddings[i] = embedder.embed_encoded(encoded)
+        embeddings[i] = embedder.vectors(encoded)
         features[i] = prompt_features(prompt, encoded.prompt_tokens)
         if progress is not None and (i + 1) % 500 == 0:
             progress(i + 1, len(prompts))

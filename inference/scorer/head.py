@@ -26,7 +26,7 @@ _DIGITS = 6
 class HeadWeights:
     """A fitted head and how its inputs are made.
 
-    `coef` has one weight per embedding dimension followed by one per feature in
+    `coef` has one weight per encoder vector dimension followed by one per feature in
     `feature_names`; features are standardised with `feature_mean`/`feature_scale` first. The
     output is P(weak model good enough) = sigmoid(x . coef + intercept).
     """

@@ -93,7 +93,7 @@ class Scorer:
     def inputs(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """The head's inputs for one prompt: (embedding, features)."""
         encoded = self.embedder.encode(prompt)
-        return self.embedder.embed_encoded(encoded), prompt_features(prompt, encoded.prompt_tokens)
+        return self.embedder.vectors(encoded), prompt_features(prompt, encoded.prompt_tokens)
 
     def score(self, prompt: str) -> float:
         """P(the weak model answers as well as the strong one), in [0, 1]; higher is cheaper.

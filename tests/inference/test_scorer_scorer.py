@@ -36,7 +36,7 @@ def test_shipped_weights_are_small_and_describe_their_inputs() -> None:
     assert SHIPPED_WEIGHTS.stat().st_size < 100_000
     head = HeadWeights.load(SHIPPED_WEIGHTS)
     assert head.embedder == EmbedderConfig()
-    assert len(head.coef) == 384 + len(head.feature_names)
+    assert len(head.coef) == 768 + len(head.feature_names)  # two 384-d vectors, features
 
 
 def test_scores_are_probabilities(scorer: Scorer) -> None:
