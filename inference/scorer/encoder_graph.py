@@ -35,8 +35,8 @@ Precision = Literal["fp32", "int8"]
 _SAFETENSORS_DTYPES = {"F32": np.float32, "I64": np.int64}
 
 # Weights are quantised to 7 bits ([-63, 63]): AVX2 machines without VNNI multiply uint8 by int8
-# pairwise into int16 lanes, and full-range int8 weights can saturate them. Measured: 7 bits
-# track the fp32 embeddings more closely here than 8 bits.
+# pairwise into int16 lanes, which full-range int8 weights can saturate. On 225 prompts of the
+# routing data the guard costs nothing measurable: cosine to fp32 0.993 (7 bits), 0.994 (8 bits).
 _QMAX = 63.0
 
 
