@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from inference.models import Deployment, ExternalEndpoint, Replica, Route
+from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
 
 
 class ReplicaInline(admin.TabularInline[Replica, Deployment]):
@@ -50,3 +50,26 @@ class ExternalEndpointAdmin(admin.ModelAdmin[ExternalEndpoint]):
     # The key is stored encrypted; the admin never shows or edits it.
     exclude = ["api_key_encrypted"]
     readonly_fields = ["api_key_hint", "created_at"]
+
+
+@admin.register(RouteScorer)
+class RouteScorerAdmin(admin.ModelAdmin[RouteScorer]):
+    list_display = ["route", "org", "state", "rows", "file_name", "created_at", "fitted_at"]
+    list_filter = ["state"]
+    search_fields = ["route__name", "org__name", "org__slug", "file_name"]
+    # The uploaded file holds a tenant's prompts: staff see its size, not its text.
+    exclude = ["upload", "head_json"]
+    readonly_fields = [
+        "org",
+        "route",
+        "state",
+        "file_name",
+        "rows",
+        "weak_model",
+        "strong_model",
+        "reference_scores",
+        "error",
+        "created_by",
+        "created_at",
+        "fitted_at",
+    ]
