@@ -53,12 +53,3 @@ def audit_log(request: OrgRequest, org_slug: str) -> HttpResponse:
         events = events.filter(action__startswith=action)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(request, "console/audit.html", {"page": page, "action": action})
-
-
-def _placeholder(template: str, action: Action):
-    @requires(action)
-    def view(request: OrgRequest, org_slug: str) -> HttpResponse:
-        return render(request, template)
-
-    view.__name__ = template.rsplit("/", 1)[-1].removesuffix(".html")
-    return view
