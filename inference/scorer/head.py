@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,18 @@ class HeadWeights:
 
     @classmethod
     def from_json(cls, text: str) -> HeadWeights:
-        data = json.loads(text)
-        if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported weights format {data.get('format')!r}")
+        """Parse a weights file; any malformed or foreign document raises ValueError."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+                found = data.get("format") if isinstance(data, dict) else None
+                raise ValueError(f"unsupported weights format {found!r}")
+            return cls._from_dict(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed weights file: {exc!r}") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> HeadWeights:
         names = tuple(data["feature_names"])
         coef = np.array(data["coef"], dtype=np.float64)
         mean = np.array(data["feature_mean"], dtype=np.float64)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.scorer.embedder import Embedder
-from inference.scorer.features import prompt_features
+from inference.scorer.features import FEATURE_NAMES, prompt_features
 from inference.scorer.head import HeadWeights
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "router_head.json"
@@ -74,6 +74,12 @@ class Scorer:
         elif embedder.config != head.embedder:
             raise ValueError(
                 f"the head was fitted on {head.embedder} embeddings, not {embedder.config}"
+            )
+        expected = embedder.dimensions + len(FEATURE_NAMES)
+        if head.feature_names != FEATURE_NAMES or len(head.coef) != expected:
+            raise ValueError(
+                f"the head expects {len(head.coef)} inputs ({', '.join(head.feature_names)}); "
+                f"this scorer makes {expected} ({', '.join(FEATURE_NAMES)})"
             )
         self.head = head
         self.embedder = embedder

@@ -84,6 +84,12 @@ def test_unknown_weights_format_is_refused() -> None:
         HeadWeights.from_json('{"format": 99}')
 
 
+@pytest.mark.parametrize("text", ['{"format": 1}', "[1, 2]", "not json"])
+def test_malformed_weights_raise_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        HeadWeights.from_json(text)
+
+
 def test_features_see_length_digits_and_notation() -> None:
     plain = prompt_features("What is the capital of France?", 8)
     maths = prompt_features("Solve 3x + 4 = 19 for x.\nThen compute 2^5.", 16)

@@ -82,6 +82,21 @@ def test_a_head_for_other_embeddings_is_refused(scorer: Scorer) -> None:
         Scorer(other, scorer.embedder)
 
 
+def test_a_head_with_the_wrong_number_of_inputs_is_refused(scorer: Scorer) -> None:
+    head = HeadWeights.load(SHIPPED_WEIGHTS)
+    short = HeadWeights(
+        embedder=head.embedder,
+        feature_names=head.feature_names,
+        feature_mean=head.feature_mean,
+        feature_scale=head.feature_scale,
+        coef=head.coef[:388],  # a head for the sentence embedding alone
+        intercept=head.intercept,
+        l2=head.l2,
+    )
+    with pytest.raises(ValueError, match="expects 388 inputs"):
+        Scorer(short, scorer.embedder)
+
+
 def test_a_tenant_file_refines_the_shipped_head(scorer: Scorer) -> None:
     rows = [
         Outcome(prompt=p, weak_correct=i % 2 == 0, strong_correct=True)
