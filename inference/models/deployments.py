@@ -142,6 +142,8 @@ class Replica(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Uptime up to this moment has been handed to the ledger (dedicated per-second billing).
+    uptime_reported_until = models.DateTimeField(null=True, blank=True)
     restart_count = models.PositiveIntegerField(default=0)
     # Crashes since the replica was last ready; the deployment fails when it reaches the limit.
     crash_streak = models.PositiveIntegerField(default=0)

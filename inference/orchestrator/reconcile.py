@@ -36,6 +36,7 @@ from inference.orchestrator.states import (
     restart_backoff_s,
     startup_phase,
 )
+from inference.services.uptime import replica_uptime_report, replicas_uptime_report
 
 logger = logging.getLogger(__name__)
 S = ReplicaState
@@ -47,6 +48,8 @@ GATEWAY_INFLIGHT_KEY = "gateway:inflight:{deployment_id}"
 MIN_DRAIN_S = 2.0
 # On shutdown the orchestrator has only seconds (process managers then kill it): drain briefly.
 SHUTDOWN_MIN_DRAIN_S = 1.0
+# Dedicated replicas' uptime goes to the ledger this often (and when a replica stops or crashes).
+UPTIME_REPORT_EVERY_S = 60.0
 
 
 class Orchestrator:
@@ -68,6 +71,7 @@ class Orchestrator:
         self._last_metrics: dict[UUID, EngineMetrics] = {}
         self._waiting: dict[UUID, str] = {}
         self._watch: dict[UUID, str] = {}
+        self._uptime_reported_at = time.monotonic()
         self._in_use: list[list[int]] = []
 
     # The loop
@@ -126,8 +130,21 @@ class Orchestrator:
                 Deployment.objects.filter(pk=deployment.pk).update(
                     state_reason=f"The orchestrator hit an error: {error}"[:1000]
                 )
+        if time.monotonic() - self._uptime_reported_at >= UPTIME_REPORT_EVERY_S:
+            self._report_uptime()
         cutoff = timezone.now() - timedelta(days=1)
         Replica.objects.filter(state__in=[S.STOPPED], stopped_at__lt=cutoff).delete()
+
+    def _report_uptime(self, replica: Replica | None = None) -> None:
+        """Billing must never stop the orchestrator: a failed report is retried next time."""
+        self._uptime_reported_at = time.monotonic()
+        try:
+            if replica is None:
+                replicas_uptime_report()
+            else:
+                replica_uptime_report(replica=replica)
+        except Exception:
+            logger.exception("reporting replica uptime to the ledger failed")
 
     def shutdown(self) -> None:
         """Drain and stop every replica this backend runs (SIGTERM to the orchestrator).
@@ -376,6 +393,7 @@ class Orchestrator:
 
     def _crashed(self, replica: Replica, detail: str) -> None:
         was_ready = replica.state == S.READY
+        self._report_uptime(replica)  # up to now; a restart starts a new segment
         # Whatever is left of it (helper processes, a hung server) goes before a restart.
         self.backend.stop(handle=replica.handle, grace_s=0.2)
         tail = lines_since_start(self._tail(replica, 20))
@@ -482,6 +500,7 @@ class Orchestrator:
         replica.state = replica_next_state(replica.state, "stopped")
         replica.stopped_at = timezone.now()
         replica.save(update_fields=["state", "stopped_at"])
+        self._report_uptime(replica)
         self._forget(replica)
         self._say(replica.deployment, f"replica {str(replica.pk)[:8]} stopped")
 
