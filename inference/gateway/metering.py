@@ -96,9 +96,6 @@ class Meter:
                 logger.exception("usage flush failed; will retry", extra={"events": len(events)})
                 self._retry = events
                 return 0
-            finally:
-                if self._close_connections:
-                    close_old_connections()
             self.written += written
             return written
 
@@ -123,7 +120,13 @@ class Meter:
         while not self._stop.is_set():
             self._wake.wait(self.flush_s)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                # Only the flusher thread's own connection: a flush() called from another
+                # thread (shutdown, tests) must leave that thread's connection alone.
+                if self._close_connections:
+                    close_old_connections()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gateway-meter", daemon=True)

@@ -36,7 +36,7 @@ def test_chat_completion_passes_through_with_headers_and_is_metered(gw, served, 
     # The engine got the body as the client sent it.
     assert fake.requests[-1]["messages"][0]["content"] == "say hello to me"
 
-    gw.flush()
+    gw.wait_for_records(1)  # the event is recorded after the response ends
     record = UsageRecord.objects.get(request_id=request_id)
     assert (record.prompt_tokens, record.completion_tokens) == (4, 5)
     assert record.deployment_id == deployment.id
@@ -61,7 +61,7 @@ def test_stream_is_forwarded_and_usage_chunk_dropped_unless_asked(gw, served, in
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
 
-    gw.flush()
+    gw.wait_for_records(1)  # the event is recorded after the response ends
     record = UsageRecord.objects.get()
     assert (record.prompt_tokens, record.completion_tokens) == (3, 8)
     assert record.ttft_ms is not None
@@ -92,7 +92,7 @@ def test_completions_and_embeddings(gw, served, org, engine, inference_key):
     vectors = client.embeddings.create(model="embedder", input=["one", "two words"])
     assert len(vectors.data) == 2
     assert vectors.usage.prompt_tokens == 3
-    gw.flush()
+    gw.wait_for_records(2)  # events are recorded after each response ends
     assert UsageRecord.objects.count() == 2
 
 

@@ -91,7 +91,7 @@ def test_fallback_route_moves_on_after_failure(
     assert raw.headers["x-target"] == "deployment:big"
     assert len(first.requests) == 1
     assert second.requests[0]["model"] == "big"
-    gw.flush()
+    gw.wait_for_records(1)  # the event is recorded after the response ends
     record = UsageRecord.objects.get()
     assert (record.route, record.target, record.model) == ("chat", "deployment:big", "big")
 
