@@ -25,6 +25,7 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
+from billing.models import UptimeRecord
 from console.models import Organisation
 from console.snapshot import snapshot_version
 from inference.conf import OrchestratorConfig
@@ -158,6 +159,7 @@ def world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Worl
         finally:
             world.orchestrator.shutdown()
             leftover = [r.pid for r in Replica.objects.filter(deployment__org=org) if r.pid]
+            UptimeRecord.objects.filter(org=org).delete()  # ledger rows protect their org
             org.delete()
             for pid in leftover:
                 if _alive(pid):

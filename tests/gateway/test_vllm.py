@@ -25,7 +25,7 @@ from django.db.models import Count, Sum
 from django.test import override_settings
 from django.utils import timezone
 
-from billing.models import UsageRecord
+from billing.models import UptimeRecord, UsageRecord
 from console.models import Organisation
 from console.services.keys import api_key_create
 from inference.conf import OrchestratorConfig
@@ -128,6 +128,7 @@ def engines(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[En
             orchestrator.shutdown()
             leftover = [r.pid for r in Replica.objects.filter(deployment__org=org) if r.pid]
             UsageRecord.objects.filter(org=org).delete()
+            UptimeRecord.objects.filter(org=org).delete()  # ledger rows protect their org
             org.delete()
             for pid in leftover:
                 try:
