@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from uuid import UUID
 
-from django.core.cache import cache
 from django.db import close_old_connections
 from django.db.models import Max
 from django.utils import timezone
@@ -25,10 +24,10 @@ from django.utils import timezone
 from console.snapshot import snapshot_bump, snapshot_version
 from inference.conf import OrchestratorConfig
 from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
-from inference.orchestrator.autoscale import ScaleInput, scale_decide
 from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
 from inference.orchestrator.gpus import gpus_pack
 from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
+from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.orchestrator.states import (
     deployment_summary,
     lines_since_start,
@@ -41,8 +40,6 @@ from inference.services.uptime import replica_uptime_report, replicas_uptime_rep
 logger = logging.getLogger(__name__)
 S = ReplicaState
 RUNNING_STATES = (S.PENDING, S.STARTING, S.READY)
-# Gateways publish the requests they hold per deployment under this cache key (optional).
-GATEWAY_INFLIGHT_KEY = "gateway:inflight:{deployment_id}"
 # Gateways refresh their snapshot within about a second; a draining replica waits this long
 # before it may be stopped, so that no request is still on its way to it.
 MIN_DRAIN_S = 2.0
@@ -256,48 +253,14 @@ class Orchestrator:
         return f"A replica failed and will not be restarted: {failed.last_error}"[:4000]
 
     def _desired(self, deployment: Deployment, live: list[Replica]) -> int:
-        if deployment.deleted_at is not None or deployment.paused:
-            if deployment.desired_replicas:
-                Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=0)
-                deployment.desired_replicas = 0
-            return 0
-        now = timezone.now()
         ready = [r for r in live if r.state == S.READY]
-        load = [self._last_metrics[r.id].load for r in ready if r.id in self._last_metrics]
-        inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
-        demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
-            seconds=self.config.demand_ttl_s
+        return deployment_desired_replicas(
+            deployment=deployment,
+            load=[self._last_metrics[r.id].load for r in ready if r.id in self._last_metrics],
+            demand_ttl_s=self.config.demand_ttl_s,
+            say=self._say,
+            stopped=deployment.deleted_at is not None,
         )
-        decision = scale_decide(
-            ScaleInput(
-                current=deployment.desired_replicas,
-                min_replicas=deployment.min_replicas,
-                max_replicas=deployment.max_replicas,
-                target_concurrency=deployment.target_concurrency,
-                replica_load=load,
-                gateway_inflight=int(inflight) if inflight is not None else None,
-                demand=demand,
-                low_load_since=deployment.low_load_since,
-                now=now,
-                scale_down_delay_s=deployment.scale_down_delay_s,
-            )
-        )
-        if (decision.desired, decision.low_load_since) != (
-            deployment.desired_replicas,
-            deployment.low_load_since,
-        ):
-            if decision.desired != deployment.desired_replicas:
-                self._say(
-                    deployment,
-                    f"scaling {deployment.desired_replicas} -> {decision.desired} "
-                    f"({decision.reason})",
-                )
-            deployment.desired_replicas = decision.desired
-            deployment.low_load_since = decision.low_load_since
-            Deployment.objects.filter(pk=deployment.pk).update(
-                desired_replicas=decision.desired, low_load_since=decision.low_load_since
-            )
-        return decision.desired
 
     def _summarise(self, deployment: Deployment, live: list[Replica], *, failure: str = "") -> None:
         summary = deployment_summary(

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.core.cache import cache
 from django.db import close_old_connections
 from django.db.models import Max
 from django.utils import timezone
@@ -27,7 +26,6 @@ from django.utils.dateparse import parse_datetime
 from console.snapshot import snapshot_bump, snapshot_version
 from inference.conf import OrchestratorConfig
 from inference.models import Deployment, DeploymentState, Replica, ReplicaState
-from inference.orchestrator.autoscale import ScaleInput, scale_decide
 from inference.orchestrator.kubernetes.backend import (
     ClusterError,
     KubernetesBackend,
@@ -41,7 +39,7 @@ from inference.orchestrator.kubernetes.manifests import (
     engine_argv,
 )
 from inference.orchestrator.probe import EngineMetrics, EngineProbe
-from inference.orchestrator.reconcile import GATEWAY_INFLIGHT_KEY
+from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.orchestrator.states import deployment_summary
 
 logger = logging.getLogger(__name__)
@@ -214,47 +212,12 @@ class KubernetesOrchestrator:
         return found
 
     def _desired(self, deployment: Deployment, metrics: dict[str, EngineMetrics]) -> int:
-        if deployment.paused:
-            if deployment.desired_replicas:
-                Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=0)
-                deployment.desired_replicas = 0
-            return 0
-        now = timezone.now()
-        load = [reading.load for reading in metrics.values()]
-        inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
-        demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
-            seconds=self.config.demand_ttl_s
+        return deployment_desired_replicas(
+            deployment=deployment,
+            load=[reading.load for reading in metrics.values()],
+            demand_ttl_s=self.config.demand_ttl_s,
+            say=self._say,
         )
-        decision = scale_decide(
-            ScaleInput(
-                current=deployment.desired_replicas,
-                min_replicas=deployment.min_replicas,
-                max_replicas=deployment.max_replicas,
-                target_concurrency=deployment.target_concurrency,
-                replica_load=load,
-                gateway_inflight=int(inflight) if inflight is not None else None,
-                demand=demand,
-                low_load_since=deployment.low_load_since,
-                now=now,
-                scale_down_delay_s=deployment.scale_down_delay_s,
-            )
-        )
-        if (decision.desired, decision.low_load_since) != (
-            deployment.desired_replicas,
-            deployment.low_load_since,
-        ):
-            if decision.desired != deployment.desired_replicas:
-                self._say(
-                    deployment,
-                    f"scaling {deployment.desired_replicas} -> {decision.desired} "
-                    f"({decision.reason})",
-                )
-            deployment.desired_replicas = decision.desired
-            deployment.low_load_since = decision.low_load_since
-            Deployment.objects.filter(pk=deployment.pk).update(
-                desired_replicas=decision.desired, low_load_since=decision.low_load_since
-            )
-        return decision.desired
 
     def _live_rows(self, deployment: Deployment) -> list[Replica]:
         return list(
