@@ -31,11 +31,13 @@ from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
 from inference.gateway.exchange import Exchange, Outcome, Target, target_label
+from inference.gateway.ledger import usage_write
 from inference.gateway.limits import (
     Limiter,
     LocalLimiter,
     RedisLimiter,
 )
+from inference.gateway.meter_writer import ProcessWriter
 from inference.gateway.metering import Meter
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.router import AutoRouter, scoring_text
@@ -87,6 +89,11 @@ CONSOLE_KEY = KeyEntry(
 )
 
 
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("background start-up failed", exc_info=future.exception())
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -113,10 +120,14 @@ class Gateway:
             limiter = RedisLimiter(config.redis_url) if config.redis_url else LocalLimiter()
         self.limiter = limiter
         self.metrics = GatewayMetrics(self._inflight_gauge)
+        # The ledger writer process this gateway started (None: writes in the meter's thread).
+        self.writer: ProcessWriter | None = None
         if meter is None and config.metering:
+            self.writer = ProcessWriter() if config.meter_process else None
             meter = Meter(
                 flush_s=config.meter_flush_s,
                 batch=config.meter_batch,
+                write=self.writer or usage_write,
                 spill_dir=Path(getattr(settings, "RUN_DIR", ".")),
                 on_spill=lambda n: self.metrics.usage_dropped.inc((), n),
             )
@@ -157,6 +168,10 @@ class Gateway:
             for entry in cat.routes.values()
         ):
             self.router.warm_up()
+        if self.writer is not None:
+            # Started off the event loop and not awaited: the first flush waits for it instead.
+            writer_start = asyncio.ensure_future(asyncio.to_thread(self.writer.start))
+            writer_start.add_done_callback(_log_failure)
         if self.meter is not None:
             self.meter.start()
         self.started = True
@@ -167,6 +182,8 @@ class Gateway:
             await asyncio.gather(*self.background, return_exceptions=True)
         if self.meter is not None:
             await asyncio.to_thread(self.meter.close)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
         await asyncio.to_thread(self._touch_keys)
         self.pool.close()
         self.router.close()

@@ -20,6 +20,8 @@ class GatewayConfig:
     meter_flush_s: float = 1.0
     meter_batch: int = 500
     metering: bool = True
+    # Write usage batches in a child process (True) or in a thread of the gateway's own process.
+    meter_process: bool = True
     org_rpm_limit: int = 0
     org_tpm_limit: int = 0
     # Completion tokens a budget reservation assumes when a request sets no max_tokens.
@@ -51,6 +53,7 @@ class GatewayConfig:
             meter_flush_s=env_int("GATEWAY_METER_FLUSH_MS", 1000) / 1000,
             meter_batch=env_int("GATEWAY_METER_BATCH", 500),
             metering=env_bool("GATEWAY_METERING", True),
+            meter_process=env_bool("GATEWAY_METER_PROCESS", True),
             org_rpm_limit=env_int("GATEWAY_ORG_RPM_LIMIT", 0),
             org_tpm_limit=env_int("GATEWAY_ORG_TPM_LIMIT", 0),
             default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096),

@@ -26,6 +26,9 @@ TEST_CONFIG = GatewayConfig(
     snapshot_poll_s=0.05,
     snapshot_ttl_s=30,
     meter_flush_s=0.05,
+    # In-process writes: SQLite's test database lives in this process's memory (the writer
+    # process has its own tests, on PostgreSQL).
+    meter_process=False,
     cold_start_wait_s=2,
     eject_s=30,
     access_log=False,
