@@ -253,11 +253,31 @@ def merge(runs: list[Run]) -> Run:
     return merged
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process and its children so far (Linux /proc)."""
+def _own_cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime + cutime + cstime, parent pid) of one process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]), int(fields[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time so far of a process and all its descendants, live (such as the
+    gateway's ledger writer) or exited (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ticks[int(entry.name)], parents[int(entry.name)] = _own_cpu_ticks(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(ticks.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def log_dir() -> Path:
