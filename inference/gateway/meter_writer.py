@@ -47,6 +47,9 @@ def _child_main(conn: Connection, database_names: dict[str, str], secret_key: st
     from django.conf import settings
 
     django.setup()
+    # Never log the writer's queries, even where DEBUG is on (the embedded default): Django
+    # would render every batch's statement with all its parameters into a list kept in memory.
+    settings.DEBUG = False
     from django.db import close_old_connections, connections
 
     # The database the parent uses now (a test database differs from the configured name).

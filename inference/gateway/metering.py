@@ -53,19 +53,25 @@ class Meter:
         self.written = 0
         self.recorded = 0
         self._recorded_changed = threading.Condition()
+        self._waiting = 0
 
     def record(self, event: UsageEvent) -> None:
         self._buffer.append(event)
         self.recorded += 1
         if len(self._buffer) >= self.batch:
             self._wake.set()
-        with self._recorded_changed:
-            self._recorded_changed.notify_all()
+        if self._waiting:  # a lock and a notify per request only while someone waits
+            with self._recorded_changed:
+                self._recorded_changed.notify_all()
 
     def wait_recorded(self, count: int, timeout: float) -> bool:
         """Block until at least ``count`` events were recorded (tests and shutdown checks)."""
         with self._recorded_changed:
-            return self._recorded_changed.wait_for(lambda: self.recorded >= count, timeout)
+            self._waiting += 1
+            try:
+                return self._recorded_changed.wait_for(lambda: self.recorded >= count, timeout)
+            finally:
+                self._waiting -= 1
 
     def drain(self) -> list[UsageEvent]:
         """Take the buffered events without writing them (the caller writes them itself)."""
