@@ -244,6 +244,10 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+# Hosts, addresses and CIDR ranges of the platform's own network that tenants' external
+# endpoints may nevertheless point at (inference.routing.egress); empty: public addresses only.
+GATEWAY_EXTERNAL_ALLOW = env_list("GATEWAY_EXTERNAL_ALLOW")
+
 # Auto routes' thresholds follow their recent traffic (inference.services.router).
 CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "task": "inference.tasks.routes_recalibrate_task",

@@ -52,6 +52,7 @@ from inference.gateway.snapshot import (
 )
 from inference.gateway.upstream import Pool
 from inference.routing.config import RouteSpec, TargetRef
+from inference.routing.egress import egress_policy
 from inference.routing.resolve import (
     Plan,
     RequestFeatures,
@@ -114,7 +115,9 @@ class Gateway:
         self.snapshot: Snapshot = empty_snapshot()
         self.balancer = Balancer(mode=config.balance, eject_s=config.eject_s)
         self.pool = Pool(
-            connect_timeout=config.connect_timeout_s, read_timeout=config.read_timeout_s
+            connect_timeout=config.connect_timeout_s,
+            read_timeout=config.read_timeout_s,
+            egress=egress_policy(config.external_allow),
         )
         if limiter is None:
             limiter = RedisLimiter(config.redis_url) if config.redis_url else LocalLimiter()

@@ -32,9 +32,13 @@ class GatewayConfig:
     redis_url: str = ""
     metrics_token: str = ""
     gil_switch_interval_s: float = 0.0005
+    # Hosts, addresses and CIDR ranges external endpoints may reach despite being non-public.
+    external_allow: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
+        from django.conf import settings
+
         balance = env_str("GATEWAY_BALANCE", "affinity")
         if balance not in {"affinity", "least", "round_robin"}:
             from django.core.exceptions import ImproperlyConfigured
@@ -56,6 +60,7 @@ class GatewayConfig:
             meter_process=env_bool("GATEWAY_METER_PROCESS", True),
             org_rpm_limit=env_int("GATEWAY_ORG_RPM_LIMIT", 0),
             org_tpm_limit=env_int("GATEWAY_ORG_TPM_LIMIT", 0),
+            external_allow=tuple(settings.GATEWAY_EXTERNAL_ALLOW),
             default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096),
             affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256),
             balance=balance,

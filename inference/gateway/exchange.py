@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from inference.routing.resolve import Decision, Plan
 
 if TYPE_CHECKING:
     from inference.gateway.app import Gateway
+
+logger = logging.getLogger("inference.gateway")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Target = DeploymentEntry | ExternalEntry
@@ -245,10 +248,24 @@ class Exchange:
                 gw.balancer.acquire(replica)
                 gw.inflight_add(target, 1)
             try:
-                response = await gw.pool.request("POST", url, body, auth)
+                response = await gw.pool.request("POST", url, body, auth, external=replica is None)
             except UpstreamError as error:
                 self._release(target, replica)
                 gw.metrics.upstream_errors.inc((label, error.kind))
+                if error.kind == "refused":
+                    logger.warning(
+                        "external endpoint refused: its address is not allowed",
+                        extra={
+                            "request_id": self.request_id,
+                            "target": label,
+                            "reason": str(error),
+                        },
+                    )
+                    raise GatewayError(
+                        502,
+                        f"The endpoint's address is not allowed: {error}.",
+                        "upstream_address_refused",
+                    ) from None
                 if error.kind == "timeout":
                     raise GatewayError(
                         504, f"The model did not answer: {error}.", "timeout"

@@ -17,12 +17,18 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from inference.routing.egress import EgressPolicy, EgressRefused, host_addresses
+
 READ_LIMIT = 256 * 1024  # bytes buffered from upstream before reading pauses
+# (scheme, host, port, external): connections to tenant-given hosts are pooled apart, so that
+# a request to an external endpoint never reuses a connection that skipped the address check.
+Origin = tuple[str, str, int, bool]
 
 
 class UpstreamError(Exception):
-    """A transport failure. ``kind`` is connect, timeout or closed; ``sent`` says whether any
-    response byte had arrived (after which a retry would duplicate work)."""
+    """A transport failure. ``kind`` is connect, timeout, closed or refused (the egress policy
+    forbids the address); ``received`` says whether any response byte had arrived (after which
+    a retry would duplicate work)."""
 
     def __init__(self, kind: str, message: str, *, received: bool = False) -> None:
         super().__init__(message)
@@ -31,7 +37,7 @@ class UpstreamError(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
+    def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -197,12 +203,21 @@ class UpstreamResponse:
 
 
 class Pool:
-    """Idle keep-alive connections per origin (scheme, host, port), most recently used first."""
+    """Idle keep-alive connections per origin (scheme, host, port, external), most recently
+    used first."""
 
-    def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
+        egress: EgressPolicy | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        # What external (tenant-given) hosts may resolve to; checked for each new connection.
+        self.egress = egress or EgressPolicy()
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self.max_idle_per_origin = 256
 
@@ -213,8 +228,8 @@ class Pool:
         else:
             conn.close()
 
-    async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
-        scheme, host, port = origin
+    async def _connect(self, origin: Origin) -> _Connection:
+        scheme, host, port, external = origin
         loop = asyncio.get_running_loop()
         context = None
         if scheme == "https":
@@ -223,9 +238,29 @@ class Pool:
             context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin), host, port, ssl=context
-                )
+                addresses = [host]
+                if external:
+                    # Resolve once, check every address, and connect to a checked one: a second
+                    # lookup by create_connection could answer differently (DNS rebinding).
+                    checked = await loop.run_in_executor(
+                        None, host_addresses, self.egress, host, port
+                    )
+                    addresses = checked if checked is not None else [host]
+                for index, address in enumerate(addresses):
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(self, origin),
+                            address,
+                            port,
+                            ssl=context,
+                            server_hostname=host if context is not None else None,
+                        )
+                        break
+                    except OSError:
+                        if index == len(addresses) - 1:
+                            raise
+        except EgressRefused as refused:
+            raise UpstreamError("refused", str(refused)) from None
         except TimeoutError:
             raise UpstreamError("connect", f"connecting to {host}:{port} timed out") from None
         except OSError as error:
@@ -238,17 +273,20 @@ class Pool:
         url: str,
         body: bytes = b"",
         headers: list[tuple[str, str]] | None = None,
+        *,
+        external: bool = False,
     ) -> UpstreamResponse:
         """Send a request and wait for the response headers.
 
         A reused connection that the upstream had closed while idle fails before any byte comes
-        back; that case is retried once on a fresh connection.
+        back; that case is retried once on a fresh connection. ``external`` (a tenant-given
+        host) checks the addresses of a new connection against the egress policy first.
         """
         parts = urlsplit(url)
         scheme = parts.scheme or "http"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
+        origin = (scheme, host, port, external)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query

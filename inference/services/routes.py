@@ -12,6 +12,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -26,6 +27,7 @@ from inference.routing.config import (
     route_spec_parse,
     routes_check_references,
 )
+from inference.routing.egress import egress_policy, url_problem
 from inference.routing.secrets import secret_encrypt
 from inference.services.router import auto_config_prepare
 
@@ -254,6 +256,11 @@ def external_endpoint_create(
     parts = urlsplit(base_url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         errors["base_url"] = "Enter an http(s) URL, up to and including /v1."
+    else:
+        # Keep tenants from pointing the gateway at the platform's own network.
+        problem = url_problem(base_url, egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW)))
+        if problem is not None:
+            errors["base_url"] = problem
     model = (model or "").strip()
     if not model or len(model) > 128:
         errors["model"] = "Enter the model name the endpoint expects (1 to 128 characters)."

@@ -170,7 +170,12 @@ def test_weighted_and_conditional_routes_choose_targets(
     assert target("smart", tools=tools) == "deployment:big"
 
 
-def test_external_endpoint_gets_its_model_name_and_key(gw, engine, org, owner, inference_key):
+def test_external_endpoint_gets_its_model_name_and_key(
+    start_gateway, settings, engine, org, owner, inference_key
+):
+    # The "external" endpoint is a local server: the operator's allow-list admits it.
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    gw = start_gateway(external_allow=("127.0.0.1",))
     fake, server = engine
     external_endpoint_create(
         org=org,
