@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -14,7 +16,9 @@ from console.models import (
     Organisation,
     User,
 )
+from console.services.audit import audit_record
 from console.services.orgs import org_reactivate, org_suspend
+from console.snapshot import snapshot_bump
 
 
 @admin.register(User)
@@ -43,12 +47,35 @@ class MembershipInline(admin.TabularInline[Membership, Organisation]):
 
 @admin.register(Organisation)
 class OrganisationAdmin(admin.ModelAdmin[Organisation]):
-    list_display = ["name", "slug", "created_at", "suspended_at", "max_gpus", "max_replicas"]
+    list_display = [
+        "name",
+        "slug",
+        "created_at",
+        "suspended_at",
+        "max_gpus",
+        "max_replicas",
+        "rpm_limit",
+        "tpm_limit",
+    ]
     list_filter = [("suspended_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "slug"]
     readonly_fields = ["public_id", "created_at", "suspended_at", "suspended_reason"]
     inlines = [MembershipInline]
     actions = ["suspend", "reactivate"]
+
+    def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        limits = [name for name in ("rpm_limit", "tpm_limit") if name in form.changed_data]
+        if change and limits:
+            audit_record(
+                org=obj,
+                action="org.rate_limits_changed",
+                actor=request.user,  # type: ignore[arg-type]
+                target=obj,
+                data={name: getattr(obj, name) for name in limits},
+            )
+        # Rate limits travel to the gateways in their snapshot.
+        snapshot_bump()
 
     @admin.action(description="Suspend selected organisations (their keys stop working)")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:

@@ -67,6 +67,21 @@ class Organisation(models.Model):
     # Quotas enforced when deployments are created or scaled.
     max_gpus = models.PositiveIntegerField(default=8)
     max_replicas = models.PositiveIntegerField(default=8)
+    # Gateway rate limits for the whole organisation, set by platform staff.
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute",
+        null=True,
+        blank=True,
+        help_text="For all of the organisation's keys together. Empty: the platform default "
+        "(GATEWAY_ORG_RPM_LIMIT); 0: no limit.",
+    )
+    tpm_limit = models.PositiveIntegerField(
+        "tokens per minute",
+        null=True,
+        blank=True,
+        help_text="For all of the organisation's keys together. Empty: the platform default "
+        "(GATEWAY_ORG_TPM_LIMIT); 0: no limit.",
+    )
 
     class Meta:
         ordering = ["name"]

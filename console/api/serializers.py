@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from console.limits import org_rate_limits
 from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation, Scope
 from console.permissions import Role
 
@@ -9,11 +10,34 @@ from console.permissions import Role
 class OrgSerializer(serializers.ModelSerializer[Organisation]):
     id = serializers.UUIDField(source="public_id", read_only=True)
     suspended = serializers.BooleanField(source="is_suspended", read_only=True)
+    rpm_limit = serializers.SerializerMethodField(
+        help_text="Requests per minute for all of the organisation's keys together (null: none). "
+        "Set by platform staff."
+    )
+    tpm_limit = serializers.SerializerMethodField(
+        help_text="Tokens per minute for all of the organisation's keys together (null: none). "
+        "Set by platform staff."
+    )
 
     class Meta:
         model = Organisation
-        fields = ["id", "name", "slug", "created_at", "suspended", "suspended_reason"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "created_at",
+            "suspended",
+            "suspended_reason",
+            "rpm_limit",
+            "tpm_limit",
+        ]
         read_only_fields = ["slug", "created_at", "suspended_reason"]
+
+    def get_rpm_limit(self, org: Organisation) -> int | None:
+        return org_rate_limits(org)[0].per_minute
+
+    def get_tpm_limit(self, org: Organisation) -> int | None:
+        return org_rate_limits(org)[1].per_minute
 
 
 class OrgCreateSerializer(serializers.Serializer[None]):

@@ -9,6 +9,7 @@ from django.views.decorators.http import require_http_methods
 
 from console.decorators import requires
 from console.forms import OrgRenameForm, apply_service_error
+from console.limits import org_rate_limits
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
 from console.services.orgs import org_update
@@ -41,7 +42,11 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
             else:
                 messages.success(request, "Saved.")
                 return redirect("org_settings", org_slug=org.slug)
-    return render(request, "console/settings.html", {"form": form})
+    context: dict[str, object] = {"form": form}
+    if role_can(request.membership.role, Action.ORG_UPDATE):
+        # Owners and admins see the gateway's limits for the org (set by platform staff).
+        context["rpm_limit"], context["tpm_limit"] = org_rate_limits(org)
+    return render(request, "console/settings.html", context)
 
 
 @requires(Action.AUDIT_VIEW)

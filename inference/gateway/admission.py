@@ -52,10 +52,12 @@ def admission_build(
     window, _ = minute_window(now)
     adm = Admission()
     tokens = parsed.prompt_tokens_estimate
-    cfg = config
+    # The org's own limits, else the platform default; 0 (either way) means none.
+    org_rpm = config.org_rpm_limit if org.rpm_limit is None else org.rpm_limit
+    org_tpm = config.org_tpm_limit if org.tpm_limit is None else org.tpm_limit
     for scope_name, ident, rpm, tpm in (
         ("key", key.id, key.rpm_limit, key.tpm_limit),
-        ("org", org.id, cfg.org_rpm_limit or None, cfg.org_tpm_limit or None),
+        ("org", org.id, org_rpm, org_tpm),
     ):
         if rpm:
             label = f"this {scope_name}'s limit of {rpm} requests per minute"

@@ -58,8 +58,9 @@ class GatewayConfig:
             meter_batch=env_int("GATEWAY_METER_BATCH", 500),
             metering=env_bool("GATEWAY_METERING", True),
             meter_process=env_bool("GATEWAY_METER_PROCESS", True),
-            org_rpm_limit=env_int("GATEWAY_ORG_RPM_LIMIT", 0),
-            org_tpm_limit=env_int("GATEWAY_ORG_TPM_LIMIT", 0),
+            # Read by settings.py, because the console shows or checks them too.
+            org_rpm_limit=settings.GATEWAY_ORG_RPM_LIMIT,
+            org_tpm_limit=settings.GATEWAY_ORG_TPM_LIMIT,
             external_allow=tuple(settings.GATEWAY_EXTERNAL_ALLOW),
             default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096),
             affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256),

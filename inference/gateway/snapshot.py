@@ -50,6 +50,9 @@ class OrgEntry:
     budget_micros: int | None
     budget_message: str
     month_spend_micros: int
+    # The org's own rate limits; None: the gateway's GATEWAY_ORG_*_LIMIT, 0: no limit.
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +183,12 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             budget_micros=spend.org_caps.get(row["id"]),
             budget_message=spend.org_cap_messages.get(row["id"], ""),
             month_spend_micros=spend.org_spend.get(row["id"], 0),
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
         )
-        for row in Organisation.objects.values("id", "slug", "suspended_at", "suspended_reason")
+        for row in Organisation.objects.values(
+            "id", "slug", "suspended_at", "suspended_reason", "rpm_limit", "tpm_limit"
+        )
     }
     keys: dict[str, KeyEntry] = {}
     for row in ApiKey.objects.values(
