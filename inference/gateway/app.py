@@ -31,6 +31,7 @@ from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
 from inference.gateway.exchange import Exchange, Outcome, Target, target_label
+from inference.gateway.inflight import InflightPublisher, inflight_store
 from inference.gateway.ledger import usage_write
 from inference.gateway.limits import (
     Limiter,
@@ -142,6 +143,7 @@ class Gateway:
             self._install_threadsafe, poll_s=config.snapshot_poll_s, ttl_s=config.snapshot_ttl_s
         )
         self.inflight: dict[str, int] = {}
+        self.inflight_publisher: InflightPublisher | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._snapshot_waiters: list[asyncio.Future[None]] = []
         self._demand_at: dict[uuid.UUID, float] = {}
@@ -177,12 +179,27 @@ class Gateway:
             writer_start.add_done_callback(_log_failure)
         if self.meter is not None:
             self.meter.start()
+        self._inflight_publish_start()
         self.started = True
+
+    def _inflight_publish_start(self) -> None:
+        """Publish in-flight counts per deployment for the autoscaler, from a thread."""
+        if self.config.inflight_publish_s <= 0:
+            return
+        run_dir = Path(getattr(settings, "RUN_DIR", "."))
+        self.inflight_publisher = InflightPublisher(
+            lambda: dict(self.inflight),
+            inflight_store(self.config.redis_url, run_dir),
+            interval_s=self.config.inflight_publish_s,
+        )
+        self.inflight_publisher.start()
 
     async def shutdown(self) -> None:
         self.poller.stop()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+        if self.inflight_publisher is not None:
+            await asyncio.to_thread(self.inflight_publisher.stop)
         if self.meter is not None:
             await asyncio.to_thread(self.meter.close)
         if self.writer is not None:

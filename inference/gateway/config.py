@@ -34,6 +34,8 @@ class GatewayConfig:
     gil_switch_interval_s: float = 0.0005
     # Hosts, addresses and CIDR ranges external endpoints may reach despite being non-public.
     external_allow: tuple[str, ...] = ()
+    # How often in-flight counts per deployment are published for the autoscaler (0: never).
+    inflight_publish_s: float = 1.0
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -68,4 +70,5 @@ class GatewayConfig:
             access_log=env_bool("GATEWAY_ACCESS_LOG", True),
             redis_url=env_str("REDIS_URL"),
             metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
+            inflight_publish_s=env_int("GATEWAY_INFLIGHT_PUBLISH_MS", 1000) / 1000,
         )

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from django.core.cache import cache
 from django.utils import timezone
 
+from inference.gateway.inflight import gateway_inflight_read
 from inference.models import Deployment
 from inference.orchestrator.autoscale import ScaleInput, scale_decide
-
-# Gateways publish the requests they hold per deployment under this cache key (optional).
-GATEWAY_INFLIGHT_KEY = "gateway:inflight:{deployment_id}"
 
 
 def deployment_desired_replicas(
@@ -34,7 +31,8 @@ def deployment_desired_replicas(
             deployment.desired_replicas = 0
         return 0
     now = timezone.now()
-    inflight = cache.get(GATEWAY_INFLIGHT_KEY.format(deployment_id=deployment.pk))
+    # Requests every gateway process has sent to its replicas and not yet seen answered.
+    inflight = gateway_inflight_read(deployment.pk)
     demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
         seconds=demand_ttl_s
     )
@@ -45,7 +43,7 @@ def deployment_desired_replicas(
             max_replicas=deployment.max_replicas,
             target_concurrency=deployment.target_concurrency,
             replica_load=load,
-            gateway_inflight=int(inflight) if inflight is not None else None,
+            gateway_inflight=inflight,
             demand=demand,
             low_load_since=deployment.low_load_since,
             now=now,

@@ -32,6 +32,8 @@ TEST_CONFIG = GatewayConfig(
     cold_start_wait_s=2,
     eject_s=30,
     access_log=False,
+    # Tests that publish in-flight counts turn it on with their own RUN_DIR.
+    inflight_publish_s=0,
 )
 
 
