@@ -149,6 +149,7 @@ class Run:
     out_bytes: int = 0
     cpu_s: float = 0.0  # CPU time of the process under test during the run, when measured
     first_error: bytes = b""
+    round_rps: list[float] = field(default_factory=list)  # per round, when merged from rounds
 
     def pct(self, q: float, values: list[float] | None = None) -> float:
         data = sorted(values if values is not None else self.latencies)
@@ -250,6 +251,7 @@ def merge(runs: list[Run]) -> Run:
         merged.out_bytes += r.out_bytes
         merged.cpu_s += r.cpu_s
         merged.first_error = merged.first_error or r.first_error
+        merged.round_rps.append(r.rps)
     return merged
 
 

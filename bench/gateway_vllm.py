@@ -9,14 +9,17 @@
 Every comparison runs its arms in the same run, interleaved round by round, and prints the ratio.
 
     .venv/bin/python bench/gateway_vllm.py [--rounds 3] [--requests 192] [--skip-affinity]
+        [--only throughput|streaming|affinity] [--split-cores]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,14 +55,22 @@ MAX_MODEL_LEN = 512
 PREFIX_WORDS = 80
 
 
+# With --split-cores: the CPUs the engines run on (the rest run the gateways and the load).
+ENGINE_CPUS: list[int] = []
+
+
 def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
+    pin = ["taskset", "-c", ",".join(map(str, ENGINE_CPUS))] if ENGINE_CPUS else []
     argv = [
+        *pin,
         PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", "tiny", "--dtype", "float32", "--max-model-len",
         str(MAX_MODEL_LEN), "--host", "127.0.0.1", "--port", str(port),
         "--enable-prefix-caching", "--disable-uvicorn-access-log",
     ]  # fmt: skip
     env = bench_env(Path("/nonexistent"), VLLM_CPU_KVCACHE_SPACE="1")
+    if ENGINE_CPUS:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, ENGINE_CPUS))
     handle = log.open("w")
     return subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -134,6 +145,14 @@ def report(title: str, merged: dict[str, Run], base: str) -> None:
     for name, run in merged.items():
         if name != base:
             line = f"  {name}/{base}: throughput {run.rps / merged[base].rps:.3f}"
+            rounds = [a / b for a, b in zip(run.round_rps, merged[base].round_rps, strict=True)]
+            if len(rounds) > 1:
+                # Each round's arms ran back to back: the median of their ratios is less moved
+                # by the engine's drift over the run than the ratio of the totals.
+                line += (
+                    f" (per round: median {statistics.median(rounds):.3f}, "
+                    f"{min(rounds):.3f} to {max(rounds):.3f})"
+                )
             if run.ttfts and merged[base].ttfts:
                 ratio = run.pct(0.5, run.ttfts) / merged[base].pct(0.5, merged[base].ttfts)
                 line += f", TTFT p50 {ratio:.3f}"
@@ -232,7 +251,20 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["throughput", "streaming", "affinity"], help="run one comparison"
     )
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="run the engines on the second half of the CPUs and everything else (gateways, "
+        "load generator) on the first half, as a deployment keeps a gateway off the engines' "
+        "hardware; both arms of every comparison share the same layout",
+    )
     args = parser.parse_args()
+    layout = "engines and gateways share every CPU"
+    if args.split_cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        front, ENGINE_CPUS[:] = cpus[: len(cpus) // 2], cpus[len(cpus) // 2 :]
+        os.sched_setaffinity(0, front)  # the gateways started below inherit it
+        layout = f"engines on CPUs {ENGINE_CPUS}, gateways and load generator on CPUs {front}"
 
     work = Path(tempfile.mkdtemp(prefix="gwbench-vllm-"))
     model = work / "tiny-llama"
@@ -272,7 +304,8 @@ def main() -> None:
         print(
             f"machine: {machine()}; engine: vllm-cpu, tiny Llama (float32, "
             f"max_model_len {MAX_MODEL_LEN}, "
-            "prefix caching on); gateway: uvicorn console.asgi:application, access log off"
+            "prefix caching on); gateway: uvicorn console.asgi:application, access log off; "
+            + layout
         )
 
         body = chat(64, "Write a long story about the sea.")
@@ -286,7 +319,16 @@ def main() -> None:
             title = "2 and 4. non-streaming, concurrency 32, 64 tokens out (ignore_eos)"
             report(title, merged, "direct")
             on_off = merged["gateway"].rps / merged["gateway-nometer"].rps
-            print(f"  metering on/off: throughput {on_off:.3f}")
+            per_round = [
+                a / b
+                for a, b in zip(
+                    merged["gateway"].round_rps, merged["gateway-nometer"].round_rps, strict=True
+                )
+            ]
+            print(
+                f"  metering on/off: throughput {on_off:.3f} (per round: median "
+                f"{statistics.median(per_round):.3f}, {min(per_round):.3f} to {max(per_round):.3f})"
+            )
 
         stream = chat(64, "Write a long story about the sea.", stream=True)
         stream_arms = {
