@@ -3,9 +3,12 @@
 Both arms run in the same process, interleaved round by round: the load generator calls the
 upstream directly, then through the gateway, with the same body. Prints p50 and p99 of each arm
 and the difference (the gateway's added latency) at each concurrency, plus metering on vs off
-when asked.
+when asked. With ``--streams N`` it also streams answers of 64 events a millisecond apart
+(concurrency 1 and 8) and prints the time to the first event directly and through the gateway,
+and the gateway's CPU per event forwarded.
 
     .venv/bin/python bench/gateway_latency.py [--rounds 10] [--requests 400] [--concurrency 1 16]
+        [--metering-off] [--streams 32]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from gateway_common import (
     start_process,
     stop,
 )
+from gateway_upstream import STREAM_EVENTS
 
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "Say something short."}]}
 
@@ -82,6 +86,42 @@ async def measure(
             )
 
 
+async def measure_streams(
+    ports: dict[str, int], key: str, pid: int, rounds: int, per_round: int
+) -> None:
+    """Streams of 64 events a millisecond apart: time to first event and gateway CPU per event."""
+    body = {**BODY, "stream": True}
+    arms = {
+        "direct": request_bytes(ports["direct"], "/v1/chat/completions", body),
+        "gateway": request_bytes(ports["gateway"], "/v1/chat/completions", body, key),
+    }
+    events = STREAM_EVENTS + 2  # the tokens, the final usage event (removed), [DONE]
+    for concurrency in (1, 8):
+        runs: dict[str, list] = {name: [] for name in arms}
+        for name in arms:
+            await load(ports[name], arms[name], concurrency=concurrency, total=concurrency * 2)
+        for _ in range(rounds):
+            for name in arms:
+                before = cpu_seconds(pid) if name == "gateway" else 0.0
+                run = await load(ports[name], arms[name], concurrency=concurrency, total=per_round)
+                run.cpu_s = cpu_seconds(pid) - before if name == "gateway" else 0.0
+                runs[name].append(run)
+        merged = {name: merge(r) for name, r in runs.items()}
+        base, through = merged["direct"], merged["gateway"]
+        print(
+            f"\nstreaming, concurrency {concurrency}: {len(base.latencies)} streams of "
+            f"{STREAM_EVENTS} events per arm, {rounds} interleaved rounds"
+        )
+        for name, run in merged.items():
+            print(f"  {name:<8} time to first event p50 {ms(run.pct(0.5, run.ttfts))} ms")
+        per_event = through.cpu_s / len(through.latencies) / events * 1e6
+        print(
+            f"  added by gateway: time to first event p50 "
+            f"{ms(through.pct(0.5, through.ttfts) - base.pct(0.5, base.ttfts))} ms; "
+            f"gateway CPU {per_event:.0f} us per event forwarded"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=10)
@@ -89,6 +129,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument(
         "--metering-off", action="store_true", help="add a gateway arm without metering"
+    )
+    parser.add_argument(
+        "--streams", type=int, default=0, help="also stream this many answers per arm per round"
     )
     args = parser.parse_args()
 
@@ -152,6 +195,8 @@ def main() -> None:
         if args.metering_off:
             pids["no-meter"] = processes[2].pid
         asyncio.run(measure(arms, ports, args, pids))
+        if args.streams:
+            asyncio.run(measure_streams(ports, key, processes[1].pid, args.rounds, args.streams))
     finally:
         for process in reversed(processes):
             stop(process)

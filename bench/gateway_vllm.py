@@ -118,8 +118,10 @@ async def interleave(
     pids: dict[str, int] | None = None,
 ) -> dict[str, Run]:
     runs: dict[str, list[Run]] = {name: [] for name in arms}
-    for port, request in arms.values():  # warm-up
-        await load(port, request, concurrency=min(concurrency, 8), total=min(concurrency, 8))
+    # Warm-up at the measured concurrency: the engine compiles its graphs for the batch sizes it
+    # meets, and a round that meets a new one first runs far slower than the rest.
+    for port, request in arms.values():
+        await load(port, request, concurrency=concurrency, total=concurrency * 6)
     for i in range(rounds):
         order = list(arms) if i % 2 == 0 else list(reversed(arms))
         for name in order:
