@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin
 
 from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
+from inference.routing.egress import egress_policy, url_problem
 
 
 class ReplicaInline(admin.TabularInline[Replica, Deployment]):
@@ -43,8 +46,24 @@ class RouteAdmin(admin.ModelAdmin[Route]):
     readonly_fields = ["created_at", "updated_at"]
 
 
+class ExternalEndpointAdminForm(forms.ModelForm[ExternalEndpoint]):
+    class Meta:
+        model = ExternalEndpoint
+        fields = ["org", "name", "base_url", "model", "created_by"]
+
+    def clean_base_url(self) -> str:
+        """The same address check as a tenant's form: staff cannot point the gateway at the
+        platform's own network either, unless GATEWAY_EXTERNAL_ALLOW admits it."""
+        base_url = str(self.cleaned_data["base_url"]).strip().rstrip("/")
+        problem = url_problem(base_url, egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW)))
+        if problem:
+            raise forms.ValidationError(problem)
+        return base_url
+
+
 @admin.register(ExternalEndpoint)
 class ExternalEndpointAdmin(admin.ModelAdmin[ExternalEndpoint]):
+    form = ExternalEndpointAdminForm
     list_display = ["name", "org", "base_url", "model"]
     search_fields = ["name", "org__slug", "base_url"]
     # The key is stored encrypted; the admin never shows or edits it.

@@ -196,3 +196,17 @@ def test_allowed_gateway_connects_to_the_address_it_checked(
     assert response.status_code == 200, response.text
     assert fake.requests[-1]["model"] == "big"
     assert fake.headers[-1]["host"] == f"{host}:{server.port}"
+
+
+def test_the_admin_form_refuses_a_private_address_too(dns, org, settings):  # type: ignore[no-untyped-def]
+    from inference.admin import ExternalEndpointAdminForm
+
+    dns["internal.example"] = ["10.0.0.7"]
+    data = {"org": org.pk, "name": "partner", "model": "big"}
+    form = ExternalEndpointAdminForm(data={**data, "base_url": "http://internal.example/v1"})
+    assert not form.is_valid()
+    assert "resolves to 10.0.0.7" in form.errors["base_url"][0]
+    settings.GATEWAY_EXTERNAL_ALLOW = ["10.0.0.0/8"]
+    allowed = ExternalEndpointAdminForm(data={**data, "base_url": "http://internal.example/v1/"})
+    assert allowed.is_valid(), allowed.errors
+    assert allowed.cleaned_data["base_url"] == "http://internal.example/v1"
