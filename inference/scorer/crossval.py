@@ -23,7 +23,7 @@ import numpy as np
 from inference.scorer.dataset import OutcomeFile, cached_head_inputs, data_dir, load_data_dir
 from inference.scorer.embedder import Embedder, EmbedderConfig
 from inference.scorer.evaluation import Evaluation, evaluate
-from inference.scorer.fit import DEFAULT_L2, HeadInputs, fit_head
+from inference.scorer.fit import DEFAULT_L2, HeadInputs, fit_head, multiple_choice
 
 # RouteLLM's best published routers for GPT-4 against Mixtral, with augmented training data.
 ROUTELLM_TARGETS = {
@@ -40,6 +40,7 @@ class Pool:
     weak: np.ndarray
     strong: np.ndarray
     file_index: np.ndarray
+    choices: np.ndarray  # the prompt lists answer options
     names: list[str]
 
 
@@ -53,6 +54,7 @@ def build_pool(files: list[OutcomeFile], embedder: Embedder, verbose: bool) -> P
         weak=np.array([r.weak_correct for _, r in rows]),
         strong=np.array([r.strong_correct for _, r in rows]),
         file_index=np.array([i for i, _ in rows]),
+        choices=np.array([multiple_choice(r.prompt) for _, r in rows]),
         names=[f.name for f in files],
     )
 
@@ -64,7 +66,17 @@ def head_predictor(pool: Pool, config: EmbedderConfig, l2: float) -> Predict:
     """Fit on the `train` indices, return scores for the `test` indices."""
 
     def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        head = fit_head(pool.inputs.take(train), pool.weak[train], pool.strong[train], config, l2)
+        # One intercept per training file, numbered 0..g-1 as the fit wants them.
+        _, groups = np.unique(pool.file_index[train], return_inverse=True)
+        head = fit_head(
+            pool.inputs.take(train),
+            pool.weak[train],
+            pool.strong[train],
+            config,
+            l2,
+            groups=groups,
+            choices=pool.choices[train],
+        )
         held_out = pool.inputs.take(test)
         return head.predict(held_out.embeddings, held_out.features)
 

@@ -123,31 +123,59 @@ def fit_logistic(
 
     Returns (coef, intercept). Deterministic for given inputs.
     """
+    coef, intercepts = fit_logistic_grouped(
+        x, y, np.zeros(len(y), dtype=np.int64), l2, center=center, max_iter=max_iter, tol=tol
+    )
+    return coef, float(intercepts[0])
+
+
+def fit_logistic_grouped(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    l2: float,
+    center: np.ndarray | None = None,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like `fit_logistic`, but every group (`groups[i]` in 0..g-1) has its own unpenalised
+    intercept and the coefficients are shared.
+
+    With a group per source (an MMLU subject, GSM8K), what sets one source's base rate apart from
+    another's goes into the intercepts, so the shared coefficients learn what makes a prompt
+    harder or easier than its neighbours rather than which source it came from.
+
+    Returns (coef, one intercept per group). Deterministic for given inputs.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64)
     n, d = x.shape
     if n == 0:
         raise ValueError("no training rows")
-    design = np.hstack([x, np.ones((n, 1))])
-    penalty = np.full(d + 1, l2)
-    penalty[-1] = 0.0
-    # Start at the base rate so the first step is already sensible.
-    rate = min(max(float(y.mean()), 1e-6), 1 - 1e-6)
-    anchor = np.zeros(d + 1)
+    count = int(groups.max()) + 1
+    if groups.min() < 0 or len(groups) != n or np.bincount(groups, minlength=count).min() == 0:
+        raise ValueError("groups must number the rows 0..g-1, every group with rows")
+    design = np.hstack([x, (groups[:, None] == np.arange(count)).astype(np.float64)])
+    penalty = np.concatenate([np.full(d, l2), np.zeros(count)])
+    anchor = np.zeros(d + count)
     if center is not None:
-        anchor[:-1] = center
+        anchor[:d] = center
     w = anchor.copy()
-    w[-1] = math.log(rate / (1 - rate))
+    # Start every group at its base rate so the first step is already sensible.
+    for group in range(count):
+        rate = min(max(float(y[groups == group].mean()), 1e-6), 1 - 1e-6)
+        w[d + group] = math.log(rate / (1 - rate))
     for _ in range(max_iter):
         p = sigmoid(design @ w)
         grad = design.T @ (p - y) / n + penalty * (w - anchor)
         hess = (design.T * (p * (1 - p))) @ design / n + np.diag(penalty)
         # A tiny ridge keeps the solve well posed when l2 is 0 and a feature is constant.
-        step = np.linalg.solve(hess + 1e-9 * np.eye(d + 1), grad)
+        step = np.linalg.solve(hess + 1e-9 * np.eye(d + count), grad)
         w -= step
         if float(np.max(np.abs(step))) < tol:
             break
-    return w[:-1], float(w[-1])
+    return w[:d], w[d:]
 
 
 def standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,14 @@ import pytest
 
 from inference.scorer.embedder import EmbedderConfig
 from inference.scorer.features import FEATURE_NAMES, prompt_features
-from inference.scorer.fit import HeadInputs, fit_head, weak_good_enough
-from inference.scorer.head import HeadWeights, fit_logistic, sigmoid
+from inference.scorer.fit import (
+    HeadInputs,
+    fit_head,
+    multiple_choice,
+    weak_better,
+    weak_good_enough,
+)
+from inference.scorer.head import HeadWeights, fit_logistic, fit_logistic_grouped, sigmoid
 
 
 def synthetic(seed: int, n: int = 600) -> tuple[HeadInputs, np.ndarray, np.ndarray]:
@@ -97,3 +103,69 @@ def test_features_see_length_digits_and_notation() -> None:
     assert maths[1] > plain[1] == 0  # digit share
     assert maths[2] > plain[2]  # math symbols
     assert maths[3] > plain[3] == 0  # log lines
+
+
+def test_weak_better_is_only_the_weak_model_right() -> None:
+    weak = np.array([True, True, False, False])
+    strong = np.array([True, False, True, False])
+    assert weak_better(weak, strong).tolist() == [False, True, False, False]
+
+
+def test_multiple_choice_prompts_are_those_that_list_options() -> None:
+    mmlu = "Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:"
+    assert multiple_choice(mmlu)
+    assert multiple_choice("Pick one:\n(a) red\n(b) blue")
+    assert not multiple_choice("Janet has 3 apples. A. Smith gives her 2 more. How many now?")
+    assert not multiple_choice("What is the capital of France?")
+
+
+def test_group_intercepts_keep_a_source_marker_out_of_the_coefficients() -> None:
+    # Two sources with different base rates; feature 0 only says which source a row is from,
+    # feature 1 moves the odds within each source.
+    rng = np.random.default_rng(7)
+    n = 4000
+    group = (np.arange(n) % 2).astype(np.int64)
+    x = np.column_stack([group + 0.01 * rng.normal(size=n), rng.normal(size=n)])
+    y = (rng.random(n) < sigmoid(np.where(group == 1, 1.5, -1.0) + x[:, 1])).astype(float)
+    pooled, _ = fit_logistic(x, y, l2=1e-4)
+    coef, intercepts = fit_logistic_grouped(x, y, group, l2=1e-4)
+    assert abs(pooled[0]) > 1.0  # the pooled fit uses the source marker
+    assert abs(coef[0]) < abs(pooled[0]) / 5  # the grouped one leaves it to the intercepts
+    assert coef[1] == pytest.approx(1.0, abs=0.15)
+    assert intercepts[1] - intercepts[0] > 1.5
+    with pytest.raises(ValueError, match="groups"):
+        fit_logistic_grouped(x, y, group + 1, l2=1e-4)  # group 0 has no rows
+
+
+def test_one_group_is_the_plain_fit() -> None:
+    inputs, weak, strong = synthetic(8)
+    x = np.hstack([inputs.embeddings, inputs.features])
+    y = weak_good_enough(weak, strong).astype(float)
+    coef, intercept = fit_logistic(x, y, l2=1e-3)
+    grouped, intercepts = fit_logistic_grouped(x, y, np.zeros(len(y), dtype=np.int64), l2=1e-3)
+    np.testing.assert_array_equal(coef, grouped)
+    assert intercepts.tolist() == [intercept]
+
+
+def test_groups_and_free_answer_rows_shape_the_fit() -> None:
+    inputs, weak, strong = synthetic(9, n=1000)
+    plain = fit_head(inputs, weak, strong, EmbedderConfig())
+    # Multiple-choice rows only: no second event, one source: the plain fit.
+    all_choices = fit_head(
+        inputs, weak, strong, EmbedderConfig(), choices=np.ones(1000, dtype=bool)
+    )
+    assert all_choices.to_json() == plain.to_json()
+    free = fit_head(inputs, weak, strong, EmbedderConfig(), choices=np.zeros(1000, dtype=bool))
+    assert not np.allclose(free.coef, plain.coef)
+    # Free-answer rows teach the same direction: only the weak model right is more likely
+    # where the head says the weak model copes.
+    assert int(np.argmax(np.abs(free.coef))) == 0
+    # The head's intercept is the mean of the sources' own.
+    groups = (np.arange(1000) % 2).astype(np.int64)
+    grouped = fit_head(inputs, weak, strong, EmbedderConfig(), groups=groups)
+    x = np.hstack(
+        [inputs.embeddings, (inputs.features - grouped.feature_mean) / grouped.feature_scale]
+    )
+    y = weak_good_enough(weak, strong).astype(float)
+    _, intercepts = fit_logistic_grouped(x, y, groups, l2=grouped.l2)
+    assert grouped.intercept == pytest.approx(float(intercepts.mean()), abs=1e-9)
