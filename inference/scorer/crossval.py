@@ -62,12 +62,16 @@ def build_pool(files: list[OutcomeFile], embedder: Embedder, verbose: bool) -> P
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def head_predictor(pool: Pool, config: EmbedderConfig, l2: float) -> Predict:
-    """Fit on the `train` indices, return scores for the `test` indices."""
+def head_predictor(
+    pool: Pool, config: EmbedderConfig, l2: float, per_source: bool = False
+) -> Predict:
+    """Fit on the `train` indices, return scores for the `test` indices. `per_source` fits one
+    intercept per training file (a variant in docs/router.md; the shipped head has one)."""
 
     def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        # One intercept per training file, numbered 0..g-1 as the fit wants them.
-        _, groups = np.unique(pool.file_index[train], return_inverse=True)
+        groups = None
+        if per_source:  # numbered 0..g-1, as the fit wants them
+            _, groups = np.unique(pool.file_index[train], return_inverse=True)
         head = fit_head(
             pool.inputs.take(train),
             pool.weak[train],
@@ -161,12 +165,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-share", type=float, default=EmbedderConfig.head_share)
     parser.add_argument("--l2", type=float, default=DEFAULT_L2)
     parser.add_argument("--folds", type=int, default=5, help="folds over non-MMLU questions")
+    parser.add_argument(
+        "--per-source", action="store_true", help="one intercept per training file (a variant)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     config = EmbedderConfig(args.precision, args.max_tokens, args.head_share)
     files = load_data_dir(args.data or data_dir())
     pool = build_pool(files, Embedder(config), verbose=not args.quiet)
-    results = crossvalidate(pool, head_predictor(pool, config, args.l2), args.folds)
+    predict = head_predictor(pool, config, args.l2, per_source=args.per_source)
+    results = crossvalidate(pool, predict, args.folds)
     print(report(results, config, args.l2))
 
 

@@ -89,14 +89,16 @@ def fit_head(
     """Fit the logistic head. With a `prior`, its feature standardisation is kept and the
     coefficients are pulled towards its own rather than towards zero.
 
-    `groups` numbers each row's source (0..g-1, e.g. one per outcome file): each source gets its
-    own intercept while fitting, and the head's intercept is their mean, that of an average
-    source. `choices` marks the rows whose prompt lists answer options (`multiple_choice`); the
+    `choices` marks the rows whose prompt lists answer options (`multiple_choice`); the
     other rows, free-answer ones, also teach the head `weak_better` with the same coefficients
     and an intercept of its own, so the score orders prompts by how far the weak model is ahead
     (strong minus weak correct: -1, 0 or 1). Multiple-choice rows leave that event out: there a
     weak model that is right where the strong one is wrong has often guessed. Without `choices`
-    only the label is learnt.
+    only the label is learnt. The shipped head is fitted with `choices`.
+
+    `groups` (a variant measured in docs/router.md, not shipped) numbers each row's source
+    (0..g-1, e.g. one per outcome file): each source gets its own intercept while fitting, and
+    the head's intercept is their mean, that of an average source.
     """
     if prior is not None:
         if prior.embedder != embedder or prior.feature_names != FEATURE_NAMES:
@@ -141,9 +143,9 @@ def fit_from_outcomes(
     """Fit a head on outcome rows (e.g. a tenant's uploaded file, see `outcomes`).
 
     With `prior` (typically the shipped head) the fit refines it, which suits files of a few
-    hundred rows; without it the head is fitted from scratch. The file is one source (one
-    intercept), with the shipped head's objective (see `fit_head`). Blocking: seconds for
-    thousands of rows (every prompt is embedded), so run it in a worker, not in a request.
+    hundred rows; without it the head is fitted from scratch. The objective is the shipped
+    head's (see `fit_head`). Blocking: seconds for thousands of rows (every prompt is embedded),
+    so run it in a worker, not in a request.
     """
     if not rows:
         raise ValueError("no outcome rows to fit on")

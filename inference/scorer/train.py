@@ -29,16 +29,14 @@ def train(directory: Path, config: EmbedderConfig, l2: float, verbose: bool) -> 
     rows = [r for f in files for r in f.outcomes.rows]
     weak = np.array([r.weak_correct for r in rows])
     strong = np.array([r.strong_correct for r in rows])
-    groups = np.array([i for i, f in enumerate(files) for _ in f.outcomes.rows])
     choices = np.array([multiple_choice(r.prompt) for r in rows])
     info: dict[str, object] = {
         "label": "weak_correct or not strong_correct",
         "free_answer_event": "weak_correct and not strong_correct",
-        "intercept": "mean of the files' intercepts",
         "rows": len(rows),
         "files": {f.name: f.sha256 for f in files},
     }
-    return fit_head(inputs, weak, strong, config, l2=l2, info=info, groups=groups, choices=choices)
+    return fit_head(inputs, weak, strong, config, l2=l2, info=info, choices=choices)
 
 
 def main(argv: list[str] | None = None) -> None:
