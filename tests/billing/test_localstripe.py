@@ -31,7 +31,19 @@ from aiohttp import web  # noqa: E402  (installed with localstripe)
 from localstripe.resources import store  # noqa: E402
 from localstripe.webhooks import _webhooks as registered_webhooks  # noqa: E402
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Transactional: the live server's thread must see what the test commits. The rows the data
+# migrations create (plans, the fallback price), which a transactional test's flush removes, are
+# put back by the fixture below rather than by a serialized rollback, which fails when another
+# transactional test ran just before (its flush re-creates content types that the rollback then
+# inserts again).
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _migration_rows(transactional_db: None) -> None:
+    from tests.gateway.conftest import migration_rows
+
+    migration_rows()
 
 
 class Handled:
