@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_common import (
     PYTHON,
-    UVICORN,
     Run,
     bench_env,
     free_port,
@@ -39,7 +38,7 @@ from gateway_common import (
     request_bytes,
     setup_database,
     start_gateway,
-    start_process,
+    start_upstream,
     stop,
 )
 
@@ -157,28 +156,7 @@ def main() -> None:
 
     upstream_port = free_port()
     logs = log_dir()
-    upstream = start_process(
-        [
-            UVICORN,
-            "bench.gateway_upstream:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(upstream_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "off",
-        ],
-        bench_env(Path("/nonexistent")),
-        upstream_port,
-        logs / "gwbench-upstream.log",
-    )
+    upstream = start_upstream(upstream_port, logs / "gwbench-upstream.log")
     processes = [upstream]
     try:
         db_path, key = setup_database({"cheap": [upstream_port], "strong": [upstream_port]})

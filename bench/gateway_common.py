@@ -101,6 +101,16 @@ def start_process(args: list[str], env: dict[str, str], port: int, log: Path) ->
     raise RuntimeError(f"{args} did not listen on {port}; see {log}")
 
 
+def start_upstream(port: int, log: Path) -> subprocess.Popen:
+    """The fast local upstream (bench/gateway_upstream.py) on ``port``."""
+    args = [
+        UVICORN, "bench.gateway_upstream:app", "--host", "127.0.0.1", "--port", str(port),
+        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+        "--lifespan", "off",
+    ]  # fmt: skip
+    return start_process(args, bench_env(Path("/nonexistent")), port, log)
+
+
 def start_gateway(db_path: Path, port: int, log: Path, **env: str) -> subprocess.Popen:
     args = [
         UVICORN,

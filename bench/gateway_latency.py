@@ -21,8 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_common import (
-    UVICORN,
-    bench_env,
     cpu_seconds,
     free_port,
     load,
@@ -33,7 +31,7 @@ from gateway_common import (
     request_bytes,
     setup_database,
     start_gateway,
-    start_process,
+    start_upstream,
     stop,
 )
 from gateway_upstream import STREAM_EVENTS
@@ -103,7 +101,8 @@ async def measure_streams(
         for _ in range(rounds):
             for name in arms:
                 before = cpu_seconds(pid) if name == "gateway" else 0.0
-                run = await load(ports[name], arms[name], concurrency=concurrency, total=per_round)
+                total = max(per_round, concurrency)
+                run = await load(ports[name], arms[name], concurrency=concurrency, total=total)
                 run.cpu_s = cpu_seconds(pid) - before if name == "gateway" else 0.0
                 runs[name].append(run)
         merged = {name: merge(r) for name, r in runs.items()}
@@ -137,28 +136,7 @@ def main() -> None:
 
     upstream_port = free_port()
     logs = log_dir()
-    upstream = start_process(
-        [
-            UVICORN,
-            "bench.gateway_upstream:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(upstream_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "off",
-        ],
-        bench_env(Path("/nonexistent")),
-        upstream_port,
-        logs / "gwbench-upstream.log",
-    )
+    upstream = start_upstream(upstream_port, logs / "gwbench-upstream.log")
     db_path, key = setup_database({"fast": [upstream_port]})
     processes = [upstream]
     try:
