@@ -177,6 +177,9 @@ class Gateway:
             # Started off the event loop and not awaited: the first flush waits for it instead.
             writer_start = asyncio.ensure_future(asyncio.to_thread(self.writer.start))
             writer_start.add_done_callback(_log_failure)
+            # Referenced until done, like the settlement tasks (the loop keeps weak references).
+            self.background.add(writer_start)
+            writer_start.add_done_callback(self.background.discard)
         if self.meter is not None:
             self.meter.start()
         self._inflight_publish_start()
