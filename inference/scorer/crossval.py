@@ -23,7 +23,8 @@ import numpy as np
 from inference.scorer.dataset import OutcomeFile, cached_head_inputs, data_dir, load_data_dir
 from inference.scorer.embedder import Embedder, EmbedderConfig
 from inference.scorer.evaluation import Evaluation, evaluate
-from inference.scorer.fit import DEFAULT_L2, HeadInputs, fit_head, multiple_choice
+from inference.scorer.features import multiple_choice
+from inference.scorer.fit import DEFAULT_FREE_L2, DEFAULT_L2, HeadInputs, fit_head
 
 # RouteLLM's best published routers for GPT-4 against Mixtral, with augmented training data.
 ROUTELLM_TARGETS = {
@@ -63,10 +64,15 @@ Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def head_predictor(
-    pool: Pool, config: EmbedderConfig, l2: float, per_source: bool = False
+    pool: Pool,
+    config: EmbedderConfig,
+    l2: float,
+    per_source: bool = False,
+    free_l2: float | None = DEFAULT_FREE_L2,
 ) -> Predict:
     """Fit on the `train` indices, return scores for the `test` indices. `per_source` fits one
-    intercept per training file (a variant in docs/router.md; the shipped head has one)."""
+    intercept per training file (a variant in docs/router.md; the shipped head has one);
+    `free_l2` None fits no free-answer head (every prompt scored by the main one)."""
 
     def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         groups = None
@@ -80,9 +86,10 @@ def head_predictor(
             l2,
             groups=groups,
             choices=pool.choices[train],
+            free_l2=free_l2,
         )
         held_out = pool.inputs.take(test)
-        return head.predict(held_out.embeddings, held_out.features)
+        return head.predict(held_out.embeddings, held_out.features, pool.choices[test])
 
     return predict
 
@@ -131,14 +138,65 @@ def crossvalidate(pool: Pool, predict: Predict, folds: int) -> dict[str, Evaluat
     return results
 
 
+def nested_free_l2(
+    pool: Pool,
+    config: EmbedderConfig,
+    l2: float,
+    grid: list[float],
+    folds: int,
+    inner: int = 4,
+) -> dict[str, tuple[Evaluation, list[float]]]:
+    """Non-MMLU files, k folds by question, with the free-answer head's l2 chosen inside each
+    fold: `inner` folds over the fold's training questions pick the value of `grid` with the best
+    APGR, and a head with that value scores the held-out fold. The questions a figure is measured
+    on play no part in choosing the l2. Returns (evaluation, chosen l2 per fold) per file."""
+    results: dict[str, tuple[Evaluation, list[float]]] = {}
+    everything = np.arange(len(pool.weak))
+    for index, name in enumerate(pool.names):
+        if name.startswith("mmlu_"):
+            continue
+        members = everything[pool.file_index == index]
+        fold_of = question_folds(len(members), folds)
+        scores = np.zeros(len(members))
+        chosen: list[float] = []
+        for fold in range(folds):
+            test = members[fold_of == fold]
+            learn = members[fold_of != fold]
+            inner_of = question_folds(len(learn), inner, seed=1)
+            best: tuple[float, float] | None = None
+            for value in grid:
+                predict = head_predictor(pool, config, l2, free_l2=value)
+                inner_scores = np.zeros(len(learn))
+                for part in range(inner):
+                    held = learn[inner_of == part]
+                    train = np.setdiff1d(everything, np.concatenate([held, test]))
+                    inner_scores[inner_of == part] = predict(train, held)
+                apgr = evaluate(inner_scores, pool.weak[learn], pool.strong[learn]).router.apgr
+                if best is None or apgr > best[0]:
+                    best = (apgr, value)
+            assert best is not None
+            chosen.append(best[1])
+            predict = head_predictor(pool, config, l2, free_l2=best[1])
+            scores[fold_of == fold] = predict(np.setdiff1d(everything, test), test)
+        evaluation = evaluate(scores, pool.weak[members], pool.strong[members])
+        results[f"{name.upper()} ({folds}-fold, nested l2)"] = (evaluation, chosen)
+    return results
+
+
 def _pct(value: float) -> str:
     return "   n/a" if np.isnan(value) else f"{value * 100:5.1f}%"
 
 
-def report(results: dict[str, Evaluation], config: EmbedderConfig, l2: float) -> str:
+def report(
+    results: dict[str, Evaluation],
+    config: EmbedderConfig,
+    l2: float,
+    free_l2: float | None = DEFAULT_FREE_L2,
+) -> str:
+    free = "none" if free_l2 is None else f"l2={free_l2:g}"
     lines = [
         f"embedding: precision={config.precision} max_tokens={config.max_tokens} "
-        f"head_share={config.head_share}; head: logistic, l2={l2:g}",
+        f"head_share={config.head_share}; head: logistic, l2={l2:g}; free-answer head: {free}",
         "",
         f"{'held-out set':40s} {'prompts':>7s} {'APGR':>6s} {'CPT50':>7s} {'CPT80':>7s}"
         f"   {'random APGR':>11s} {'oracle APGR':>11s}",
@@ -164,6 +222,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=EmbedderConfig.max_tokens)
     parser.add_argument("--head-share", type=float, default=EmbedderConfig.head_share)
     parser.add_argument("--l2", type=float, default=DEFAULT_L2)
+    parser.add_argument(
+        "--free-l2",
+        type=float,
+        default=DEFAULT_FREE_L2,
+        help="the free-answer head's l2; 0 fits none (the main head scores every prompt)",
+    )
+    parser.add_argument(
+        "--nested-free-l2",
+        default="",
+        metavar="L2,L2,...",
+        help="also report non-MMLU files with the free-answer head's l2 chosen from these "
+        "values inside each fold (slow: a head per value, inner fold and fold)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="folds over non-MMLU questions")
     parser.add_argument(
         "--per-source", action="store_true", help="one intercept per training file (a variant)"
@@ -173,9 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     config = EmbedderConfig(args.precision, args.max_tokens, args.head_share)
     files = load_data_dir(args.data or data_dir())
     pool = build_pool(files, Embedder(config), verbose=not args.quiet)
-    predict = head_predictor(pool, config, args.l2, per_source=args.per_source)
+    free_l2 = args.free_l2 or None
+    predict = head_predictor(pool, config, args.l2, args.per_source, free_l2)
     results = crossvalidate(pool, predict, args.folds)
-    print(report(results, config, args.l2))
+    print(report(results, config, args.l2, free_l2))
+    if args.nested_free_l2:
+        grid = [float(v) for v in args.nested_free_l2.split(",")]
+        for name, (ev, chosen) in nested_free_l2(pool, config, args.l2, grid, args.folds).items():
+            print(
+                f"{name:40s} {ev.prompts:7d} {ev.router.apgr:6.3f} {_pct(ev.router.cpt50):>7s} "
+                f"{_pct(ev.router.cpt80):>7s}   chosen l2 per fold: "
+                + ", ".join(f"{v:g}" for v in chosen)
+            )
 
 
 if __name__ == "__main__":

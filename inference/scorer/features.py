@@ -28,6 +28,16 @@ _MATH_SYMBOLS = re.compile(
 )
 
 
+# Two or more lines that start like "A. ", "b) " or "(C) ": the prompt offers its answers.
+_OPTION_LINE = re.compile(r"^\s*\(?[A-Ja-j][.)]\s", re.MULTILINE)
+
+
+def multiple_choice(prompt: str) -> bool:
+    """Whether a prompt lists answer options (an MMLU question does, a GSM8K one does not).
+    Only the first 20,000 characters are looked at."""
+    return len(_OPTION_LINE.findall(prompt, 0, 20_000)) >= 2
+
+
 def prompt_features(prompt: str, prompt_tokens: int) -> np.ndarray:
     """The features of FEATURE_NAMES, in that order, as float64."""
     chars = max(len(prompt), 1)

@@ -6,19 +6,27 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from inference.scorer.embedder import Embedder, EmbedderConfig
-from inference.scorer.features import FEATURE_NAMES, prompt_features
-from inference.scorer.head import HeadWeights, fit_logistic_grouped, standardisation
+from inference.scorer.features import FEATURE_NAMES, multiple_choice, prompt_features
+from inference.scorer.head import (
+    FreeAnswerHead,
+    HeadWeights,
+    fit_logistic_grouped,
+    standardisation,
+)
 from inference.scorer.outcomes import Outcome
 
 # Chosen by the leave-subjects-out cross-validation in docs/router.md.
 DEFAULT_L2 = 3e-4
+# The free-answer head's, chosen the same way (nested: see docs/router.md).
+DEFAULT_FREE_L2 = 3e-3
+# Without a prior, a free-answer head is fitted only from at least this many free-answer rows.
+MIN_FREE_ROWS = 100
 # A tenant's file is usually small: its fit is pulled towards the shipped head this hard.
 DEFAULT_PRIOR_L2 = 3e-3
 
@@ -65,15 +73,6 @@ def weak_better(weak_correct: np.ndarray, strong_correct: np.ndarray) -> np.ndar
     return np.asarray(weak_correct, dtype=bool) & ~np.asarray(strong_correct, dtype=bool)
 
 
-# Two or more lines that start like "A. ", "b) " or "(C) ": the prompt offers its answers.
-_OPTION_LINE = re.compile(r"^\s*\(?[A-Ja-j][.)]\s", re.MULTILINE)
-
-
-def multiple_choice(prompt: str) -> bool:
-    """Whether a prompt lists answer options (an MMLU question does, a GSM8K one does not)."""
-    return len(_OPTION_LINE.findall(prompt, 0, 20_000)) >= 2
-
-
 def fit_head(
     inputs: HeadInputs,
     weak_correct: np.ndarray,
@@ -85,6 +84,7 @@ def fit_head(
     *,
     groups: np.ndarray | None = None,
     choices: np.ndarray | None = None,
+    free_l2: float | None = None,
 ) -> HeadWeights:
     """Fit the logistic head. With a `prior`, its feature standardisation is kept and the
     coefficients are pulled towards its own rather than towards zero.
@@ -95,6 +95,12 @@ def fit_head(
     (strong minus weak correct: -1, 0 or 1). Multiple-choice rows leave that event out: there a
     weak model that is right where the strong one is wrong has often guessed. Without `choices`
     only the label is learnt. The shipped head is fitted with `choices`.
+
+    With `choices` and `free_l2`, a second set of coefficients is fitted on the free-answer rows
+    alone (label and event, l2 `free_l2`) and scores prompts without options at serving time
+    (`HeadWeights.free_answer`). From scratch that needs `MIN_FREE_ROWS` such rows; with a
+    prior that has a free-answer head, it is refined towards that head's coefficients (kept as
+    it is when there are no free-answer rows).
 
     `groups` (a variant measured in docs/router.md, not shipped) numbers each row's source
     (0..g-1, e.g. one per outcome file): each source gets its own intercept while fitting, and
@@ -120,6 +126,11 @@ def fit_head(
             x = np.vstack([x, x[free]])
             y = np.concatenate([y, weak_better(weak_correct, strong_correct)[free]])
             group = np.concatenate([group, np.full(int(free.sum()), label_groups)])
+    free_head = None
+    if choices is not None and free_l2 is not None:
+        free_head = _fit_free_answer(
+            x[:n], weak_correct, strong_correct, ~np.asarray(choices, dtype=bool), free_l2, prior
+        )
     coef, intercepts = fit_logistic_grouped(x, y, group, l2, center=center)
     return HeadWeights(
         embedder=embedder,
@@ -130,7 +141,34 @@ def fit_head(
         intercept=float(np.mean(intercepts[:label_groups])),
         l2=l2,
         info=dict(info or {}),
+        free_answer=free_head,
     )
+
+
+def _fit_free_answer(
+    x: np.ndarray,
+    weak_correct: np.ndarray,
+    strong_correct: np.ndarray,
+    free: np.ndarray,
+    l2: float,
+    prior: HeadWeights | None,
+) -> FreeAnswerHead | None:
+    """The free-answer head on the rows `free` of the design `x` (see `fit_head`)."""
+    prior_free = prior.free_answer if prior is not None else None
+    rows = int(free.sum())
+    if rows == 0 or (prior_free is None and rows < MIN_FREE_ROWS):
+        return prior_free
+    xf = x[free]
+    y = np.concatenate(
+        [
+            weak_good_enough(weak_correct, strong_correct)[free],
+            weak_better(weak_correct, strong_correct)[free],
+        ]
+    ).astype(np.float64)
+    group = np.repeat(np.arange(2, dtype=np.int64), rows)
+    center = prior_free.coef if prior_free is not None else None
+    coef, intercepts = fit_logistic_grouped(np.vstack([xf, xf]), y, group, l2, center=center)
+    return FreeAnswerHead(coef=coef, intercept=float(intercepts[0]), l2=l2)
 
 
 def fit_from_outcomes(
@@ -156,6 +194,9 @@ def fit_from_outcomes(
     strong = np.array([r.strong_correct for r in rows])
     if l2 is None:
         l2 = DEFAULT_PRIOR_L2 if prior is not None else DEFAULT_L2
+        free_l2 = DEFAULT_PRIOR_L2 if prior is not None else DEFAULT_FREE_L2
+    else:
+        free_l2 = l2
     return fit_head(
         inputs,
         weak,
@@ -165,4 +206,5 @@ def fit_from_outcomes(
         prior=prior,
         info={"rows": len(rows), "prior": prior is not None},
         choices=np.array([multiple_choice(r.prompt) for r in rows]),
+        free_l2=free_l2,
     )

@@ -24,12 +24,40 @@ _DIGITS = 6
 
 
 @dataclass(frozen=True)
+class FreeAnswerHead:
+    """Coefficients and intercept for prompts without answer options, on the same inputs (and
+    the same feature standardisation) as the head that holds it."""
+
+    coef: np.ndarray
+    intercept: float
+    l2: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "coef": _rounded(self.coef),
+            "intercept": _rounded(np.array([self.intercept]))[0],
+            "l2": self.l2,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], inputs: int) -> FreeAnswerHead:
+        coef = np.array(data["coef"], dtype=np.float64)
+        if coef.shape != (inputs,):
+            raise ValueError("the free-answer coefficients do not match the head's inputs")
+        return cls(coef=coef, intercept=float(data["intercept"]), l2=float(data["l2"]))
+
+
+@dataclass(frozen=True)
 class HeadWeights:
     """A fitted head and how its inputs are made.
 
     `coef` has one weight per encoder vector dimension followed by one per feature in
     `feature_names`; features are standardised with `feature_mean`/`feature_scale` first. The
     output is P(weak model good enough) = sigmoid(x . coef + intercept).
+
+    `free_answer`, where present, scores prompts that list no answer options (`multiple_choice`
+    is false) instead: such prompts behave differently enough (no guessing among options) that
+    a head fitted on them alone ranks them better. Heads without it score every prompt alike.
     """
 
     embedder: EmbedderConfig
@@ -40,14 +68,26 @@ class HeadWeights:
     intercept: float
     l2: float
     info: dict[str, object] = field(default_factory=dict)
+    free_answer: FreeAnswerHead | None = None
 
-    def logits(self, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
+    def logits(
+        self, embeddings: np.ndarray, features: np.ndarray, choices: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Logits for n prompts. `choices[i]` says whether prompt i lists answer options; with
+        it, prompts without options get the free-answer head where there is one."""
         standardised = (features - self.feature_mean) / self.feature_scale
         x = np.hstack([embeddings.astype(np.float64), standardised])
-        return np.asarray(x @ self.coef + self.intercept, dtype=np.float64)
+        out = np.asarray(x @ self.coef + self.intercept, dtype=np.float64)
+        if self.free_answer is not None and choices is not None:
+            free = ~np.asarray(choices, dtype=bool)
+            if free.any():
+                out[free] = x[free] @ self.free_answer.coef + self.free_answer.intercept
+        return out
 
-    def predict(self, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
-        return sigmoid(self.logits(embeddings, features))
+    def predict(
+        self, embeddings: np.ndarray, features: np.ndarray, choices: np.ndarray | None = None
+    ) -> np.ndarray:
+        return sigmoid(self.logits(embeddings, features, choices))
 
     def to_json(self) -> str:
         data = {
@@ -61,6 +101,8 @@ class HeadWeights:
             "coef": _rounded(self.coef),
             "info": self.info,
         }
+        if self.free_answer is not None:  # absent otherwise: older heads keep their bytes
+            data["free_answer"] = self.free_answer.as_dict()
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
@@ -83,6 +125,7 @@ class HeadWeights:
         scale = np.array(data["feature_scale"], dtype=np.float64)
         if len(mean) != len(names) or len(scale) != len(names):
             raise ValueError("feature statistics do not match the feature names")
+        free = data.get("free_answer")
         return cls(
             embedder=EmbedderConfig.from_dict(data["embedder"]),
             feature_names=names,
@@ -92,6 +135,7 @@ class HeadWeights:
             intercept=float(data["intercept"]),
             l2=float(data["l2"]),
             info=dict(data.get("info", {})),
+            free_answer=None if free is None else FreeAnswerHead.from_dict(free, len(coef)),
         )
 
     def save(self, path: Path) -> None:

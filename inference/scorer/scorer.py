@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.scorer.embedder import Embedder
-from inference.scorer.features import FEATURE_NAMES, prompt_features
+from inference.scorer.features import FEATURE_NAMES, multiple_choice, prompt_features
 from inference.scorer.head import HeadWeights
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "router_head.json"
@@ -111,7 +111,8 @@ class Scorer:
         if cached is not None:
             return cached
         embedding, features = self.inputs(prompt)
-        value = float(self.head.predict(embedding[None, :], features[None, :])[0])
+        choices = np.array([multiple_choice(prompt)])
+        value = float(self.head.predict(embedding[None, :], features[None, :], choices)[0])
         self._cache.put(key, value)
         return value
 

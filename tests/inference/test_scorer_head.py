@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from inference.scorer.embedder import EmbedderConfig
-from inference.scorer.features import FEATURE_NAMES, prompt_features
+from inference.scorer.features import FEATURE_NAMES, multiple_choice, prompt_features
 from inference.scorer.fit import (
+    MIN_FREE_ROWS,
     HeadInputs,
     fit_head,
-    multiple_choice,
     weak_better,
     weak_good_enough,
 )
@@ -169,3 +171,70 @@ def test_groups_and_free_answer_rows_shape_the_fit() -> None:
     y = weak_good_enough(weak, strong).astype(float)
     _, intercepts = fit_logistic_grouped(x, y, groups, l2=grouped.l2)
     assert grouped.intercept == pytest.approx(float(intercepts.mean()), abs=1e-9)
+
+
+def two_formats(seed: int, n: int = 1200) -> tuple[HeadInputs, np.ndarray, np.ndarray, np.ndarray]:
+    """Half the prompts list options; on those dimension 0 decides, on the others dimension 1."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.normal(size=(n, 384)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    features = rng.normal(size=(n, len(FEATURE_NAMES)))
+    choices = np.arange(n) % 2 == 0
+    deciding = np.where(choices, embeddings[:, 0], embeddings[:, 1])
+    weak = rng.random(n) < sigmoid(40 * deciding)
+    strong = weak | (rng.random(n) < 0.7)
+    return HeadInputs(embeddings, features), weak, strong, choices
+
+
+def test_a_free_answer_head_learns_what_matters_without_options() -> None:
+    inputs, weak, strong, choices = two_formats(11, n=4000)
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), l2=1e-5, choices=choices, free_l2=1e-5)
+    assert head.free_answer is not None
+    assert int(np.argmax(np.abs(head.free_answer.coef))) == 1
+    # Scored by format: each head on its own kind of prompt beats the other head on it.
+    test, weak_t, strong_t, choices_t = two_formats(12, n=4000)
+    label = weak_good_enough(weak_t, strong_t)
+    by_format = head.predict(test.embeddings, test.features, choices_t)
+    one_head = head.predict(test.embeddings, test.features)
+    free = ~choices_t
+
+    def separation(p: np.ndarray) -> float:
+        return float(p[free & label].mean() - p[free & ~label].mean())
+
+    assert separation(by_format) > separation(one_head) + 0.05
+    np.testing.assert_array_equal(by_format[choices_t], one_head[choices_t])
+
+
+def test_free_answer_head_round_trips_and_older_files_keep_their_bytes() -> None:
+    inputs, weak, strong, choices = two_formats(13)
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), choices=choices, free_l2=1e-3)
+    again = HeadWeights.from_json(head.to_json())
+    assert again.to_json() == head.to_json()
+    assert again.free_answer is not None and head.free_answer is not None
+    np.testing.assert_allclose(again.free_answer.coef, head.free_answer.coef, rtol=1e-5)
+    # A head written before free-answer heads existed loads and writes the same bytes.
+    plain = fit_head(inputs, weak, strong, EmbedderConfig(), choices=choices)
+    assert plain.free_answer is None
+    assert "free_answer" not in plain.to_json()
+    assert HeadWeights.from_json(plain.to_json()).to_json() == plain.to_json()
+
+
+def test_a_free_answer_head_of_the_wrong_size_is_refused() -> None:
+    inputs, weak, strong, choices = two_formats(14)
+    data = json.loads(
+        fit_head(inputs, weak, strong, EmbedderConfig(), choices=choices, free_l2=1e-3).to_json()
+    )
+    data["free_answer"]["coef"] = data["free_answer"]["coef"][:10]
+    with pytest.raises(ValueError, match="free-answer"):
+        HeadWeights.from_json(json.dumps(data))
+
+
+def test_too_few_free_answer_rows_fit_no_free_head() -> None:
+    inputs, weak, strong, _ = two_formats(15, n=600)
+    choices = np.ones(600, dtype=bool)
+    choices[: MIN_FREE_ROWS - 1] = False
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), choices=choices, free_l2=1e-3)
+    assert head.free_answer is None
+    choices[MIN_FREE_ROWS - 1] = False
+    head = fit_head(inputs, weak, strong, EmbedderConfig(), choices=choices, free_l2=1e-3)
+    assert head.free_answer is not None

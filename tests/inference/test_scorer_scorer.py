@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,48 @@ def test_a_tenant_file_refines_the_shipped_head(scorer: Scorer) -> None:
     assert 0 < np.linalg.norm(head.coef - scorer.head.coef) < np.linalg.norm(scorer.head.coef)
 
 
+MMLU_LIKE = "Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:"
+GSM8K_LIKE = "Janet has 3 apples and buys 4 more. She eats 2. How many apples does she have left?"
+
+
+def test_prompts_without_options_are_scored_by_the_free_answer_head(scorer: Scorer) -> None:
+    head = scorer.head
+    assert head.free_answer is not None
+    assert not np.allclose(head.free_answer.coef, head.coef)
+    single = Scorer(replace(head, free_answer=None), scorer.embedder, cache_size=0)
+    both = Scorer(head, scorer.embedder, cache_size=0)
+    # Options listed: the main head, whichever head the file has.
+    assert both.score(MMLU_LIKE) == single.score(MMLU_LIKE)
+    # No options: the free-answer head's own coefficients and intercept.
+    embedding, features = both.inputs(GSM8K_LIKE)
+    x = np.concatenate([embedding, (features - head.feature_mean) / head.feature_scale])
+    expected = 1 / (1 + np.exp(-(x @ head.free_answer.coef + head.free_answer.intercept)))
+    assert both.score(GSM8K_LIKE) == pytest.approx(float(expected), abs=1e-9)
+    assert both.score(GSM8K_LIKE) != pytest.approx(single.score(GSM8K_LIKE), abs=1e-3)
+
+
+def test_a_tenant_file_without_free_answer_rows_keeps_the_shipped_free_head(
+    scorer: Scorer,
+) -> None:
+    rows = [
+        Outcome(prompt=f"{MMLU_LIKE} ({i})", weak_correct=i % 2 == 0, strong_correct=True)
+        for i in range(6)
+    ]
+    head = fit_from_outcomes(rows, embedder=scorer.embedder, prior=scorer.head)
+    assert head.free_answer == scorer.head.free_answer
+
+
+def test_a_tenant_file_with_free_answer_rows_refines_the_free_head(scorer: Scorer) -> None:
+    rows = [
+        Outcome(prompt=p, weak_correct=i % 2 == 0, strong_correct=True)
+        for i, p in enumerate(PROMPTS * 3)
+    ]
+    head = fit_from_outcomes(rows, embedder=scorer.embedder, prior=scorer.head)
+    assert head.free_answer is not None and scorer.head.free_answer is not None
+    moved = np.linalg.norm(head.free_answer.coef - scorer.head.free_answer.coef)
+    assert 0 < moved < np.linalg.norm(scorer.head.free_answer.coef)
+
+
 def test_shipped_weights_are_what_training_produces(shared_data: Path, tmp_path: Path) -> None:
     """Retrains on the shared data (minutes on a first run; embeddings are then cached)."""
     from inference.scorer.train import main
@@ -122,6 +165,9 @@ def test_shipped_weights_are_what_training_produces(shared_data: Path, tmp_path:
     # whose kernels round differently.
     np.testing.assert_allclose(trained["coef"], shipped["coef"], atol=1e-4)
     assert trained["intercept"] == pytest.approx(shipped["intercept"], abs=1e-4)
+    free, shipped_free = trained["free_answer"], shipped["free_answer"]
+    np.testing.assert_allclose(free["coef"], shipped_free["coef"], atol=1e-4)
+    assert free["intercept"] == pytest.approx(shipped_free["intercept"], abs=1e-4)
 
 
 def test_importing_the_scorer_loads_neither_django_nor_torch() -> None:
