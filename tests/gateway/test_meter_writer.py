@@ -19,7 +19,7 @@ from django.db import connection
 from billing.models import UsageRecord
 from console.models import Organisation
 from inference.gateway.ledger import UsageEvent
-from inference.gateway.meter_writer import ProcessWriter, WriterUnavailable
+from inference.gateway.meter_writer import SEND_CHUNK, ProcessWriter, WriterUnavailable
 from inference.gateway.metering import Meter
 
 
@@ -55,6 +55,48 @@ def test_batches_are_written_once_by_the_child(writer: ProcessWriter, org: Organ
     stored = UsageRecord.objects.filter(org=org)
     assert stored.count() == 120
     assert sorted(stored.values_list("prompt_tokens", flat=True)) == list(range(10, 130))
+
+
+@pytest.mark.parametrize("count", [0, SEND_CHUNK, SEND_CHUNK + 1])
+def test_every_field_crosses_the_pipe_at_chunk_boundaries(
+    writer: ProcessWriter, org: Organisation, count: int
+):
+    deployment, replica = uuid.uuid4(), uuid.uuid4()
+    served = datetime(2026, 11, 2, 10, 30, 5, 123456, tzinfo=UTC)
+    batch = [
+        UsageEvent(
+            request_id=f"req-{count}-{i}",
+            org_id=org.pk,
+            model="tiny",
+            served_at=served,
+            prompt_tokens=11,
+            completion_tokens=7,
+            cached_tokens=3,
+            status_code=502,
+            latency_ms=41,
+            ttft_ms=9,
+            route="chat",
+            target="deployment:tiny",
+            deployment_id=deployment,
+            replica_id=replica,
+            router_score=0.625,
+            router_choice="deployment:tiny",
+            baseline_cost_micros=17,
+        )
+        for i in range(count)
+    ]
+    assert writer(batch) == count
+    stored = UsageRecord.objects.filter(org=org)
+    assert stored.count() == count
+    expected = (11, 7, 3, 502, 41, 9, "chat", "deployment:tiny", deployment, replica, 0.625,
+                "deployment:tiny", 17, served)  # fmt: skip
+    for record in stored:
+        assert (
+            record.prompt_tokens, record.completion_tokens, record.cached_tokens,
+            record.status_code, record.latency_ms, record.ttft_ms, record.route, record.target,
+            record.deployment_id, record.replica_id, record.router_score, record.router_choice,
+            record.baseline_cost_micros, record.served_at,
+        ) == expected  # fmt: skip
 
 
 def test_an_invalid_event_raises_in_the_gateway_and_writes_nothing(
