@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -76,6 +77,28 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+class _WaitExpired(Exception):
+    """The read timeout passed while a response waited for bytes."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_WaitExpired())
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_url(url: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, request target, Host header) of a URL, parsed once per URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return scheme, host, port, target, parts.netloc
 
 
 class UpstreamResponse:
@@ -145,17 +168,20 @@ class UpstreamResponse:
             )
 
     async def _wait(self) -> None:
+        # A plain timer on the waiter rather than `asyncio.timeout`, whose task bookkeeping
+        # (cancel, uncancel, reschedule) costs several microseconds on every wait.
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._waiter
-        except TimeoutError:
+            await waiter
+        except _WaitExpired:
             self.abort()
             raise UpstreamError(
                 "timeout", f"no response within {self.timeout:g} s", received=self.received
             ) from None
         finally:
+            timer.cancel()
             self._waiter = None
 
     async def start(self) -> None:
@@ -282,17 +308,11 @@ class Pool:
         back; that case is retried once on a fresh connection. ``external`` (a tenant-given
         host) checks the addresses of a new connection against the egress policy first.
         """
-        parts = urlsplit(url)
-        scheme = parts.scheme or "http"
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if scheme == "https" else 80)
+        scheme, host, port, target, netloc = _split_url(url)
         origin = (scheme, host, port, external)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
         lines = [
             f"{method} {target} HTTP/1.1",
-            f"Host: {parts.netloc}",
+            f"Host: {netloc}",
             f"Content-Length: {len(body)}",
         ]
         for name, value in headers or ():
