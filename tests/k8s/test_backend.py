@@ -377,13 +377,22 @@ def test_hand_edits_and_stale_versions_are_reconciled(
     assert live["spec"]["replicas"] == 1
     service = plain(admin_api, core.read_namespaced_service(name, namespace))
     assert spec_drift(desired_service(facts, orchestrator.kube), service) == []
+
+    def pods() -> list[Any]:
+        """The deployment's pods that are not on their way out (the hand-made rollout's pods
+        linger, terminating, for a moment after the repair has replaced them)."""
+        listed = core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_ID}={facts.id}")
+        return [pod for pod in listed.items if pod.metadata.deletion_timestamp is None]
+
     deployment = converge(
         orchestrator,
         deployment,
-        lambda d: ready_count(1)(d) and len(endpoint_ips(core, namespace, name)) == 1,
-        what="the repaired rollout to be ready again",
+        lambda d: (
+            ready_count(1)(d) and len(endpoint_ips(core, namespace, name)) == 1 and len(pods()) == 1
+        ),
+        what="the repaired rollout to be ready again, with one pod left",
     )
-    [pod] = core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_ID}={facts.id}").items
+    [pod] = pods()
     assert pod.spec.containers[0].image == IMAGE
     assert "--trust-remote-code" not in pod.spec.containers[0].args
 
