@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
+from kubernetes.client.exceptions import ApiException
 
 from console.models import Organisation, User
 from console.snapshot import snapshot_version
@@ -354,12 +355,22 @@ def test_hand_edits_and_stale_versions_are_reconciled(
     merge = {"_content_type": "application/merge-patch+json"}
 
     # By hand: another image, an extra engine flag, no GPU limit; the Service selects nothing.
-    live = plain(admin_api, apps.read_namespaced_deployment(name, namespace))
-    container = live["spec"]["template"]["spec"]["containers"][0]
-    container["image"] = "attacker/vllm:latest"
-    container["args"].append("--trust-remote-code")
-    container["resources"] = {}
-    apps.replace_namespaced_deployment(name, namespace, live)
+    # As `kubectl edit` does: read, change, replace, and again after a conflict (the controller
+    # may write the Deployment's status between the read and the replace).
+    for _ in range(20):
+        live = plain(admin_api, apps.read_namespaced_deployment(name, namespace))
+        container = live["spec"]["template"]["spec"]["containers"][0]
+        container["image"] = "attacker/vllm:latest"
+        container["args"].append("--trust-remote-code")
+        container["resources"] = {}
+        try:
+            apps.replace_namespaced_deployment(name, namespace, live)
+            break
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    else:
+        pytest.fail("the hand edit kept conflicting with the controller")
     core.patch_namespaced_service(
         name, namespace, {"spec": {"selector": {"app": "nothing"}}}, **merge
     )
