@@ -116,22 +116,14 @@ def fit_head(
         center = None
     n = len(inputs.features)
     x = np.hstack([inputs.embeddings.astype(np.float64), (inputs.features - mean) / scale])
-    y = weak_good_enough(weak_correct, strong_correct).astype(np.float64)
     group = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    label_groups = int(group.max()) + 1 if n else 1
-    if choices is not None:
-        free = ~np.asarray(choices, dtype=bool)
-        if free.any():
-            # The second event's rows: one more intercept, after the label's.
-            x = np.vstack([x, x[free]])
-            y = np.concatenate([y, weak_better(weak_correct, strong_correct)[free]])
-            group = np.concatenate([group, np.full(int(free.sum()), label_groups)])
+    free = np.zeros(n, dtype=bool) if choices is None else ~np.asarray(choices, dtype=bool)
     free_head = None
     if choices is not None and free_l2 is not None:
-        free_head = _fit_free_answer(
-            x[:n], weak_correct, strong_correct, ~np.asarray(choices, dtype=bool), free_l2, prior
-        )
-    coef, intercepts = fit_logistic_grouped(x, y, group, l2, center=center)
+        free_head = _fit_free_answer(x, weak_correct, strong_correct, free, free_l2, prior)
+    coef, intercepts, label_groups = _fit_label_and_event(
+        x, weak_correct, strong_correct, group, free, l2, center
+    )
     return HeadWeights(
         embedder=embedder,
         feature_names=FEATURE_NAMES,
@@ -143,6 +135,28 @@ def fit_head(
         info=dict(info or {}),
         free_answer=free_head,
     )
+
+
+def _fit_label_and_event(
+    x: np.ndarray,
+    weak_correct: np.ndarray,
+    strong_correct: np.ndarray,
+    group: np.ndarray,
+    event_rows: np.ndarray,
+    l2: float,
+    center: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The label on every row (an intercept per group, 0..g-1) and `weak_better` on the rows
+    `event_rows` (one more intercept, after the label's), with shared coefficients. Returns
+    (coefficients, intercepts, g)."""
+    y = weak_good_enough(weak_correct, strong_correct).astype(np.float64)
+    label_groups = int(group.max()) + 1 if len(group) else 1
+    if event_rows.any():
+        x = np.vstack([x, x[event_rows]])
+        y = np.concatenate([y, weak_better(weak_correct, strong_correct)[event_rows]])
+        group = np.concatenate([group, np.full(int(event_rows.sum()), label_groups)])
+    coef, intercepts = fit_logistic_grouped(x, y, group, l2, center=center)
+    return coef, intercepts, label_groups
 
 
 def _fit_free_answer(
@@ -158,16 +172,16 @@ def _fit_free_answer(
     rows = int(free.sum())
     if rows == 0 or (prior_free is None and rows < MIN_FREE_ROWS):
         return prior_free
-    xf = x[free]
-    y = np.concatenate(
-        [
-            weak_good_enough(weak_correct, strong_correct)[free],
-            weak_better(weak_correct, strong_correct)[free],
-        ]
-    ).astype(np.float64)
-    group = np.repeat(np.arange(2, dtype=np.int64), rows)
     center = prior_free.coef if prior_free is not None else None
-    coef, intercepts = fit_logistic_grouped(np.vstack([xf, xf]), y, group, l2, center=center)
+    coef, intercepts, _ = _fit_label_and_event(
+        x[free],
+        np.asarray(weak_correct)[free],
+        np.asarray(strong_correct)[free],
+        np.zeros(rows, dtype=np.int64),
+        np.ones(rows, dtype=bool),
+        l2,
+        center,
+    )
     return FreeAnswerHead(coef=coef, intercept=float(intercepts[0]), l2=l2)
 
 
