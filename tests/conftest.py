@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ from console.permissions import Role
 from tests.factories import MembershipFactory, OrgFactory
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test database, with a garbage collection before it is dropped: database
+    connections that threads of finished test servers left in reference cycles stay open until
+    one runs, and PostgreSQL refuses to drop a database others are connected to."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
+from django.db import connections
 
 
 class ThreadServer:
@@ -27,7 +29,26 @@ class ThreadServer:
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-server")
+        self.loop.set_default_executor(executor)
+        try:
+            self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        finally:
+            # The app's work in worker threads (snapshot rebuilds, demand signals) opened
+            # database connections there; close them before the threads end, or each server a
+            # test started would keep its connections open until the session ends.
+            workers = len(executor._threads)
+            if workers:
+                barrier = threading.Barrier(workers)
+
+                def close() -> None:
+                    connections.close_all()
+                    barrier.wait(timeout=10)  # holds each worker, so every one runs close()
+
+                for future in [executor.submit(close) for _ in range(workers)]:
+                    future.result(timeout=30)
+            executor.shutdown(wait=True)
+            self.loop.close()
 
     def start(self) -> ThreadServer:
         self._thread.start()
