@@ -16,7 +16,7 @@ from console.forms import apply_service_error
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
 from inference.gateway.console_try import TryResult, route_try
-from inference.models import Deployment, ExternalEndpoint, Route
+from inference.models import Deployment, ExternalEndpoint, Route, Runner
 from inference.services.routes import (
     external_endpoint_create,
     external_endpoint_delete,
@@ -30,20 +30,22 @@ from inference.views.router import router_context
 PAGE = "inference/routes.html"
 
 
-def _models(request: OrgRequest) -> list[str]:
+def _models(request: OrgRequest, *, chat_only: bool = False) -> list[str]:
+    """The org's model names: its routes and its deployments' served names. ``chat_only``
+    leaves out embedding deployments, which the try box (a chat completion) cannot use."""
     org = request.org
     routes = list(Route.objects.filter(org=org).values_list("name", flat=True))
-    served = list(
-        Deployment.objects.filter(org=org, deleted_at=None).values_list(
-            "served_model_name", flat=True
-        )
-    )
+    deployments = Deployment.objects.filter(org=org, deleted_at=None)
+    if chat_only:
+        deployments = deployments.filter(runner=Runner.GENERATE)
+    served = list(deployments.values_list("served_model_name", flat=True))
     return sorted(set(routes) | set(served))
 
 
 def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
     org = request.org
     models = _models(request)
+    chat_models = _models(request, chat_only=True)
     context: dict[str, Any] = {
         "routes": Route.objects.filter(org=org),
         "endpoints": ExternalEndpoint.objects.filter(org=org),
@@ -51,8 +53,9 @@ def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
         "can_manage": role_can(request.membership.role, Action.ROUTES_MANAGE),
         "route_form": RouteForm(initial={"policy": "single"}),
         "endpoint_form": EndpointForm(),
-        "try_form": TryForm(models=models),
+        "try_form": TryForm(models=chat_models),
         "models": models,
+        "chat_models": chat_models,
     }
     context.update(extra)
     return context
@@ -159,7 +162,7 @@ def endpoint_remove(request: OrgRequest, org_slug: str, endpoint_id: str) -> Htt
 @require_POST
 def route_try_view(request: OrgRequest, org_slug: str) -> HttpResponse:
     """Send a prompt through a route or deployment as the org; show who answered and the cost."""
-    form = TryForm(request.POST, models=_models(request))
+    form = TryForm(request.POST, models=_models(request, chat_only=True))
     result: TryResult | None = None
     if form.is_valid():
         result = route_try(

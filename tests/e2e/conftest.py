@@ -48,8 +48,22 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, live_server: Any) -> Iterator[Any]:
+    """A browser tab on the live server. The test fails if a script on any page raised, or if
+    any request the pages made (documents, htmx calls, styles, scripts, icons) got a 404 or a
+    5xx; 400s are how forms answer with their errors, so they pass."""
     context = browser.new_context(base_url=live_server.url)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on(
+        "response",
+        lambda response: (
+            problems.append(f"{response.status} {response.request.method} {response.url}")
+            if response.status == 404 or response.status >= 500
+            else None
+        ),
+    )
     yield page
     context.close()
+    assert not problems, problems

@@ -134,6 +134,22 @@ def test_try_it_reports_a_failing_target(client_for, owner, org, engine):
     assert "scripted failure 500" in html
 
 
+def test_try_it_offers_only_models_that_can_chat(client_for, owner, org, tiny):
+    make_deployment(org, "minilm", [1], served="all-minilm", runner="pooling")
+    page = client_for(owner).get(f"/o/{org.slug}/routes/").content.decode()
+    options = page[page.index('id="try-box"') :]
+    assert '<option value="tiny"' in options
+    assert '<option value="all-minilm"' not in options
+    # Still listed where the page names every model programs can call.
+    assert "all-minilm" in page[: page.index('id="try-box"')]
+    response = client_for(owner).post(
+        f"/o/{org.slug}/routes/try/", {"model": "all-minilm", "prompt": "x", "max_tokens": 3}
+    )
+    assert response.status_code == 400
+    assert "all-minilm is not one of the available choices" in response.content.decode()
+    assert not UsageRecord.objects.exists()
+
+
 def test_api_creates_lists_updates_and_deletes_routes(client, org, owner, tiny):
     secret = api_key_create(org=org, actor=owner, name="ci", scopes=["manage"]).secret
     auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
