@@ -75,6 +75,20 @@ _KINDS = {
     "/v1/embeddings": bodies.EMBEDDING,
 }
 DEMAND_SIGNAL_EVERY_S = 5.0
+_RUNNER_FOR_KIND = {
+    bodies.CHAT: "generate",
+    bodies.COMPLETION: "generate",
+    bodies.EMBEDDING: "pooling",
+}
+
+
+def _wrong_runner_message(parsed: bodies.ParsedRequest) -> str:
+    if parsed.kind == bodies.EMBEDDING:
+        return (
+            f"The model '{parsed.model}' generates text; it does not answer /v1/embeddings. "
+            "Use an embedding model."
+        )
+    return f"The model '{parsed.model}' is an embedding model; it answers /v1/embeddings only."
 
 
 # The console's "try it" box acts as the org itself, with no key and no key limits.
@@ -499,7 +513,15 @@ class Gateway:
         ]
         if not targets:
             raise GatewayError(503, "None of this route's targets exists any more.", "no_capacity")
-        return route, plan, targets
+        # A deployment answers either text generation or embeddings; the engine would answer
+        # the other kind with a bare 404. External endpoints are left to answer for themselves.
+        runner = _RUNNER_FOR_KIND[parsed.kind]
+        usable = [t for t in targets if not isinstance(t, DeploymentEntry) or t.runner == runner]
+        if not usable:
+            raise GatewayError(
+                400, _wrong_runner_message(parsed), "model_not_supported", param="model"
+            )
+        return route, plan, usable
 
     async def handle_inference(
         self, kind: str, request_id: str, scope: Scope, receive: Receive, send: Send

@@ -20,7 +20,7 @@ from django.utils import timezone
 from console.models import ApiKey, Organisation, User
 from console.services.audit import audit_record
 from console.snapshot import snapshot_bump
-from inference.models import Deployment, ExternalEndpoint, Route, RoutePolicy
+from inference.models import Deployment, ExternalEndpoint, Route, RoutePolicy, Runner
 from inference.routing.config import (
     RouteConfigError,
     RouteSpec,
@@ -79,6 +79,41 @@ def _check_graph(org: Organisation, candidate: Route, *, removing: Route | None 
         routes_check_references(specs, deployments=deployments, externals=externals)
     except RouteConfigError as error:
         raise ValidationError({"config": error.messages}) from None
+    _check_one_kind_of_work(org, spec, specs)
+
+
+def _check_one_kind_of_work(
+    org: Organisation, spec: RouteSpec, specs: dict[str, RouteSpec]
+) -> None:
+    """A route's deployments, through any routes it sends to, must all generate text or all
+    make embeddings: a request is one or the other, and the other kind cannot answer it."""
+    reached: set[str] = set()
+    stack, seen = [spec], {spec.name}
+    while stack:  # the graph has no cycles (checked above); ``seen`` keeps shared parts single
+        for ref in stack.pop().references():
+            if ref.kind == "deployment":
+                reached.add(ref.name)
+            elif ref.kind == "route" and ref.name not in seen:
+                seen.add(ref.name)
+                stack.append(specs[ref.name])
+    by_runner: dict[str, list[str]] = {}
+    for name, runner in (
+        Deployment.objects.filter(org=org, deleted_at=None, name__in=reached)
+        .order_by("name")
+        .values_list("name", "runner")
+    ):
+        by_runner.setdefault(runner, []).append(name)
+    if len(by_runner) > 1:
+        generate = ", ".join(by_runner.get(Runner.GENERATE, []))
+        pooling = ", ".join(by_runner.get(Runner.POOLING, []))
+        raise ValidationError(
+            {
+                "config": (
+                    f"The route sends to text generation deployments ({generate}) and to "
+                    f"embedding deployments ({pooling}); a route serves one kind of request."
+                )
+            }
+        )
 
 
 def _check_name(org: Organisation, name: str, exclude: Route | None) -> str:

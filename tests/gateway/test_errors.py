@@ -78,6 +78,20 @@ def test_unknown_model_gets_404_and_other_orgs_models_are_unknown(gw, served, in
         assert caught.value.code == "model_not_found"
 
 
+def test_a_model_asked_for_the_other_kind_of_work_gets_400(gw, served, org, inference_key):
+    make_deployment(org, "embedder", [1], runner="pooling")
+    gw.refresh()
+    client = gw.client(inference_key)
+    with pytest.raises(openai.BadRequestError, match="embedding model") as caught:
+        client.chat.completions.create(**{**CHAT, "model": "embedder"})
+    assert (caught.value.code, caught.value.param) == ("model_not_supported", "model")
+    with pytest.raises(openai.BadRequestError, match="embedding model"):
+        client.completions.create(model="embedder", prompt="hi")
+    with pytest.raises(openai.BadRequestError, match="does not answer /v1/embeddings"):
+        client.embeddings.create(model="tiny", input="hi")
+    assert served.requests == []
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

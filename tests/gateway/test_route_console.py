@@ -95,6 +95,26 @@ def test_edit_changes_the_route_and_rejects_a_cycle(client_for, owner, org, tiny
     assert AuditEvent.objects.filter(action="route.updated").count() == 1
 
 
+def test_a_route_cannot_mix_chat_and_embedding_deployments(client_for, owner, org, tiny):
+    make_deployment(org, "minilm", [1], served="all-minilm", runner="pooling")
+    route_create(
+        org=org, actor=owner, name="embed", policy="single", config={"target": "deployment:minilm"}
+    )
+    mixed = {"targets": ["deployment:tiny", "route:embed"], "max_attempts": 2}
+    response = client_for(owner).post(
+        f"/o/{org.slug}/routes/new/",
+        {"name": "mixed", "policy": "fallback", "config": json.dumps(mixed)},
+    )
+    assert response.status_code == 400
+    assert (
+        "text generation deployments (tiny) and to embedding deployments (minilm)"
+        in response.content.decode()
+    )
+    assert not Route.objects.filter(name="mixed").exists()
+    same_kind = {"targets": ["deployment:minilm", "route:embed"], "max_attempts": 2}
+    route_create(org=org, actor=owner, name="embeddings", policy="fallback", config=same_kind)
+
+
 def test_a_route_in_use_cannot_be_deleted(client_for, owner, org, tiny):
     target = route_create(org=org, actor=owner, name="a", policy="single", config=SINGLE)
     route_create(org=org, actor=owner, name="b", policy="single", config={"target": "route:a"})
