@@ -4,8 +4,10 @@
   var charts = [];
   var palette = ["#2459d6", "#067647", "#b54708", "#7a2e9e", "#0e7c86", "#b42318", "#5b6470", "#c11574"];
 
+  // Costs are whole micro-dollars, so six decimals show them exactly (four made the axis of a
+  // small day read "$0.0001, $0.0001, $0, $0").
   function dollars(micros) {
-    return "$" + (micros / 1e6).toLocaleString(undefined, { maximumFractionDigits: 4 });
+    return "$" + (micros / 1e6).toLocaleString(undefined, { maximumFractionDigits: 6 });
   }
 
   function stacked(id, data, metric, format) {
