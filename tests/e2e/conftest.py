@@ -20,9 +20,14 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Real headless Chromium (Debian's package) driven by Playwright.
+
+    One per test module, not per session: while Playwright's sync API is open it keeps an event
+    loop running in the main thread, where Django then keeps database connections per context
+    instead of per thread, so connections opened by later tests' fixtures would stay open after
+    them (and PostgreSQL would refuse to drop the test database).
 
     Skips when Chromium or Playwright is absent, unless REQUIRE_BROWSER=1 (CI) makes that a failure.
     """
