@@ -30,22 +30,24 @@ from inference.views.router import router_context
 PAGE = "inference/routes.html"
 
 
-def _models(request: OrgRequest, *, chat_only: bool = False) -> list[str]:
-    """The org's model names: its routes and its deployments' served names. ``chat_only``
-    leaves out embedding deployments, which the try box (a chat completion) cannot use."""
+def _models(request: OrgRequest) -> tuple[list[str], list[str]]:
+    """The org's model names (its routes and its deployments' served names), and those of them
+    the try box can use: a chat completion, which embedding deployments cannot answer."""
     org = request.org
-    routes = list(Route.objects.filter(org=org).values_list("name", flat=True))
-    deployments = Deployment.objects.filter(org=org, deleted_at=None)
-    if chat_only:
-        deployments = deployments.filter(runner=Runner.GENERATE)
-    served = list(deployments.values_list("served_model_name", flat=True))
-    return sorted(set(routes) | set(served))
+    routes = set(Route.objects.filter(org=org).values_list("name", flat=True))
+    deployments = list(
+        Deployment.objects.filter(org=org, deleted_at=None).values_list(
+            "served_model_name", "runner"
+        )
+    )
+    every = routes | {served for served, _ in deployments}
+    chat = routes | {served for served, runner in deployments if runner == Runner.GENERATE}
+    return sorted(every), sorted(chat)
 
 
 def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
     org = request.org
-    models = _models(request)
-    chat_models = _models(request, chat_only=True)
+    models, chat_models = _models(request)
     context: dict[str, Any] = {
         "routes": Route.objects.filter(org=org),
         "endpoints": ExternalEndpoint.objects.filter(org=org),
@@ -162,7 +164,7 @@ def endpoint_remove(request: OrgRequest, org_slug: str, endpoint_id: str) -> Htt
 @require_POST
 def route_try_view(request: OrgRequest, org_slug: str) -> HttpResponse:
     """Send a prompt through a route or deployment as the org; show who answered and the cost."""
-    form = TryForm(request.POST, models=_models(request, chat_only=True))
+    form = TryForm(request.POST, models=_models(request)[1])
     result: TryResult | None = None
     if form.is_valid():
         result = route_try(
