@@ -82,6 +82,11 @@ _RUNNER_FOR_KIND = {
 }
 
 
+def _model_object(name: str, org: OrgEntry) -> dict[str, Any]:
+    """A model as OpenAI's /v1/models describes one (routes and deployments alike)."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": org.slug}
+
+
 def _wrong_runner_message(parsed: bodies.ParsedRequest) -> str:
     if parsed.kind == bodies.EMBEDDING:
         return (
@@ -351,6 +356,12 @@ class Gateway:
                 if method != "GET":
                     raise GatewayError(405, "Use GET for /v1/models.", "method_not_allowed")
                 await self.handle_models(scope, send, request_id)
+            elif path.startswith("/v1/models/"):
+                if method != "GET":
+                    raise GatewayError(405, "Use GET for /v1/models/{model}.", "method_not_allowed")
+                # The server has already percent-decoded the path: a name with a slash in it
+                # ("org/model", sent by the openai client as "org%2Fmodel") arrives whole.
+                await self.handle_model(scope, send, request_id, path[len("/v1/models/") :])
             elif path == "/metrics":
                 self.check_metrics_access(scope)
                 await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
@@ -410,14 +421,31 @@ class Gateway:
         self._keys_used.add(key.id)
         return key, org
 
-    async def handle_models(self, scope: Scope, send: Send, request_id: str) -> None:
-        key, org = self.authenticate(scope)
+    def visible_models(self, key: KeyEntry, org: OrgEntry) -> list[str]:
+        """The model names this key may call: the org's routes and served deployments."""
         cat = self.snapshot.catalogue(org.id)
         names = sorted(set(cat.routes) | set(cat.served))
         if key.allowed_models:
             names = [n for n in names if n in key.allowed_models]
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": org.slug} for n in names]
+        return names
+
+    async def handle_models(self, scope: Scope, send: Send, request_id: str) -> None:
+        key, org = self.authenticate(scope)
+        data = [_model_object(name, org) for name in self.visible_models(key, org)]
         body = json.dumps({"object": "list", "data": data}).encode()
+        await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
+
+    async def handle_model(self, scope: Scope, send: Send, request_id: str, name: str) -> None:
+        key, org = self.authenticate(scope)
+        if name not in self.visible_models(key, org):
+            # As for inference: another org's model, or one the key may not use, is not found.
+            raise GatewayError(
+                404,
+                f"The model '{name}' does not exist or you do not have access to it.",
+                "model_not_found",
+                param="model",
+            )
+        body = json.dumps(_model_object(name, org)).encode()
         await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
 
     # ---- inference --------------------------------------------------------------------------

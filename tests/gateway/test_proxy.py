@@ -4,6 +4,7 @@ headers and metering."""
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 
 from billing.models import UsageRecord
@@ -106,6 +107,42 @@ def test_models_lists_what_the_key_may_use(gw, served, org, owner):
     gw.refresh()
     assert [m.id for m in gw.client(any_model).models.list()] == ["tiny-chat"]
     assert list(gw.client(limited).models.list()) == []
+
+
+def test_a_model_can_be_retrieved_by_name_as_the_list_shows_it(gw, served, org, owner):
+    from console.services.keys import api_key_create
+    from tests.factories import OrgFactory
+
+    make_deployment(org, "llama", [], served="meta-llama/Llama-3.2-1B")
+    make_deployment(OrgFactory(slug="other"), "theirs", [], served="their-model")
+    limited = api_key_create(
+        org=org, actor=owner, name="l", scopes=["inference"], allowed_models=["tiny-chat"]
+    ).secret
+    any_model = api_key_create(org=org, actor=owner, name="a", scopes=["inference"]).secret
+    gw.refresh()
+    client = gw.client(any_model)
+    listed = {m.id: m for m in client.models.list()}
+    assert sorted(listed) == ["meta-llama/Llama-3.2-1B", "tiny-chat"]
+    # The client percent-encodes the slash; the name still resolves whole.
+    model = client.models.retrieve("meta-llama/Llama-3.2-1B")
+    assert model == listed["meta-llama/Llama-3.2-1B"]
+    assert (model.object, model.owned_by) == ("model", org.slug)
+    assert client.models.retrieve("tiny-chat").id == "tiny-chat"
+
+    # Another org's model, a model the key may not use and a missing one are all not found.
+    for key, name in [
+        (any_model, "their-model"),
+        (limited, "meta-llama/Llama-3.2-1B"),
+        (any_model, "nope"),
+    ]:
+        with pytest.raises(openai.NotFoundError) as caught:
+            gw.client(key).models.retrieve(name)
+        assert caught.value.code == "model_not_found"
+        assert name in caught.value.message
+    assert gw.client(limited).models.retrieve("tiny-chat").id == "tiny-chat"
+    with pytest.raises(openai.AuthenticationError):
+        gw.client("sk-wrong").models.retrieve("tiny-chat")
+    assert httpx.delete(gw.url + "/v1/models/tiny-chat").status_code == 405
 
 
 def test_metrics_count_requests_by_route_and_status(gw, served, inference_key):
