@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from console.models import Scope, User
@@ -14,6 +14,21 @@ class SignupForm(UserCreationForm[User]):
     class Meta:
         model = User
         fields = ("email",)
+
+
+class AccountNameForm(forms.Form):
+    # The lengths of AbstractUser's columns; either name may be left empty.
+    first_name = forms.CharField(max_length=150, required=False)
+    last_name = forms.CharField(max_length=150, required=False)
+
+
+class AccountPasswordForm(PasswordChangeForm):
+    """Django's password change form, minus the autofocus that would pull the account page
+    down to it from the name form above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["old_password"].widget.attrs.pop("autofocus", None)
 
 
 class OrgForm(forms.Form):

@@ -36,6 +36,8 @@ urlpatterns = [
         auth_views.PasswordResetCompleteView.as_view(),
         name="password_reset_complete",
     ),
+    path("account/", accounts.account, name="account"),
+    path("account/password/", accounts.account_password, name="account_password"),
     path("orgs/new/", accounts.org_create_view, name="org_create"),
     path("invitations/<str:token>/", accounts.invitation_accept_view, name="invitation_accept"),
     # One organisation's console

@@ -1,17 +1,26 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
 
-from console.forms import OrgForm, SignupForm, apply_service_error
+from console.forms import (
+    AccountNameForm,
+    AccountPasswordForm,
+    OrgForm,
+    SignupForm,
+    apply_service_error,
+)
+from console.models import User
 from console.requests import AuthedRequest
 from console.services.members import invitation_accept, invitation_lookup
 from console.services.orgs import org_create
+from console.services.users import user_password_change, user_update
 
 
 @require_http_methods(["GET", "POST"])
@@ -78,3 +87,49 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
         {"invitation": invitation, "token": token, "error": error},
         status=400 if error else 200,
     )
+
+
+def _name_form(user: User) -> AccountNameForm:
+    return AccountNameForm(initial={"first_name": user.first_name, "last_name": user.last_name})
+
+
+def _account_page(
+    request: AuthedRequest,
+    name_form: AccountNameForm,
+    password_form: AccountPasswordForm,
+    status: int = 200,
+) -> HttpResponse:
+    context = {"name_form": name_form, "password_form": password_form}
+    return render(request, "accounts/account.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: AuthedRequest) -> HttpResponse:
+    """The signed-in person's own page: their name, their password, their organisations."""
+    user = request.user
+    if request.method == "GET":
+        return _account_page(request, _name_form(user), AccountPasswordForm(user))
+    form = AccountNameForm(request.POST)
+    if not form.is_valid():
+        return _account_page(request, form, AccountPasswordForm(user), status=400)
+    user_update(user=user, **form.cleaned_data)
+    messages.success(request, "Saved.")
+    return redirect("account")
+
+
+@login_required
+# Keeps the passwords out of Django's error reports, should this view ever fail.
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+@require_POST
+def account_password(request: AuthedRequest) -> HttpResponse:
+    user = request.user
+    form = AccountPasswordForm(user, request.POST)
+    if form.is_valid():
+        # The form has run the service's validators on this password already: this cannot raise.
+        user_password_change(user=user, password=form.cleaned_data["new_password1"])
+        # The new password hash signs out every session, this one too unless it is re-keyed.
+        update_session_auth_hash(request, user)
+        messages.success(request, "Password changed. Your other sessions have been signed out.")
+        return redirect("account")
+    return _account_page(request, _name_form(user), form, status=400)
