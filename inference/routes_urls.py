@@ -16,6 +16,7 @@ org_urlpatterns = [
         name="route_scorer_upload",
     ),
     path("routes/endpoints/new/", routes.endpoint_new, name="endpoint_new"),
+    path("routes/endpoints/<uuid:endpoint_id>/", routes.endpoint_edit, name="endpoint_edit"),
     path(
         "routes/endpoints/<uuid:endpoint_id>/delete/",
         routes.endpoint_remove,

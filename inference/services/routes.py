@@ -235,11 +235,12 @@ def route_update(
     return route
 
 
-def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str, verb: str) -> None:
-    org = route_or_endpoint.org
+def routes_sending_to(org: Organisation, ref: str, *, exclude: Route | None = None) -> list[str]:
+    """Names of the org's routes that can send to ``ref`` (``external:NAME``, ``route:NAME``...),
+    their cold-start fallbacks included."""
     users = []
     for other in Route.objects.filter(org=org):
-        if other.pk == route_or_endpoint.pk:
+        if exclude is not None and other.pk == exclude.pk:
             continue
         try:
             refs = {str(r) for r in _spec_of(other).references()}
@@ -247,9 +248,15 @@ def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str,
             continue
         if ref in refs:
             users.append(other.name)
+    return sorted(users)
+
+
+def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str, verb: str) -> None:
+    exclude = route_or_endpoint if isinstance(route_or_endpoint, Route) else None
+    users = routes_sending_to(route_or_endpoint.org, ref, exclude=exclude)
     if users:
         raise ValidationError(
-            f"{ref} cannot be {verb}: route(s) {', '.join(sorted(users))} send requests to it."
+            f"{ref} cannot be {verb}: route(s) {', '.join(users)} send requests to it."
         )
 
 
@@ -267,6 +274,27 @@ def route_delete(*, route: Route, actor: User | None, actor_key: ApiKey | None =
     )
     route.delete()
     snapshot_bump()
+
+
+def _check_endpoint(
+    errors: dict[str, str], *, base_url: str, model: str, api_key: str
+) -> tuple[str, str]:
+    """Check an endpoint's address, model and key into ``errors``; the cleaned URL and model."""
+    base_url = (base_url or "").strip().rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        errors["base_url"] = "Enter an http(s) URL, up to and including /v1."
+    else:
+        # Keep tenants from pointing the gateway at the platform's own network.
+        problem = url_problem(base_url, egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW)))
+        if problem is not None:
+            errors["base_url"] = problem
+    model = (model or "").strip()
+    if not model or len(model) > 128:
+        errors["model"] = "Enter the model name the endpoint expects (1 to 128 characters)."
+    if api_key and (len(api_key) > 500 or any(c.isspace() for c in api_key)):
+        errors["api_key"] = "An API key is at most 500 characters, without spaces."
+    return base_url, model
 
 
 @transaction.atomic
@@ -287,20 +315,7 @@ def external_endpoint_create(
         errors["name"] = "Use 1 to 63 lowercase letters, digits and hyphens."
     elif ExternalEndpoint.objects.filter(org=org, name=name).exists():
         errors["name"] = f"An endpoint named {name!r} already exists."
-    base_url = (base_url or "").strip().rstrip("/")
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        errors["base_url"] = "Enter an http(s) URL, up to and including /v1."
-    else:
-        # Keep tenants from pointing the gateway at the platform's own network.
-        problem = url_problem(base_url, egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW)))
-        if problem is not None:
-            errors["base_url"] = problem
-    model = (model or "").strip()
-    if not model or len(model) > 128:
-        errors["model"] = "Enter the model name the endpoint expects (1 to 128 characters)."
-    if api_key and (len(api_key) > 500 or any(c.isspace() for c in api_key)):
-        errors["api_key"] = "An API key is at most 500 characters, without spaces."
+    base_url, model = _check_endpoint(errors, base_url=base_url, model=model, api_key=api_key)
     if errors:
         raise ValidationError(errors)
     endpoint = ExternalEndpoint.objects.create(
@@ -319,6 +334,64 @@ def external_endpoint_create(
         actor_key=actor_key,
         target=endpoint,
         data={"base_url": base_url, "model": model},
+    )
+    snapshot_bump()
+    return endpoint
+
+
+@transaction.atomic
+def external_endpoint_update(
+    *,
+    endpoint: ExternalEndpoint,
+    actor: User | None,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    clear_api_key: bool = False,
+    actor_key: ApiKey | None = None,
+) -> ExternalEndpoint:
+    """Change an endpoint's address, model or API key; ``None`` keeps a value as it is.
+
+    The name stays: routes refer to the endpoint as ``external:NAME``. A new ``api_key`` replaces
+    the stored one (rotation without touching the routes that use the endpoint);
+    ``clear_api_key`` removes it. Routes that use the endpoint send to the new values from the
+    next snapshot on.
+    """
+    _lock_org(endpoint.org)
+    errors: dict[str, str] = {}
+    new_key = api_key or ""
+    if new_key and clear_api_key:
+        errors["api_key"] = "Give a new API key or remove the stored one, not both."
+    new_url, new_model = _check_endpoint(
+        errors,
+        base_url=endpoint.base_url if base_url is None else base_url,
+        model=endpoint.model if model is None else model,
+        api_key=new_key,
+    )
+    if errors:
+        raise ValidationError(errors)
+    changed: dict[str, Any] = {}
+    if new_url != endpoint.base_url:
+        changed["base_url"] = {"before": endpoint.base_url, "after": new_url}
+        endpoint.base_url = new_url
+    if new_model != endpoint.model:
+        changed["model"] = {"before": endpoint.model, "after": new_model}
+        endpoint.model = new_model
+    if new_key or (clear_api_key and endpoint.api_key_encrypted):
+        # The audit says that the key changed, never what it is.
+        changed["api_key"] = "replaced" if new_key else "removed"
+        endpoint.api_key_encrypted = secret_encrypt(new_key) if new_key else ""
+        endpoint.api_key_hint = new_key[-4:] if len(new_key) >= 12 else ""
+    if not changed:
+        return endpoint
+    endpoint.save(update_fields=["base_url", "model", "api_key_encrypted", "api_key_hint"])
+    audit_record(
+        org=endpoint.org,
+        action="endpoint.updated",
+        actor=actor,
+        actor_key=actor_key,
+        target=endpoint,
+        data=changed,
     )
     snapshot_bump()
     return endpoint

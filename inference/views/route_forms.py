@@ -88,6 +88,27 @@ class EndpointForm(forms.Form):
     )
 
 
+class EndpointEditForm(forms.Form):
+    base_url = forms.CharField(max_length=300, help_text="e.g. https://api.example.com/v1")
+    model = forms.CharField(max_length=128, help_text="The model name that endpoint expects.")
+    api_key = forms.CharField(
+        label="New API key",
+        required=False,
+        max_length=500,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave empty to keep the stored key. Stored encrypted; never shown again.",
+    )
+    clear_api_key = forms.BooleanField(
+        label="Remove the stored API key", required=False, help_text="Send requests without one."
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("api_key") and cleaned.get("clear_api_key"):
+            raise forms.ValidationError("Give a new API key or remove the stored one, not both.")
+        return cleaned
+
+
 class TryForm(forms.Form):
     model = forms.ChoiceField(choices=())
     prompt = forms.CharField(

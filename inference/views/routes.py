@@ -20,11 +20,13 @@ from inference.models import Deployment, ExternalEndpoint, Route, Runner
 from inference.services.routes import (
     external_endpoint_create,
     external_endpoint_delete,
+    external_endpoint_update,
     route_create,
     route_delete,
     route_update,
+    routes_sending_to,
 )
-from inference.views.route_forms import EndpointForm, RouteForm, TryForm
+from inference.views.route_forms import EndpointEditForm, EndpointForm, RouteForm, TryForm
 from inference.views.router import router_context
 
 PAGE = "inference/routes.html"
@@ -145,6 +147,38 @@ def endpoint_new(request: OrgRequest, org_slug: str) -> HttpResponse:
             return redirect("route_list", org_slug=org_slug)
     context = _context(request, endpoint_form=form, open_endpoint_form=True)
     return render(request, PAGE, context, status=400)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_http_methods(["GET", "POST"])
+def endpoint_edit(request: OrgRequest, org_slug: str, endpoint_id: str) -> HttpResponse:
+    """Change an endpoint's address, model or key; its name, which routes use, stays."""
+    endpoint = get_object_or_404(ExternalEndpoint.objects.filter(org=request.org), id=endpoint_id)
+    initial = {"base_url": endpoint.base_url, "model": endpoint.model}
+    form = EndpointEditForm(request.POST or None, initial=initial)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                external_endpoint_update(
+                    endpoint=endpoint,
+                    actor=request.user,
+                    base_url=data["base_url"],
+                    model=data["model"],
+                    api_key=data["api_key"] or None,
+                    clear_api_key=data["clear_api_key"],
+                )
+            except ValidationError as error:
+                apply_service_error(form, error)
+            else:
+                messages.success(request, f"Endpoint “{endpoint.name}” saved.")
+                return redirect("route_list", org_slug=org_slug)
+        status = 400
+        endpoint.refresh_from_db()  # the page shows what is stored, not the refused values
+    users = routes_sending_to(request.org, f"external:{endpoint.name}")
+    context = {"endpoint": endpoint, "form": form, "routes_using": users}
+    return render(request, "inference/endpoint_edit.html", context, status=status)
 
 
 @requires(Action.ROUTES_MANAGE)

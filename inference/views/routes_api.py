@@ -17,6 +17,7 @@ from inference.models import ExternalEndpoint, Route, RoutePolicy
 from inference.services.routes import (
     external_endpoint_create,
     external_endpoint_delete,
+    external_endpoint_update,
     route_create,
     route_delete,
     route_update,
@@ -131,7 +132,11 @@ class EndpointListView(OrgAPIView):
 
 
 class EndpointDetailView(OrgAPIView):
-    actions = {"GET": Action.ROUTES_VIEW, "DELETE": Action.ROUTES_MANAGE}
+    actions = {
+        "GET": Action.ROUTES_VIEW,
+        "PATCH": Action.ROUTES_MANAGE,
+        "DELETE": Action.ROUTES_MANAGE,
+    }
 
     def _endpoint(self, endpoint_id: str) -> ExternalEndpoint:
         return get_object_or_404(
@@ -141,6 +146,34 @@ class EndpointDetailView(OrgAPIView):
     @extend_schema(responses=EndpointSerializer)
     def get(self, request: Request, org_slug: str, endpoint_id: str) -> Response:
         return Response(EndpointSerializer(self._endpoint(endpoint_id)).data)
+
+    @extend_schema(
+        request=EndpointSerializer,
+        responses=EndpointSerializer,
+        summary="Change an endpoint's base URL, model or API key",
+        description=(
+            "Fields left out keep their values. `api_key` replaces the stored key; an empty "
+            "`api_key` removes it. The name cannot change: routes refer to the endpoint by it."
+        ),
+    )
+    def patch(self, request: Request, org_slug: str, endpoint_id: str) -> Response:
+        endpoint = self._endpoint(endpoint_id)
+        data = _validated(EndpointSerializer(), request.data, partial=True)
+        if "name" in data and data["name"] != endpoint.name:
+            raise serializers.ValidationError(
+                {"name": "The name cannot change: routes refer to the endpoint as external:NAME."}
+            )
+        api_key = data.get("api_key")
+        endpoint = external_endpoint_update(
+            endpoint=endpoint,
+            actor=self.access.user,
+            actor_key=self.access.key,
+            base_url=data.get("base_url"),
+            model=data.get("model"),
+            api_key=api_key or None,
+            clear_api_key=api_key == "",
+        )
+        return Response(EndpointSerializer(endpoint).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, org_slug: str, endpoint_id: str) -> Response:

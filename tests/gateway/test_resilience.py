@@ -12,8 +12,12 @@ import pytest
 
 from billing.models import UsageRecord
 from console.snapshot import snapshot_bump
-from inference.models import Deployment, Replica
-from inference.services.routes import external_endpoint_create, route_create
+from inference.models import Deployment, ExternalEndpoint, Replica
+from inference.services.routes import (
+    external_endpoint_create,
+    external_endpoint_update,
+    route_create,
+)
 from tests.gateway.conftest import make_deployment
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.servers import ThreadServer
@@ -199,6 +203,18 @@ def test_external_endpoint_gets_its_model_name_and_key(
     assert raw.headers["x-target"] == "external:partner"
     assert fake.requests[-1]["model"] == "partner-large"
     assert fake.headers[-1]["authorization"] == "Bearer sk-partner-secret-123"
+
+    # Rotating the key (and changing the model) in place: the route follows without an edit.
+    external_endpoint_update(
+        endpoint=ExternalEndpoint.objects.get(name="partner"),
+        actor=owner,
+        model="partner-larger",
+        api_key="sk-partner-rotated-456",
+    )
+    gw.refresh()
+    gw.client(inference_key).chat.completions.create(model="outside", **CHAT)
+    assert fake.requests[-1]["model"] == "partner-larger"
+    assert fake.headers[-1]["authorization"] == "Bearer sk-partner-rotated-456"
 
 
 def test_scaled_to_zero_uses_the_cold_start_fallback_and_signals_demand(

@@ -11,7 +11,7 @@ from console.models import AuditEvent
 from console.services.keys import api_key_create
 from inference.models import ExternalEndpoint, Route
 from inference.routing.secrets import secret_decrypt
-from inference.services.routes import route_create
+from inference.services.routes import external_endpoint_create, route_create
 from tests.gateway.conftest import make_deployment
 
 SINGLE = {"target": "deployment:tiny"}
@@ -220,3 +220,118 @@ def test_api_endpoint_key_is_stored_encrypted_and_never_returned(client, org, ow
     stored = ExternalEndpoint.objects.get()
     assert "sk-partner" not in stored.api_key_encrypted
     assert secret_decrypt(stored.api_key_encrypted) == "sk-partner-0123456789"
+
+
+@pytest.fixture
+def partner(org, owner):  # type: ignore[no-untyped-def]
+    endpoint = external_endpoint_create(
+        org=org,
+        actor=owner,
+        name="partner",
+        base_url="https://api.example.com/v1",
+        model="big",
+        api_key="sk-partner-old-0000",
+    )
+    route_create(
+        org=org, actor=owner, name="chat", policy="single", config={"target": "external:partner"}
+    )
+    return endpoint
+
+
+def test_an_endpoint_in_use_is_edited_in_place_and_its_key_rotated(
+    client_for, member, org, partner
+):
+    page = client_for(member)
+    url = f"/o/{org.slug}/routes/endpoints/{partner.id}/"
+    assert f'href="{url}"' in page.get(f"/o/{org.slug}/routes/").content.decode()
+    form = page.get(url).content.decode()
+    assert "<code>chat</code>" in form  # the routes that will follow the change
+    assert "…0000" in form and "sk-partner-old" not in form
+
+    response = page.post(
+        url,
+        {"base_url": "https://api.example.org/v1/", "model": "bigger", "api_key": "sk-new-1234567"},
+    )
+    assert response.status_code == 302
+    partner.refresh_from_db()
+    assert (partner.base_url, partner.model) == ("https://api.example.org/v1", "bigger")
+    assert secret_decrypt(partner.api_key_encrypted) == "sk-new-1234567"
+    assert partner.api_key_hint == "4567"
+    event = AuditEvent.objects.get(action="endpoint.updated")
+    assert event.data["api_key"] == "replaced"
+    assert event.data["model"] == {"before": "big", "after": "bigger"}
+    assert "sk-new" not in json.dumps(event.data)
+
+    # An empty key field keeps the stored key; the box removes it.
+    page.post(url, {"base_url": partner.base_url, "model": "bigger", "api_key": ""})
+    partner.refresh_from_db()
+    assert secret_decrypt(partner.api_key_encrypted) == "sk-new-1234567"
+    assert AuditEvent.objects.filter(action="endpoint.updated").count() == 1  # nothing changed
+    page.post(url, {"base_url": partner.base_url, "model": "bigger", "clear_api_key": "on"})
+    partner.refresh_from_db()
+    assert (partner.api_key_encrypted, partner.api_key_hint) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"base_url": "ftp://x", "model": "m"}, "http(s) URL"),
+        ({"base_url": "http://127.0.0.1:9/v1", "model": "m"}, "GATEWAY_EXTERNAL_ALLOW"),
+        ({"base_url": "https://api.example.com/v1", "model": ""}, "required"),
+        (
+            {
+                "base_url": "https://api.example.com/v1",
+                "model": "m",
+                "api_key": "sk-new-key-1",
+                "clear_api_key": "on",
+            },
+            "not both",
+        ),
+    ],
+)
+def test_a_bad_endpoint_edit_shows_the_error_and_changes_nothing(
+    client_for, owner, org, partner, data, says
+):
+    before = ExternalEndpoint.objects.values().get()
+    response = client_for(owner).post(f"/o/{org.slug}/routes/endpoints/{partner.id}/", data)
+    assert response.status_code == 400
+    assert says in response.content.decode()
+    assert ExternalEndpoint.objects.values().get() == before
+    assert not AuditEvent.objects.filter(action="endpoint.updated").exists()
+
+
+def test_viewer_cannot_edit_an_endpoint(client_for, viewer, org, partner):
+    page = client_for(viewer)
+    url = f"/o/{org.slug}/routes/endpoints/{partner.id}/"
+    assert url not in page.get(f"/o/{org.slug}/routes/").content.decode()
+    assert page.get(url).status_code == 403
+    assert page.post(url, {"base_url": "https://evil.example/v1", "model": "m"}).status_code == 403
+    partner.refresh_from_db()
+    assert partner.base_url == "https://api.example.com/v1"
+
+
+def test_api_patches_an_endpoint_and_refuses_a_rename(client, org, owner, partner):
+    secret = api_key_create(org=org, actor=owner, name="ci", scopes=["manage"]).secret
+    url = f"/api/orgs/{org.slug}/endpoints/{partner.id}/"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}", "content_type": "application/json"}
+
+    response = client.patch(url, {"api_key": "sk-rotated-98765"}, **auth)
+    assert response.status_code == 200
+    assert response.json()["api_key_hint"] == "8765"
+    assert "api_key" not in response.json()
+    partner.refresh_from_db()
+    assert secret_decrypt(partner.api_key_encrypted) == "sk-rotated-98765"
+    assert partner.model == "big"  # left out, kept
+
+    renamed = client.patch(url, {"name": "other"}, **auth)
+    assert renamed.status_code == 400
+    assert "name" in renamed.json()["error"]["fields"]
+    bad = client.patch(url, {"base_url": "not a url", "model": "x"}, **auth)
+    assert bad.status_code == 400
+    assert "base_url" in bad.json()["error"]["fields"]
+    partner.refresh_from_db()
+    assert (partner.name, partner.model) == ("partner", "big")
+
+    assert client.patch(url, {"api_key": ""}, **auth).json()["api_key_hint"] == ""
+    partner.refresh_from_db()
+    assert partner.api_key_encrypted == ""
