@@ -1,0 +1,46 @@
+"""The REST API's OpenAPI schema: each operation says who may call it.
+
+drf-spectacular describes an operation with its method's or view's docstring, falling back to
+base classes' docstrings; for the views under ``/api/orgs/<org_slug>/`` that fallback is
+``OrgAPIView``'s, which speaks to this code's readers, not to the API's. Here an operation keeps
+its own docstring (its method's, or its view class's own) and gains one line from the permission
+matrix: the action it needs, the roles that have it and the API key scopes that grant it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import get_doc
+
+from console.permissions import MATRIX, SCOPE_MATRIX, Action, Role
+
+
+def permission_line(action: Action) -> str:
+    """``Needs keys.manage (Create, edit and revoke API keys): roles ...; API key scopes ...``."""
+    roles = [Role(role).label.lower() for role, actions in MATRIX.items() if action in actions]
+    scopes = [f"`{scope}`" for scope, actions in SCOPE_MATRIX.items() if action in actions]
+    line = f"Needs `{action.value}` ({action.label}): roles {', '.join(roles)}"
+    if scopes:
+        return f"{line}; API keys with the {' or '.join(scopes)} scope."
+    return f"{line}; API keys cannot do this."
+
+
+class PlatformAutoSchema(AutoSchema):
+    def get_description(self) -> str:  # type: ignore[override]
+        handler = getattr(self.view, self.method.lower(), None)
+        # The view class's own docstring only: an inherited one describes the base class.
+        own = self.view.__class__.__dict__.get("__doc__")
+        return get_doc(handler) or (get_doc(self.view.__class__) if own else "")
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> Any:
+        # Here rather than in get_description, which an explicit extend_schema(description=...)
+        # replaces.
+        operation = super().get_operation(*args, **kwargs)
+        action = getattr(self.view, "actions", {}).get(self.method)
+        if operation is not None and action is not None:
+            line = permission_line(Action(action))
+            description = operation.get("description", "")
+            operation["description"] = f"{description}\n\n{line}" if description else line
+        return operation
