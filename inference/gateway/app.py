@@ -47,6 +47,7 @@ from inference.gateway.snapshot import (
     CONSOLE_KEY_ID,
     DeploymentEntry,
     KeyEntry,
+    OrgCatalogue,
     OrgEntry,
     Snapshot,
     SnapshotPoller,
@@ -82,9 +83,11 @@ _RUNNER_FOR_KIND = {
 }
 
 
-def _model_object(name: str, org: OrgEntry) -> dict[str, Any]:
+def _model_object(name: str, org: OrgEntry, cat: OrgCatalogue) -> dict[str, Any]:
     """A model as OpenAI's /v1/models describes one (routes and deployments alike)."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": org.slug}
+    entry = cat.routes.get(name) or cat.served.get(name)
+    created = entry.created if entry is not None else 0
+    return {"id": name, "object": "model", "created": created, "owned_by": org.slug}
 
 
 def _wrong_runner_message(parsed: bodies.ParsedRequest) -> str:
@@ -431,7 +434,8 @@ class Gateway:
 
     async def handle_models(self, scope: Scope, send: Send, request_id: str) -> None:
         key, org = self.authenticate(scope)
-        data = [_model_object(name, org) for name in self.visible_models(key, org)]
+        cat = self.snapshot.catalogue(org.id)
+        data = [_model_object(name, org, cat) for name in self.visible_models(key, org)]
         body = json.dumps({"object": "list", "data": data}).encode()
         await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
 
@@ -445,7 +449,7 @@ class Gateway:
                 "model_not_found",
                 param="model",
             )
-        body = json.dumps(_model_object(name, org)).encode()
+        body = json.dumps(_model_object(name, org, self.snapshot.catalogue(org.id))).encode()
         await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
 
     # ---- inference --------------------------------------------------------------------------

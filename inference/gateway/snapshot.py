@@ -72,6 +72,7 @@ class DeploymentEntry:
     paused: bool
     max_model_len: int | None
     replicas: tuple[ReplicaEntry, ...]
+    created: int = 0  # Unix seconds, for /v1/models
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class ExternalEntry:
 class RouteEntry:
     id: uuid.UUID
     spec: RouteSpec
+    created: int = 0  # Unix seconds, for /v1/models
 
 
 @dataclass(slots=True)
@@ -231,7 +233,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         )
     catalogues: dict[int, OrgCatalogue] = {}
     for dep in Deployment.objects.filter(deleted_at=None).values(
-        "id", "org_id", "name", "served_model_name", "runner", "paused", "engine_args"
+        "id", "org_id", "name", "served_model_name", "runner", "paused", "engine_args", "created_at"
     ):
         entry = DeploymentEntry(
             id=dep["id"],
@@ -242,6 +244,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             paused=dep["paused"],
             max_model_len=_max_model_len(dep["engine_args"]),
             replicas=tuple(replicas.get(dep["id"], ())),
+            created=int(dep["created_at"].timestamp()),
         )
         cat = catalogues.setdefault(dep["org_id"], OrgCatalogue())
         cat.deployments[entry.name] = entry
@@ -266,7 +269,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             )
         )
     for route in Route.objects.values(
-        "id", "org_id", "name", "policy", "config", "cold_start_fallback"
+        "id", "org_id", "name", "policy", "config", "cold_start_fallback", "created_at"
     ):
         try:
             spec = route_spec_parse(
@@ -283,7 +286,9 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             )
             continue
         cat = catalogues.setdefault(route["org_id"], OrgCatalogue())
-        cat.routes[spec.name] = RouteEntry(id=route["id"], spec=spec)
+        cat.routes[spec.name] = RouteEntry(
+            id=route["id"], spec=spec, created=int(route["created_at"].timestamp())
+        )
         cat.specs[spec.name] = spec
     scorer_heads = dict(
         RouteScorer.objects.filter(state="ready", route__policy="auto").values_list(

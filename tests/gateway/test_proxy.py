@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
+from inference.models import Deployment
 from tests.gateway.conftest import make_deployment
 
 
@@ -113,8 +114,13 @@ def test_a_model_can_be_retrieved_by_name_as_the_list_shows_it(gw, served, org, 
     from console.services.keys import api_key_create
     from tests.factories import OrgFactory
 
+    from inference.services.routes import route_create
+
     make_deployment(org, "llama", [], served="meta-llama/Llama-3.2-1B")
     make_deployment(OrgFactory(slug="other"), "theirs", [], served="their-model")
+    route = route_create(
+        org=org, actor=owner, name="chat", policy="single", config={"target": "deployment:tiny"}
+    )
     limited = api_key_create(
         org=org, actor=owner, name="l", scopes=["inference"], allowed_models=["tiny-chat"]
     ).secret
@@ -122,12 +128,15 @@ def test_a_model_can_be_retrieved_by_name_as_the_list_shows_it(gw, served, org, 
     gw.refresh()
     client = gw.client(any_model)
     listed = {m.id: m for m in client.models.list()}
-    assert sorted(listed) == ["meta-llama/Llama-3.2-1B", "tiny-chat"]
+    assert sorted(listed) == ["chat", "meta-llama/Llama-3.2-1B", "tiny-chat"]
     # The client percent-encodes the slash; the name still resolves whole.
     model = client.models.retrieve("meta-llama/Llama-3.2-1B")
     assert model == listed["meta-llama/Llama-3.2-1B"]
     assert (model.object, model.owned_by) == ("model", org.slug)
+    llama = Deployment.objects.get(name="llama")
+    assert model.created == int(llama.created_at.timestamp())
     assert client.models.retrieve("tiny-chat").id == "tiny-chat"
+    assert client.models.retrieve("chat").created == int(route.created_at.timestamp())
 
     # Another org's model, a model the key may not use and a missing one are all not found.
     for key, name in [
