@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
-from console.models import Scope, User
+from console.models import ApiKey, Scope, User
 from console.permissions import Role
 
 
@@ -62,6 +62,38 @@ class ApiKeyForm(forms.Form):
     def clean_allowed_models(self) -> list[str]:
         raw: str = self.cleaned_data.get("allowed_models") or ""
         return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+class ApiKeyEditForm(ApiKeyForm):
+    """The creation form's fields, prefilled from a key (``initial_for``)."""
+
+    # Seconds in the value and the step, so that the prefilled expiry survives a save unchanged
+    # (datetime-local otherwise shows and sends minutes only).
+    expires_at = forms.DateTimeField(
+        required=False,
+        widget=forms.DateTimeInput(
+            attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"
+        ),
+        help_text="Optional expiry (UTC). Empty: the key never expires.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        scopes = self.fields["scopes"]
+        scopes.help_text = (
+            "Scopes can be removed but not added: create a new key for a wider scope."
+        )
+
+    @staticmethod
+    def initial_for(key: ApiKey) -> dict[str, Any]:
+        return {
+            "name": key.name,
+            "scopes": list(key.scopes),
+            "allowed_models": ", ".join(key.allowed_models),
+            "expires_at": key.expires_at,
+            "rpm_limit": key.rpm_limit,
+            "tpm_limit": key.tpm_limit,
+        }
 
 
 class InviteForm(forms.Form):

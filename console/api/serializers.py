@@ -113,6 +113,10 @@ class ApiKeyCreateSerializer(serializers.Serializer[None]):
     tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
 
 
+class ApiKeyUpdateSerializer(ApiKeyCreateSerializer):
+    """The fields of a key that can change; those left out keep their values."""
+
+
 class ApiKeyCreatedSerializer(ApiKeySerializer):
     key = serializers.CharField(read_only=True, help_text="The full key. Shown only once.")
 

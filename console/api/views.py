@@ -17,6 +17,7 @@ from console.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
     ApiKeySerializer,
+    ApiKeyUpdateSerializer,
     AuditEventSerializer,
     InvitationSerializer,
     MemberSerializer,
@@ -27,7 +28,7 @@ from console.api.serializers import (
 )
 from console.models import User
 from console.permissions import Action
-from console.services.keys import api_key_create, api_key_revoke
+from console.services.keys import api_key_create, api_key_revoke, api_key_update
 from console.services.members import (
     invitation_create,
     invitation_revoke,
@@ -221,11 +222,31 @@ class KeyListView(OrgAPIView):
 
 
 class KeyDetailView(OrgAPIView):
-    actions = {"GET": Action.KEYS_VIEW}
+    actions = {"GET": Action.KEYS_VIEW, "PATCH": Action.KEYS_MANAGE}
 
     @extend_schema(responses=ApiKeySerializer)
     def get(self, request: Request, org_slug: str, key_id: str) -> Response:
         key = get_object_or_404(self.access.org.api_keys, id=key_id)
+        return Response(ApiKeySerializer(key).data)
+
+    @extend_schema(
+        request=ApiKeyUpdateSerializer,
+        responses=ApiKeySerializer,
+        summary="Change a key's name, scopes, allowed models, limits or expiry",
+        description=(
+            "Fields left out keep their values; `null` removes a limit or the expiry, an empty "
+            "`allowed_models` allows every model. Scopes can be removed but not added. The key "
+            "itself does not change, and gateways apply the change within about two seconds. "
+            "A revoked key cannot be changed."
+        ),
+    )
+    def patch(self, request: Request, org_slug: str, key_id: str) -> Response:
+        key = get_object_or_404(self.access.org.api_keys, id=key_id)
+        data = ApiKeyUpdateSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        key = api_key_update(
+            key=key, actor=self.access.user, actor_key=self.access.key, **data.validated_data
+        )
         return Response(ApiKeySerializer(key).data)
 
 

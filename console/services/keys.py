@@ -1,4 +1,4 @@
-"""API keys: creation (shown once), revocation, and authentication of a presented key.
+"""API keys: creation (shown once), editing, revocation, and authentication of a presented key.
 
 Only the SHA-256 digest and a short visible prefix are stored. Nothing here logs a key.
 """
@@ -9,6 +9,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypedDict, Unpack
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -42,6 +43,41 @@ def _validate_limit(field: str, value: int | None) -> int | None:
     return value
 
 
+# The checks below are shared by creation and editing, so that an edit can never store what
+# creation would have refused.
+
+
+def _clean_name(name: str | None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "Enter a name for the key."})
+    if len(name) > 100:
+        raise ValidationError({"name": "Use at most 100 characters."})
+    return name
+
+
+def _clean_scopes(scopes: list[str] | None) -> list[str]:
+    if not scopes:
+        raise ValidationError({"scopes": "Choose at least one scope."})
+    unknown = sorted(set(scopes) - set(Scope.values))
+    if unknown:
+        raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(unknown)}."})
+    return sorted(set(scopes))
+
+
+def _clean_allowed_models(allowed_models: list[str] | None) -> list[str]:
+    models_list = [m.strip() for m in (allowed_models or []) if m and m.strip()]
+    if any(len(m) > 200 for m in models_list):
+        raise ValidationError({"allowed_models": "A model name is at most 200 characters."})
+    return sorted(set(models_list))
+
+
+def _clean_expiry(expires_at: datetime | None) -> datetime | None:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    return expires_at
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -55,21 +91,10 @@ def api_key_create(
     tpm_limit: int | None = None,
     actor_key: ApiKey | None = None,
 ) -> CreatedKey:
-    name = (name or "").strip()
-    if not name:
-        raise ValidationError({"name": "Enter a name for the key."})
-    if len(name) > 100:
-        raise ValidationError({"name": "Use at most 100 characters."})
-    if not scopes:
-        raise ValidationError({"scopes": "Choose at least one scope."})
-    unknown = sorted(set(scopes) - set(Scope.values))
-    if unknown:
-        raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(unknown)}."})
-    models_list = [m.strip() for m in (allowed_models or []) if m and m.strip()]
-    if any(len(m) > 200 for m in models_list):
-        raise ValidationError({"allowed_models": "A model name is at most 200 characters."})
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    name = _clean_name(name)
+    scopes = _clean_scopes(scopes)
+    models_list = _clean_allowed_models(allowed_models)
+    expires_at = _clean_expiry(expires_at)
     rpm = _validate_limit("rpm_limit", rpm_limit)
     tpm = _validate_limit("tpm_limit", tpm_limit)
 
@@ -79,8 +104,8 @@ def api_key_create(
         name=name,
         prefix=secret[:VISIBLE_PREFIX_LENGTH],
         digest=key_digest(secret),
-        scopes=sorted(set(scopes)),
-        allowed_models=sorted(set(models_list)),
+        scopes=scopes,
+        allowed_models=models_list,
         expires_at=expires_at,
         rpm_limit=rpm,
         tpm_limit=tpm,
@@ -96,6 +121,103 @@ def api_key_create(
     )
     snapshot_bump()
     return CreatedKey(key=key, secret=secret)
+
+
+class KeyChanges(TypedDict, total=False):
+    """What ``api_key_update`` may change. ``None`` removes a limit or the expiry."""
+
+    name: str
+    scopes: list[str]
+    allowed_models: list[str] | None
+    expires_at: datetime | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
+EDITABLE_FIELDS = ("name", "scopes", "allowed_models", "expires_at", "rpm_limit", "tpm_limit")
+
+
+def _audit_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@transaction.atomic
+def api_key_update(
+    *,
+    key: ApiKey,
+    actor: User | None,
+    actor_key: ApiKey | None = None,
+    **changes: Unpack[KeyChanges],
+) -> ApiKey:
+    """Change a key in place; the secret, its prefix and its digest stay, so programs using the
+    key keep working and see the new models and limits within the gateways' next snapshot.
+
+    Only the fields given change, each checked as ``api_key_create`` checks it; ``None`` for
+    ``rpm_limit``, ``tpm_limit`` or ``expires_at`` removes that limit or the expiry. A new
+    expiry must be in the future, which also lets an expired key be given a new lease; an
+    expiry equal to the stored one is no change, so a client may send back what it read.
+
+    Scopes can be narrowed but not widened. Creating a key with any scope needs the same
+    permission, so widening would grant nothing new to the person editing; but it would hand
+    new powers to every program that already holds the secret (an ``inference`` key spread
+    over many servers would become a ``manage`` key able to create keys and invite members).
+    Whoever needs a wider scope creates a key for it and gives it only where it is needed.
+
+    A revoked key cannot be changed. Bad input raises ValidationError naming the field and
+    changes nothing. Changes are audited as ``key.updated`` with each changed field's before
+    and after; a call that changes nothing records nothing and does not disturb the gateways.
+    """
+    unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
+    if unknown:
+        raise TypeError(f"api_key_update() cannot change {', '.join(unknown)}")
+    # Locked, so that a concurrent edit or revocation is seen rather than overwritten.
+    key.refresh_from_db(from_queryset=ApiKey.objects.select_for_update())
+    if key.revoked_at is not None:
+        raise ValidationError("This key has been revoked; a revoked key cannot be changed.")
+
+    wanted: dict[str, Any] = {}
+    if "name" in changes:
+        wanted["name"] = _clean_name(changes["name"])
+    if "scopes" in changes:
+        scopes = _clean_scopes(changes["scopes"])
+        added = sorted(set(scopes) - set(key.scopes))
+        if added:
+            raise ValidationError(
+                {
+                    "scopes": f"Scopes can be removed but not added ({', '.join(added)}): "
+                    "create a new key for a wider scope."
+                }
+            )
+        wanted["scopes"] = scopes
+    if "allowed_models" in changes:
+        wanted["allowed_models"] = _clean_allowed_models(changes["allowed_models"])
+    if "expires_at" in changes and changes["expires_at"] != key.expires_at:
+        wanted["expires_at"] = _clean_expiry(changes["expires_at"])
+    if "rpm_limit" in changes:
+        wanted["rpm_limit"] = _validate_limit("rpm_limit", changes["rpm_limit"])
+    if "tpm_limit" in changes:
+        wanted["tpm_limit"] = _validate_limit("tpm_limit", changes["tpm_limit"])
+
+    changed = {
+        field: {"before": _audit_value(getattr(key, field)), "after": _audit_value(value)}
+        for field, value in wanted.items()
+        if getattr(key, field) != value
+    }
+    if not changed:
+        return key
+    for field in changed:
+        setattr(key, field, wanted[field])
+    key.save(update_fields=list(changed))
+    audit_record(
+        org=key.org,
+        action="key.updated",
+        actor=actor,
+        actor_key=actor_key,
+        target=key,
+        data=changed,
+    )
+    snapshot_bump()
+    return key
 
 
 @transaction.atomic

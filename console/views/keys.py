@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.decorators import requires
-from console.forms import ApiKeyForm, apply_service_error
+from console.forms import ApiKeyEditForm, ApiKeyForm, apply_service_error
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
-from console.services.keys import CreatedKey, api_key_create, api_key_revoke
+from console.services.keys import (
+    CreatedKey,
+    api_key_create,
+    api_key_revoke,
+    api_key_update,
+)
 
 
 def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) -> dict:
@@ -45,6 +51,30 @@ def key_create(request: OrgRequest, org_slug: str) -> HttpResponse:
     response = render(request, template, _context(request, form, created), status=status)
     response["Cache-Control"] = "no-store"
     return response
+
+
+@requires(Action.KEYS_MANAGE)
+@require_http_methods(["GET", "POST"])
+def key_edit(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
+    """Change a key's name, scopes (fewer only), models, limits or expiry; the secret stays."""
+    key = get_object_or_404(request.org.api_keys, id=key_id)
+    form = ApiKeyEditForm(request.POST or None, initial=ApiKeyEditForm.initial_for(key))
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            # Only what the person changed: a field sent back as it was shown is left alone, so
+            # that saving a new name never rewrites an expiry the browser rounded.
+            changes = {name: form.cleaned_data[name] for name in form.changed_data}
+            try:
+                api_key_update(key=key, actor=request.user, **changes)
+            except ValidationError as error:
+                apply_service_error(form, error)
+            else:
+                messages.success(request, f"Key “{key.name}” saved.")
+                return redirect("key_list", org_slug=org_slug)
+        status = 400
+        key.refresh_from_db()  # the page shows what is stored, not the refused values
+    return render(request, "console/key_edit.html", {"key": key, "form": form}, status=status)
 
 
 @requires(Action.KEYS_MANAGE)
