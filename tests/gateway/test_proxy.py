@@ -112,9 +112,8 @@ def test_models_lists_what_the_key_may_use(gw, served, org, owner):
 
 def test_a_model_can_be_retrieved_by_name_as_the_list_shows_it(gw, served, org, owner):
     from console.services.keys import api_key_create
-    from tests.factories import OrgFactory
-
     from inference.services.routes import route_create
+    from tests.factories import OrgFactory
 
     make_deployment(org, "llama", [], served="meta-llama/Llama-3.2-1B")
     make_deployment(OrgFactory(slug="other"), "theirs", [], served="their-model")
