@@ -29,6 +29,7 @@ class AccountPasswordForm(PasswordChangeForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["old_password"].widget.attrs.pop("autofocus", None)
+        self.fields["old_password"].label = "Current password"
 
 
 class OrgForm(forms.Form):
