@@ -76,11 +76,18 @@ _KINDS = {
     "/v1/embeddings": bodies.EMBEDDING,
 }
 DEMAND_SIGNAL_EVERY_S = 5.0
+# The longest an unknown key waits for the control plane's answer before its 401.
+UNKNOWN_KEY_WAIT_S = 1.0
 _RUNNER_FOR_KIND = {
     bodies.CHAT: "generate",
     bodies.COMPLETION: "generate",
     bodies.EMBEDDING: "pooling",
 }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _model_object(name: str, org: OrgEntry, cat: OrgCatalogue) -> dict[str, Any]:
@@ -432,15 +439,38 @@ class Gateway:
             names = [n for n in names if n in key.allowed_models]
         return names
 
+    async def authenticate_fresh(self, scope: Scope) -> tuple[KeyEntry, OrgEntry]:
+        """``authenticate``, except that a key the snapshot does not know gets one fresh look at
+        the control plane before it is refused: a key created a moment ago works at once instead
+        of after the next poll. A key that is really unknown waits for that look (a few ms, at
+        most ``UNKNOWN_KEY_WAIT_S``) before its 401."""
+        try:
+            return self.authenticate(scope)
+        except GatewayError as error:
+            if error.code != "invalid_api_key" or not self.poller.running:
+                raise
+        loop = asyncio.get_running_loop()
+        checked: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            loop.call_soon_threadsafe(_resolve, checked)
+
+        self.poller.check_soon(done)
+        try:
+            await asyncio.wait_for(checked, UNKNOWN_KEY_WAIT_S)
+        except TimeoutError:
+            pass
+        return self.authenticate(scope)
+
     async def handle_models(self, scope: Scope, send: Send, request_id: str) -> None:
-        key, org = self.authenticate(scope)
+        key, org = await self.authenticate_fresh(scope)
         cat = self.snapshot.catalogue(org.id)
         data = [_model_object(name, org, cat) for name in self.visible_models(key, org)]
         body = json.dumps({"object": "list", "data": data}).encode()
         await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
 
     async def handle_model(self, scope: Scope, send: Send, request_id: str, name: str) -> None:
-        key, org = self.authenticate(scope)
+        key, org = await self.authenticate_fresh(scope)
         if name not in self.visible_models(key, org):
             # As for inference: another org's model, or one the key may not use, is not found.
             raise GatewayError(
@@ -559,7 +589,7 @@ class Gateway:
         self, kind: str, request_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         started = time.perf_counter()
-        key, org = self.authenticate(scope)
+        key, org = await self.authenticate_fresh(scope)
         raw = await self._read_body(scope, receive)
         tag = None
         for name, value in scope["headers"]:

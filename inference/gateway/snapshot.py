@@ -309,6 +309,10 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
     )
 
 
+# The shortest time between two version checks that requests asked for (``check_soon``).
+MIN_CHECK_GAP_S = 0.05
+
+
 class SnapshotPoller:
     """A daemon thread: poll the control-plane version, rebuild on change or TTL, hand it over.
 
@@ -329,6 +333,9 @@ class SnapshotPoller:
         self._ttl_s = ttl_s
         self._build = build
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._checked: list[Callable[[], None]] = []
+        self._checked_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.version = -1
         self.built_at = 0.0
@@ -350,13 +357,39 @@ class SnapshotPoller:
         finally:
             close_old_connections()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def check_soon(self, done: Callable[[], None]) -> None:
+        """Check the version now instead of at the next poll, then call ``done`` (from the poller
+        thread, after any new snapshot has been handed to ``install``). Requests that arrive
+        together share one check, and checks asked for are at most ``MIN_CHECK_GAP_S`` apart, so
+        a stream of unknown keys costs the database a few small queries a second at most."""
+        with self._checked_lock:
+            self._checked.append(done)
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self._poll_s):
+        last_check = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_s)
+            gap = last_check + MIN_CHECK_GAP_S - time.monotonic()
+            if gap > 0 and self._stop.wait(gap):
+                break
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            with self._checked_lock:
+                checked, self._checked = self._checked, []
+            last_check = time.monotonic()
             try:
                 self.refresh()
             except Exception:
                 # The old snapshot keeps serving; the next poll tries again.
                 logger.exception("snapshot refresh failed")
+            for done in checked:
+                done()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gateway-snapshot", daemon=True)
@@ -364,5 +397,6 @@ class SnapshotPoller:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

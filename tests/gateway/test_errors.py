@@ -3,6 +3,9 @@ never reaching the engine."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import openai
 import pytest
@@ -43,6 +46,51 @@ def test_bad_missing_and_revoked_keys_get_401(gw, served, org, owner):
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         gw.client(created.secret).chat.completions.create(**CHAT)
     assert served.requests == []
+
+
+def test_a_key_created_a_moment_ago_works_on_its_first_request(start_gateway, engine, org, owner):
+    # A poll interval far longer than the test: only the unknown key's own look at the control
+    # plane can bring the new key in.
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    gw = start_gateway(snapshot_poll_s=60)
+    gw.refresh()
+    created = api_key_create(org=org, actor=owner, name="new", scopes=["inference"])
+    reply = gw.client(created.secret).chat.completions.create(**CHAT)
+    assert reply.choices[0].message.content
+    assert [m.id for m in gw.client(created.secret).models.list()] == ["tiny"]
+    # A key that does not exist is still refused after that look, and never reaches the engine.
+    with pytest.raises(openai.AuthenticationError) as caught:
+        gw.client("sk-never-created").chat.completions.create(**CHAT)
+    assert caught.value.code == "invalid_api_key"
+    assert len(fake.requests) == 1
+
+
+def test_unknown_keys_together_cost_few_control_plane_checks():
+    from inference.gateway.snapshot import MIN_CHECK_GAP_S, SnapshotPoller
+
+    class Counting(SnapshotPoller):
+        checks = 0
+
+        def refresh(self, *, force: bool = False) -> bool:
+            Counting.checks += 1
+            return False
+
+    poller = Counting(lambda snapshot: None, poll_s=60, ttl_s=60)
+    poller.start()
+    answered = threading.Semaphore(0)
+    started = time.monotonic()
+    try:
+        for _ in range(200):
+            poller.check_soon(answered.release)
+            time.sleep(0.001)
+        for _ in range(200):
+            assert answered.acquire(timeout=5)
+    finally:
+        poller.stop()
+    elapsed = time.monotonic() - started
+    # Every caller was answered, by checks at most one per MIN_CHECK_GAP_S (plus the first).
+    assert 1 <= Counting.checks <= elapsed / MIN_CHECK_GAP_S + 2
 
 
 def test_expired_key_gets_401(gw, served, org, owner):
