@@ -17,6 +17,7 @@ from console.models import (
     User,
 )
 from console.services.audit import audit_record
+from console.services.keys import api_key_revoke
 from console.services.orgs import org_reactivate, org_suspend
 from console.snapshot import snapshot_bump
 
@@ -121,8 +122,50 @@ class InvitationAdmin(admin.ModelAdmin[Invitation]):
     ]
 
 
+class SnapshotAdmin(admin.ModelAdmin[Any]):
+    """For rows the gateways hold in their snapshot (keys, endpoints...): a staff change reaches
+    every gateway process within about a second, as a tenant's change does, and appears in the
+    organisation's audit log under ``audit_action`` with the fields it changed."""
+
+    audit_action = ""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        changes = {
+            name: {"before": before, "after": after}
+            for name in form.changed_data
+            # A form may call a field changed that is not (a JSON list posted back as text).
+            if (before := _plain(form.initial.get(name)))
+            != (after := _plain(form.cleaned_data.get(name)))
+        }
+        if change and changes and self.audit_action:
+            audit_record(
+                org=obj.org,
+                action=self.audit_action,
+                actor=request.user,  # type: ignore[arg-type]
+                target=obj,
+                data={"by": "platform staff", **changes},
+            )
+        snapshot_bump()
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        super().delete_model(request, obj)
+        snapshot_bump()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        super().delete_queryset(request, queryset)
+        snapshot_bump()
+
+
+def _plain(value: Any) -> Any:
+    """A form value as the audit log's JSON can hold it."""
+    if value is None or isinstance(value, bool | int | float | str | list | dict):
+        return value
+    return str(value)
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+class ApiKeyAdmin(SnapshotAdmin):
     list_display = [
         "name",
         "prefix",
@@ -137,10 +180,33 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     search_fields = ["name", "prefix", "org__name", "org__slug"]
     # The digest is not secret, but there is nothing a person can do with it: keep it out of view.
     exclude = ["digest"]
-    readonly_fields = ["org", "prefix", "created_by", "created_at", "last_used_at"]
+    # Scopes only through the tenant (a key's holders must not gain powers behind their
+    # owner's back); revocation through the action below, which is audited as the console's is.
+    readonly_fields = [
+        "org",
+        "prefix",
+        "scopes",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    actions = ["revoke"]
+    audit_action = "key.updated"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are created by tenants, where the secret can be shown once
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        return False  # revoke instead: usage, spend and the audit log keep naming the key
+
+    @admin.action(description="Revoke selected keys (they stop working within a second)")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for key in queryset.filter(revoked_at=None):
+            api_key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 @admin.register(AuditEvent)

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from console.admin import SnapshotAdmin
 from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
 from inference.routing.egress import egress_policy, url_problem
+from inference.services.deployments import deployment_pause, deployment_resume
 
 
 class ReplicaInline(admin.TabularInline[Replica, Deployment]):
@@ -18,38 +24,64 @@ class ReplicaInline(admin.TabularInline[Replica, Deployment]):
     show_change_link = True
 
 
+class ViewOnlyAdmin(admin.ModelAdmin[Any]):
+    """Rows that services write with their checks, audits and notifications (and the
+    orchestrator acts on): staff see them here and act through the actions, never by editing
+    fields, which would skip all of that."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+class DeploymentAdmin(ViewOnlyAdmin):
     list_display = ["name", "org", "served_model_name", "state", "desired_replicas", "paused"]
     list_filter = ["state", "paused", "runner", "source"]
     search_fields = ["name", "served_model_name", "model", "org__slug"]
-    readonly_fields = ["state", "state_reason", "demand_at", "low_load_since", "spec_version"]
     inlines = [ReplicaInline]
+    actions = ["pause", "resume"]
+
+    @admin.action(description="Pause selected deployments (their replicas stop)")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in queryset.filter(deleted_at=None):
+            deployment_pause(deployment=deployment, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(request, "Paused.", messages.SUCCESS)
+
+    @admin.action(description="Resume selected deployments")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in queryset.filter(deleted_at=None):
+            deployment_resume(deployment=deployment, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(request, "Resumed.", messages.SUCCESS)
 
 
 @admin.register(Replica)
-class ReplicaAdmin(admin.ModelAdmin[Replica]):
+class ReplicaAdmin(ViewOnlyAdmin):
     list_display = ["id", "deployment", "state", "host", "port", "pid", "restart_count"]
     list_filter = ["state", "backend"]
     search_fields = ["deployment__name", "host"]
-    # Written by the orchestrator only; an edit here would fight it.
-    readonly_fields = [f.name for f in Replica._meta.fields]
 
 
 # Routes and external endpoints (the gateway's routing). Tenants edit them in the console, where
 # every change is validated and audited; staff mostly look.
 @admin.register(Route)
-class RouteAdmin(admin.ModelAdmin[Route]):
+class RouteAdmin(ViewOnlyAdmin):
+    # A route's graph (targets, cycles, one kind of work) is checked across the org's routes
+    # by the service; a field edited here would skip that.
     list_display = ["name", "org", "policy", "updated_at"]
     list_filter = ["policy"]
     search_fields = ["name", "org__slug"]
-    readonly_fields = ["created_at", "updated_at"]
 
 
 class ExternalEndpointAdminForm(forms.ModelForm[ExternalEndpoint]):
     class Meta:
         model = ExternalEndpoint
-        fields = ["org", "name", "base_url", "model", "created_by"]
+        fields = ["base_url", "model"]
 
     def clean_base_url(self) -> str:
         """The same address check as a tenant's form: staff cannot point the gateway at the
@@ -62,13 +94,20 @@ class ExternalEndpointAdminForm(forms.ModelForm[ExternalEndpoint]):
 
 
 @admin.register(ExternalEndpoint)
-class ExternalEndpointAdmin(admin.ModelAdmin[ExternalEndpoint]):
+class ExternalEndpointAdmin(SnapshotAdmin):
     form = ExternalEndpointAdminForm
     list_display = ["name", "org", "base_url", "model"]
     search_fields = ["name", "org__slug", "base_url"]
-    # The key is stored encrypted; the admin never shows or edits it.
+    # The key is stored encrypted; the admin never shows or edits it. Routes refer to the name.
     exclude = ["api_key_encrypted"]
-    readonly_fields = ["api_key_hint", "created_at"]
+    readonly_fields = ["org", "name", "api_key_hint", "created_by", "created_at"]
+    audit_action = "endpoint.updated"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tenants add endpoints, with their key
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a route may use it: tenants delete, after the check that none does
 
 
 @admin.register(RouteScorer)

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from console.models import Organisation
+from console.models import ApiKey, AuditEvent, Organisation
 from console.services.keys import KeyAuthError, api_key_authenticate, api_key_create
+from console.snapshot import snapshot_version
+from inference.services.deployments import deployment_create
+from inference.services.routes import external_endpoint_create, route_create
 from tests.factories import UserFactory
 
 
@@ -61,3 +66,105 @@ def test_suspend_and_reactivate_actions(staff_client, org, owner):
 def test_non_staff_cannot_open_the_admin(client_for, owner):
     response = client_for(owner).get("/admin/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def _key_form(key, **changes):  # type: ignore[no-untyped-def]
+    """The key's change form as the admin posts it, with ``changes`` applied."""
+    data = {
+        "name": key.name,
+        "allowed_models": json.dumps(key.allowed_models),
+        "rpm_limit": key.rpm_limit or "",
+        "tpm_limit": key.tpm_limit or "",
+        "monthly_budget_micros": key.monthly_budget_micros or "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+    }
+    data.update(changes)
+    return data
+
+
+def test_staff_key_edit_is_audited_and_reaches_the_gateways(
+    staff_client, org, owner, django_capture_on_commit_callbacks
+):
+    key = api_key_create(org=org, actor=owner, name="k", scopes=["inference"]).key
+    version = snapshot_version()
+    url = reverse("admin:console_apikey_change", args=[key.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(url, _key_form(key, rpm_limit=7, scopes='["manage"]'))
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.rpm_limit == 7
+    assert key.scopes == ["inference"]  # read-only here: a key never gains scopes from staff
+    assert snapshot_version() > version
+    event = AuditEvent.objects.get(action="key.updated")
+    assert event.data == {"by": "platform staff", "rpm_limit": {"before": None, "after": 7}}
+    assert event.actor is not None and event.actor.is_staff
+
+
+def test_staff_revoke_keys_with_the_action_not_by_deleting(
+    staff_client, org, owner, django_capture_on_commit_callbacks
+):
+    created = api_key_create(org=org, actor=owner, name="k", scopes=["inference"])
+    version = snapshot_version()
+    changelist = reverse("admin:console_apikey_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(changelist, {"action": "revoke", "_selected_action": [created.key.pk]})
+    with pytest.raises(KeyAuthError):
+        api_key_authenticate(created.secret)
+    assert snapshot_version() > version
+    assert AuditEvent.objects.filter(action="key.revoked").count() == 1
+    delete = reverse("admin:console_apikey_delete", args=[created.key.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    assert ApiKey.objects.filter(pk=created.key.pk).exists()
+
+
+def test_routes_and_deployments_change_only_through_services(
+    staff_client, org, owner, django_capture_on_commit_callbacks
+):
+    endpoint = external_endpoint_create(
+        org=org, actor=owner, name="partner", base_url="https://api.example.com/v1", model="m"
+    )
+    route = route_create(
+        org=org, actor=owner, name="chat", policy="single", config={"target": "external:partner"}
+    )
+    deployment = deployment_create(
+        org=org, actor=owner, name="llm", source="huggingface", model="acme/llm"
+    )
+    # A route edited here would skip the graph checks: staff can look, not change.
+    route_url = reverse("admin:inference_route_change", args=[route.pk])
+    assert staff_client.get(route_url).status_code == 200
+    response = staff_client.post(route_url, {"name": "chat", "policy": "single", "config": "{}"})
+    assert response.status_code == 403
+    route.refresh_from_db()
+    assert route.config == {"target": "external:partner"}
+    # Deployments: pause and resume as actions, through the service (audited, gateways told).
+    version = snapshot_version()
+    changelist = reverse("admin:inference_deployment_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(changelist, {"action": "pause", "_selected_action": [deployment.pk]})
+    deployment.refresh_from_db()
+    assert deployment.paused
+    assert snapshot_version() > version
+    assert AuditEvent.objects.filter(action="deployment.paused", org=org).exists()
+    delete = reverse("admin:inference_deployment_delete", args=[deployment.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    # An endpoint's address may be corrected, checked, audited and announced; not renamed.
+    endpoint_url = reverse("admin:inference_externalendpoint_change", args=[endpoint.pk])
+    refused = staff_client.post(
+        endpoint_url, {"base_url": "http://127.0.0.1:9/v1", "model": "m", "name": "other"}
+    )
+    assert refused.status_code == 200 and "GATEWAY_EXTERNAL_ALLOW" in refused.content.decode()
+    version = snapshot_version()
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = staff_client.post(
+            endpoint_url, {"base_url": "https://api.example.org/v1", "model": "m", "name": "other"}
+        )
+    assert saved.status_code == 302
+    endpoint.refresh_from_db()
+    assert (endpoint.name, endpoint.base_url) == ("partner", "https://api.example.org/v1")
+    assert snapshot_version() > version
+    event = AuditEvent.objects.get(action="endpoint.updated")
+    assert event.data["base_url"] == {
+        "before": "https://api.example.com/v1",
+        "after": "https://api.example.org/v1",
+    }
