@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
@@ -164,8 +165,23 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+class ApiKeyAdminForm(forms.ModelForm[ApiKey]):
+    def clean_allowed_models(self) -> list[str]:
+        """What the console and the API accept: a list of model names (the gateways' snapshot
+        reads it as one)."""
+        value = self.cleaned_data.get("allowed_models") or []
+        if not isinstance(value, list) or not all(
+            isinstance(name, str) and 0 < len(name.strip()) <= 200 for name in value
+        ):
+            raise forms.ValidationError(
+                'Enter a JSON list of model names, e.g. ["tiny-llama"], or [] for every model.'
+            )
+        return sorted({name.strip() for name in value})
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(SnapshotAdmin):
+    form = ApiKeyAdminForm
     list_display = [
         "name",
         "prefix",

@@ -101,6 +101,18 @@ def test_staff_key_edit_is_audited_and_reaches_the_gateways(
     assert event.actor is not None and event.actor.is_staff
 
 
+@pytest.mark.parametrize("bad", ['"tiny"', "[1, 2]", '{"a": 1}', '[""]'])
+def test_staff_key_edit_refuses_what_the_gateways_cannot_read(staff_client, org, owner, bad):
+    key = api_key_create(org=org, actor=owner, name="k", scopes=["inference"]).key
+    url = reverse("admin:console_apikey_change", args=[key.pk])
+    response = staff_client.post(url, _key_form(key, allowed_models=bad))
+    assert response.status_code == 200
+    assert "JSON list of model names" in response.content.decode()
+    key.refresh_from_db()
+    assert key.allowed_models == []
+    assert not AuditEvent.objects.filter(action="key.updated").exists()
+
+
 def test_staff_revoke_keys_with_the_action_not_by_deleting(
     staff_client, org, owner, django_capture_on_commit_callbacks
 ):
