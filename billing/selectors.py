@@ -83,10 +83,16 @@ def key_month_to_date_spend(
     return _spend("api_key_id", org_ids, now or timezone.now())
 
 
-def forecast_micros(*, org: Organisation, now: datetime | None = None) -> int:
-    """Month-to-date spend plus the last seven days' pace for the rest of the month."""
+def forecast_micros(
+    *, org: Organisation, now: datetime | None = None, mtd: int | None = None
+) -> int:
+    """Month-to-date spend plus the last seven days' pace for the rest of the month.
+
+    A caller that already has ``month_to_date_spend`` for ``now`` passes it as ``mtd``.
+    """
     now = now or timezone.now()
-    mtd = month_to_date_spend([org.pk], now=now)[org.pk]
+    if mtd is None:
+        mtd = month_to_date_spend([org.pk], now=now)[org.pk]
     window_start = max(now - timedelta(days=7), month_start(now))
     window_seconds = int((now - window_start).total_seconds())
     if window_seconds <= 0:
@@ -225,6 +231,19 @@ class UsageRow:
     def latency_p95_ms(self) -> int | None:
         return histogram_percentile(self.histogram, 0.95)
 
+    def add_rollup(self, rollup: UsageRollup) -> None:
+        self.requests += rollup.requests
+        self.errors += rollup.errors
+        self.prompt_tokens += rollup.prompt_tokens
+        self.completion_tokens += rollup.completion_tokens
+        self.cached_tokens += rollup.cached_tokens
+        self.resource_seconds += rollup.resource_seconds
+        self.cost_micros += rollup.cost_micros
+        self.baseline_cost_micros += rollup.baseline_cost_micros
+        for index, count in enumerate(rollup.latency_histogram or []):
+            if index < len(self.histogram):
+                self.histogram[index] += count
+
 
 @dataclass(frozen=True)
 class UsageFilters:
@@ -268,21 +287,23 @@ def usage_series(
                     row.key_name = key_names.get(r.api_key_id, "") if r.api_key_id else ""
                 else:
                     setattr(row, d, values[d])
-        row.requests += r.requests
-        row.errors += r.errors
-        row.prompt_tokens += r.prompt_tokens
-        row.completion_tokens += r.completion_tokens
-        row.cached_tokens += r.cached_tokens
-        row.resource_seconds += r.resource_seconds
-        row.cost_micros += r.cost_micros
-        row.baseline_cost_micros += r.baseline_cost_micros
-        for index, count in enumerate(r.latency_histogram or []):
-            if index < len(row.histogram):
-                row.histogram[index] += count
+        row.add_rollup(r)
     return sorted(
         rows.values(),
         key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),
     )
+
+
+def usage_totals_since(*, org: Organisation, since: datetime) -> UsageRow:
+    """The org's usage from the hour ``since`` falls in up to now, the current hour included.
+
+    The current hour's rollup is rewritten by every incremental run, so the total trails the
+    gateway by at most one run (``billing-usage-rollup`` in the beat schedule).
+    """
+    total = UsageRow()
+    for rollup in UsageRollup.objects.filter(org=org, hour__gte=hour_floor(since)).iterator():
+        total.add_rollup(rollup)
+    return total
 
 
 def usage_totals(rows: Iterable[UsageRow]) -> UsageRow:

@@ -1,29 +1,103 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db.models import Count, Min
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
+from billing.rollups import hour_floor
+from billing.selectors import (
+    forecast_micros,
+    month_start,
+    month_to_date_spend,
+    spend_limit_details,
+    usage_totals_since,
+)
 from console.decorators import requires
 from console.forms import OrgRenameForm, apply_service_error
 from console.limits import org_rate_limits
+from console.models import Organisation
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
 from console.services.orgs import org_update
+from inference.models import Deployment, ReplicaState, Runner
+from inference.selectors.deployments import deployments_for_org
 
 
 @requires(Action.ORG_VIEW)
 def overview(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """The dashboard: spend, the last day's traffic and the deployments, each shown to the
+    roles that may see them, and a quick start that uses one of the org's model names."""
     org = request.org
-    context = {
+    role = request.membership.role
+    # The same checks as the pages these sections link to.
+    can_view_usage = role_can(role, Action.USAGE_VIEW)
+    can_view_billing = role_can(role, Action.BILLING_VIEW)
+    can_view_deployments = role_can(role, Action.DEPLOYMENTS_VIEW)
+    can_view_routes = role_can(role, Action.ROUTES_VIEW)
+    context: dict[str, object] = {
         "member_count": org.memberships.count(),
         "active_key_count": org.api_keys.filter(revoked_at=None).count(),
         "recent_events": org.audit_events.select_related("actor", "actor_key")[:5],
+        "api_base_url": settings.SITE_URL + "/v1",
+        "can_view_usage": can_view_usage,
+        "can_view_billing": can_view_billing,
+        "can_view_deployments": can_view_deployments,
+        "can_view_routes": can_view_routes,
+        "can_deploy": role_can(role, Action.DEPLOYMENTS_MANAGE),
     }
+    if can_view_usage:
+        context.update(_spend_context(org, with_billing=can_view_billing))
+    deployments: list[Deployment] = []
+    if can_view_deployments:
+        deployments = list(deployments_for_org(org=org).filter(deleted_at=None))
+        # (deployment, ready replicas); the selector prefetches the live replicas.
+        context["deployments"] = [
+            (d, sum(r.state == ReplicaState.READY for r in d.live_replicas))  # type: ignore[attr-defined]
+            for d in deployments
+        ]
+    first_route = None
+    if can_view_routes:
+        routes = org.routes.aggregate(count=Count("id"), first=Min("name"))
+        context["route_count"], first_route = routes["count"], routes["first"]
+    context["example_model"] = _example_model(first_route, deployments)
     return render(request, "console/overview.html", context)
+
+
+def _spend_context(org: Organisation, *, with_billing: bool) -> dict[str, object]:
+    now = timezone.now()
+    mtd = month_to_date_spend([org.pk], now=now)[org.pk]
+    # 24 whole hours and the current one so far: the rollups are hourly.
+    traffic_since = hour_floor(now) - timedelta(hours=24)
+    context: dict[str, object] = {
+        "mtd": mtd,
+        "period_start": month_start(now),
+        "traffic_since": traffic_since,
+        "traffic": usage_totals_since(org=org, since=traffic_since),
+    }
+    if with_billing:
+        limit = spend_limit_details([org.pk])[org.pk]
+        context["limit"] = limit
+        context["forecast"] = forecast_micros(org=org, now=now, mtd=mtd)
+        if limit.cap_micros:
+            context["limit_percent"] = mtd * 100 // limit.cap_micros
+    return context
+
+
+def _example_model(first_route: str | None, deployments: list[Deployment]) -> str:
+    """A name the quick start's chat request can use: a route (the names clients are meant to
+    call), else a chat deployment's served name; embedding deployments cannot answer a chat."""
+    if first_route:
+        return first_route
+    chat = [d.served_model_name for d in deployments if d.runner == Runner.GENERATE]
+    return chat[0] if chat else "your-model"
 
 
 @requires(Action.ORG_VIEW)
