@@ -45,6 +45,11 @@ RUNNING_STATES = (S.PENDING, S.STARTING, S.READY)
 MIN_DRAIN_S = 2.0
 # On shutdown the orchestrator has only seconds (process managers then kill it): drain briefly.
 SHUTDOWN_MIN_DRAIN_S = 1.0
+# ...and stop engines quickly. A drained engine has nothing left to finish, and one still loading
+# its model ignores SIGTERM (vLLM's server did for over 30 s here): if the orchestrator waited
+# its usual grace, the process manager would kill it first and leave the engines running.
+SHUTDOWN_STOP_GRACE_S = 2.0
+SHUTDOWN_STOP_GRACE_STARTING_S = 0.5
 # Dedicated replicas' uptime goes to the ledger this often (and when a replica stops or crashes).
 UPTIME_REPORT_EVERY_S = 60.0
 
@@ -171,16 +176,15 @@ class Orchestrator:
                 if all(m is None or m.load == 0 for m in loads):
                     break
         running = [r for r in live if r.handle and r.state != S.PENDING]
+
+        def stop(replica: Replica) -> None:
+            starting = replica.state == S.STARTING
+            grace = SHUTDOWN_STOP_GRACE_STARTING_S if starting else SHUTDOWN_STOP_GRACE_S
+            self.backend.stop(handle=replica.handle, grace_s=min(grace, self.config.stop_grace_s))
+
         if running:
             with ThreadPoolExecutor(max_workers=len(running)) as pool:
-                list(
-                    pool.map(
-                        lambda r: self.backend.stop(
-                            handle=r.handle, grace_s=self.config.stop_grace_s
-                        ),
-                        running,
-                    )
-                )
+                list(pool.map(stop, running))
         for replica in live:
             self._stopped(replica)
         for deployment in Deployment.objects.filter(pk__in={r.deployment_id for r in live}):
