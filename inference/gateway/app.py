@@ -78,6 +78,17 @@ _KINDS = {
 DEMAND_SIGNAL_EVERY_S = 5.0
 # The longest an unknown key waits for the control plane's answer before its 401.
 UNKNOWN_KEY_WAIT_S = 1.0
+# With GATEWAY_CORS on, every /v1 response carries these, so that a web page on any origin can
+# call the API with a key (a bearer key, never a cookie: no ambient credentials are exposed) and
+# read the headers that say what served it.
+CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (
+        b"access-control-expose-headers",
+        b"x-request-id, x-route, x-target, x-deployment-id, x-replica-id, x-route-score, "
+        b"x-route-choice, retry-after",
+    ),
+]
 _RUNNER_FOR_KIND = {
     bodies.CHAT: "generate",
     bodies.COMPLETION: "generate",
@@ -143,6 +154,7 @@ class Gateway:
         router: AutoRouter | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig.from_env()
+        self.cors_headers = list(CORS_HEADERS) if config.cors else []
         self.snapshot: Snapshot = empty_snapshot()
         self.balancer = Balancer(mode=config.balance, eject_s=config.eject_s)
         self.pool = Pool(
@@ -357,6 +369,9 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         kind = _KINDS.get(path)
         request_id = "req-" + os.urandom(16).hex()
+        if method == "OPTIONS" and self.cors_headers and path.startswith("/v1/"):
+            await self.preflight(scope, send)
+            return
         try:
             if kind is not None:
                 if method != "POST":
@@ -378,9 +393,26 @@ class Gateway:
             else:
                 raise GatewayError(404, f"No such endpoint: {method} {path}.", "unknown_url")
         except GatewayError as error:
-            await _respond_error(send, error, request_id)
+            await _respond_error(send, error, request_id, extra=self.cors_headers)
         except _ClientGone:
             return
+
+    async def preflight(self, scope: Scope, send: Send) -> None:
+        """A browser asks whether a page may send this request: yes, with whatever headers it
+        names (the openai JavaScript client sends several of its own)."""
+        asked = b"authorization, content-type"
+        for name, value in scope["headers"]:
+            if name == b"access-control-request-headers":
+                asked = value[:1000]
+        headers = [
+            *self.cors_headers,
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", asked),
+            (b"access-control-max-age", b"600"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     # ---- authentication -------------------------------------------------------------------
 
@@ -467,7 +499,9 @@ class Gateway:
         cat = self.snapshot.catalogue(org.id)
         data = [_model_object(name, org, cat) for name in self.visible_models(key, org)]
         body = json.dumps({"object": "list", "data": data}).encode()
-        await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
+        await _respond(
+            send, 200, body, extra=[(b"x-request-id", request_id.encode()), *self.cors_headers]
+        )
 
     async def handle_model(self, scope: Scope, send: Send, request_id: str, name: str) -> None:
         key, org = await self.authenticate_fresh(scope)
@@ -480,7 +514,9 @@ class Gateway:
                 param="model",
             )
         body = json.dumps(_model_object(name, org, self.snapshot.catalogue(org.id))).encode()
-        await _respond(send, 200, body, extra=[(b"x-request-id", request_id.encode())])
+        await _respond(
+            send, 200, body, extra=[(b"x-request-id", request_id.encode()), *self.cors_headers]
+        )
 
     # ---- inference --------------------------------------------------------------------------
 
@@ -662,7 +698,7 @@ class Gateway:
         finally:
             watcher.cancel()
         if error is not None and not outcome.disconnected:
-            await _respond_error(send, error, request_id, route, outcome)
+            await _respond_error(send, error, request_id, route, outcome, self.cors_headers)
         request_account(
             self,
             Finished(key, org, parsed, route, plan, outcome, adm, reserve, request_id, started),
@@ -697,8 +733,9 @@ async def _respond_error(
     request_id: str,
     route: str = "",
     outcome: Outcome | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    extra = []
+    extra = list(extra or ())
     if request_id:
         extra.append((b"x-request-id", request_id.encode()))
     if route:

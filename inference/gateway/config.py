@@ -36,6 +36,8 @@ class GatewayConfig:
     external_allow: tuple[str, ...] = ()
     # How often in-flight counts per deployment are published for the autoscaler (0: never).
     inflight_publish_s: float = 1.0
+    # Answer browsers' CORS preflights and let pages on any origin read /v1 responses.
+    cors: bool = True
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -68,6 +70,7 @@ class GatewayConfig:
             affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256),
             balance=balance,
             access_log=env_bool("GATEWAY_ACCESS_LOG", True),
+            cors=env_bool("GATEWAY_CORS", True),
             redis_url=env_str("REDIS_URL"),
             metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
             inflight_publish_s=env_int("GATEWAY_INFLIGHT_PUBLISH_MS", 1000) / 1000,

@@ -363,6 +363,7 @@ class Exchange:
             self.request_id, self.route, outcome, content_type, self.decision
         )
         headers.append((b"content-length", str(len(body)).encode()))
+        headers += self.gw.cors_headers
         await self.send(
             {"type": "http.response.start", "status": response.status, "headers": headers}
         )
@@ -378,6 +379,7 @@ class Exchange:
             self.request_id, self.route, outcome, b"text/event-stream", self.decision
         )
         headers.append((b"cache-control", b"no-cache"))
+        headers += self.gw.cors_headers
         send = self.send
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:

@@ -210,3 +210,37 @@ def test_unknown_path_and_wrong_method(gw, served, inference_key):
     response = httpx.get(gw.url + "/v1/chat/completions")
     assert response.status_code == 405
     assert httpx.post(gw.url + "/v1/nothing").status_code == 404
+
+
+def test_browsers_may_call_the_api_from_any_origin(gw, served, inference_key):
+    preflight = httpx.options(
+        gw.url + "/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-lang",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "x-stainless-lang" in preflight.headers["access-control-allow-headers"]
+    assert served.requests == []  # a preflight never reaches an engine
+
+    auth = {"Authorization": f"Bearer {inference_key}", "Origin": "https://app.example.com"}
+    answered = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=auth)
+    assert answered.status_code == 200
+    assert answered.headers["access-control-allow-origin"] == "*"
+    assert "x-request-id" in answered.headers["access-control-expose-headers"]
+    refused = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers={"Origin": "x"})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "*"  # the page can read why
+    listed = httpx.get(gw.url + "/v1/models", headers=auth)
+    assert listed.headers["access-control-allow-origin"] == "*"
+
+
+def test_cors_can_be_turned_off(start_gateway):
+    gw = start_gateway(cors=False)
+    response = httpx.options(gw.url + "/v1/chat/completions", headers={"Origin": "x"})
+    assert response.status_code == 405
+    assert "access-control-allow-origin" not in response.headers
