@@ -31,18 +31,8 @@ from billing.models import (
 )
 from billing.models.payments import MeterEventStatus
 from billing.services.webhooks import stripe_event_process
+from console.admin import ReadOnlyAdmin
 from console.snapshot import snapshot_bump
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Price)

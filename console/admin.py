@@ -123,6 +123,21 @@ class InvitationAdmin(admin.ModelAdmin[Invitation]):
     ]
 
 
+class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+    """Rows written by services or background work, with their checks, audits and
+    notifications: staff see them and act through admin actions, never by editing fields,
+    which would skip all of that."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class SnapshotAdmin(admin.ModelAdmin[Any]):
     """For rows the gateways hold in their snapshot (keys, endpoints...): a staff change reaches
     every gateway process within about a second, as a tenant's change does, and appears in the

@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from console.admin import SnapshotAdmin
+from console.admin import ReadOnlyAdmin, SnapshotAdmin
 from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
 from inference.routing.egress import egress_policy, url_problem
 from inference.services.deployments import deployment_pause, deployment_resume
@@ -24,23 +24,8 @@ class ReplicaInline(admin.TabularInline[Replica, Deployment]):
     show_change_link = True
 
 
-class ViewOnlyAdmin(admin.ModelAdmin[Any]):
-    """Rows that services write with their checks, audits and notifications (and the
-    orchestrator acts on): staff see them here and act through the actions, never by editing
-    fields, which would skip all of that."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Deployment)
-class DeploymentAdmin(ViewOnlyAdmin):
+class DeploymentAdmin(ReadOnlyAdmin):
     list_display = ["name", "org", "served_model_name", "state", "desired_replicas", "paused"]
     list_filter = ["state", "paused", "runner", "source"]
     search_fields = ["name", "served_model_name", "model", "org__slug"]
@@ -61,7 +46,7 @@ class DeploymentAdmin(ViewOnlyAdmin):
 
 
 @admin.register(Replica)
-class ReplicaAdmin(ViewOnlyAdmin):
+class ReplicaAdmin(ReadOnlyAdmin):
     list_display = ["id", "deployment", "state", "host", "port", "pid", "restart_count"]
     list_filter = ["state", "backend"]
     search_fields = ["deployment__name", "host"]
@@ -70,7 +55,7 @@ class ReplicaAdmin(ViewOnlyAdmin):
 # Routes and external endpoints (the gateway's routing). Tenants edit them in the console, where
 # every change is validated and audited; staff mostly look.
 @admin.register(Route)
-class RouteAdmin(ViewOnlyAdmin):
+class RouteAdmin(ReadOnlyAdmin):
     # A route's graph (targets, cycles, one kind of work) is checked across the org's routes
     # by the service; a field edited here would skip that.
     list_display = ["name", "org", "policy", "updated_at"]
