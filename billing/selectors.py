@@ -202,6 +202,19 @@ def key_spend_limits(org_ids: Iterable[int] | None = None) -> dict[uuid.UUID, in
 DIMENSIONS = ("day", "model", "route", "key")
 
 
+# The counts a UsageRow and a UsageRollup share, summed when rows are added together.
+_COUNTED = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "resource_seconds",
+    "cost_micros",
+    "baseline_cost_micros",
+)
+
+
 @dataclass
 class UsageRow:
     day: date | None = None
@@ -231,18 +244,16 @@ class UsageRow:
     def latency_p95_ms(self) -> int | None:
         return histogram_percentile(self.histogram, 0.95)
 
-    def add_rollup(self, rollup: UsageRollup) -> None:
-        self.requests += rollup.requests
-        self.errors += rollup.errors
-        self.prompt_tokens += rollup.prompt_tokens
-        self.completion_tokens += rollup.completion_tokens
-        self.cached_tokens += rollup.cached_tokens
-        self.resource_seconds += rollup.resource_seconds
-        self.cost_micros += rollup.cost_micros
-        self.baseline_cost_micros += rollup.baseline_cost_micros
-        for index, count in enumerate(rollup.latency_histogram or []):
+    def add(self, counts: UsageRow | UsageRollup, histogram: list[int] | None) -> None:
+        """Add another row's or a rollup's counts, and its latency histogram, to this row."""
+        for name in _COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+        for index, count in enumerate(histogram or []):
             if index < len(self.histogram):
                 self.histogram[index] += count
+
+    def add_rollup(self, rollup: UsageRollup) -> None:
+        self.add(rollup, rollup.latency_histogram)
 
 
 @dataclass(frozen=True)
@@ -309,13 +320,5 @@ def usage_totals_since(*, org: Organisation, since: datetime) -> UsageRow:
 def usage_totals(rows: Iterable[UsageRow]) -> UsageRow:
     total = UsageRow()
     for row in rows:
-        total.requests += row.requests
-        total.errors += row.errors
-        total.prompt_tokens += row.prompt_tokens
-        total.completion_tokens += row.completion_tokens
-        total.cached_tokens += row.cached_tokens
-        total.resource_seconds += row.resource_seconds
-        total.cost_micros += row.cost_micros
-        total.baseline_cost_micros += row.baseline_cost_micros
-        total.histogram = [a + b for a, b in zip(total.histogram, row.histogram, strict=True)]
+        total.add(row, row.histogram)
     return total
