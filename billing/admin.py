@@ -72,6 +72,13 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
         super().save_model(request, obj, form, change)
         snapshot_bump()
 
+    def has_delete_permission(self, request: HttpRequest, obj: Plan | None = None) -> bool:
+        # Organisations without an account of their own are on the default plan, and spend
+        # limits (the console, the gateways' snapshot) cannot be worked out without it.
+        if obj is not None and obj.is_default:
+            return False
+        return super().has_delete_permission(request, obj)
+
 
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin[BillingAccount]):

@@ -180,3 +180,17 @@ def test_routes_and_deployments_change_only_through_services(
         "before": "https://api.example.com/v1",
         "after": "https://api.example.org/v1",
     }
+
+
+def test_the_default_plan_cannot_be_deleted(staff_client):
+    from billing.models import Plan
+    from tests.gateway.conftest import migration_rows
+
+    migration_rows()  # the plans billing's migrations create, whatever ran before
+    default = Plan.objects.get(is_default=True)
+    spare = Plan.objects.create(code="spare", name="Spare", kind=default.kind)
+    delete = "admin:billing_plan_delete"
+    assert staff_client.post(reverse(delete, args=[default.pk]), {"post": "yes"}).status_code == 403
+    assert Plan.objects.filter(pk=default.pk).exists()
+    assert staff_client.post(reverse(delete, args=[spare.pk]), {"post": "yes"}).status_code == 302
+    assert not Plan.objects.filter(pk=spare.pk).exists()
