@@ -30,7 +30,8 @@ LATENCY_BUCKETS_MS: tuple[int, ...] = (
     10_000, 15_000, 20_000, 30_000, 60_000, 120_000,
 )  # fmt: skip
 
-_UPDATE_FIELDS = [
+# A rollup's counts, which usage rows built from rollups sum too.
+COUNTED_FIELDS = (
     "requests",
     "errors",
     "prompt_tokens",
@@ -39,8 +40,8 @@ _UPDATE_FIELDS = [
     "resource_seconds",
     "cost_micros",
     "baseline_cost_micros",
-    "latency_histogram",
-]
+)
+_UPDATE_FIELDS = [*COUNTED_FIELDS, "latency_histogram"]
 
 
 def hour_floor(moment: datetime) -> datetime:

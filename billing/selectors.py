@@ -26,7 +26,12 @@ from billing.models import (
     UsageRollup,
 )
 from billing.money import format_dollars
-from billing.rollups import LATENCY_BUCKETS_MS, histogram_percentile, hour_floor
+from billing.rollups import (
+    COUNTED_FIELDS,
+    LATENCY_BUCKETS_MS,
+    histogram_percentile,
+    hour_floor,
+)
 from console.models import ApiKey, Organisation
 
 
@@ -202,19 +207,6 @@ def key_spend_limits(org_ids: Iterable[int] | None = None) -> dict[uuid.UUID, in
 DIMENSIONS = ("day", "model", "route", "key")
 
 
-# The counts a UsageRow and a UsageRollup share, summed when rows are added together.
-_COUNTED = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "resource_seconds",
-    "cost_micros",
-    "baseline_cost_micros",
-)
-
-
 @dataclass
 class UsageRow:
     day: date | None = None
@@ -246,7 +238,7 @@ class UsageRow:
 
     def add(self, counts: UsageRow | UsageRollup, histogram: list[int] | None) -> None:
         """Add another row's or a rollup's counts, and its latency histogram, to this row."""
-        for name in _COUNTED:
+        for name in COUNTED_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(counts, name))
         for index, count in enumerate(histogram or []):
             if index < len(self.histogram):
