@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from billing import urls as billing_urls
 from console.views import accounts, keys, members, org
-from inference import routes_urls
+from inference import requests_urls, routes_urls
 
 o = "o/<slug:org_slug>/"
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/", include("inference.api.urls")),
     path("api/", include("billing.api.urls")),
     path("api/", include(routes_urls.api_urlpatterns)),
+    path("api/", include(requests_urls.api_urlpatterns)),
     path("billing/", include("billing.urls")),
     # Accounts
     path("signup/", accounts.signup, name="signup"),
@@ -46,6 +47,7 @@ urlpatterns = [
     path(o + "audit/", org.audit_log, name="audit_log"),
     path(o + "deployments/", include("inference.urls")),
     path(o, include(routes_urls.org_urlpatterns)),
+    path(o, include(requests_urls.org_urlpatterns)),
     path(o, include(billing_urls.org_urlpatterns)),
     path(o + "keys/", keys.key_list, name="key_list"),
     path(o + "keys/new/", keys.key_create, name="key_create"),

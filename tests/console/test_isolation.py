@@ -11,13 +11,16 @@ import hashlib
 import pytest
 from django.apps import apps
 from django.test import Client
+from django.utils import timezone
 
+from billing.ledger import usage_record_batch
 from console.models import ApiKey, Invitation
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
 from inference.services.deployments import deployment_create
 from inference.services.routes import external_endpoint_create, route_create
+from tests.billing.factories import usage
 from tests.console.urlwalk import org_patterns
 from tests.factories import MembershipFactory
 
@@ -38,6 +41,8 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
     deployment = deployment_create(
         org=org, actor=owner, name="victim", source="huggingface", model="acme/victim"
     )
+    served = usage(org.id, timezone.now(), api_key_id=key.pk, deployment_id=deployment.pk)
+    usage_record_batch([served])
     return {
         "org_slug": org.slug,
         "key_id": str(key.pk),
@@ -46,6 +51,7 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "route_id": str(route.pk),
         "endpoint_id": str(endpoint.pk),
         "deployment_id": str(deployment.pk),
+        "request_id": served.request_id,
     }
 
 

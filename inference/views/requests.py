@@ -1,0 +1,123 @@
+"""The request log in the console: an org's requests one by one, and one request in full."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from django import forms
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+
+from billing.models import UsageRollup
+from console.decorators import requires
+from console.models import Organisation
+from console.permissions import Action
+from console.requests import OrgRequest
+from inference.models import Deployment, Route
+from inference.selectors.requests import (
+    Cursor,
+    CursorError,
+    RequestFilters,
+    request_get,
+    request_log,
+)
+
+STATUS_CHOICES = [("", "All"), ("ok", "Succeeded"), ("error", "Failed (4xx/5xx)")]
+
+
+class RequestFilterForm(forms.Form):
+    request_id = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Request id",
+        widget=forms.TextInput(attrs={"placeholder": "req-…", "size": 38}),
+    )
+    status = forms.ChoiceField(required=False, choices=STATUS_CHOICES)
+    route = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Model asked for",
+        widget=forms.TextInput(attrs={"list": "route-names", "placeholder": "All"}),
+    )
+    key = forms.ChoiceField(required=False, label="API key")
+
+    def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        keys = [(str(pk), f"{name} ({prefix}…)") for pk, name, prefix in
+                org.api_keys.order_by("name").values_list("id", "name", "prefix")]  # fmt: skip
+        cast(forms.ChoiceField, self.fields["key"]).choices = [("", "All keys"), *keys]
+        # Suggestions for the model field: names with traffic, routes and deployments.
+        used = UsageRollup.objects.filter(org=org).order_by().values_list("route", flat=True)
+        names = set(used.distinct())
+        names.update(Route.objects.filter(org=org).values_list("name", flat=True))
+        names.update(Deployment.objects.filter(org=org).values_list("served_model_name", flat=True))
+        self.route_names = sorted(n for n in names if n)
+
+    def filters(self) -> RequestFilters:
+        if not self.is_bound or not self.is_valid():
+            return RequestFilters()
+        data = self.cleaned_data
+        return RequestFilters(
+            status=data.get("status") or "",
+            route=(data.get("route") or "").strip(),
+            key_id=uuid.UUID(data["key"]) if data.get("key") else None,
+            request_id=(data.get("request_id") or "").strip(),
+        )
+
+
+@requires(Action.USAGE_VIEW)
+def request_list(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """Newest first, 50 a page; ``?before=`` (the link under the table) shows older ones."""
+    org = request.org
+    params = request.GET.copy()
+    before_value = params.pop("before", [""])[-1]
+    form = RequestFilterForm(params or None, org=org)
+    filters = form.filters()
+    before = None
+    cursor_error = ""
+    if before_value:
+        try:
+            before = Cursor.decode(before_value)
+        except CursorError:
+            cursor_error = "That page link is not valid any more: showing the newest requests."
+    page = request_log(org=org, filters=filters, before=before)
+    older = None
+    if page.next is not None:
+        query = params.copy()
+        query["before"] = page.next.encode()
+        older = query.urlencode()
+    context = {
+        "form": form,
+        "filters": filters,
+        "page": page,
+        "rows": page.records,
+        "older_query": older,
+        "filter_query": params.urlencode(),
+        "paged": before is not None,
+        "cursor_error": cursor_error,
+    }
+    template = "inference/requests.html"
+    return render(request, template + "#requests-panel" if request.htmx else template, context)
+
+
+@requires(Action.USAGE_VIEW)
+def request_detail(request: OrgRequest, org_slug: str, request_id: str) -> HttpResponse:
+    org = request.org
+    record = request_get(org=org, request_id=request_id)
+    if record is None:
+        raise Http404("No request with this id in this organisation.")
+    deployment = None
+    if record.deployment_id is not None:
+        deployment = Deployment.objects.filter(org=org, id=record.deployment_id).first()
+    route = Route.objects.filter(org=org, name=record.route).first() if record.route else None
+    saved = None
+    if record.baseline_cost_micros is not None:
+        saved = record.baseline_cost_micros - record.cost_micros
+    context = {
+        "record": record,
+        "deployment": deployment,
+        "route_obj": route,
+        "saved_micros": saved,
+    }
+    return render(request, "inference/request_detail.html", context)
