@@ -45,6 +45,9 @@ class User(AbstractUser):
     username = None  # type: ignore[assignment]
     email = models.EmailField("email address", unique=True)
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Set when the person opened the link emailed to their address (or accepted an invitation
+    # sent there). Until then they can look around but change nothing in an organisation.
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: ClassVar[list[str]] = []

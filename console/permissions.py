@@ -82,3 +82,16 @@ def role_may_assign(actor_role: str, target_current: str | None, target_new: str
     if actor_role == Role.ADMIN:
         return target_new != Role.OWNER and target_current != Role.OWNER
     return False
+
+
+# Reading is open to anyone the matrix allows; every change also needs a confirmed email address
+# (a person acting in a session: keys are made by people who had one).
+READ_ACTIONS = _READ | {Action.AUDIT_VIEW, Action.BILLING_VIEW}
+UNCONFIRMED_EMAIL_MESSAGE = (
+    "Confirm your email address first: open the link we emailed to {email} "
+    "(your account page sends it again)."
+)
+
+
+def needs_confirmed_email(action: Action) -> bool:
+    return action not in READ_ACTIONS

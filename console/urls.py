@@ -39,6 +39,8 @@ urlpatterns = [
     ),
     path("account/", accounts.account, name="account"),
     path("account/password/", accounts.account_password, name="account_password"),
+    path("account/confirm/send/", accounts.email_verify_send_view, name="email_verify_send"),
+    path("account/confirm/<str:token>/", accounts.email_verify_view, name="email_verify"),
     path("orgs/new/", accounts.org_create_view, name="org_create"),
     path("invitations/<str:token>/", accounts.invitation_accept_view, name="invitation_accept"),
     # One organisation's console

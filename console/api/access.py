@@ -11,7 +11,13 @@ from rest_framework.views import APIView
 
 from console.api.authentication import KeyPrincipal
 from console.models import ApiKey, Membership, Organisation, User
-from console.permissions import Action, role_can, scopes_can
+from console.permissions import (
+    UNCONFIRMED_EMAIL_MESSAGE,
+    Action,
+    needs_confirmed_email,
+    role_can,
+    scopes_can,
+)
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -70,3 +76,6 @@ class OrgAPIView(APIView):
         action = self.actions.get(request.method or "GET")
         if action is None or not self.access.can(action):
             raise exceptions.PermissionDenied("Your role or key scope does not allow this.")
+        user = self.access.user
+        if user is not None and user.email_verified_at is None and needs_confirmed_email(action):
+            raise exceptions.PermissionDenied(UNCONFIRMED_EMAIL_MESSAGE.format(email=user.email))

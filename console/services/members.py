@@ -16,6 +16,7 @@ from django.utils import timezone
 from console.models import Invitation, Membership, Organisation, User
 from console.permissions import Role, role_may_assign
 from console.services.audit import audit_record
+from console.services.users import user_email_verified
 
 
 def _digest(token: str) -> str:
@@ -116,6 +117,8 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     )
     if not claimed:
         raise ValidationError("This invitation has already been used.")
+    # The link went to this address: opening it proves the person reads that mailbox.
+    user_email_verified(user=user)
     membership, created = Membership.objects.get_or_create(
         org=invitation.org, user=user, defaults={"role": invitation.role}
     )

@@ -6,7 +6,16 @@ person, who may be in several organisations or none.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
+from django.core import signing
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from console.models import User
@@ -30,4 +39,75 @@ def user_password_change(*, user: User, password: str) -> User:
     validate_password(password, user)
     user.set_password(password)
     user.save(update_fields=["password"])
+    return user
+
+
+# Confirming an email address --------------------------------------------------------------------
+
+EMAIL_VERIFY_SALT = "console.email-verify"
+EMAIL_VERIFY_MAX_AGE = timedelta(days=3)
+# At most one confirmation email per person per this many seconds (the resend button).
+EMAIL_VERIFY_RESEND_S = 60
+
+
+def email_verification_token(user: User) -> str:
+    """A signed, expiring token naming the person and the address it was sent to: a later change
+    of address makes it worthless, and nothing needs storing."""
+    return signing.TimestampSigner(salt=EMAIL_VERIFY_SALT).sign_object(
+        {"u": str(user.public_id), "e": user.email.lower()}
+    )
+
+
+def email_verification_url(user: User) -> str:
+    return settings.SITE_URL + reverse("email_verify", args=[email_verification_token(user)])
+
+
+def email_verification_send(*, user: User) -> bool:
+    """Email ``user`` a link that confirms their address; False (and nothing sent) when one was
+    sent less than a minute ago or the address is already confirmed."""
+    if user.email_verified_at is not None:
+        return False
+    if not cache.add(f"email-verify-sent:{user.pk}", 1, timeout=EMAIL_VERIFY_RESEND_S):
+        return False
+    days = EMAIL_VERIFY_MAX_AGE.days
+    send_mail(
+        subject="Confirm your email address",
+        message=(
+            f"Confirm that {user.email} is your address by opening this link:\n\n"
+            f"{email_verification_url(user)}\n\n"
+            f"The link works for {days} days. Until then you can sign in and look around, but not "
+            f"create API keys, deployments or routes, or invite anyone.\n\n"
+            f"If you did not sign up, ignore this email."
+        ),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+    return True
+
+
+def email_verify(*, token: str) -> User:
+    """Confirm the address a token was sent to; ValidationError when the token is not valid
+    any more. Opening the link twice is harmless."""
+    signer = signing.TimestampSigner(salt=EMAIL_VERIFY_SALT)
+    try:
+        value = signer.unsign_object(token, max_age=EMAIL_VERIFY_MAX_AGE)
+    except signing.SignatureExpired:
+        raise ValidationError(
+            "This link has expired. Sign in and ask for a new one on your account page."
+        ) from None
+    except signing.BadSignature:
+        raise ValidationError("This link is not valid.") from None
+    user = User.objects.filter(public_id=value.get("u")).first()
+    if user is None or user.email.lower() != value.get("e"):
+        raise ValidationError("This link is not valid.")
+    user_email_verified(user=user)
+    return user
+
+
+def user_email_verified(*, user: User) -> User:
+    """Record that ``user`` controls their address (idempotent: the first time is kept)."""
+    if user.email_verified_at is None:
+        now = timezone.now()
+        User.objects.filter(pk=user.pk, email_verified_at=None).update(email_verified_at=now)
+        user.refresh_from_db(fields=["email_verified_at"])
     return user

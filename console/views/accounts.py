@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console.forms import (
     AccountNameForm,
@@ -20,7 +20,12 @@ from console.models import User
 from console.requests import AuthedRequest
 from console.services.members import invitation_accept, invitation_lookup
 from console.services.orgs import org_create
-from console.services.users import user_password_change, user_update
+from console.services.users import (
+    email_verification_send,
+    email_verify,
+    user_password_change,
+    user_update,
+)
 
 
 @require_http_methods(["GET", "POST"])
@@ -32,6 +37,9 @@ def signup(request: HttpRequest) -> HttpResponse:
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         next_url = request.GET.get("next", "")
+        if not next_url.startswith("/invitations/"):
+            # Accepting an invitation confirms the address by itself (its link went there).
+            email_verification_send(user=user)
         if next_url.startswith("/") and not next_url.startswith("//"):
             return redirect(next_url)
         return redirect("org_create")
@@ -133,3 +141,30 @@ def account_password(request: AuthedRequest) -> HttpResponse:
         messages.success(request, "Password changed. Your other sessions have been signed out.")
         return redirect("account")
     return _account_page(request, _name_form(user), form, status=400)
+
+
+@require_GET
+def email_verify_view(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in the confirmation email; works signed in or not, and more than once."""
+    try:
+        user = email_verify(token=token)
+    except ValidationError as exc:
+        context = {"error": " ".join(exc.messages)}
+        return render(request, "accounts/email_verify.html", context, status=400)
+    return render(request, "accounts/email_verify.html", {"verified_email": user.email})
+
+
+@login_required
+@require_POST
+def email_verify_send_view(request: AuthedRequest) -> HttpResponse:
+    user = request.user
+    if user.email_verified_at is not None:
+        messages.success(request, "Your email address is already confirmed.")
+    elif email_verification_send(user=user):
+        messages.success(request, f"We sent a new link to {user.email}.")
+    else:
+        messages.error(request, "A link was sent less than a minute ago: check your inbox first.")
+    next_url = request.POST.get("next", "")
+    if next_url.startswith("/") and not next_url.startswith("//"):
+        return redirect(next_url)
+    return redirect("account")

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Min
 from django.http import HttpResponse
@@ -20,7 +20,7 @@ from billing.selectors import (
     spend_limit_details,
     usage_totals_since,
 )
-from console.decorators import requires
+from console.decorators import member_check, requires
 from console.forms import OrgRenameForm, apply_service_error
 from console.limits import org_rate_limits
 from console.models import Organisation
@@ -106,8 +106,7 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
     org = request.org
     form = OrgRenameForm(request.POST or None, initial={"name": org.name})
     if request.method == "POST":
-        if not role_can(request.membership.role, Action.ORG_UPDATE):
-            raise PermissionDenied("Your role cannot rename the organisation.")
+        member_check(request, Action.ORG_UPDATE)
         if form.is_valid():
             try:
                 org_update(org=org, actor=request.user, name=form.cleaned_data["name"])

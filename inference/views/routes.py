@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console.decorators import requires
+from console.decorators import member_check, requires
 from console.forms import apply_service_error
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
@@ -102,8 +102,7 @@ def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpRespons
     can_manage = role_can(request.membership.role, Action.ROUTES_MANAGE)
     status = 200
     if request.method == "POST":
-        if not can_manage:
-            raise PermissionDenied("Your role cannot change routes.")
+        member_check(request, Action.ROUTES_MANAGE)
         if form.is_valid():
             try:
                 route = route_update(route=route, actor=request.user, **form.cleaned_data)

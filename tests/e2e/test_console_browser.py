@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.conf import settings
+from django.core import mail
 
 from console.models import ApiKey, AuditEvent, Invitation, Organisation
 from tests.gateway.conftest import migration_rows
@@ -29,6 +31,16 @@ def test_signup_org_invite_key_create_and_revoke(page, transactional_db):
     page.click("button[type=submit]")
     page.wait_for_url("**/o/browser-co/")
     assert page.locator("h1").inner_text() == "Browser Co"
+
+    # Until the address is confirmed, a banner says so; the emailed link confirms it.
+    assert page.locator("[data-testid=confirm-email]").is_visible()
+    [email] = [m for m in mail.outbox if m.to == ["founder@example.com"]]
+    link = re.search(r"http://\S+/account/confirm/\S+/", email.body)
+    assert link is not None
+    page.goto(link.group(0).replace(settings.SITE_URL, ""))
+    assert page.locator("h1").inner_text() == "Email address confirmed"
+    page.goto("/o/browser-co/")
+    assert page.locator("[data-testid=confirm-email]").count() == 0
 
     # Invite a member: the panel updates in place (htmx), the URL does not change.
     page.click("nav >> text=Members")
