@@ -194,3 +194,36 @@ def test_the_default_plan_cannot_be_deleted(staff_client):
     assert Plan.objects.filter(pk=default.pk).exists()
     assert staff_client.post(reverse(delete, args=[spare.pk]), {"post": "yes"}).status_code == 302
     assert not Plan.objects.filter(pk=spare.pk).exists()
+
+
+def test_staff_confirm_email_addresses_and_a_changed_address_needs_confirming_again(
+    staff_client,
+):
+    waiting = UserFactory(email="waiting@example.com", email_verified_at=None)
+    changelist = reverse("admin:console_user_changelist")
+    listed = staff_client.get(changelist, {"email_confirmed": "no"}).content.decode()
+    assert "waiting@example.com" in listed
+    response = staff_client.post(
+        changelist, {"action": "confirm_email", "_selected_action": [waiting.pk]}, follow=True
+    )
+    assert "Confirmed 1 email address(es)." in response.content.decode()
+    waiting.refresh_from_db()
+    assert waiting.email_verified_at is not None
+
+    change = reverse("admin:console_user_change", args=[waiting.pk])
+    form = staff_client.get(change).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k != "password"}
+    data.update(
+        email="moved@example.com",
+        date_joined_0=waiting.date_joined.strftime("%Y-%m-%d"),
+        date_joined_1=waiting.date_joined.strftime("%H:%M:%S"),
+        groups=[],
+        user_permissions=[],
+    )
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    saved = staff_client.post(change, data)
+    assert saved.status_code == 302, saved.context["adminform"].form.errors
+    waiting.refresh_from_db()
+    assert waiting.email == "moved@example.com"
+    assert waiting.email_verified_at is None
