@@ -58,7 +58,9 @@ def request_account(gateway: Gateway, done: Finished) -> None:
     elapsed = time.perf_counter() - started
     target = outcome.target
     cost = 0
-    if target is not None and outcome.usage_known and adm.budgets:
+    # The tokens recorded are what the ledger bills, estimates included (a stream cut short
+    # before the engine's usage arrived), so the budget counters settle the same cost.
+    if target is not None and (outcome.prompt_tokens or outcome.completion_tokens) and adm.budgets:
         price = gateway.snapshot.price(org.id, target)
         cost = cost_micros(
             price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
