@@ -1,5 +1,5 @@
 """The gateway ASGI application: /v1/chat/completions, /v1/completions, /v1/embeddings,
-/v1/models and /metrics.
+/v1/responses, /v1/models and /metrics.
 
 A plain ASGI callable (no framework) because every microsecond here is added to every request.
 Per request: key -> snapshot lookup, body checks, route plan, one limiter step, the proxied
@@ -74,6 +74,7 @@ _KINDS = {
     "/v1/chat/completions": bodies.CHAT,
     "/v1/completions": bodies.COMPLETION,
     "/v1/embeddings": bodies.EMBEDDING,
+    "/v1/responses": bodies.RESPONSES,
 }
 DEMAND_SIGNAL_EVERY_S = 5.0
 # The longest an unknown key waits for the control plane's answer before its 401.
@@ -93,6 +94,7 @@ _RUNNER_FOR_KIND = {
     bodies.CHAT: "generate",
     bodies.COMPLETION: "generate",
     bodies.EMBEDDING: "pooling",
+    bodies.RESPONSES: "generate",
 }
 
 
@@ -387,6 +389,9 @@ class Gateway:
                 # The server has already percent-decoded the path: a name with a slash in it
                 # ("org/model", sent by the openai client as "org%2Fmodel") arrives whole.
                 await self.handle_model(scope, send, request_id, path[len("/v1/models/") :])
+            elif path.startswith("/v1/responses/resp"):
+                # A response's id ("resp_..." from vLLM and OpenAI alike), or a path under it.
+                await self.handle_stored_response(scope)
             elif path == "/metrics":
                 self.check_metrics_access(scope)
                 await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
@@ -516,6 +521,17 @@ class Gateway:
         body = json.dumps(_model_object(name, org, self.snapshot.catalogue(org.id))).encode()
         await _respond(
             send, 200, body, extra=[(b"x-request-id", request_id.encode()), *self.cors_headers]
+        )
+
+    async def handle_stored_response(self, scope: Scope) -> None:
+        """``GET``/``DELETE /v1/responses/{id}`` and the like: responses are never stored (any
+        replica may serve the next request), so there is none to retrieve, cancel or delete."""
+        await self.authenticate_fresh(scope)
+        raise GatewayError(
+            404,
+            "Responses are not stored here: requests are served statelessly by any replica of "
+            "the model, so a response cannot be retrieved, cancelled or deleted afterwards.",
+            "response_not_found",
         )
 
     # ---- inference --------------------------------------------------------------------------

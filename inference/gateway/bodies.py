@@ -2,7 +2,8 @@
 
 Only the fields the gateway relies on, or that would confuse an engine when mistyped, are checked
 here; everything else passes through to the engine, which validates the rest and answers 400 in
-the same error format.
+the same error format. Responses API bodies (``/v1/responses``) are also refused when they ask
+for state kept between requests, which a gateway balancing over replicas cannot offer.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ from inference.routing.resolve import RequestFeatures
 CHAT = "chat"
 COMPLETION = "completion"
 EMBEDDING = "embedding"
+RESPONSES = "responses"
 
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 _INTS = ("n", "seed", "top_k", "logprobs", "top_logprobs", "best_of")
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_INPUT_ROLES = {"system", "developer", "user", "assistant"}
+# Responses API parameters that need the previous response or a conversation to be stored and
+# found again, by whichever replica serves the next request.
+_STATEFUL = {
+    "previous_response_id": "continue a previous response",
+    "conversation": "add to a stored conversation",
+}
+_NOT_STORED = (
+    "Responses are not stored here: requests are served statelessly by any replica of the model"
+)
 # Rough tokens-per-character for English text; routing rules and TPM use this estimate.
 CHARS_PER_TOKEN = 4
 
@@ -140,6 +152,8 @@ def request_parse(
         value = body.get(name)
         if value is not None and not _is_int(value):
             raise _bad(f"'{name}' must be a whole number.", name)
+    if kind == RESPONSES:
+        return _responses_parse(body, model, stream, tag, affinity_chars)
     max_tokens = None
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
@@ -190,6 +204,112 @@ def request_parse(
         max_tokens=None if max_tokens is None else max_tokens * max(1, n),
         prompt_tokens_estimate=estimate,
         prompt_tokens_bound=bound,
+        affinity_text=text[:affinity_chars],
+        features=features,
+    )
+
+
+def _responses_input_text(body: dict[str, Any]) -> tuple[str, int]:
+    """Text of a Responses API prompt (instructions, then each input item's role and text) and
+    the template tokens on top, checking the input's shape on the way."""
+    texts = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise _bad("'instructions' must be a string.", "instructions")
+        texts.append(instructions)
+    value = body.get("input")
+    if isinstance(value, str):
+        texts.append(value)
+        return "\n".join(texts), 4
+    if not isinstance(value, list):
+        raise _bad("'input' must be a string or a list of input items.", "input")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _bad(f"input[{i}] must be an object.", "input")
+        kind = item.get("type")
+        if kind is None or kind == "message":
+            role = item.get("role")
+            if role not in _INPUT_ROLES:
+                raise _bad(
+                    f"input[{i}].role must be one of {', '.join(sorted(_INPUT_ROLES))}.", "input"
+                )
+            content = item.get("content")
+            where = f"input[{i}].content"
+            if content is None:
+                raise _bad(f"{where} must be a string or a list of content parts.", where)
+            texts.append(role)
+            texts.append(_text_of_content(content, where))
+        elif not isinstance(kind, str):
+            raise _bad(f"input[{i}].type must be a string.", "input")
+        elif kind == "item_reference":
+            raise _bad(
+                f"input[{i}] refers to a stored item. {_NOT_STORED}; send the item itself.",
+                "input",
+            )
+        else:
+            # Tool calls and their outputs are part of the prompt too.
+            for name in ("arguments", "output"):
+                text = item.get(name)
+                if isinstance(text, str):
+                    texts.append(text)
+    return "\n".join(texts), 4 * len(value)
+
+
+def _responses_parse(
+    body: dict[str, Any], model: str, stream: bool, tag: str | None, affinity_chars: int
+) -> ParsedRequest:
+    """The Responses API's body: ``input`` (and ``instructions``) for the prompt,
+    ``max_output_tokens`` for the answer's bound, ``text.format`` for the response format."""
+    for name, what in _STATEFUL.items():
+        if body.get(name) is not None:
+            raise _bad(
+                f"'{name}' is not supported: {_NOT_STORED}, so they cannot {what}. "
+                "Send the whole conversation in 'input' instead.",
+                name,
+            )
+    for name in ("background", "store"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise _bad(f"'{name}' must be true or false.", name)
+    if body.get("background") is True:
+        raise _bad(
+            f"'background' is not supported: {_NOT_STORED}, so a background response could "
+            "not be fetched later. Stream the response instead.",
+            "background",
+        )
+    max_tokens = body.get("max_output_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise _bad("'max_output_tokens' must be a whole number of at least 1.", "max_output_tokens")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("'tools' must be a list.", "tools")
+    text_options = body.get("text")
+    if text_options is not None and not isinstance(text_options, dict):
+        raise _bad("'text' must be an object.", "text")
+    response_format = text_options.get("format") if text_options else None
+    if response_format is not None and not isinstance(response_format, dict):
+        raise _bad("'text.format' must be an object.", "text")
+    text, extra_tokens = _responses_input_text(body)
+    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
+    features = RequestFeatures(
+        prompt_tokens=estimate,
+        max_tokens=max_tokens,
+        has_tools=bool(tools),
+        has_response_format=response_format is not None,
+        tag=tag,
+        prompt_text=text,
+    )
+    return ParsedRequest(
+        kind=RESPONSES,
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=False,
+        continuous_usage=False,
+        max_tokens=max_tokens,
+        prompt_tokens_estimate=estimate,
+        prompt_tokens_bound=len(text.encode()) + extra_tokens + 16,
         affinity_text=text[:affinity_chars],
         features=features,
     )

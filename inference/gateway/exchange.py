@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inference.gateway.bodies import CHAT, COMPLETION, ParsedRequest
+from inference.gateway.bodies import CHAT, COMPLETION, RESPONSES, ParsedRequest
 from inference.gateway.errors import GatewayError
 from inference.gateway.snapshot import DeploymentEntry, ExternalEntry, ReplicaEntry
-from inference.gateway.sse import StreamFilter
+from inference.gateway.sse import ResponsesStreamFilter, StreamFilter
 from inference.gateway.upstream import UpstreamError, UpstreamResponse
 from inference.routing.resolve import Decision, Plan
 
@@ -32,7 +32,7 @@ logger = logging.getLogger("inference.gateway")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Target = DeploymentEntry | ExternalEntry
 
-_PATHS = {CHAT: "/chat/completions", COMPLETION: "/completions"}
+_PATHS = {CHAT: "/chat/completions", COMPLETION: "/completions", RESPONSES: "/responses"}
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 _EJECTING_STATUS = {500, 502, 504}
 # How engines word "the prompt plus max_tokens does not fit" (vLLM versions differ).
@@ -104,9 +104,39 @@ def _usage_from(usage: object, outcome: Outcome) -> None:
     outcome.usage_known = True
 
 
+def _responses_usage_from(usage: object, outcome: Outcome) -> None:
+    """The Responses API's usage: ``input_tokens``, ``output_tokens`` and
+    ``input_tokens_details.cached_tokens``."""
+    if not isinstance(usage, dict):
+        return
+    details = usage.get("input_tokens_details")
+    _usage_from(
+        {
+            "prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"),
+            "prompt_tokens_details": details if isinstance(details, dict) else None,
+        },
+        outcome,
+    )
+
+
+def _responses_upstream_body(parsed: ParsedRequest, model: str, raw: bytes) -> bytes:
+    """A Responses API body never asks the engine to store the response: no replica could be
+    asked for it again (OpenAI's default is to store; vLLM's is not to, unless the engine runs
+    with VLLM_ENABLE_RESPONSES_API_STORE=1)."""
+    if model == parsed.model and parsed.body.get("store") is False:
+        return raw
+    body = dict(parsed.body)
+    body["model"] = model
+    body["store"] = False
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _upstream_body(parsed: ParsedRequest, target: Target, raw: bytes) -> bytes:
     body = parsed.body
     model = target.served_model_name if isinstance(target, DeploymentEntry) else target.model
+    if parsed.kind == RESPONSES:
+        return _responses_upstream_body(parsed, model, raw)
     if model == parsed.model and not parsed.stream:
         return raw  # nothing to change: forward the client's bytes as they are
     body = dict(body)
@@ -351,8 +381,9 @@ class Exchange:
                     "upstream_error",
                 ) from None
         if response.status == 200:
+            read_usage = _responses_usage_from if self.parsed.kind == RESPONSES else _usage_from
             try:
-                _usage_from(json.loads(body).get("usage"), outcome)
+                read_usage(json.loads(body).get("usage"), outcome)
             except (ValueError, AttributeError):
                 pass
         content_type = b"application/json"
@@ -371,9 +402,14 @@ class Exchange:
 
     async def _deliver_stream(self, response: UpstreamResponse) -> None:
         outcome = self.outcome
-        stream = StreamFilter(
-            keep_final_usage=self.parsed.include_usage,
-            keep_inline_usage=self.parsed.continuous_usage,
+        responses = self.parsed.kind == RESPONSES
+        stream: StreamFilter | ResponsesStreamFilter = (
+            ResponsesStreamFilter()
+            if responses
+            else StreamFilter(
+                keep_final_usage=self.parsed.include_usage,
+                keep_inline_usage=self.parsed.continuous_usage,
+            )
         )
         headers = response_headers(
             self.request_id, self.route, outcome, b"text/event-stream", self.decision
@@ -400,9 +436,10 @@ class Exchange:
             raise
         usage = stream.usage()
         if usage is not None:
-            _usage_from(usage, outcome)
+            (_responses_usage_from if responses else _usage_from)(usage, outcome)
         elif not outcome.usage_known:
-            # No engine count (an external endpoint cut short): one token per streamed event.
+            # No engine count (an external endpoint cut short, or a Responses API stream, which
+            # has no running usage, cut short): one token per streamed event.
             outcome.prompt_tokens = self.parsed.prompt_tokens_estimate
-            outcome.completion_tokens = max(0, stream.data_events - 2)
+            outcome.completion_tokens = stream.completion_estimate()
         await send({"type": "http.response.body", "body": tail, "more_body": False})

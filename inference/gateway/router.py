@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from inference.gateway import bodies
 from inference.routing.config import RouteSpec
@@ -46,9 +46,29 @@ def _with_head(base: PromptScorer, head_json: str) -> PromptScorer:
     return Scorer(HeadWeights.from_json(head_json), embedder=base.embedder)
 
 
+def _responses_scoring_text(body: dict[str, Any]) -> str:
+    """A Responses API prompt as the scorer reads it: the instructions, then the input string or
+    each input message's text, one per line."""
+    texts = [body.get("instructions") or ""]
+    value = body.get("input")
+    if isinstance(value, str):
+        texts.append(value)
+    else:
+        for item in value or ():
+            content = item.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                texts.append("".join(p["text"] for p in content if isinstance(p.get("text"), str)))
+    return "\n".join(t for t in texts if t)
+
+
 def scoring_text(parsed: bodies.ParsedRequest) -> str:
     """What the scorer reads: the messages' text, one per line, without role names (the scorer
-    was fitted on bare prompts), or a completion's prompt."""
+    was fitted on bare prompts), a Responses API request's instructions and input the same way,
+    or a completion's prompt."""
+    if parsed.kind == bodies.RESPONSES:
+        return _responses_scoring_text(parsed.body)
     if parsed.kind != bodies.CHAT:
         return parsed.features.prompt_text
     texts = []

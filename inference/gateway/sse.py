@@ -5,6 +5,11 @@ usage and no choices) and ``continuous_usage_stats`` (running usage on every chu
 last usage seen is the engine's own count even when the client disconnects mid-stream. What the
 client did not ask for is removed: the final usage chunk, and the running usage on each chunk.
 Events without usage (the common case) pass through untouched, without JSON parsing.
+
+Responses API streams (``/v1/responses``) are passed through unchanged: the API puts the usage on
+the final event's response (``response.completed``), which the client expects, and engines offer
+no running usage for it. ``ResponsesStreamFilter`` notes that final usage and counts the delta
+events, for a stream cut short before its end.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from typing import Any
 _INLINE_USAGE = re.compile(rb',\s*"usage"\s*:\s*\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}')
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
+# The events that end a Responses API stream; each carries the response with its usage.
+_RESPONSE_DONE = (b"response.completed", b"response.incomplete", b"response.failed")
+_RESPONSE_DONE_TYPES = {name.decode() for name in _RESPONSE_DONE}
+# A delta event's type ("response.output_text.delta", "response.function_call_arguments.delta",
+# ...): a string's own text cannot hold it, as its quotes would be escaped.
+_DELTA_TYPE = re.compile(rb'"type":\s?"response\.[a-z_.]+\.delta"')
 
 
 def _has_usage(data: bytes) -> bool:
@@ -61,6 +72,11 @@ class StreamFilter:
         rest, self._pending = self._pending, b""
         return rest
 
+    def completion_estimate(self) -> int:
+        """Completion tokens when no usage arrived: one per content event (less the role and
+        the closing events)."""
+        return max(0, self.data_events - 2)
+
     def usage(self) -> dict[str, Any] | None:
         """The last usage the engine reported, or None."""
         if self._usage_event is None:
@@ -70,6 +86,54 @@ class StreamFilter:
                 try:
                     usage = json.loads(line[5:]).get("usage")
                 except (ValueError, AttributeError):
+                    return None
+                return usage if isinstance(usage, dict) else None
+        return None
+
+
+class ResponsesStreamFilter:
+    """A Responses API stream: every complete event is forwarded as it is."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._final_event: bytes | None = None
+        self.delta_events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes to forward now: every complete event so far."""
+        buffer = self._pending + data if self._pending else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buffer
+            return b""
+        complete, self._pending = buffer[: end + 2], buffer[end + 2 :]
+        self.delta_events += len(_DELTA_TYPE.findall(complete))
+        if _has_usage(complete):
+            for event in complete.split(b"\n\n"):
+                if _has_usage(event) and any(name in event for name in _RESPONSE_DONE):
+                    self._final_event = event
+        return complete
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def completion_estimate(self) -> int:
+        """Output tokens when the final event never came: one per delta event."""
+        return self.delta_events
+
+    def usage(self) -> dict[str, Any] | None:
+        """The final event's ``response.usage`` (Responses API names), or None."""
+        if self._final_event is None:
+            return None
+        for line in self._final_event.split(b"\n"):
+            if line.startswith(b"data:"):
+                try:
+                    event = json.loads(line[5:])
+                    if event.get("type") not in _RESPONSE_DONE_TYPES:
+                        return None
+                    usage = event["response"]["usage"]
+                except (ValueError, AttributeError, KeyError, TypeError):
                     return None
                 return usage if isinstance(usage, dict) else None
         return None

@@ -2,7 +2,8 @@
 added-latency benchmark.
 
 It answers like vLLM does (the same response shapes, ``stream_options`` with ``include_usage``
-and ``continuous_usage_stats``, a 400 naming the maximum context length) and can be told to
+and ``continuous_usage_stats``, a 400 naming the maximum context length, and the Responses API's
+objects and events with the usage on ``response.completed``) and can be told to
 fail: ``script`` holds the statuses of the next answers, ``stream_delay_s`` slows streaming so
 that a test can disconnect mid-stream. One token per whitespace-separated word.
 """
@@ -17,6 +18,13 @@ from collections import deque
 from typing import Any
 
 FIXED_ANSWER = "hello from the fake engine"
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    content = item.get("content") or ""
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content)
+    return str(content)
 
 
 class FakeEngine:
@@ -41,7 +49,12 @@ class FakeEngine:
             text = " ".join(str(m.get("content") or "") for m in body["messages"])
         else:
             value = body.get("prompt", body.get("input", ""))
-            text = value if isinstance(value, str) else " ".join(map(str, value))
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                # Responses API input items: the messages' text, plain or in content parts.
+                text = " ".join(_item_text(item) for item in value)
+            else:
+                text = value if isinstance(value, str) else " ".join(map(str, value))
+            text = f"{body.get('instructions') or ''} {text}"
         return max(1, len(text.split()))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -74,7 +87,11 @@ class FakeEngine:
             self.prompt_tokens_total += prompt
             await self._json(send, 200, self._embedding(body, prompt))
             return
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        max_tokens = (
+            body.get("max_tokens")
+            or body.get("max_completion_tokens")
+            or body.get("max_output_tokens")
+        )
         if prompt + (max_tokens or 0) > self.max_model_len:
             message = (
                 f"This model's maximum context length is {self.max_model_len} tokens. However,"
@@ -84,7 +101,10 @@ class FakeEngine:
             await self._json(send, 400, json.dumps(error).encode())
             return
         if body.get("stream"):
-            await self._stream(body, prompt, receive, send)
+            if path == "/v1/responses":
+                await self._stream_response(body, prompt, max_tokens, receive, send)
+            else:
+                await self._stream(body, prompt, receive, send)
             return
         if self.answer_delay_s:
             await asyncio.sleep(self.answer_delay_s)
@@ -94,6 +114,8 @@ class FakeEngine:
         await self._json(send, 200, self._completion(body, path, " ".join(words), prompt))
 
     def _completion(self, body: dict[str, Any], path: str, text: str, prompt: int) -> bytes:
+        if path == "/v1/responses":
+            return json.dumps(self._response(body, text, prompt, len(text.split()))).encode()
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": len(text.split()),
@@ -196,6 +218,91 @@ class FakeEngine:
                     }
                 )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            watcher.cancel()
+
+    def _response(
+        self, body: dict[str, Any], text: str, prompt: int, output: int | None
+    ) -> dict[str, Any]:
+        """A Responses API response object; ``output`` None: still in progress (no usage)."""
+        usage = None
+        if output is not None:
+            usage = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + output,
+            }
+        content = [{"type": "output_text", "text": text, "annotations": []}]
+        return {
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body.get("model", self.name),
+            "status": "in_progress" if output is None else "completed",
+            "output": [
+                {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": content,
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def _stream_response(
+        self, body: dict[str, Any], prompt: int, max_tokens: int | None, receive: Any, send: Any
+    ) -> None:
+        """Responses API events, as vLLM writes them: ``event:`` and ``data:`` lines."""
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def event(data: dict[str, Any]) -> None:
+            line = f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+
+        watcher = asyncio.ensure_future(watch())
+        self.prompt_tokens_total += prompt
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        try:
+            started = self._response(body, "", prompt, None)
+            await event({"type": "response.created", "response": started})
+            await event({"type": "response.in_progress", "response": started})
+            words = []
+            for i in range(min(max_tokens or self.stream_tokens, self.stream_tokens)):
+                if gone.is_set():
+                    self.disconnected.set()
+                    return
+                self.generation_tokens_total += 1
+                words.append(f"tok{i}")
+                await event(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": "msg_fake",
+                        "delta": f"tok{i} ",
+                    }
+                )
+                if self.stream_delay_s:
+                    try:
+                        await asyncio.wait_for(gone.wait(), self.stream_delay_s)
+                    except TimeoutError:
+                        pass
+            done = self._response(body, " ".join(words), prompt, len(words))
+            await event({"type": "response.completed", "response": done})
+            await send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
 
