@@ -16,6 +16,17 @@ from console.permissions import (
 )
 
 
+def member_can(request: HttpRequest, action: Action) -> bool:
+    """Whether the signed-in member may do ``action`` here (what ``member_check`` enforces): for
+    pages that offer a change only to those who may make it."""
+    membership = getattr(request, "membership", None)
+    if membership is None or not role_can(membership.role, action):
+        return False
+    if needs_confirmed_email(action):
+        return getattr(request.user, "email_verified_at", None) is not None
+    return True
+
+
 def member_check(request: HttpRequest, action: Action) -> None:
     """Raise PermissionDenied unless the signed-in member may do ``action`` here: their role
     allows it and, for a change, their email address is confirmed."""

@@ -26,8 +26,8 @@ from billing.services.accounts import (
     portal_session_create,
 )
 from billing.stripe_client import stripe_enabled
-from console.decorators import requires
-from console.permissions import Action, role_can
+from console.decorators import member_can, requires
+from console.permissions import Action
 from console.requests import OrgRequest
 
 
@@ -65,7 +65,7 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
         "budget_form": budget_form,
         "keys": keys,
         "invoices": Invoice.objects.filter(org=org)[:24],
-        "can_manage": role_can(request.membership.role, Action.BILLING_MANAGE),
+        "can_manage": member_can(request, Action.BILLING_MANAGE),
     }
 
 

@@ -6,9 +6,9 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console.decorators import requires
+from console.decorators import member_can, requires
 from console.forms import ApiKeyEditForm, ApiKeyForm, apply_service_error
-from console.permissions import Action, role_can
+from console.permissions import Action
 from console.requests import OrgRequest
 from console.services.keys import (
     CreatedKey,
@@ -24,7 +24,7 @@ def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) 
         "form": form,
         "created": created,
         "keys": org.api_keys.select_related("created_by"),
-        "can_manage": role_can(request.membership.role, Action.KEYS_MANAGE),
+        "can_manage": member_can(request, Action.KEYS_MANAGE),
     }
 
 

@@ -7,9 +7,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from console.decorators import requires
+from console.decorators import member_can, requires
 from console.forms import InviteForm, RoleForm, apply_service_error
-from console.permissions import Action, Role, role_can
+from console.permissions import Action, Role
 from console.requests import OrgRequest
 from console.services.members import (
     invitation_create,
@@ -21,7 +21,6 @@ from console.services.members import (
 
 def _context(request: OrgRequest, form: InviteForm, **extra: object) -> dict[str, object]:
     org = request.org
-    role = request.membership.role
     return {
         "form": form,
         "members": org.memberships.select_related("user").order_by("user__email"),
@@ -29,9 +28,9 @@ def _context(request: OrgRequest, form: InviteForm, **extra: object) -> dict[str
             accepted_at=None, revoked_at=None, expires_at__gt=timezone.now()
         ),
         "roles": Role.choices,
-        "can_invite": role_can(role, Action.MEMBERS_INVITE),
-        "can_change_role": role_can(role, Action.MEMBERS_CHANGE_ROLE),
-        "can_remove": role_can(role, Action.MEMBERS_REMOVE),
+        "can_invite": member_can(request, Action.MEMBERS_INVITE),
+        "can_change_role": member_can(request, Action.MEMBERS_CHANGE_ROLE),
+        "can_remove": member_can(request, Action.MEMBERS_REMOVE),
         **extra,
     }
 

@@ -20,7 +20,7 @@ from billing.selectors import (
     spend_limit_details,
     usage_totals_since,
 )
-from console.decorators import member_check, requires
+from console.decorators import member_can, member_check, requires
 from console.forms import OrgRenameForm, apply_service_error
 from console.limits import org_rate_limits
 from console.models import Organisation
@@ -51,7 +51,7 @@ def overview(request: OrgRequest, org_slug: str) -> HttpResponse:
         "can_view_billing": can_view_billing,
         "can_view_deployments": can_view_deployments,
         "can_view_routes": can_view_routes,
-        "can_deploy": role_can(role, Action.DEPLOYMENTS_MANAGE),
+        "can_deploy": member_can(request, Action.DEPLOYMENTS_MANAGE),
     }
     if can_view_usage:
         context.update(_spend_context(org, with_billing=can_view_billing))
@@ -115,7 +115,10 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
             else:
                 messages.success(request, "Saved.")
                 return redirect("org_settings", org_slug=org.slug)
-    context: dict[str, object] = {"form": form}
+    context: dict[str, object] = {
+        "form": form,
+        "can_rename": member_can(request, Action.ORG_UPDATE),
+    }
     if role_can(request.membership.role, Action.ORG_UPDATE):
         # Owners and admins see the gateway's limits for the org (set by platform staff).
         context["rpm_limit"], context["tpm_limit"] = org_rate_limits(org)

@@ -10,9 +10,9 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.decorators import requires
+from console.decorators import member_can, requires
 from console.forms import apply_service_error
-from console.permissions import Action, role_can
+from console.permissions import Action
 from console.requests import OrgRequest
 from inference.models import Deployment
 from inference.selectors.deployments import (
@@ -40,7 +40,7 @@ def _deployment(request: OrgRequest, deployment_id: str) -> Deployment:
 
 
 def _can_manage(request: OrgRequest) -> bool:
-    return role_can(request.membership.role, Action.DEPLOYMENTS_MANAGE)
+    return member_can(request, Action.DEPLOYMENTS_MANAGE)
 
 
 @requires(Action.DEPLOYMENTS_VIEW)

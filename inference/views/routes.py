@@ -11,9 +11,9 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console.decorators import member_check, requires
+from console.decorators import member_can, member_check, requires
 from console.forms import apply_service_error
-from console.permissions import Action, role_can
+from console.permissions import Action
 from console.requests import OrgRequest
 from inference.gateway.console_try import TryResult, route_try
 from inference.models import Deployment, ExternalEndpoint, Route, Runner
@@ -54,7 +54,7 @@ def _context(request: OrgRequest, **extra: Any) -> dict[str, Any]:
         "routes": Route.objects.filter(org=org),
         "endpoints": ExternalEndpoint.objects.filter(org=org),
         "deployments": Deployment.objects.filter(org=org, deleted_at=None).order_by("name"),
-        "can_manage": role_can(request.membership.role, Action.ROUTES_MANAGE),
+        "can_manage": member_can(request, Action.ROUTES_MANAGE),
         "route_form": RouteForm(initial={"policy": "single"}),
         "endpoint_form": EndpointForm(),
         "try_form": TryForm(models=chat_models),
@@ -99,7 +99,7 @@ def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpRespons
         "cold_start_fallback": route.cold_start_fallback,
     }
     form = RouteForm(request.POST or None, initial=initial)
-    can_manage = role_can(request.membership.role, Action.ROUTES_MANAGE)
+    can_manage = member_can(request, Action.ROUTES_MANAGE)
     status = 200
     if request.method == "POST":
         member_check(request, Action.ROUTES_MANAGE)

@@ -169,3 +169,19 @@ def test_staff_can_log_in_with_the_password(client):
     user = UserFactory(email_verified_at=None)
     assert client.login(email=user.email, password=PASSWORD)
     assert client.get("/account/").status_code == 200
+
+
+def test_pages_do_not_offer_changes_to_unconfirmed_people(client, org):
+    owner = UserFactory(email_verified_at=None)
+    Membership.objects.create(org=org, user=owner, role=Role.OWNER)
+    client.force_login(owner)
+    keys = client.get("/o/acme/keys/")
+    assert keys.context["can_manage"] is False
+    assert "Create key" not in keys.content.decode()
+    members = client.get("/o/acme/members/")
+    assert members.context["can_invite"] is False
+    settings_page = client.get("/o/acme/settings/").content.decode()
+    assert "Confirm your email address to rename the organisation." in settings_page
+    # Confirmed, the same owner is offered them.
+    User.objects.filter(pk=owner.pk).update(email_verified_at=owner.date_joined)
+    assert client.get("/o/acme/keys/").context["can_manage"] is True

@@ -8,7 +8,11 @@ import pytest
 from django.conf import settings
 from django.core import mail
 
-from console.models import ApiKey, AuditEvent, Invitation, Organisation
+from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation
+from console.permissions import Role
+from tests.factories import PASSWORD as FACTORY_PASSWORD
+from tests.factories import MembershipFactory
+from tests.factories import OrgFactory as OrganisationFactory
 from tests.gateway.conftest import migration_rows
 
 pytestmark = pytest.mark.browser
@@ -84,3 +88,23 @@ def test_signup_org_invite_key_create_and_revoke(page, transactional_db):
     assert key.revoked_at is not None
     actions = set(AuditEvent.objects.filter(org=org).values_list("action", flat=True))
     assert {"org.created", "member.invited", "key.created", "key.revoked"} <= actions
+
+
+def test_a_refused_htmx_change_says_why_on_the_page(page, transactional_db):
+    """A developer opens the keys page, is made a viewer meanwhile, then submits the form: the
+    403's reason appears above the page instead of nothing happening."""
+    org = OrganisationFactory(name="Shop", slug="shop")
+    member = MembershipFactory(org=org, role=Role.DEVELOPER)
+    page.goto("/login/")
+    page.fill("input[name=username]", member.user.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/o/shop/")
+    page.goto("/o/shop/keys/")
+    Membership.objects.filter(pk=member.pk).update(role=Role.VIEWER)
+    page.fill("input[name=name]", "too-late")
+    page.click("text=Create key")
+    alert = page.locator("#request-error")
+    alert.wait_for()
+    assert alert.inner_text() == "Your role (viewer) cannot do this."
+    assert not ApiKey.objects.filter(org=org).exists()
