@@ -66,7 +66,9 @@ class Orchestrator:
         self.backend = backend
         self.config = config
         self.probe = probe or EngineProbe()
-        self._report = report or (lambda line: None)
+        # What the orchestrator has to say (state changes, start and stop): logged unless the
+        # caller collects the lines itself.
+        self._report = report or logger.info
         self._stop = threading.Event()
         self._health_misses: dict[UUID, int] = {}
         self._drain_started: dict[UUID, float] = {}
@@ -483,6 +485,4 @@ class Orchestrator:
         return self.backend.log_tail(handle=replica.handle, log_ref=replica.log_path, lines=lines)
 
     def _say(self, deployment: Deployment, message: str) -> None:
-        line = f"{deployment.org.slug}/{deployment.name}: {message}"
-        logger.info(line)
-        self._report(line)
+        self._report(f"{deployment.org.slug}/{deployment.name}: {message}")

@@ -103,7 +103,9 @@ class KubernetesOrchestrator:
         # orchestrator to reach pod IPs (it does when it runs inside the cluster).
         self.probe = probe or EngineProbe(timeout_s=1.0)
         self.probe_metrics = probe_metrics
-        self._report = report or (lambda line: None)
+        # What the orchestrator has to say (state changes, start and stop): logged unless the
+        # caller collects the lines itself.
+        self._report = report or logger.info
         self._stop = threading.Event()
 
     # The loop
@@ -324,9 +326,7 @@ class KubernetesOrchestrator:
             self._say(deployment, reason)
 
     def _say(self, deployment: Deployment, message: str) -> None:
-        line = f"{deployment.org.slug}/{deployment.name}: {message}"
-        logger.info(line)
-        self._report(line)
+        self._report(f"{deployment.org.slug}/{deployment.name}: {message}")
 
 
 def kubernetes_orchestrator(
