@@ -51,6 +51,8 @@ class UsageEvent:
     # model to rate it at (the ledger rates it) or an amount already computed.
     baseline_model: str = ""
     baseline_cost_micros: int | None = None
+    # Why a failed request failed (the code of the error the client got), "" when it did not.
+    error_code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ def _usage_values(event: UsageEvent, table: PriceTable, stamp: datetime) -> dict
         "completion_tokens": event.completion_tokens,
         "cached_tokens": event.cached_tokens,
         "status_code": event.status_code,
+        "error_code": event.error_code[:40],
         "latency_ms": event.latency_ms,
         "ttft_ms": event.ttft_ms,
         "cost_micros": cost_micros(

@@ -30,6 +30,11 @@ class UsageRecord(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     status_code = models.PositiveSmallIntegerField(default=200)
+    error_code = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="Why it failed, in OpenAI's error `code` terms (never the prompt or answer).",
+    )
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     cost_micros = models.BigIntegerField(default=0)

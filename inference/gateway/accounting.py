@@ -33,6 +33,19 @@ class Finished:
     reserve: int
     request_id: str
     started: float
+    error_code: str = ""  # the code of the gateway's own error response, if it sent one
+
+
+def _error_code(outcome: Outcome, code: str) -> str:
+    """Why a request failed, in OpenAI's ``code`` terms: the gateway's own error, or what it saw
+    happen (never the engine's message, which may quote the request)."""
+    if code:
+        return code
+    if outcome.disconnected or outcome.status == 499:
+        return "client_disconnected"
+    if outcome.status >= 500:
+        return "upstream_error"  # the stream broke after its first bytes
+    return "upstream_rejected"  # the engine's own 4xx, passed through as it was
 
 
 def _baseline_cost(gateway: Gateway, org_id: int, plan: Plan, outcome: Outcome) -> int | None:
@@ -114,6 +127,7 @@ def request_account(gateway: Gateway, done: Finished) -> None:
                 router_score=plan.decision.score,
                 router_choice=plan.decision.choice,
                 baseline_cost_micros=baseline_cost,
+                error_code=_error_code(outcome, done.error_code) if outcome.status >= 400 else "",
             )
         )
     if gateway.config.access_log:

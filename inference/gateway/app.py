@@ -717,7 +717,19 @@ class Gateway:
             await _respond_error(send, error, request_id, route, outcome, self.cors_headers)
         request_account(
             self,
-            Finished(key, org, parsed, route, plan, outcome, adm, reserve, request_id, started),
+            Finished(
+                key,
+                org,
+                parsed,
+                route,
+                plan,
+                outcome,
+                adm,
+                reserve,
+                request_id,
+                started,
+                error.code if error is not None else "",
+            ),
         )
 
 

@@ -23,6 +23,21 @@ from inference.selectors.requests import (
     request_log,
 )
 
+# What each error code on a usage record means, for the request's page.
+ERROR_HELP = {
+    "upstream_error": "The model server failed (a 5xx, a dropped connection or a broken stream) "
+    "and no other target or replica could take over.",
+    "timeout": "The model server took longer than the gateway's timeout.",
+    "overloaded": "Every target was overloaded (the engines answered 429 or 503).",
+    "no_capacity": "No replica could take the request (none ready, all ejected or paused).",
+    "cold_start": "The deployment was scaled to zero and no replica was ready in time.",
+    "context_length_exceeded": "The prompt plus max_tokens did not fit any target's context "
+    "length.",
+    "client_disconnected": "The client went away before the answer ended; what was generated "
+    "until then is metered.",
+    "upstream_rejected": "The model server refused the request as invalid (its own 4xx, "
+    "passed to the client unchanged).",
+}
 STATUS_CHOICES = [("", "All"), ("ok", "Succeeded"), ("error", "Failed (4xx/5xx)")]
 
 
@@ -119,5 +134,6 @@ def request_detail(request: OrgRequest, org_slug: str, request_id: str) -> HttpR
         "deployment": deployment,
         "route_obj": route,
         "saved_micros": saved,
+        "error_help": ERROR_HELP.get(record.error_code, ""),
     }
     return render(request, "inference/request_detail.html", context)

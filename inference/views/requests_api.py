@@ -77,6 +77,10 @@ class RequestRecordSerializer(serializers.Serializer):
     replica_id = serializers.UUIDField(allow_null=True)
     api_key = KeyRefSerializer(allow_null=True, help_text="Null for the console's try box.")
     status_code = serializers.IntegerField()
+    error_code = serializers.CharField(
+        help_text="Why it failed, as the error's `code` (e.g. upstream_error, timeout, "
+        "overloaded, context_length_exceeded, client_disconnected); empty on success."
+    )
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     cached_tokens = serializers.IntegerField()
@@ -110,6 +114,7 @@ def record_dict(record: UsageRecord, names: dict[uuid.UUID, str]) -> dict[str, A
             None if key is None else {"id": key.id, "name": key.name, "prefix": key.prefix}
         ),
         "status_code": record.status_code,
+        "error_code": record.error_code,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "cached_tokens": record.cached_tokens,

@@ -38,9 +38,38 @@ def test_a_served_and_a_failed_request_are_found_by_their_request_ids(
 
     errors = client.get("/api/orgs/acme/requests/?status=error", **auth).json()["requests"]
     assert [r["request_id"] for r in errors] == [failed_id]
-    assert errors[0]["status_code"] == 502
+    assert (errors[0]["status_code"], errors[0]["error_code"]) == (502, "upstream_error")
+    assert record["error_code"] == ""
 
     page = client_for(owner).get(f"/o/acme/requests/?request_id={failed_id}")
     assert [r.request_id for r in page.context["rows"]] == [failed_id]
     detail = client_for(owner).get(f"/o/acme/requests/{failed_id}/").content.decode()
     assert 'data-testid="status">502<' in detail
+    assert 'data-testid="error-code">upstream_error<' in detail
+    assert "The model server failed" in detail
+
+
+def test_an_engine_refusal_and_a_timeout_are_told_apart(
+    start_gateway, engine, org, owner, inference_key, client
+):
+    gw = start_gateway(read_timeout_s=0.3)
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    gw.refresh()
+    api = gw.client(inference_key)
+    fake.script.append((400, "temperature must be at most 2"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(model="tiny", **CHAT)
+    fake.answer_delay_s = 3
+    with pytest.raises(openai.APIStatusError) as slow:
+        api.chat.completions.create(model="tiny", **CHAT)
+    assert slow.value.status_code == 504
+    gw.wait_for_records(2)
+    reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {reader}"}
+    codes = {}
+    for caught in (refused, slow):
+        request_id = caught.value.response.headers["x-request-id"]
+        record = client.get(f"/api/orgs/acme/requests/{request_id}/", **auth).json()
+        codes[record["status_code"]] = record["error_code"]
+    assert codes == {400: "upstream_rejected", 504: "timeout"}

@@ -301,6 +301,7 @@ def test_client_disconnect_mid_stream_aborts_upstream_and_meters_what_was_genera
     gw.wait_for_records(1)
     record = UsageRecord.objects.get()
     assert record.status_code == 499
+    assert record.error_code == "client_disconnected"
     assert record.prompt_tokens == 3
     # What the engine reported on the last chunk the gateway received before the abort.
     assert 3 <= record.completion_tokens < 200

@@ -132,6 +132,7 @@ def test_the_api_lists_pages_and_shows_one_request_in_full(client, org, owner, k
         "replica_id": str(replica),
         "api_key": {"id": str(key.id), "name": "backend", "prefix": key.prefix},
         "status_code": 200,
+        "error_code": "",
         "prompt_tokens": 1000,
         "completion_tokens": 500,
         "cached_tokens": 200,
