@@ -38,6 +38,8 @@ from inference.gateway.limits import (
     Limiter,
     LocalLimiter,
     RedisLimiter,
+    rate_limit_headers,
+    refusal_headers,
 )
 from inference.gateway.meter_writer import ProcessWriter
 from inference.gateway.metering import Meter
@@ -87,7 +89,9 @@ CORS_HEADERS = [
     (
         b"access-control-expose-headers",
         b"x-request-id, x-route, x-target, x-deployment-id, x-replica-id, x-route-score, "
-        b"x-route-choice, retry-after",
+        b"x-route-choice, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
+        b"x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, "
+        b"x-ratelimit-reset-tokens",
     ),
 ]
 _RUNNER_FOR_KIND = {
@@ -694,6 +698,7 @@ class Gateway:
                     f"Retry after {refusal.retry_after_s} s.",
                     "rate_limit_exceeded",
                     retry_after=refusal.retry_after_s,
+                    headers=refusal_headers(refusal),
                 )
         exchange = Exchange(
             self,
@@ -704,6 +709,8 @@ class Gateway:
             raw=raw,
             send=send,
         )
+        if adm.counts:
+            exchange.extra_headers = self.cors_headers + rate_limit_headers(adm, time.time())
         watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange))
         error: GatewayError | None = None
         try:
@@ -714,7 +721,7 @@ class Gateway:
         finally:
             watcher.cancel()
         if error is not None and not outcome.disconnected:
-            await _respond_error(send, error, request_id, route, outcome, self.cors_headers)
+            await _respond_error(send, error, request_id, route, outcome, exchange.extra_headers)
         request_account(
             self,
             Finished(
@@ -772,4 +779,6 @@ async def _respond_error(
         extra.append((b"x-target", target_label(outcome.target).encode()))
     if error.retry_after is not None:
         extra.append((b"retry-after", str(error.retry_after).encode()))
+    if error.headers:
+        extra += error.headers
     await _respond(send, error.status, error.body(), extra=extra)

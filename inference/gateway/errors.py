@@ -30,6 +30,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         retry_after: int | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,6 +38,7 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers  # more response headers (a 429's rate limit headers)
 
     def body(self) -> bytes:
         return error_body(self.status, self.message, self.code, self.param)

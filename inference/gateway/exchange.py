@@ -181,6 +181,9 @@ class Exchange:
         self.started = time.perf_counter()
         self.outcome = Outcome()
         self.decision: Decision | None = None
+        # Headers every answer carries besides what it is about: CORS, the rate limit headers.
+        # Shared lists: replaced, never changed in place.
+        self.extra_headers: list[tuple[bytes, bytes]] = gateway.cors_headers
 
     def on_disconnect(self) -> None:
         self.outcome.disconnected = True
@@ -394,7 +397,7 @@ class Exchange:
             self.request_id, self.route, outcome, content_type, self.decision
         )
         headers.append((b"content-length", str(len(body)).encode()))
-        headers += self.gw.cors_headers
+        headers += self.extra_headers
         await self.send(
             {"type": "http.response.start", "status": response.status, "headers": headers}
         )
@@ -415,7 +418,7 @@ class Exchange:
             self.request_id, self.route, outcome, b"text/event-stream", self.decision
         )
         headers.append((b"cache-control", b"no-cache"))
-        headers += self.gw.cors_headers
+        headers += self.extra_headers
         send = self.send
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:

@@ -43,6 +43,8 @@ class Admission:
     budgets: list[Counter] = field(default_factory=list)
     # Which rate counters count tokens, to be corrected at settlement.
     token_keys: list[str] = field(default_factory=list)
+    # Once admitted: each rate counter's value after this request (the order of ``rates``).
+    counts: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -104,11 +106,14 @@ class LocalLimiter:
             current = found
             if current >= counter.limit or current + counter.amount > counter.limit:
                 return Refusal(counter, True, 0)
-        for counter in admission.rates + admission.budgets:
+        counts = admission.counts
+        for index, counter in enumerate(admission.rates + admission.budgets):
             value, expires = self._values.get(counter.key, (0, now + counter.ttl_s))
             if expires <= now:
                 value, expires = 0, now + counter.ttl_s
             self._values[counter.key] = (value + counter.amount, expires)
+            if index < len(admission.rates):
+                counts.append(value + counter.amount)
         return None
 
     async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
@@ -130,8 +135,9 @@ class LocalLimiter:
 
 
 # KEYS: rate counters, then budget counters. ARGV: number of rate counters, then for each
-# counter (limit, amount, ttl, seed). Returns 0 when admitted, else the 1-based index of the
-# refusing counter and its remaining time to live in seconds.
+# counter (limit, amount, ttl, seed). Returns {0, 0, rate counters' values after the request...}
+# when admitted, else the 1-based index of the refusing counter and its remaining time to live
+# in seconds.
 _ADMIT = """
 local nrate = tonumber(ARGV[1])
 local values = {}
@@ -156,15 +162,19 @@ for i = 1, #KEYS do
     end
   end
 end
+local result = {0, 0}
 for i = 1, #KEYS do
   local base = 2 + (i - 1) * 4
   local amount = tonumber(ARGV[base + 1])
   local after = redis.call('INCRBY', KEYS[i], amount)
-  if i <= nrate and after == amount then
-    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[base + 2]))
+  if i <= nrate then
+    if after == amount then
+      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[base + 2]))
+    end
+    result[#result + 1] = after
   end
 end
-return {0, 0}
+return result
 """
 
 # KEYS: counters to correct; ARGV: the delta for each. Expired counters stay expired.
@@ -194,8 +204,10 @@ class RedisLimiter:
         args: list[int] = [len(admission.rates)]
         for counter in counters:
             args += [counter.limit, counter.amount, counter.ttl_s, counter.seed]
-        index, ttl = await self._admit(keys=[c.key for c in counters], args=args)
+        result = await self._admit(keys=[c.key for c in counters], args=args)
+        index, ttl = result[0], result[1]
         if not index:
+            admission.counts.extend(int(value) for value in result[2:])
             return None
         counter = counters[int(index) - 1]
         is_budget = int(index) > len(admission.rates)
@@ -209,3 +221,38 @@ class RedisLimiter:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def rate_limit_headers(admission: Admission, now: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-*`` headers for an admitted request: per kind (requests, tokens),
+    the limit with the least left after this request (the key's or the organisation's), what is
+    left and when the minute window resets. Token counts include this request's prompt estimate
+    (the engine's count replaces it at settlement). None for a kind without a limit."""
+    _, reset_s = minute_window(now)
+    tightest: dict[str, tuple[int, int]] = {}
+    for counter, count in zip(admission.rates, admission.counts, strict=False):
+        kind = "requests" if counter.key.startswith("gw:rpm:") else "tokens"
+        remaining = max(0, counter.limit - count)
+        if kind not in tightest or remaining < tightest[kind][1]:
+            tightest[kind] = (counter.limit, remaining)
+    headers = []
+    for kind, (limit, remaining) in tightest.items():
+        headers += _limit_headers(kind, limit, remaining, reset_s)
+    return headers
+
+
+def refusal_headers(refusal: Refusal) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of a 429: the refusing limit, nothing left, its reset."""
+    kind = "requests" if refusal.counter.key.startswith("gw:rpm:") else "tokens"
+    return _limit_headers(kind, refusal.counter.limit, 0, refusal.retry_after_s)
+
+
+def _limit_headers(
+    kind: str, limit: int, remaining: int, reset_s: int
+) -> list[tuple[bytes, bytes]]:
+    suffix = kind.encode()
+    return [
+        (b"x-ratelimit-limit-" + suffix, str(limit).encode()),
+        (b"x-ratelimit-remaining-" + suffix, str(remaining).encode()),
+        (b"x-ratelimit-reset-" + suffix, f"{reset_s}s".encode()),
+    ]
