@@ -140,9 +140,10 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "completion_tokens",
         "cost_micros",
         "status_code",
+        "error_code",
         "served_at",
     ]
-    list_filter = ["status_code"]
+    list_filter = ["status_code", "error_code"]
     search_fields = ["request_id", "org__slug", "model", "route"]
     date_hierarchy = "served_at"
 
