@@ -34,6 +34,7 @@ class RequestFilters:
     model: str = ""
     key_id: uuid.UUID | None = None
     request_id: str = ""
+    deployment_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def _filtered(org: Organisation, filters: RequestFilters) -> QuerySet[UsageRecor
         records = records.filter(model=filters.model)
     if filters.key_id is not None:
         records = records.filter(api_key_id=filters.key_id)
+    if filters.deployment_id is not None:
+        records = records.filter(deployment_id=filters.deployment_id)
     return records
 
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Any, cast
 
 from django import forms
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import render
 
 from billing.models import UsageRollup
@@ -56,6 +56,7 @@ class RequestFilterForm(forms.Form):
         widget=forms.TextInput(attrs={"list": "route-names", "placeholder": "All"}),
     )
     key = forms.ChoiceField(required=False, label="API key")
+    deployment = forms.UUIDField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -78,7 +79,14 @@ class RequestFilterForm(forms.Form):
             route=(data.get("route") or "").strip(),
             key_id=uuid.UUID(data["key"]) if data.get("key") else None,
             request_id=(data.get("request_id") or "").strip(),
+            deployment_id=data.get("deployment"),
         )
+
+
+def _without(params: QueryDict, name: str) -> str:
+    rest = params.copy()
+    rest.pop(name, None)
+    return rest.urlencode()
 
 
 @requires(Action.USAGE_VIEW)
@@ -97,6 +105,9 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponse:
         except CursorError:
             cursor_error = "That page link is not valid any more: showing the newest requests."
     page = request_log(org=org, filters=filters, before=before)
+    deployment = None
+    if filters.deployment_id is not None:
+        deployment = Deployment.objects.filter(org=org, id=filters.deployment_id).first()
     older = None
     if page.next is not None:
         query = params.copy()
@@ -111,6 +122,8 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponse:
         "filter_query": params.urlencode(),
         "paged": before is not None,
         "cursor_error": cursor_error,
+        "deployment": deployment,
+        "without_deployment": _without(params, "deployment"),
     }
     template = "inference/requests.html"
     return render(request, template + "#requests-panel" if request.htmx else template, context)

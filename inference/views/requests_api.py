@@ -42,6 +42,9 @@ class RequestLogQuery(serializers.Serializer):
     model = serializers.CharField(required=False, max_length=200, help_text="Served model.")
     key = serializers.UUIDField(required=False, help_text="An API key's id.")
     request_id = serializers.CharField(required=False, max_length=100)
+    deployment = serializers.UUIDField(
+        required=False, help_text="A deployment's id: the requests it served."
+    )
     before = serializers.CharField(
         required=False, max_length=100, help_text="The `next` value of the previous page."
     )
@@ -150,6 +153,7 @@ class RequestListView(OrgAPIView):
             model=data.get("model", ""),
             key_id=data.get("key"),
             request_id=data.get("request_id", ""),
+            deployment_id=data.get("deployment"),
         )
         page = request_log(org=org, filters=filters, before=data.get("before"), limit=data["limit"])
         body = {

@@ -281,3 +281,24 @@ def test_the_model_filter_takes_any_name_and_suggests_known_ones(client_for, org
     assert [r.request_id for r in page.context["rows"]] == [fresh]
     assert "small" in page.context["form"].route_names
     assert '<option value="small">' in page.content.decode()
+
+
+def test_the_requests_a_deployment_served(client, client_for, org, owner):
+    small, large = (
+        deployment_create(org=org, actor=owner, name=n, source="huggingface", model="a/" + n)
+        for n in ("small", "large")
+    )
+    on_small = _write(org.id, 3, deployment_id=small.id)
+    _write(org.id, 2, deployment_id=large.id)
+    reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    listed = _api(client, f"/api/orgs/acme/requests/?deployment={small.id}", reader).json()
+    assert {r["request_id"] for r in listed["requests"]} == set(on_small)
+    assert _api(client, "/api/orgs/acme/requests/?deployment=nope", reader).status_code == 400
+
+    browser = client_for(owner)
+    detail = browser.get(f"/o/acme/deployments/{small.id}/").content.decode()
+    link = f"/o/acme/requests/?deployment={small.id}"
+    assert link in detail
+    page = browser.get(link)
+    assert {r.request_id for r in page.context["rows"]} == set(on_small)
+    assert f'href="/o/acme/deployments/{small.id}/">small</a>' in page.content.decode()
