@@ -183,14 +183,50 @@ def request_parse(
         if stream:
             raise _bad("Embeddings cannot be streamed.", "stream")
 
-    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
-    bound = len(text.encode()) + extra_tokens + 16
     n = body.get("n") or 1
+    return _parsed(
+        kind,
+        body,
+        model,
+        stream,
+        text,
+        extra_tokens,
+        max_tokens=max_tokens,
+        total_max_tokens=None if max_tokens is None else max_tokens * max(1, n),
+        has_tools=bool(tools),
+        has_response_format=response_format is not None,
+        tag=tag,
+        affinity_chars=affinity_chars,
+        include_usage=include_usage,
+        continuous_usage=continuous,
+    )
+
+
+def _parsed(
+    kind: str,
+    body: dict[str, Any],
+    model: str,
+    stream: bool,
+    text: str,
+    extra_tokens: int,
+    *,
+    max_tokens: int | None,
+    total_max_tokens: int | None,
+    has_tools: bool,
+    has_response_format: bool,
+    tag: str | None,
+    affinity_chars: int,
+    include_usage: bool = False,
+    continuous_usage: bool = False,
+) -> ParsedRequest:
+    """A checked body with its prompt's text: the token estimate and bound, what routing rules
+    look at, the affinity key."""
+    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
     features = RequestFeatures(
         prompt_tokens=estimate,
         max_tokens=max_tokens,
-        has_tools=bool(tools),
-        has_response_format=response_format is not None,
+        has_tools=has_tools,
+        has_response_format=has_response_format,
         tag=tag,
         prompt_text=text,
     )
@@ -200,10 +236,10 @@ def request_parse(
         model=model,
         stream=stream,
         include_usage=include_usage,
-        continuous_usage=continuous,
-        max_tokens=None if max_tokens is None else max_tokens * max(1, n),
+        continuous_usage=continuous_usage,
+        max_tokens=total_max_tokens,
         prompt_tokens_estimate=estimate,
-        prompt_tokens_bound=bound,
+        prompt_tokens_bound=len(text.encode()) + extra_tokens + 16,
         affinity_text=text[:affinity_chars],
         features=features,
     )
@@ -291,25 +327,17 @@ def _responses_parse(
     if response_format is not None and not isinstance(response_format, dict):
         raise _bad("'text.format' must be an object.", "text")
     text, extra_tokens = _responses_input_text(body)
-    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
-    features = RequestFeatures(
-        prompt_tokens=estimate,
+    return _parsed(
+        RESPONSES,
+        body,
+        model,
+        stream,
+        text,
+        extra_tokens,
         max_tokens=max_tokens,
+        total_max_tokens=max_tokens,
         has_tools=bool(tools),
         has_response_format=response_format is not None,
         tag=tag,
-        prompt_text=text,
-    )
-    return ParsedRequest(
-        kind=RESPONSES,
-        body=body,
-        model=model,
-        stream=stream,
-        include_usage=False,
-        continuous_usage=False,
-        max_tokens=max_tokens,
-        prompt_tokens_estimate=estimate,
-        prompt_tokens_bound=len(text.encode()) + extra_tokens + 16,
-        affinity_text=text[:affinity_chars],
-        features=features,
+        affinity_chars=affinity_chars,
     )

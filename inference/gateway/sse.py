@@ -34,22 +34,41 @@ def _has_usage(data: bytes) -> bool:
     return _USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data
 
 
-class StreamFilter:
-    def __init__(self, *, keep_final_usage: bool, keep_inline_usage: bool) -> None:
-        self.keep_final_usage = keep_final_usage
-        self.keep_inline_usage = keep_inline_usage
-        self._pending = b""
-        self._usage_event: bytes | None = None
-        self.data_events = 0
+class _Events:
+    """Cuts a byte stream into complete events (ending with a blank line), keeping the rest."""
 
-    def feed(self, data: bytes) -> bytes:
-        """Bytes to forward now: every complete event so far, filtered."""
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def _complete(self, data: bytes) -> bytes:
+        """Every event completed by ``data``, b"" while none is."""
         buffer = self._pending + data if self._pending else data
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._pending = buffer
             return b""
         complete, self._pending = buffer[: end + 2], buffer[end + 2 :]
+        return complete
+
+    def finish(self) -> bytes:
+        """Whatever trailing bytes never ended with a blank line, passed through as they are."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+class StreamFilter(_Events):
+    def __init__(self, *, keep_final_usage: bool, keep_inline_usage: bool) -> None:
+        super().__init__()
+        self.keep_final_usage = keep_final_usage
+        self.keep_inline_usage = keep_inline_usage
+        self._usage_event: bytes | None = None
+        self.data_events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes to forward now: every complete event so far, filtered."""
+        complete = self._complete(data)
+        if not complete:
+            return b""
         self.data_events += complete.count(b"data:")
         if not _has_usage(complete):
             return complete
@@ -66,11 +85,6 @@ class StreamFilter:
                     event = _INLINE_USAGE.sub(b"", event, count=1)
             kept.append(event)
         return b"\n\n".join(kept) + b"\n\n" if kept else b""
-
-    def finish(self) -> bytes:
-        """Whatever trailing bytes never ended with a blank line, passed through as they are."""
-        rest, self._pending = self._pending, b""
-        return rest
 
     def completion_estimate(self) -> int:
         """Completion tokens when no usage arrived: one per content event (less the role and
@@ -91,32 +105,25 @@ class StreamFilter:
         return None
 
 
-class ResponsesStreamFilter:
+class ResponsesStreamFilter(_Events):
     """A Responses API stream: every complete event is forwarded as it is."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        super().__init__()
         self._final_event: bytes | None = None
         self.delta_events = 0
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward now: every complete event so far."""
-        buffer = self._pending + data if self._pending else data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._pending = buffer
+        complete = self._complete(data)
+        if not complete:
             return b""
-        complete, self._pending = buffer[: end + 2], buffer[end + 2 :]
         self.delta_events += len(_DELTA_TYPE.findall(complete))
         if _has_usage(complete):
             for event in complete.split(b"\n\n"):
                 if _has_usage(event) and any(name in event for name in _RESPONSE_DONE):
                     self._final_event = event
         return complete
-
-    def finish(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        return rest
 
     def completion_estimate(self) -> int:
         """Output tokens when the final event never came: one per delta event."""
