@@ -1,7 +1,8 @@
 """REST endpoints of auto routes: daily savings and the request log.
 
 ``GET /api/orgs/<org>/routes/<route_id>/savings/?days=30`` and
-``GET /api/orgs/<org>/routes/<route_id>/requests/?limit=50``. Money is integer micro-dollars.
+``GET /api/orgs/<org>/routes/<route_id>/requests/?limit=50`` (the request log's records, see
+``requests_api``). Money is integer micro-dollars.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from rest_framework.response import Response
 from console.api.access import OrgAPIView
 from console.permissions import Action
 from inference.models import Route
+from inference.selectors.requests import deployment_names
 from inference.selectors.router import route_requests, route_savings_daily
+from inference.views.requests_api import RequestRecordSerializer, record_dict
 
 
 class SavingsQuery(serializers.Serializer):
@@ -35,19 +38,9 @@ class SavingsDaySerializer(serializers.Serializer):
     saved_micros = serializers.IntegerField()
 
 
-class RequestLogSerializer(serializers.Serializer):
-    request_id = serializers.CharField()
-    served_at = serializers.DateTimeField()
-    router_score = serializers.FloatField(allow_null=True)
-    router_choice = serializers.CharField()
-    target = serializers.CharField()
-    model = serializers.CharField()
-    status_code = serializers.IntegerField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    cost_micros = serializers.IntegerField()
-    baseline_cost_micros = serializers.IntegerField(allow_null=True)
-    latency_ms = serializers.IntegerField()
+class RouteRequestsSerializer(serializers.Serializer):
+    route = serializers.CharField()
+    requests = RequestRecordSerializer(many=True)
 
 
 class _RouteView(OrgAPIView):
@@ -82,16 +75,17 @@ class RouteSavingsView(_RouteView):
 class RouteRequestsView(_RouteView):
     @extend_schema(
         parameters=[RequestsQuery],
-        responses=RequestLogSerializer(many=True),
+        responses=RouteRequestsSerializer,
         summary="A route's latest requests with the router's decision",
     )
     def get(self, request: Request, org_slug: str, route_id: str) -> Response:
         route = self._route(route_id)
         query = RequestsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        records = route_requests(
-            org=self.access.org, route_name=route.name, limit=query.validated_data["limit"]
+        org = self.access.org
+        records = list(
+            route_requests(org=org, route_name=route.name, limit=query.validated_data["limit"])
         )
-        return Response(
-            {"route": route.name, "requests": RequestLogSerializer(records, many=True).data}
-        )
+        names = deployment_names(org, records)
+        body = {"route": route.name, "requests": [record_dict(r, names) for r in records]}
+        return Response(RouteRequestsSerializer(body).data)
