@@ -96,8 +96,8 @@ class LocalLimiter:
         for counter in admission.rates:
             current = self._get(counter.key, now) or 0
             if current + counter.amount > counter.limit:
-                expires = self._values[counter.key][1] if counter.key in self._values else now
-                return Refusal(counter, False, max(1, math.ceil(expires - now)))
+                # The counter is the current minute window's: the next window starts afresh.
+                return Refusal(counter, False, minute_window(now)[1])
         for counter in admission.budgets:
             found = self._get(counter.key, now)
             if found is None:
@@ -136,8 +136,7 @@ class LocalLimiter:
 
 # KEYS: rate counters, then budget counters. ARGV: number of rate counters, then for each
 # counter (limit, amount, ttl, seed). Returns {0, 0, rate counters' values after the request...}
-# when admitted, else the 1-based index of the refusing counter and its remaining time to live
-# in seconds.
+# when admitted, else {the 1-based index of the refusing counter, 0}.
 _ADMIT = """
 local nrate = tonumber(ARGV[1])
 local values = {}
@@ -158,7 +157,7 @@ for i = 1, #KEYS do
   else
     current = tonumber(current or '0')
     if current + amount > limit then
-      return {i, redis.call('TTL', KEYS[i])}
+      return {i, 0}
     end
   end
 end
@@ -205,13 +204,15 @@ class RedisLimiter:
         for counter in counters:
             args += [counter.limit, counter.amount, counter.ttl_s, counter.seed]
         result = await self._admit(keys=[c.key for c in counters], args=args)
-        index, ttl = result[0], result[1]
+        index = result[0]
         if not index:
             admission.counts.extend(int(value) for value in result[2:])
             return None
         counter = counters[int(index) - 1]
         is_budget = int(index) > len(admission.rates)
-        return Refusal(counter, is_budget, 0 if is_budget else max(1, int(ttl)))
+        # A rate counter belongs to its minute window (its TTL outlasts the window by a second):
+        # a retry is admitted once the next window starts.
+        return Refusal(counter, is_budget, 0 if is_budget else minute_window(time.time())[1])
 
     async def settle(self, admission: Admission, token_delta: int, cost_delta: int) -> None:
         keys = list(admission.token_keys) + [c.key for c in admission.budgets]
