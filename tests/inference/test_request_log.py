@@ -302,3 +302,11 @@ def test_the_requests_a_deployment_served(client, client_for, org, owner):
     page = browser.get(link)
     assert {r.request_id for r in page.context["rows"]} == set(on_small)
     assert f'href="/o/acme/deployments/{small.id}/">small</a>' in page.content.decode()
+
+
+def test_the_deployment_filter_is_kept_by_the_form_but_not_shown_as_a_field(client_for, owner):
+    deployment_id = uuid.uuid4()
+    text = client_for(owner).get(f"/o/acme/requests/?deployment={deployment_id}").content.decode()
+    assert f'type="hidden" name="deployment" value="{deployment_id}"' in text
+    assert ">Deployment</label>" not in text
+    assert f"{deployment_id} (deleted)" in text
