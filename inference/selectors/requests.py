@@ -9,6 +9,7 @@ record id), so that a page stays correct while new requests arrive.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -115,3 +116,13 @@ def request_get(*, org: Organisation, request_id: str) -> UsageRecord | None:
     return (
         UsageRecord.objects.filter(org=org, request_id=request_id).select_related("api_key").first()
     )
+
+
+EXPORT_LIMIT = 100_000
+
+
+def request_export(*, org: Organisation, filters: RequestFilters) -> Iterator[UsageRecord]:
+    """The newest ``EXPORT_LIMIT`` requests matching ``filters``, newest first, read in chunks
+    (an export never holds them all in memory)."""
+    records = _filtered(org, filters).select_related("api_key").order_by("-served_at", "-id")
+    return records[:EXPORT_LIMIT].iterator(chunk_size=2000)

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import csv
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from django import forms
-from django.http import Http404, HttpResponse, QueryDict
+from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
+from django.utils import timezone
 
-from billing.models import UsageRollup
+from billing.models import UsageRecord, UsageRollup
+from billing.money import micros_to_decimal
 from console.decorators import requires
 from console.models import Organisation
 from console.permissions import Action
 from console.requests import OrgRequest
 from inference.models import Deployment, Route
 from inference.selectors.requests import (
+    EXPORT_LIMIT,
     Cursor,
     CursorError,
     RequestFilters,
+    request_export,
     request_get,
     request_log,
 )
@@ -89,14 +96,84 @@ def _without(params: QueryDict, name: str) -> str:
     return rest.urlencode()
 
 
+CSV_COLUMNS = [
+    "served_at",
+    "request_id",
+    "route",
+    "target",
+    "model",
+    "deployment_id",
+    "replica_id",
+    "api_key_name",
+    "api_key_prefix",
+    "status_code",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "cost_micros",
+    "cost_usd",
+    "router_score",
+    "router_choice",
+    "baseline_cost_micros",
+]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_rows(records: Iterable[UsageRecord]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    for r in records:
+        key = r.api_key
+        yield writer.writerow(
+            [
+                r.served_at.isoformat(),
+                r.request_id,
+                r.route,
+                r.target,
+                r.model,
+                r.deployment_id or "",
+                r.replica_id or "",
+                key.name if key else "",
+                key.prefix if key else "",
+                r.status_code,
+                r.error_code,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_tokens,
+                r.latency_ms,
+                "" if r.ttft_ms is None else r.ttft_ms,
+                r.cost_micros,
+                micros_to_decimal(r.cost_micros),
+                "" if r.router_score is None else r.router_score,
+                r.router_choice,
+                "" if r.baseline_cost_micros is None else r.baseline_cost_micros,
+            ]
+        )
+
+
 @requires(Action.USAGE_VIEW)
-def request_list(request: OrgRequest, org_slug: str) -> HttpResponse:
+def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     """Newest first, 50 a page; ``?before=`` (the link under the table) shows older ones."""
     org = request.org
     params = request.GET.copy()
     before_value = params.pop("before", [""])[-1]
+    export = params.pop("format", [""])[-1] == "csv"
     form = RequestFilterForm(params or None, org=org)
     filters = form.filters()
+    if export:
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response = StreamingHttpResponse(
+            _csv_rows(request_export(org=org, filters=filters)), content_type="text/csv"
+        )
+        response["Content-Disposition"] = f'attachment; filename="requests-{org.slug}-{stamp}.csv"'
+        return response
     before = None
     cursor_error = ""
     if before_value:
@@ -120,6 +197,7 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponse:
         "rows": page.records,
         "older_query": older,
         "filter_query": params.urlencode(),
+        "export_limit": EXPORT_LIMIT,
         "paged": before is not None,
         "cursor_error": cursor_error,
         "deployment": deployment,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -310,3 +313,35 @@ def test_the_deployment_filter_is_kept_by_the_form_but_not_shown_as_a_field(clie
     assert f'type="hidden" name="deployment" value="{deployment_id}"' in text
     assert ">Deployment</label>" not in text
     assert f"{deployment_id} (deleted)" in text
+
+
+def test_the_csv_export_streams_every_matching_request_with_the_filters(
+    client_for, org, owner, key, outsider
+):
+    ok = _write(org.id, 60, route="chat", api_key_id=key.id, router_score=0.5)
+    [failed] = _write(
+        org.id,
+        1,
+        route="chat",
+        status_code=502,
+        error_code="upstream_error",
+        start=NOW + timedelta(hours=1),
+    )
+    _write(outsider.memberships.get().org.id, 3, route="chat")
+    browser = client_for(owner)
+    page = browser.get("/o/acme/requests/?status=error").content.decode()
+    assert 'href="/o/acme/requests/?status=error&amp;format=csv"' in page
+    response = browser.get("/o/acme/requests/?format=csv")
+    assert response.status_code == 200 and response["Content-Type"] == "text/csv"
+    assert response["Content-Disposition"].startswith('attachment; filename="requests-acme-')
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert len(rows) == 61  # more than a page, none of another org's
+    assert rows[0]["request_id"] == failed and rows[0]["error_code"] == "upstream_error"
+    assert {r["request_id"] for r in rows[1:]} == set(ok)
+    assert rows[1]["api_key_name"] == "backend" and rows[1]["router_score"] == "0.5"
+    record = UsageRecord.objects.get(request_id=rows[1]["request_id"])
+    assert Decimal(rows[1]["cost_usd"]) * 1_000_000 == record.cost_micros
+
+    errors = browser.get("/o/acme/requests/?status=error&format=csv")
+    lines = b"".join(errors.streaming_content).decode().strip().splitlines()
+    assert len(lines) == 2 and failed in lines[1]
