@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.db.models import Q, QuerySet
 
@@ -36,6 +36,8 @@ class RequestFilters:
     key_id: uuid.UUID | None = None
     request_id: str = ""
     deployment_id: uuid.UUID | None = None
+    start: date | None = None  # UTC days, both included
+    end: date | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ def _filtered(org: Organisation, filters: RequestFilters) -> QuerySet[UsageRecor
         records = records.filter(api_key_id=filters.key_id)
     if filters.deployment_id is not None:
         records = records.filter(deployment_id=filters.deployment_id)
+    if filters.start is not None:
+        records = records.filter(served_at__gte=datetime.combine(filters.start, time.min, UTC))
+    if filters.end is not None:
+        after = datetime.combine(filters.end + timedelta(days=1), time.min, UTC)
+        records = records.filter(served_at__lt=after)
     return records
 
 

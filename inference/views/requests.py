@@ -63,6 +63,12 @@ class RequestFilterForm(forms.Form):
         widget=forms.TextInput(attrs={"list": "route-names", "placeholder": "All"}),
     )
     key = forms.ChoiceField(required=False, label="API key")
+    start = forms.DateField(
+        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    end = forms.DateField(
+        required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+    )
     deployment = forms.UUIDField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
@@ -77,6 +83,12 @@ class RequestFilterForm(forms.Form):
         names.update(Deployment.objects.filter(org=org).values_list("served_model_name", flat=True))
         self.route_names = sorted(n for n in names if n)
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            self.add_error("start", "The start must not be after the end.")
+        return data
+
     def filters(self) -> RequestFilters:
         if not self.is_bound or not self.is_valid():
             return RequestFilters()
@@ -87,6 +99,8 @@ class RequestFilterForm(forms.Form):
             key_id=uuid.UUID(data["key"]) if data.get("key") else None,
             request_id=(data.get("request_id") or "").strip(),
             deployment_id=data.get("deployment"),
+            start=data.get("start"),
+            end=data.get("end"),
         )
 
 

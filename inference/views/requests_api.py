@@ -45,6 +45,14 @@ class RequestLogQuery(serializers.Serializer):
     deployment = serializers.UUIDField(
         required=False, help_text="A deployment's id: the requests it served."
     )
+    start = serializers.DateField(required=False, help_text="First UTC day (included).")
+    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            raise serializers.ValidationError({"start": "The start must not be after the end."})
+        return data
+
     before = serializers.CharField(
         required=False, max_length=100, help_text="The `next` value of the previous page."
     )
@@ -154,6 +162,8 @@ class RequestListView(OrgAPIView):
             key_id=data.get("key"),
             request_id=data.get("request_id", ""),
             deployment_id=data.get("deployment"),
+            start=data.get("start"),
+            end=data.get("end"),
         )
         page = request_log(org=org, filters=filters, before=data.get("before"), limit=data["limit"])
         body = {

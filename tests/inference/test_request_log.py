@@ -345,3 +345,29 @@ def test_the_csv_export_streams_every_matching_request_with_the_filters(
     errors = browser.get("/o/acme/requests/?status=error&format=csv")
     lines = b"".join(errors.streaming_content).decode().strip().splitlines()
     assert len(lines) == 2 and failed in lines[1]
+
+
+def test_a_range_of_utc_days(client, client_for, org, owner):
+    day1 = _write(org.id, 2, start=datetime(2026, 11, 1, 23, 59, 58, tzinfo=UTC))
+    day2 = _write(org.id, 3, start=datetime(2026, 11, 2, 0, 0, 0, tzinfo=UTC))
+    day3 = _write(org.id, 1, start=datetime(2026, 11, 3, 12, 0, tzinfo=UTC))
+    reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+
+    def api_ids(query: str) -> set[str]:
+        body = _api(client, f"/api/orgs/acme/requests/?{query}", reader).json()
+        return {r["request_id"] for r in body["requests"]}
+
+    assert api_ids("start=2026-11-02&end=2026-11-02") == set(day2)
+    assert api_ids("start=2026-11-02") == set(day2) | set(day3)
+    assert api_ids("end=2026-11-01") == set(day1)
+    bad = _api(client, "/api/orgs/acme/requests/?start=2026-11-03&end=2026-11-01", reader)
+    assert bad.status_code == 400 and "start" in bad.json()["error"]["fields"]
+
+    browser = client_for(owner)
+    page = browser.get("/o/acme/requests/?start=2026-11-02&end=2026-11-03")
+    assert {r.request_id for r in page.context["rows"]} == set(day2) | set(day3)
+    export = browser.get("/o/acme/requests/?start=2026-11-01&end=2026-11-01&format=csv")
+    lines = b"".join(export.streaming_content).decode().strip().splitlines()
+    assert len(lines) == 3 and {line.split(",")[1] for line in lines[1:]} == set(day1)
+    backwards = browser.get("/o/acme/requests/?start=2026-11-03&end=2026-11-01")
+    assert "The start must not be after the end." in backwards.content.decode()
