@@ -22,6 +22,23 @@ class AccountNameForm(forms.Form):
     last_name = forms.CharField(max_length=150, required=False)
 
 
+class AccountEmailForm(forms.Form):
+    email = forms.EmailField(label="New email address")
+    password = forms.CharField(
+        label="Current password", strip=False, widget=forms.PasswordInput(render_value=False)
+    )
+
+    def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data.get("password", "")
+        if not self.user.check_password(password):
+            raise forms.ValidationError("Your current password was entered incorrectly.")
+        return password
+
+
 class AccountPasswordForm(PasswordChangeForm):
     """Django's password change form, minus the autofocus that would pull the account page
     down to it from the name form above."""

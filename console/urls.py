@@ -39,6 +39,12 @@ urlpatterns = [
     ),
     path("account/", accounts.account, name="account"),
     path("account/password/", accounts.account_password, name="account_password"),
+    path("account/email/", accounts.account_email, name="account_email"),
+    path(
+        "account/email/confirm/<str:token>/",
+        accounts.email_change_confirm_view,
+        name="email_change_confirm",
+    ),
     path("account/confirm/send/", accounts.email_verify_send_view, name="email_verify_send"),
     path("account/confirm/<str:token>/", accounts.email_verify_view, name="email_verify"),
     path("orgs/new/", accounts.org_create_view, name="org_create"),

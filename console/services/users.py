@@ -14,6 +14,7 @@ from django.core import signing
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -110,4 +111,78 @@ def user_email_verified(*, user: User) -> User:
         now = timezone.now()
         User.objects.filter(pk=user.pk, email_verified_at=None).update(email_verified_at=now)
         user.refresh_from_db(fields=["email_verified_at"])
+    return user
+
+
+# Changing one's email address ---------------------------------------------------------------------
+
+EMAIL_CHANGE_SALT = "console.email-change"
+
+
+def _address_taken(email: str, user: User) -> bool:
+    return User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists()
+
+
+def email_change_request(*, user: User, new_email: str) -> str:
+    """Email a link to ``new_email`` that moves ``user``'s sign-in address there when opened, and
+    tell the current address. Checking the password is the caller's job. Returns the address the
+    link went to; ValidationError (on ``email``) when it cannot be used."""
+    new_email = (new_email or "").strip()
+    try:
+        validate_email(new_email)
+    except ValidationError:
+        raise ValidationError({"email": "Enter a valid email address."}) from None
+    if new_email.lower() == user.email.lower():
+        raise ValidationError({"email": "This is already your address."})
+    if _address_taken(new_email, user):
+        raise ValidationError({"email": "Another account uses this address."})
+    token = signing.TimestampSigner(salt=EMAIL_CHANGE_SALT).sign_object(
+        {"u": str(user.public_id), "e": user.email.lower(), "n": new_email}
+    )
+    link = settings.SITE_URL + reverse("email_change_confirm", args=[token])
+    days = EMAIL_VERIFY_MAX_AGE.days
+    send_mail(
+        subject="Confirm your new email address",
+        message=(
+            f"Open this link to sign in as {new_email} from now on, instead of {user.email}:\n\n"
+            f"{link}\n\nThe link works for {days} days. If you did not ask for this, ignore it."
+        ),
+        from_email=None,
+        recipient_list=[new_email],
+    )
+    send_mail(
+        subject="Your email address is being changed",
+        message=(
+            f"Someone signed in as {user.email} asked to change the account's address to "
+            f"{new_email}. Nothing changes until a link sent there is opened.\n\n"
+            f"If this was not you, change your password now: {settings.SITE_URL}"
+            f"{reverse('password_reset')}"
+        ),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+    return new_email
+
+
+def email_change_confirm(*, token: str) -> User:
+    """Move the account to the address the link was sent to (which that link confirms). A link
+    is worthless once the account's address has changed in any other way."""
+    signer = signing.TimestampSigner(salt=EMAIL_CHANGE_SALT)
+    try:
+        value = signer.unsign_object(token, max_age=EMAIL_VERIFY_MAX_AGE)
+    except signing.SignatureExpired:
+        raise ValidationError(
+            "This link has expired. Ask for a new one on your account page."
+        ) from None
+    except signing.BadSignature:
+        raise ValidationError("This link is not valid.") from None
+    user = User.objects.filter(public_id=value.get("u")).first()
+    new_email = value.get("n")
+    if user is None or not isinstance(new_email, str) or user.email.lower() != value.get("e"):
+        raise ValidationError("This link is not valid any more.")
+    if _address_taken(new_email, user):
+        raise ValidationError(f"Another account uses {new_email} by now.")
+    user.email = new_email
+    user.email_verified_at = timezone.now()
+    user.save(update_fields=["email", "email_verified_at"])
     return user

@@ -10,6 +10,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console.forms import (
+    AccountEmailForm,
     AccountNameForm,
     AccountPasswordForm,
     OrgForm,
@@ -21,6 +22,8 @@ from console.requests import AuthedRequest
 from console.services.members import invitation_accept, invitation_lookup
 from console.services.orgs import org_create
 from console.services.users import (
+    email_change_confirm,
+    email_change_request,
     email_verification_send,
     email_verify,
     user_password_change,
@@ -106,8 +109,13 @@ def _account_page(
     name_form: AccountNameForm,
     password_form: AccountPasswordForm,
     status: int = 200,
+    email_form: AccountEmailForm | None = None,
 ) -> HttpResponse:
-    context = {"name_form": name_form, "password_form": password_form}
+    context = {
+        "name_form": name_form,
+        "password_form": password_form,
+        "email_form": email_form or AccountEmailForm(request.user),
+    }
     return render(request, "accounts/account.html", context, status=status)
 
 
@@ -168,3 +176,36 @@ def email_verify_send_view(request: AuthedRequest) -> HttpResponse:
     if next_url.startswith("/") and not next_url.startswith("//"):
         return redirect(next_url)
     return redirect("account")
+
+
+@login_required
+# Keeps the password out of Django's error reports, should this view ever fail.
+@sensitive_post_parameters("password")
+@require_POST
+def account_email(request: AuthedRequest) -> HttpResponse:
+    """Ask to sign in with another address: a link goes there, and a notice to the current one."""
+    user = request.user
+    form = AccountEmailForm(user, request.POST)
+    if form.is_valid():
+        try:
+            sent_to = email_change_request(user=user, new_email=form.cleaned_data["email"])
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"We sent a link to {sent_to}: your address changes when you open it.",
+            )
+            return redirect("account")
+    name_form, password_form = _name_form(user), AccountPasswordForm(user)
+    return _account_page(request, name_form, password_form, status=400, email_form=form)
+
+
+@require_GET
+def email_change_confirm_view(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        user = email_change_confirm(token=token)
+    except ValidationError as exc:
+        context = {"error": " ".join(exc.messages)}
+        return render(request, "accounts/email_verify.html", context, status=400)
+    return render(request, "accounts/email_verify.html", {"changed_email": user.email})

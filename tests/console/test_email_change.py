@@ -1,0 +1,95 @@
+"""People change the address they sign in with: a link to the new address, a notice to the old."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core import signing
+from django.core.cache import cache
+
+from console.models import User
+from tests.factories import PASSWORD, UserFactory
+
+LINK = re.compile(r"http://\S+/account/email/confirm/\S+/")
+
+
+@pytest.fixture
+def person(client, db):  # type: ignore[no-untyped-def]
+    cache.clear()
+    user = UserFactory(email="old@example.com")
+    client.force_login(user)
+    return user
+
+
+def _ask(client, email: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    return client.post("/account/email/", {"email": email, "password": password}, follow=True)
+
+
+def test_the_address_changes_when_the_link_sent_there_is_opened(client, person, mailoutbox):
+    response = _ask(client, "New@Example.com")
+    assert "We sent a link to New@Example.com" in response.content.decode()
+    person.refresh_from_db()
+    assert person.email == "old@example.com"  # nothing changes yet
+    to_new, to_old = mailoutbox
+    assert to_new.to == ["New@Example.com"] and to_old.to == ["old@example.com"]
+    assert "/password-reset/" in to_old.body
+    link = LINK.search(to_new.body)
+    assert link is not None and not LINK.search(to_old.body)
+
+    opened = client.get(link.group(0))
+    assert opened.status_code == 200
+    assert "You sign in as <strong>New@Example.com</strong>" in opened.content.decode()
+    person.refresh_from_db()
+    assert person.email == "New@Example.com"
+    assert person.email_verified_at is not None
+    client.logout()
+    assert client.login(email="New@Example.com", password=PASSWORD)
+    # Used once: the account's address moved, so the link is worthless now.
+    assert client.get(link.group(0)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "message"),
+    [
+        ("not-an-address", PASSWORD, "Enter a valid email address."),
+        ("OLD@example.com", PASSWORD, "This is already your address."),
+        ("taken@example.com", PASSWORD, "Another account uses this address."),
+        ("new@example.com", "wrong", "Your current password was entered incorrectly."),
+    ],
+)
+def test_bad_requests_say_why_and_send_nothing(
+    client, person, mailoutbox, email, password, message
+):
+    UserFactory(email="taken@example.com")
+    response = _ask(client, email, password)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert mailoutbox == []
+
+
+def test_a_link_is_refused_once_someone_else_took_the_address_or_it_expired(
+    client, person, mailoutbox, monkeypatch
+):
+    _ask(client, "new@example.com")
+    link = LINK.search(mailoutbox[0].body).group(0)
+    UserFactory(email="new@example.com")
+    refused = client.get(link)
+    assert refused.status_code == 400
+    assert "Another account uses new@example.com by now." in refused.content.decode()
+
+    User.objects.filter(email="new@example.com").delete()
+    real_time = signing.time.time
+    monkeypatch.setattr(signing.time, "time", lambda: real_time() + 4 * 86400)
+    expired = client.get(link)
+    assert expired.status_code == 400 and "expired" in expired.content.decode()
+    person.refresh_from_db()
+    assert person.email == "old@example.com"
+
+
+def test_a_tampered_link_changes_nothing(client, person, mailoutbox):
+    _ask(client, "new@example.com")
+    link = LINK.search(mailoutbox[0].body).group(0)
+    assert client.get(link[:-3] + "xx/").status_code == 400
+    person.refresh_from_db()
+    assert person.email == "old@example.com"
