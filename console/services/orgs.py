@@ -35,9 +35,15 @@ def _free_slug(base: str) -> str:
 def org_create(*, name: str, owner: User, slug: str | None = None) -> Organisation:
     """Create an organisation with ``owner`` as its first owner.
 
-    An explicit slug must be free; without one, a free slug is derived from the name.
+    An explicit slug must be free; without one, a free slug is derived from the name. Someone
+    whose email address is not confirmed yet may create one organisation, no more.
     """
     name = _clean_name(name)
+    if owner.email_verified_at is None and owner.memberships.filter(role=Role.OWNER).exists():
+        raise ValidationError(
+            f"Confirm your email address to create another organisation: open the link we "
+            f"emailed to {owner.email}."
+        )
     if slug:
         slug = slug.strip().lower()
         if slug != slugify(slug) or len(slug) > 50:

@@ -185,3 +185,19 @@ def test_pages_do_not_offer_changes_to_unconfirmed_people(client, org):
     # Confirmed, the same owner is offered them.
     User.objects.filter(pk=owner.pk).update(email_verified_at=owner.date_joined)
     assert client.get("/o/acme/keys/").context["can_manage"] is True
+
+
+def test_one_organisation_until_the_address_is_confirmed(client):
+    user = _signup(client)
+    _new_org(client)
+    second = client.post("/orgs/new/", {"name": "Second", "slug": "second"})
+    assert second.status_code == 200
+    assert "Confirm your email address to create another organisation" in second.content.decode()
+    api = client.post("/api/orgs/", {"name": "Third", "slug": "third"}, "application/json")
+    assert api.status_code == 400
+    assert "Confirm your email address" in api.json()["error"]["message"]
+    assert list(
+        Organisation.objects.filter(memberships__user=user).values_list("slug", flat=True)
+    ) == ["fresh"]
+    User.objects.filter(pk=user.pk).update(email_verified_at=user.date_joined)
+    assert client.post("/orgs/new/", {"name": "Second", "slug": "second"}).status_code == 302
