@@ -7,6 +7,7 @@ person, who may be in several organisations or none.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -86,19 +87,30 @@ def email_verification_send(*, user: User) -> bool:
     return True
 
 
+def _link_value(salt: str, token: str, *, expired: str) -> dict[str, Any]:
+    """What an emailed link's token signed, or ValidationError saying why it cannot be used."""
+    try:
+        value = signing.TimestampSigner(salt=salt).unsign_object(
+            token, max_age=EMAIL_VERIFY_MAX_AGE
+        )
+    except signing.SignatureExpired:
+        raise ValidationError(expired) from None
+    except signing.BadSignature:
+        raise ValidationError("This link is not valid.") from None
+    if not isinstance(value, dict) or not isinstance(value.get("u"), str):
+        raise ValidationError("This link is not valid.")
+    return value
+
+
 def email_verify(*, token: str) -> User:
     """Confirm the address a token was sent to; ValidationError when the token is not valid
     any more. Opening the link twice is harmless."""
-    signer = signing.TimestampSigner(salt=EMAIL_VERIFY_SALT)
-    try:
-        value = signer.unsign_object(token, max_age=EMAIL_VERIFY_MAX_AGE)
-    except signing.SignatureExpired:
-        raise ValidationError(
-            "This link has expired. Sign in and ask for a new one on your account page."
-        ) from None
-    except signing.BadSignature:
-        raise ValidationError("This link is not valid.") from None
-    user = User.objects.filter(public_id=value.get("u")).first()
+    value = _link_value(
+        EMAIL_VERIFY_SALT,
+        token,
+        expired="This link has expired. Sign in and ask for a new one on your account page.",
+    )
+    user = User.objects.filter(public_id=value["u"]).first()
     if user is None or user.email.lower() != value.get("e"):
         raise ValidationError("This link is not valid.")
     user_email_verified(user=user)
@@ -167,16 +179,12 @@ def email_change_request(*, user: User, new_email: str) -> str:
 def email_change_confirm(*, token: str) -> User:
     """Move the account to the address the link was sent to (which that link confirms). A link
     is worthless once the account's address has changed in any other way."""
-    signer = signing.TimestampSigner(salt=EMAIL_CHANGE_SALT)
-    try:
-        value = signer.unsign_object(token, max_age=EMAIL_VERIFY_MAX_AGE)
-    except signing.SignatureExpired:
-        raise ValidationError(
-            "This link has expired. Ask for a new one on your account page."
-        ) from None
-    except signing.BadSignature:
-        raise ValidationError("This link is not valid.") from None
-    user = User.objects.filter(public_id=value.get("u")).first()
+    value = _link_value(
+        EMAIL_CHANGE_SALT,
+        token,
+        expired="This link has expired. Ask for a new one on your account page.",
+    )
+    user = User.objects.filter(public_id=value["u"]).first()
     new_email = value.get("n")
     if user is None or not isinstance(new_email, str) or user.email.lower() != value.get("e"):
         raise ValidationError("This link is not valid any more.")
