@@ -54,13 +54,20 @@ def _responses_scoring_text(body: dict[str, Any]) -> str:
     if isinstance(value, str):
         texts.append(value)
     else:
-        for item in value or ():
-            content = item.get("content")
-            if isinstance(content, str):
-                texts.append(content)
-            elif isinstance(content, list):
-                texts.append("".join(p["text"] for p in content if isinstance(p.get("text"), str)))
+        texts += _contents_text(value or ())
     return "\n".join(t for t in texts if t)
+
+
+def _contents_text(items: Any) -> list[str]:
+    """The text of each chat message or input item: its content string, or its text parts."""
+    texts = []
+    for item in items:
+        content = item.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append("".join(p["text"] for p in content if isinstance(p.get("text"), str)))
+    return texts
 
 
 def scoring_text(parsed: bodies.ParsedRequest) -> str:
@@ -71,13 +78,7 @@ def scoring_text(parsed: bodies.ParsedRequest) -> str:
         return _responses_scoring_text(parsed.body)
     if parsed.kind != bodies.CHAT:
         return parsed.features.prompt_text
-    texts = []
-    for message in parsed.body.get("messages") or ():
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.append("".join(p["text"] for p in content if isinstance(p.get("text"), str)))
+    texts = _contents_text(parsed.body.get("messages") or ())
     return "\n".join(t for t in texts if t)
 
 
