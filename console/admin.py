@@ -93,14 +93,18 @@ class OrganisationAdmin(admin.ModelAdmin[Organisation]):
         "slug",
         "created_at",
         "suspended_at",
+        "closed_at",
         "max_gpus",
         "max_replicas",
         "rpm_limit",
         "tpm_limit",
     ]
-    list_filter = [("suspended_at", admin.EmptyFieldListFilter)]
+    list_filter = [
+        ("suspended_at", admin.EmptyFieldListFilter),
+        ("closed_at", admin.EmptyFieldListFilter),
+    ]
     search_fields = ["name", "slug"]
-    readonly_fields = ["public_id", "created_at", "suspended_at", "suspended_reason"]
+    readonly_fields = ["public_id", "created_at", "suspended_at", "suspended_reason", "closed_at"]
     inlines = [MembershipInline]
     actions = ["suspend", "reactivate"]
 

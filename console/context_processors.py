@@ -6,7 +6,9 @@ def console(request: HttpRequest) -> dict[str, object]:
     user = getattr(request, "user", None)
     memberships = []
     if user is not None and user.is_authenticated:
-        memberships = list(user.memberships.select_related("org").order_by("org__name"))
+        memberships = list(
+            user.memberships.filter(org__closed_at=None).select_related("org").order_by("org__name")
+        )
     return {
         "org": getattr(request, "org", None),
         "membership": getattr(request, "membership", None),

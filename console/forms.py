@@ -60,6 +60,26 @@ class OrgRenameForm(forms.Form):
     name = forms.CharField(max_length=100)
 
 
+class OrgCloseForm(forms.Form):
+    """Closing is for good: the owner types the slug and their password."""
+
+    confirm = forms.CharField(max_length=50, label="Type the organisation's slug to confirm")
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        label="Your password",
+    )
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_password(self) -> str:
+        password: str = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your password.")
+        return password
+
+
 class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100)
     scopes = forms.MultipleChoiceField(

@@ -37,7 +37,7 @@ class OrgMiddleware:
             return None  # the view's login_required redirects to the login page
         membership = (
             Membership.objects.select_related("org")
-            .filter(user=request.user, org__slug=slug)
+            .filter(user=request.user, org__slug=slug, org__closed_at=None)
             .first()
         )
         if membership is None:

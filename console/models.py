@@ -67,6 +67,9 @@ class Organisation(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspended_reason = models.CharField(max_length=200, blank=True)
+    # Set when an owner closed the organisation: its keys were revoked, its deployments deleted,
+    # its members removed. The row and its records stay for billing and the audit trail.
+    closed_at = models.DateTimeField(null=True, blank=True)
     # Quotas enforced when deployments are created or scaled.
     max_gpus = models.PositiveIntegerField(default=8)
     max_replicas = models.PositiveIntegerField(default=8)
@@ -95,6 +98,10 @@ class Organisation(models.Model):
     @property
     def is_suspended(self) -> bool:
         return self.suspended_at is not None
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed_at is not None
 
 
 class Membership(models.Model):

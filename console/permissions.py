@@ -18,6 +18,7 @@ class Role(models.TextChoices):
 class Action(models.TextChoices):
     ORG_VIEW = "org.view", "See the organisation and its overview"
     ORG_UPDATE = "org.update", "Rename the organisation"
+    ORG_CLOSE = "org.close", "Close the organisation"
     MEMBERS_VIEW = "members.view", "See members and pending invitations"
     MEMBERS_INVITE = "members.invite", "Invite members, revoke invitations"
     MEMBERS_CHANGE_ROLE = "members.change_role", "Change a member's role"
@@ -49,7 +50,7 @@ _DEVELOPER = _READ | {Action.KEYS_MANAGE, Action.DEPLOYMENTS_MANAGE, Action.ROUT
 
 MATRIX: dict[str, frozenset[Action]] = {
     Role.OWNER: _ALL,
-    Role.ADMIN: _ALL,
+    Role.ADMIN: _ALL - {Action.ORG_CLOSE},
     Role.DEVELOPER: frozenset(_DEVELOPER),
     Role.VIEWER: _READ,
 }

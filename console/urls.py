@@ -52,6 +52,7 @@ urlpatterns = [
     # One organisation's console
     path(o, org.overview, name="org_overview"),
     path(o + "settings/", org.org_settings, name="org_settings"),
+    path(o + "close/", org.org_close_view, name="org_close"),
     path(o + "audit/", org.audit_log, name="audit_log"),
     path(o + "deployments/", include("inference.urls")),
     path(o, include(routes_urls.org_urlpatterns)),

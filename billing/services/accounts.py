@@ -216,6 +216,26 @@ def subscription_cancel(*, account: BillingAccount) -> None:
     account.refresh_from_db()
 
 
+def subscription_end_with_period(*, account: BillingAccount) -> bool:
+    """Let the subscription run to the end of its period, then end (an org that closes).
+
+    Usage is billed in arrears from the hourly meter events, so cancelling at once would leave
+    the last hours' usage off every invoice; at the period's end Stripe invoices all of it as
+    usual, and its ``customer.subscription.deleted`` event records the end. Returns whether there
+    was a subscription to end."""
+    if not (stripe_enabled() and account.stripe_subscription_id and account.subscription_active):
+        return False
+    sub_id = account.stripe_subscription_id
+    with_retries(
+        lambda: stripe_client().v1.subscriptions.update(
+            sub_id,
+            {"cancel_at_period_end": True},
+            {"idempotency_key": f"subscription-end-{sub_id}"},
+        )
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class PlanChange:
     plan: Plan

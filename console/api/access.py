@@ -56,7 +56,7 @@ def resolve_org(request: Request, slug: str) -> OrgAccess:
         return OrgAccess(principal.auth.org, key=principal.auth.key)
     membership = (
         Membership.objects.select_related("org", "user")
-        .filter(user_id=str(principal.pk), org__slug=slug)
+        .filter(user_id=str(principal.pk), org__slug=slug, org__closed_at=None)
         .first()
     )
     if membership is None:

@@ -60,7 +60,7 @@ class MeView(APIView):
             me = {
                 "email": user.email,
                 "key_prefix": None,
-                "orgs": user.memberships.select_related("org"),
+                "orgs": user.memberships.filter(org__closed_at=None).select_related("org"),
             }
         return Response(MeSerializer(me).data)
 
@@ -73,7 +73,8 @@ class OrgListView(APIView):
         if isinstance(request.user, KeyPrincipal):
             orgs = [request.user.auth.org]
         else:
-            orgs = [m.org for m in request.user.memberships.select_related("org")]  # type: ignore[union-attr]
+            memberships = request.user.memberships.filter(org__closed_at=None)  # type: ignore[union-attr]
+            orgs = [m.org for m in memberships.select_related("org")]
         return Response(OrgSerializer(orgs, many=True).data)
 
     @extend_schema(

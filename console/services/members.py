@@ -176,7 +176,10 @@ def membership_remove(*, membership: Membership, actor: Membership) -> None:
     if membership.pk != actor.pk and not role_may_assign(actor.role, membership.role, "viewer"):
         raise PermissionDenied("Only an owner can remove an owner.")
     if membership.role == Role.OWNER and _owner_count(membership.org) <= 1:
-        raise ValidationError("The last owner cannot be removed; add another owner first.")
+        raise ValidationError(
+            "The last owner cannot be removed; add another owner first, or close the "
+            "organisation (Settings)."
+        )
     audit_record(
         org=membership.org,
         action="member.removed",

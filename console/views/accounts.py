@@ -51,7 +51,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def home(request: AuthedRequest) -> HttpResponse:
-    membership = request.user.memberships.select_related("org").order_by("created_at").first()
+    membership = (
+        request.user.memberships.filter(org__closed_at=None)
+        .select_related("org")
+        .order_by("created_at")
+        .first()
+    )
     if membership is None:
         return redirect("org_create")
     return redirect("org_overview", org_slug=membership.org.slug)

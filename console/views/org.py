@@ -21,11 +21,12 @@ from billing.selectors import (
     usage_totals_since,
 )
 from console.decorators import member_can, member_check, requires
-from console.forms import OrgRenameForm, apply_service_error
+from console.forms import OrgCloseForm, OrgRenameForm, apply_service_error
 from console.limits import org_rate_limits
 from console.models import Organisation
 from console.permissions import Action, role_can
 from console.requests import OrgRequest
+from console.services.closing import org_close
 from console.services.orgs import org_update
 from inference.models import Deployment, ReplicaState, Runner
 from inference.selectors.deployments import deployments_for_org
@@ -118,11 +119,41 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
     context: dict[str, object] = {
         "form": form,
         "can_rename": member_can(request, Action.ORG_UPDATE),
+        "can_close": member_can(request, Action.ORG_CLOSE),
+        "close_form": OrgCloseForm(user=request.user),
     }
     if role_can(request.membership.role, Action.ORG_UPDATE):
         # Owners and admins see the gateway's limits for the org (set by platform staff).
         context["rpm_limit"], context["tpm_limit"] = org_rate_limits(org)
     return render(request, "console/settings.html", context)
+
+
+@requires(Action.ORG_CLOSE)
+@require_http_methods(["GET", "POST"])
+def org_close_view(request: OrgRequest, org_slug: str) -> HttpResponse:
+    """Close the organisation for good (owners only, with the slug and their password)."""
+    org = request.org
+    form = OrgCloseForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            closed = org_close(org=org, actor=request.user, confirm=form.cleaned_data["confirm"])
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"Closed {org.name}: {closed.keys_revoked} API key(s) revoked, "
+                f"{closed.deployments_deleted} deployment(s) stopping, "
+                f"{closed.members_removed} member(s) removed."
+                + (
+                    " The subscription ends with this billing period; its invoice covers the "
+                    "usage up to now."
+                    if closed.subscription_ending
+                    else ""
+                ),
+            )
+            return redirect("home")
+    return render(request, "console/org_close.html", {"close_form": form}, status=200)
 
 
 @requires(Action.AUDIT_VIEW)

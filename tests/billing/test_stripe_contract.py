@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import stripe
+from django.core.exceptions import ValidationError
 from django.db.models import Sum
 
 from billing.ledger import usage_record_batch
@@ -22,6 +23,7 @@ from billing.services.accounts import (
 )
 from billing.services.meters import meter_events_prepare, meter_events_send, stripe_setup
 from billing.services.reconcile import meter_reconcile
+from console.services.closing import org_close
 from tests.billing.conftest import subscribe
 from tests.billing.factories import usage
 from tests.billing.stripe_fake import stripe_error
@@ -317,3 +319,42 @@ def test_stripe_setup_command_refuses_in_local_ledger_mode(settings):
     settings.STRIPE_API_KEY = ""
     with pytest.raises(CommandError, match="local-ledger"):
         call_command("stripe_setup")
+
+
+def test_closing_an_org_lets_the_subscription_end_with_its_period(stripe_fake, meters, org, owner):
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(hours=1, minutes=5))])
+    stripe_fake.answer(
+        "POST",
+        "/v1/subscriptions/sub_acme",
+        stripe_fake.obj("subscription", id="sub_acme", status="active", cancel_at_period_end=True),
+    )
+    closed = org_close(org=org, actor=owner, confirm=org.slug)
+    assert closed.subscription_ending
+    [call] = stripe_fake.requests
+    assert (call.method, call.path) == ("POST", "/v1/subscriptions/sub_acme")
+    assert call.params == {"cancel_at_period_end": "true"}
+    assert call.idempotency_key == "subscription-end-sub_acme"
+    # Still billed in arrears: the usage before the close is reported as usual afterwards, for
+    # the period's invoice.
+    usage_rollup(now=NOW)
+    assert meter_events_prepare(now=NOW) == 1
+    assert MeterEvent.objects.get().value == UsageRecord.objects.get().cost_micros
+
+
+def test_stripe_refusing_to_end_the_subscription_closes_nothing(
+    stripe_fake, meters, org, owner, settings
+):
+    settings.STRIPE_MAX_RETRIES = 1
+    subscribe(org, since=T0)
+    stripe_fake.answer("POST", "/v1/subscriptions/sub_acme", stripe_error(500))
+    with pytest.raises(ValidationError, match="nothing was closed"):
+        org_close(org=org, actor=owner, confirm=org.slug)
+    org.refresh_from_db()
+    assert org.closed_at is None and org.memberships.count() == 1
+    assert len(stripe_fake.calls("POST", "/v1/subscriptions/sub_acme")) == 2
+
+
+def test_closing_an_org_without_a_subscription_asks_stripe_nothing(stripe_fake, meters, org, owner):
+    assert not org_close(org=org, actor=owner, confirm=org.slug).subscription_ending
+    assert stripe_fake.requests == []

@@ -11,6 +11,7 @@ import openai
 import pytest
 from django.utils import timezone
 
+from console.services.closing import org_close
 from console.services.keys import api_key_create, api_key_revoke
 from tests.gateway.conftest import make_deployment
 
@@ -46,6 +47,17 @@ def test_bad_missing_and_revoked_keys_get_401(gw, served, org, owner):
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         gw.client(created.secret).chat.completions.create(**CHAT)
     assert served.requests == []
+
+
+def test_a_closed_orgs_keys_are_refused(gw, served, org, owner, inference_key):
+    assert gw.client(inference_key).chat.completions.create(**CHAT).choices
+    org_close(org=org, actor=owner, confirm=org.slug)
+    gw.refresh()
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        gw.client(inference_key).chat.completions.create(**CHAT)
+    with pytest.raises(openai.AuthenticationError):
+        gw.client(inference_key).models.list()
+    assert len(served.requests) == 1
 
 
 def test_a_key_created_a_moment_ago_works_on_its_first_request(start_gateway, engine, org, owner):
