@@ -39,6 +39,29 @@ class AccountEmailForm(forms.Form):
         return password
 
 
+class AccountDeleteForm(forms.Form):
+    confirm = forms.CharField(label="Type your email address to confirm")
+    password = forms.CharField(
+        label="Current password", strip=False, widget=forms.PasswordInput(render_value=False)
+    )
+
+    def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_confirm(self) -> str:
+        confirm: str = self.cleaned_data.get("confirm", "").strip()
+        if confirm.lower() != self.user.email.lower():
+            raise forms.ValidationError(f"Type {self.user.email} to confirm.")
+        return confirm
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data.get("password", "")
+        if not self.user.check_password(password):
+            raise forms.ValidationError("Your current password was entered incorrectly.")
+        return password
+
+
 class AccountPasswordForm(PasswordChangeForm):
     """Django's password change form, minus the autofocus that would pull the account page
     down to it from the name form above."""

@@ -57,6 +57,11 @@ class User(AbstractUser):
     def __str__(self) -> str:
         return self.email
 
+    @property
+    def is_deleted(self) -> bool:
+        """The person deleted their account; the row stays, anonymised, for audit trails."""
+        return not self.is_active and self.email.endswith("@deleted.invalid")
+
 
 class Organisation(models.Model):
     """A tenant. Owns deployments, routes, keys, usage and a bill."""
@@ -215,7 +220,7 @@ class AuditEvent(models.Model):
     @property
     def actor_label(self) -> str:
         if self.actor_id is not None and self.actor is not None:
-            return self.actor.email
+            return "deleted user" if self.actor.is_deleted else self.actor.email
         if self.actor_key_id is not None and self.actor_key is not None:
             return f"key {self.actor_key.prefix}…"
         return "system"

@@ -40,6 +40,7 @@ urlpatterns = [
     path("account/", accounts.account, name="account"),
     path("account/password/", accounts.account_password, name="account_password"),
     path("account/email/", accounts.account_email, name="account_email"),
+    path("account/delete/", accounts.account_delete_view, name="account_delete"),
     path(
         "account/email/confirm/<str:token>/",
         accounts.email_change_confirm_view,

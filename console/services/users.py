@@ -16,11 +16,14 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from console.models import User
+from console.models import Membership, User
+from console.permissions import Role
+from console.services.audit import audit_record
 
 
 def user_update(*, user: User, first_name: str, last_name: str) -> User:
@@ -194,3 +197,79 @@ def email_change_confirm(*, token: str) -> User:
     user.email_verified_at = timezone.now()
     user.save(update_fields=["email", "email_verified_at"])
     return user
+
+
+DELETED_DOMAIN = "deleted.invalid"
+
+
+def _orgs_needing_an_owner(user: User) -> list[str]:
+    """The open organisations where ``user`` is the only owner: deleting the account would leave
+    them with nobody who may manage billing, owners or closing."""
+    owned = Membership.objects.filter(user=user, role=Role.OWNER, org__closed_at=None)
+    names = []
+    for membership in owned.select_related("org").order_by("org__name"):
+        others = membership.org.memberships.filter(role=Role.OWNER).exclude(user=user)
+        if not others.exists():
+            names.append(membership.org.name)
+    return names
+
+
+def account_delete(*, user: User) -> str:
+    """Delete a person's account. Returns the address it had (the caller tells it).
+
+    The row stays, anonymised, so that the audit trails of the organisations the person acted in
+    keep pointing at one actor: the address becomes ``deleted-<id>@deleted.invalid`` (freeing the
+    real one), the names are cleared, the password becomes unusable (every session and every
+    emailed link stops working) and the account is deactivated. Memberships are removed, each
+    recorded in its organisation's audit log. Refused while the person is the only owner of an
+    open organisation: another owner must be added, or the organisation closed, first."""
+    if user.is_staff or user.is_superuser:
+        raise ValidationError(
+            "Staff accounts are removed by another member of staff, in the admin."
+        )
+    blocking = _orgs_needing_an_owner(user)
+    if blocking:
+        raise ValidationError(
+            "You are the only owner of "
+            + ", ".join(blocking)
+            + ". Make another member an owner, or close the organisation (its Settings page), "
+            "first."
+        )
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        old_email = locked.email
+        for membership in locked.memberships.select_related("org"):
+            # No target: a membership's text names the address, which is going away.
+            audit_record(
+                org=membership.org,
+                action="member.removed",
+                actor=locked,
+                data={
+                    "reason": "account deleted",
+                    "role": membership.role,
+                    "membership": str(membership.pk),
+                },
+            )
+        locked.memberships.all().delete()
+        locked.email = f"deleted-{locked.public_id.hex[:12]}@{DELETED_DOMAIN}"
+        locked.first_name = ""
+        locked.last_name = ""
+        locked.is_active = False
+        locked.email_verified_at = None
+        locked.set_unusable_password()
+        locked.save()
+        transaction.on_commit(
+            lambda: send_mail(
+                subject="Your account was deleted",
+                message=(
+                    f"The account {old_email} on the inference platform was deleted, as you "
+                    "asked. You can no longer sign in with it, and you are no longer a member "
+                    "of any organisation. The organisations keep the API keys and deployments "
+                    "you created there.\n"
+                ),
+                from_email=None,
+                recipient_list=[old_email],
+            )
+        )
+    user.refresh_from_db()
+    return old_email

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import login, update_session_auth_hash
+from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -10,6 +10,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console.forms import (
+    AccountDeleteForm,
     AccountEmailForm,
     AccountNameForm,
     AccountPasswordForm,
@@ -22,6 +23,7 @@ from console.requests import AuthedRequest
 from console.services.members import invitation_accept, invitation_lookup
 from console.services.orgs import org_create
 from console.services.users import (
+    account_delete,
     email_change_confirm,
     email_change_request,
     email_verification_send,
@@ -115,11 +117,13 @@ def _account_page(
     password_form: AccountPasswordForm,
     status: int = 200,
     email_form: AccountEmailForm | None = None,
+    delete_form: AccountDeleteForm | None = None,
 ) -> HttpResponse:
     context = {
         "name_form": name_form,
         "password_form": password_form,
         "email_form": email_form or AccountEmailForm(request.user),
+        "delete_form": delete_form or AccountDeleteForm(request.user),
     }
     return render(request, "accounts/account.html", context, status=status)
 
@@ -214,3 +218,24 @@ def email_change_confirm_view(request: HttpRequest, token: str) -> HttpResponse:
         context = {"error": " ".join(exc.messages)}
         return render(request, "accounts/email_verify.html", context, status=400)
     return render(request, "accounts/email_verify.html", {"changed_email": user.email})
+
+
+@login_required
+@sensitive_post_parameters("password")
+@require_POST
+def account_delete_view(request: AuthedRequest) -> HttpResponse:
+    """Delete one's own account (with the address typed and the password), then sign out."""
+    user = request.user
+    form = AccountDeleteForm(user, request.POST)
+    if form.is_valid():
+        try:
+            old_email = account_delete(user=user)
+        except ValidationError as error:
+            apply_service_error(form, error)
+        else:
+            logout(request)
+            messages.success(request, f"The account {old_email} was deleted.")
+            return redirect("login")
+    return _account_page(
+        request, _name_form(user), AccountPasswordForm(user), status=400, delete_form=form
+    )
