@@ -15,11 +15,13 @@ from console.models import (
     Invitation,
     Membership,
     Organisation,
+    RecoveryCode,
     User,
 )
 from console.services.audit import audit_record
 from console.services.keys import api_key_revoke
 from console.services.orgs import org_reactivate, org_suspend
+from console.services.two_factor import two_factor_disable
 from console.services.users import user_email_verified
 from console.snapshot import snapshot_bump
 
@@ -45,16 +47,23 @@ class UserAdmin(BaseUserAdmin):
         "first_name",
         "last_name",
         "email_verified_at",
+        "totp_enabled_at",
         "is_staff",
         "is_active",
         "date_joined",
     ]
-    list_filter = [EmailConfirmedFilter, "is_staff", "is_superuser", "is_active"]
+    list_filter = [
+        EmailConfirmedFilter,
+        ("totp_enabled_at", admin.EmptyFieldListFilter),
+        "is_staff",
+        "is_superuser",
+        "is_active",
+    ]
     search_fields = ["email", "first_name", "last_name"]
-    readonly_fields = ["email_verified_at"]
-    actions = ["confirm_email"]
+    readonly_fields = ["email_verified_at", "totp_enabled_at"]
+    actions = ["confirm_email", "two_factor_reset"]
     fieldsets = (
-        (None, {"fields": ("email", "email_verified_at", "password")}),
+        (None, {"fields": ("email", "email_verified_at", "totp_enabled_at", "password")}),
         ("Personal info", {"fields": ("first_name", "last_name")}),
         (
             "Permissions",
@@ -72,12 +81,44 @@ class UserAdmin(BaseUserAdmin):
             count += 1
         self.message_user(request, f"Confirmed {count} email address(es).", messages.SUCCESS)
 
+    @admin.action(
+        description="Turn off two-factor authentication (lost app and recovery codes; "
+        "check who is asking first)"
+    )
+    def two_factor_reset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        count = 0
+        for user in queryset.exclude(totp_enabled_at=None):
+            two_factor_disable(user=user, code=None, by_staff=request.user)  # type: ignore[arg-type]
+            count += 1
+        self.message_user(
+            request,
+            f"Turned off two-factor authentication for {count} account(s); each was emailed.",
+            messages.SUCCESS,
+        )
+
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         # A new address has not been confirmed by anyone: its owner confirms it again (or staff
         # do, with the action, when support has checked it).
         if change and "email" in form.changed_data:
             obj.email_verified_at = None
         super().save_model(request, obj, form, change)
+
+
+@admin.register(RecoveryCode)
+class RecoveryCodeAdmin(admin.ModelAdmin[RecoveryCode]):
+    """Read-only: which recovery codes a person has used (the codes themselves are not kept)."""
+
+    list_display = ["user", "used_at"]
+    list_filter = [("used_at", admin.EmptyFieldListFilter)]
+    search_fields = ["user__email"]
+    fields = ["user", "used_at"]
+    readonly_fields = ["user", "used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class MembershipInline(admin.TabularInline[Membership, Organisation]):

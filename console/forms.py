@@ -46,6 +46,8 @@ class AccountDeleteForm(forms.Form):
     )
 
     def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
+        # Prefixed: the Account page has other forms with a password.
+        kwargs.setdefault("prefix", "delete")
         super().__init__(*args, **kwargs)
         self.user = user
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 
 from console.models import Membership
+from console.services.two_factor import two_factor_missing_message
 
 
 class OrgMiddleware:
@@ -42,6 +44,8 @@ class OrgMiddleware:
         )
         if membership is None:
             raise Http404("No such organisation")
+        if membership.org.require_two_factor and not request.user.has_two_factor:
+            raise PermissionDenied(two_factor_missing_message(membership.org))
         request.org = membership.org  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         return None

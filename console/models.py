@@ -48,6 +48,12 @@ class User(AbstractUser):
     # Set when the person opened the link emailed to their address (or accepted an invitation
     # sent there). Until then they can look around but change nothing in an organisation.
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # Two-factor authentication: the authenticator's secret, encrypted at rest (console/crypto.py),
+    # set once the person proved their app with a code; the last step a code was accepted for,
+    # so that no code works twice.
+    totp_secret_encrypted = models.TextField(blank=True)
+    totp_enabled_at = models.DateTimeField(null=True, blank=True)
+    totp_last_step = models.BigIntegerField(default=0)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: ClassVar[list[str]] = []
@@ -56,6 +62,10 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    @property
+    def has_two_factor(self) -> bool:
+        return self.totp_enabled_at is not None
 
     @property
     def is_deleted(self) -> bool:
@@ -75,6 +85,11 @@ class Organisation(models.Model):
     # Set when an owner closed the organisation: its keys were revoked, its deployments deleted,
     # its members removed. The row and its records stay for billing and the audit trail.
     closed_at = models.DateTimeField(null=True, blank=True)
+    require_two_factor = models.BooleanField(
+        default=False,
+        help_text="Members must sign in with two-factor authentication to open the "
+        "organisation in the console or the REST API (API keys are not affected).",
+    )
     # Quotas enforced when deployments are created or scaled.
     max_gpus = models.PositiveIntegerField(default=8)
     max_replicas = models.PositiveIntegerField(default=8)
@@ -124,6 +139,22 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.org} ({self.role})"
+
+
+class RecoveryCode(models.Model):
+    """A single-use code that stands in for the authenticator app. Only its digest is kept."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="recovery_codes")
+    digest = models.CharField(max_length=64)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "digest"], name="recovery_code_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"recovery code of {self.user}"
 
 
 class Invitation(models.Model):

@@ -3,13 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from billing import urls as billing_urls
-from console.views import accounts, keys, members, org
+from console.views import accounts, keys, members, org, two_factor
 from inference import requests_urls, routes_urls
 
 o = "o/<slug:org_slug>/"
 
 urlpatterns = [
     path("", accounts.home, name="home"),
+    # Staff sign in through the console's sign-in, second step included.
+    path("admin/login/", two_factor.admin_login, name="admin_login"),
     path("admin/", admin.site.urls),
     path("api/", include("console.api.urls")),
     path("api/", include("inference.api.urls")),
@@ -19,7 +21,8 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
     # Accounts
     path("signup/", accounts.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", two_factor.LoginView.as_view(), name="login"),
+    path("login/code/", two_factor.login_two_factor, name="login_two_factor"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
     path(
@@ -41,6 +44,13 @@ urlpatterns = [
     path("account/password/", accounts.account_password, name="account_password"),
     path("account/email/", accounts.account_email, name="account_email"),
     path("account/delete/", accounts.account_delete_view, name="account_delete"),
+    path("account/two-factor/", two_factor.two_factor_setup, name="two_factor_setup"),
+    path("account/two-factor/off/", two_factor.two_factor_off, name="two_factor_off"),
+    path(
+        "account/two-factor/recovery-codes/",
+        two_factor.recovery_codes_new,
+        name="recovery_codes_new",
+    ),
     path(
         "account/email/confirm/<str:token>/",
         accounts.email_change_confirm_view,
@@ -54,6 +64,7 @@ urlpatterns = [
     path(o, org.overview, name="org_overview"),
     path(o + "settings/", org.org_settings, name="org_settings"),
     path(o + "close/", org.org_close_view, name="org_close"),
+    path(o + "settings/two-factor/", two_factor.org_two_factor, name="org_two_factor"),
     path(o + "audit/", org.audit_log, name="audit_log"),
     path(o + "deployments/", include("inference.urls")),
     path(o, include(routes_urls.org_urlpatterns)),

@@ -18,6 +18,7 @@ from console.permissions import (
     role_can,
     scopes_can,
 )
+from console.services.two_factor import two_factor_missing_message
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -61,6 +62,8 @@ def resolve_org(request: Request, slug: str) -> OrgAccess:
     )
     if membership is None:
         raise Http404
+    if membership.org.require_two_factor and not membership.user.has_two_factor:
+        raise exceptions.PermissionDenied(two_factor_missing_message(membership.org))
     return OrgAccess(membership.org, membership=membership)
 
 

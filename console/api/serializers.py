@@ -30,8 +30,9 @@ class OrgSerializer(serializers.ModelSerializer[Organisation]):
             "suspended_reason",
             "rpm_limit",
             "tpm_limit",
+            "require_two_factor",
         ]
-        read_only_fields = ["slug", "created_at", "suspended_reason"]
+        read_only_fields = ["slug", "created_at", "suspended_reason", "require_two_factor"]
 
     def get_rpm_limit(self, org: Organisation) -> int | None:
         return org_rate_limits(org)[0].per_minute
@@ -43,6 +44,15 @@ class OrgSerializer(serializers.ModelSerializer[Organisation]):
 class OrgCreateSerializer(serializers.Serializer[None]):
     name = serializers.CharField(max_length=100)
     slug = serializers.SlugField(max_length=50, required=False, allow_blank=True)
+
+
+class OrgUpdateSerializer(serializers.Serializer[None]):
+    name = serializers.CharField(max_length=100, required=False)
+    require_two_factor = serializers.BooleanField(
+        required=False,
+        help_text="Members must sign in with two-factor authentication to open the "
+        "organisation (API keys are not affected). Only someone who has it on may turn it on.",
+    )
 
 
 class MyOrgSerializer(serializers.Serializer[Membership]):
@@ -59,11 +69,12 @@ class MeSerializer(serializers.Serializer[dict[str, object]]):
 
 class MemberSerializer(serializers.ModelSerializer[Membership]):
     email = serializers.EmailField(source="user.email", read_only=True)
+    two_factor = serializers.BooleanField(source="user.has_two_factor", read_only=True)
 
     class Meta:
         model = Membership
-        fields = ["id", "email", "role", "created_at"]
-        read_only_fields = ["id", "email", "created_at"]
+        fields = ["id", "email", "role", "two_factor", "created_at"]
+        read_only_fields = ["id", "email", "two_factor", "created_at"]
 
 
 class RoleSerializer(serializers.Serializer[None]):

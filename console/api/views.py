@@ -24,6 +24,7 @@ from console.api.serializers import (
     MeSerializer,
     OrgCreateSerializer,
     OrgSerializer,
+    OrgUpdateSerializer,
     RoleSerializer,
 )
 from console.models import User
@@ -36,6 +37,7 @@ from console.services.members import (
     membership_remove,
 )
 from console.services.orgs import org_create, org_update
+from console.services.two_factor import org_two_factor_require
 
 
 def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) -> Response:
@@ -102,13 +104,18 @@ class OrgDetailView(OrgAPIView):
     def get(self, request: Request, org_slug: str) -> Response:
         return Response(OrgSerializer(self.access.org).data)
 
-    @extend_schema(request=OrgCreateSerializer, responses=OrgSerializer)
+    @extend_schema(request=OrgUpdateSerializer, responses=OrgSerializer)
     def patch(self, request: Request, org_slug: str) -> Response:
-        data = OrgCreateSerializer(data=request.data, partial=True)
+        data = OrgUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         org = self.access.org
+        actor = cast(User, self.access.user)  # keys lack this action
+        if "require_two_factor" in data.validated_data:
+            org = org_two_factor_require(
+                org=org, actor=actor, required=data.validated_data["require_two_factor"]
+            )
         if "name" in data.validated_data:
-            org = org_update(org=org, actor=self.access.user, name=data.validated_data["name"])  # type: ignore[arg-type]
+            org = org_update(org=org, actor=actor, name=data.validated_data["name"])
         return Response(OrgSerializer(org).data)
 
 

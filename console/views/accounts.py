@@ -31,6 +31,7 @@ from console.services.users import (
     user_password_change,
     user_update,
 )
+from console.views.two_factor import account_context as two_factor_account_context
 
 
 @require_http_methods(["GET", "POST"])
@@ -124,6 +125,7 @@ def _account_page(
         "password_form": password_form,
         "email_form": email_form or AccountEmailForm(request.user),
         "delete_form": delete_form or AccountDeleteForm(request.user),
+        **two_factor_account_context(request.user),
     }
     return render(request, "accounts/account.html", context, status=status)
 

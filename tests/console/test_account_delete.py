@@ -17,9 +17,8 @@ pytestmark = pytest.mark.django_db
 
 
 def _delete(client, user, **data):  # type: ignore[no-untyped-def]
-    return client.post(
-        reverse("account_delete"), {"confirm": user.email, "password": PASSWORD, **data}
-    )
+    fields = {"confirm": user.email, "password": PASSWORD, **data}
+    return client.post(reverse("account_delete"), {f"delete-{k}": v for k, v in fields.items()})
 
 
 def test_a_member_deletes_their_account(

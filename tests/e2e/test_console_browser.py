@@ -108,3 +108,50 @@ def test_a_refused_htmx_change_says_why_on_the_page(page, transactional_db):
     alert.wait_for()
     assert alert.inner_text() == "Your role (viewer) cannot do this."
     assert not ApiKey.objects.filter(org=org).exists()
+
+
+def test_two_factor_set_up_then_sign_in_with_a_code_and_close_an_org(page, transactional_db):
+    """An owner turns two-factor on by scanning (here: reading) the key, signs out, signs back in
+    with a code from the app, then closes a spare organisation from its settings."""
+    from console import totp
+    from console.models import User
+
+    migration_rows()  # the plans a transactional test's flush removed
+    org = OrganisationFactory(name="Spare", slug="spare")
+    owner = MembershipFactory(org=org, role=Role.OWNER).user
+    page.goto("/login/")
+    page.fill("input[name=username]", owner.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/o/spare/")
+    page.goto("/account/")
+    page.click("text=Set up two-factor authentication")
+    assert page.locator("[data-testid=totp-qr] svg").count() == 1
+    secret = page.locator("[data-testid=totp-secret]").inner_text()
+    page.fill("input[name=code]", totp.code_at(secret, totp.step_at()))
+    page.click("main button:has-text('Turn on')")
+    codes = page.locator("[data-testid=recovery-codes] li")
+    codes.first.wait_for()
+    assert codes.count() == 10
+    assert User.objects.get(pk=owner.pk).has_two_factor
+
+    page.goto("/account/")
+    page.click("text=Log out")
+    page.wait_for_url("**/login/")
+    page.goto("/o/spare/")
+    page.fill("input[name=username]", owner.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/login/code/")
+    step = User.objects.get(pk=owner.pk).totp_last_step + 1
+    page.fill("input[name=code]", totp.code_at(secret, max(step, totp.step_at())))
+    page.click("main button:has-text('Sign in')")
+    page.wait_for_url("**/o/spare/")
+
+    page.goto("/o/spare/settings/")
+    page.fill("#close input[name=confirm]", "spare")
+    page.fill("#close input[name=password]", FACTORY_PASSWORD)
+    page.click("button:has-text('Close Spare')")
+    page.wait_for_url("**/orgs/new/")
+    assert "Closed Spare" in page.content()
+    assert Organisation.objects.get(pk=org.pk).closed_at is not None
