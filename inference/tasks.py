@@ -15,3 +15,10 @@ def routes_recalibrate_task() -> int:
 @shared_task
 def route_scorer_fit_task(scorer_id: str) -> bool:
     return route_scorer_fit(scorer_id=scorer_id)
+
+
+@shared_task
+def deployment_failed_notify_task(deployment_id: str) -> int:
+    from inference.services.notifications import deployment_failed_notify
+
+    return deployment_failed_notify(deployment_id=deployment_id)

@@ -23,7 +23,13 @@ from django.utils import timezone
 
 from console.snapshot import snapshot_bump, snapshot_version
 from inference.conf import OrchestratorConfig
-from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
+from inference.models import (
+    LIVE_REPLICA_STATES,
+    Deployment,
+    DeploymentState,
+    Replica,
+    ReplicaState,
+)
 from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
 from inference.orchestrator.gpus import gpus_pack
 from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
@@ -35,6 +41,7 @@ from inference.orchestrator.states import (
     restart_backoff_s,
     startup_phase,
 )
+from inference.services.notifications import deployment_failed
 from inference.services.uptime import replica_uptime_report, replicas_uptime_report
 
 logger = logging.getLogger(__name__)
@@ -284,9 +291,12 @@ class Orchestrator:
             Deployment.objects.filter(pk=deployment.pk).update(
                 state=summary.state, state_reason=reason
             )
-            if summary.state != deployment.state:
+            became = summary.state if summary.state != deployment.state else None
+            if became:
                 self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
             deployment.state, deployment.state_reason = summary.state, reason
+            if became == DeploymentState.FAILED:
+                deployment_failed(deployment=deployment, reason=reason)
             snapshot_bump()
 
     # One replica

@@ -22,11 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core import mail
 from django.core.management import call_command
 from django.test import override_settings
 
 from billing.models import UptimeRecord
-from console.models import Organisation
+from console.models import AuditEvent, Organisation
 from console.snapshot import snapshot_version
 from inference.conf import OrchestratorConfig
 from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
@@ -185,7 +186,9 @@ def _ensure_ready(w: World, n: int) -> list[Replica]:
     return w.until(lambda: len(w.ready()) == n and len(w.live()) == n and w.ready(), f"{n} ready")
 
 
-def test_unknown_model_path_fails_clearly_and_the_orchestrator_goes_on(db, tmp_path, settings):
+def test_unknown_model_path_fails_clearly_and_the_orchestrator_goes_on(
+    db, tmp_path, settings, mailoutbox
+):
     # First in the module, before the shared deployment exists: this one needs no engine.
     _require_vllm()
     settings.MODEL_ROOTS = [str(tmp_path)]
@@ -202,6 +205,13 @@ def test_unknown_model_path_fails_clearly_and_the_orchestrator_goes_on(db, tmp_p
     assert "no-such-model does not exist" in broken.state_reason
     replica = Replica.objects.get(deployment=broken)
     assert (replica.state, replica.pid) == (ReplicaState.FAILED, None)
+    # The owner is told once, by email and in the audit log, however many passes follow.
+    [mail] = mailoutbox
+    assert mail.subject == "Deployment missing failed in Broken" and mail.to == [owner.email]
+    assert "no-such-model does not exist" in mail.body
+    assert f"/o/broken/deployments/{broken.pk}/" in mail.body
+    event = AuditEvent.objects.get(org=org, action="deployment.failed")
+    assert event.target_id == str(broken.pk) and "no-such-model" in event.data["reason"]
     # Others are still served: a later deployment gets its replica row and start attempt.
     other = deployment_create(name="other", model=str(tmp_path / "also-missing"), **common)
     orchestrator.reconcile_once()
@@ -310,6 +320,8 @@ def test_an_engine_that_keeps_crashing_fails_with_its_last_log_lines(w):
     assert replica.restart_count == w.config.restart_limit + 1
     assert "exited with code" in broken.state_reason
     assert "no-such-architecture" in broken.state_reason, "the engine's own words are shown"
+    told = [m for m in mail.outbox if m.subject == "Deployment crashy failed in Engines"]
+    assert len(told) == 1 and "no-such-architecture" in told[0].body
     deployment_delete(deployment=broken, actor=w.owner)
     w.until(lambda: not Deployment.objects.filter(pk=broken.pk).exists(), "removal", timeout=30)
 
