@@ -23,13 +23,7 @@ from django.utils import timezone
 
 from console.snapshot import snapshot_bump, snapshot_version
 from inference.conf import OrchestratorConfig
-from inference.models import (
-    LIVE_REPLICA_STATES,
-    Deployment,
-    DeploymentState,
-    Replica,
-    ReplicaState,
-)
+from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
 from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
 from inference.orchestrator.gpus import gpus_pack
 from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
@@ -41,7 +35,7 @@ from inference.orchestrator.states import (
     restart_backoff_s,
     startup_phase,
 )
-from inference.services.notifications import deployment_failed
+from inference.orchestrator.summary import summary_write
 from inference.services.uptime import replica_uptime_report, replicas_uptime_report
 
 logger = logging.getLogger(__name__)
@@ -287,17 +281,7 @@ class Orchestrator:
         waiting = self._waiting.get(deployment.pk)
         if waiting and summary.state in ("pending", "degraded"):
             reason = f"{reason} Waiting for capacity: {waiting}."
-        if (summary.state, reason) != (deployment.state, deployment.state_reason):
-            Deployment.objects.filter(pk=deployment.pk).update(
-                state=summary.state, state_reason=reason
-            )
-            became = summary.state if summary.state != deployment.state else None
-            if became:
-                self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
-            deployment.state, deployment.state_reason = summary.state, reason
-            if became == DeploymentState.FAILED:
-                deployment_failed(deployment=deployment, reason=reason)
-            snapshot_bump()
+        summary_write(deployment, summary.state, reason, say=self._say)
 
     # One replica
 

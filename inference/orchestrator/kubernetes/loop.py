@@ -41,6 +41,7 @@ from inference.orchestrator.kubernetes.manifests import (
 from inference.orchestrator.probe import EngineMetrics, EngineProbe
 from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.orchestrator.states import deployment_summary
+from inference.orchestrator.summary import summary_write
 
 logger = logging.getLogger(__name__)
 S = ReplicaState
@@ -311,14 +312,7 @@ class KubernetesOrchestrator:
         ):
             reason = f"{reason} {' '.join(warnings)}"
         reason = reason[:4000]
-        if (summary.state, reason) != (deployment.state, deployment.state_reason):
-            Deployment.objects.filter(pk=deployment.pk).update(
-                state=summary.state, state_reason=reason
-            )
-            if summary.state != deployment.state:
-                self._say(deployment, f"{summary.state}: {reason.splitlines()[0]}")
-            deployment.state, deployment.state_reason = summary.state, reason
-            snapshot_bump()
+        summary_write(deployment, summary.state, reason, say=self._say)
 
     def _note(self, deployment: Deployment, reason: str) -> None:
         if reason != deployment.state_reason:
