@@ -213,12 +213,26 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # After a roll, the replaced secret's digest keeps working until previous_expires_at, so that
+    # programs can move to the new secret without an outage.
+    previous_digest = models.CharField(max_length=64, blank=True, db_index=True)
+    previous_prefix = models.CharField(max_length=16, blank=True)
+    previous_expires_at = models.DateTimeField(null=True, blank=True)
+    rolled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def previous_active(self) -> bool:
+        return (
+            bool(self.previous_digest)
+            and self.previous_expires_at is not None
+            and self.previous_expires_at > timezone.now()
+        )
 
     @property
     def is_active(self) -> bool:

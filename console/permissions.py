@@ -24,7 +24,7 @@ class Action(models.TextChoices):
     MEMBERS_CHANGE_ROLE = "members.change_role", "Change a member's role"
     MEMBERS_REMOVE = "members.remove", "Remove a member"
     KEYS_VIEW = "keys.view", "See API keys (name, prefix, limits)"
-    KEYS_MANAGE = "keys.manage", "Create, edit and revoke API keys"
+    KEYS_MANAGE = "keys.manage", "Create, edit, roll and revoke API keys"
     AUDIT_VIEW = "audit.view", "Read the audit log"
     DEPLOYMENTS_VIEW = "deployments.view", "See deployments and replicas"
     DEPLOYMENTS_MANAGE = "deployments.manage", "Create, scale, pause and delete deployments"

@@ -73,6 +73,7 @@ urlpatterns = [
     path(o + "keys/", keys.key_list, name="key_list"),
     path(o + "keys/new/", keys.key_create, name="key_create"),
     path(o + "keys/<uuid:key_id>/edit/", keys.key_edit, name="key_edit"),
+    path(o + "keys/<uuid:key_id>/roll/", keys.key_roll, name="key_roll"),
     path(o + "keys/<uuid:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path(o + "members/", members.member_list, name="member_list"),
     path(o + "leave/", members.org_leave, name="org_leave"),

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from rest_framework import serializers
 
 from console.limits import org_rate_limits
 from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation, Scope
 from console.permissions import Role
+from console.services.keys import MAX_ROLL_GRACE_HOURS
 
 
 class OrgSerializer(serializers.ModelSerializer[Organisation]):
@@ -91,6 +94,12 @@ class InvitationSerializer(serializers.ModelSerializer[Invitation]):
 
 class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
     active = serializers.BooleanField(source="is_active", read_only=True)
+    previous_prefix = serializers.SerializerMethodField(
+        help_text="After a roll: the replaced secret's prefix, while it still works (else null)."
+    )
+    previous_expires_at = serializers.SerializerMethodField(
+        help_text="After a roll: when the replaced secret stops working (else null)."
+    )
 
     class Meta:
         model = ApiKey
@@ -107,8 +116,26 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
             "revoked_at",
             "last_used_at",
             "active",
+            "rolled_at",
+            "previous_prefix",
+            "previous_expires_at",
         ]
         read_only_fields = fields
+
+    def get_previous_prefix(self, key: ApiKey) -> str | None:
+        return key.previous_prefix if key.previous_active else None
+
+    def get_previous_expires_at(self, key: ApiKey) -> datetime | None:
+        return key.previous_expires_at if key.previous_active else None
+
+
+class ApiKeyRollSerializer(serializers.Serializer[None]):
+    grace_hours = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_ROLL_GRACE_HOURS,
+        help_text="How long the replaced secret keeps working: 0 (at once, for a leaked key) "
+        f"to {MAX_ROLL_GRACE_HOURS} hours.",
+    )
 
 
 class ApiKeyCreateSerializer(serializers.Serializer[None]):

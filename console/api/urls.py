@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path(org + "keys/", views.KeyListView.as_view(), name="api_keys"),
     path(org + "keys/<uuid:key_id>/", views.KeyDetailView.as_view(), name="api_key"),
+    path(org + "keys/<uuid:key_id>/roll/", views.KeyRollView.as_view(), name="api_key_roll"),
     path(org + "keys/<uuid:key_id>/revoke/", views.KeyRevokeView.as_view(), name="api_key_revoke"),
     path(org + "audit/", views.AuditListView.as_view(), name="api_audit"),
 ]

@@ -16,6 +16,7 @@ from console.api.authentication import KeyPrincipal
 from console.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
+    ApiKeyRollSerializer,
     ApiKeySerializer,
     ApiKeyUpdateSerializer,
     AuditEventSerializer,
@@ -29,7 +30,7 @@ from console.api.serializers import (
 )
 from console.models import User
 from console.permissions import Action
-from console.services.keys import api_key_create, api_key_revoke, api_key_update
+from console.services.keys import api_key_create, api_key_revoke, api_key_roll, api_key_update
 from console.services.members import (
     invitation_create,
     invitation_revoke,
@@ -256,6 +257,31 @@ class KeyDetailView(OrgAPIView):
             key=key, actor=self.access.user, actor_key=self.access.key, **data.validated_data
         )
         return Response(ApiKeySerializer(key).data)
+
+
+class KeyRollView(OrgAPIView):
+    actions = {"POST": Action.KEYS_MANAGE}
+
+    @extend_schema(
+        request=ApiKeyRollSerializer,
+        responses=ApiKeyCreatedSerializer,
+        summary="Give a key a new secret (shown once); the old one works for grace_hours",
+    )
+    def post(self, request: Request, org_slug: str, key_id: str) -> Response:
+        key = get_object_or_404(self.access.org.api_keys, id=key_id)
+        data = ApiKeyRollSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rolled = api_key_roll(
+            key=key,
+            actor=self.access.user,
+            actor_key=self.access.key,
+            grace_hours=data.validated_data["grace_hours"],
+        )
+        body = dict(ApiKeySerializer(rolled.key).data)
+        body["key"] = rolled.secret
+        response = Response(body)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class KeyRevokeView(OrgAPIView):

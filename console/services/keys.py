@@ -1,4 +1,5 @@
-"""API keys: creation (shown once), editing, revocation, and authentication of a presented key.
+"""API keys: creation (shown once), editing, rolling, revocation, and authentication of a
+presented key.
 
 Only the SHA-256 digest and a short visible prefix are stored. Nothing here logs a key.
 """
@@ -220,6 +221,60 @@ def api_key_update(
     return key
 
 
+# The longest a replaced secret may keep working after a roll.
+MAX_ROLL_GRACE_HOURS = 7 * 24
+
+
+@transaction.atomic
+def api_key_roll(
+    *, key: ApiKey, actor: User | None, grace_hours: int, actor_key: ApiKey | None = None
+) -> CreatedKey:
+    """Give the key a new secret; everything else (id, name, scopes, models, limits, budget,
+    usage history) stays. The replaced secret keeps working for ``grace_hours`` (0 to 168) so
+    that programs can move over without an outage; 0 stops it at once (a leaked secret). Only
+    the secret just replaced has a grace period: rolling again ends an earlier one."""
+    if isinstance(grace_hours, bool) or not isinstance(grace_hours, int):
+        raise ValidationError({"grace_hours": "Enter a whole number of hours."})
+    if not 0 <= grace_hours <= MAX_ROLL_GRACE_HOURS:
+        raise ValidationError(
+            {"grace_hours": f"Enter a number of hours from 0 to {MAX_ROLL_GRACE_HOURS}."}
+        )
+    key.refresh_from_db(from_queryset=ApiKey.objects.select_for_update())
+    if key.revoked_at is not None:
+        raise ValidationError("This key has been revoked; a revoked key cannot be rolled.")
+    now = timezone.now()
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    replaced = key.prefix
+    if grace_hours:
+        key.previous_digest, key.previous_prefix = key.digest, key.prefix
+        key.previous_expires_at = now + timedelta(hours=grace_hours)
+    else:
+        key.previous_digest, key.previous_prefix, key.previous_expires_at = "", "", None
+    key.digest = key_digest(secret)
+    key.prefix = secret[:VISIBLE_PREFIX_LENGTH]
+    key.rolled_at = now
+    key.save(
+        update_fields=[
+            "digest",
+            "prefix",
+            "previous_digest",
+            "previous_prefix",
+            "previous_expires_at",
+            "rolled_at",
+        ]
+    )
+    audit_record(
+        org=key.org,
+        action="key.rolled",
+        actor=actor,
+        actor_key=actor_key,
+        target=key,
+        data={"prefix": key.prefix, "replaced": replaced, "grace_hours": grace_hours},
+    )
+    snapshot_bump()
+    return CreatedKey(key=key, secret=secret)
+
+
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, actor: User | None, actor_key: ApiKey | None = None) -> ApiKey:
     """Revoke a key. Authentication checks the row, so it stops working at once."""
@@ -265,7 +320,15 @@ def api_key_authenticate(raw_key: str) -> KeyAuth:
     """Return who a presented key belongs to, or raise KeyAuthError with the reason."""
     if not raw_key or not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
         raise KeyAuthError("unknown")
-    key = ApiKey.objects.select_related("org").filter(digest=key_digest(raw_key)).first()
+    digest = key_digest(raw_key)
+    key = ApiKey.objects.select_related("org").filter(digest=digest).first()
+    if key is None:
+        # A secret replaced by a roll works until its grace period ends.
+        key = (
+            ApiKey.objects.select_related("org")
+            .filter(previous_digest=digest, previous_expires_at__gt=timezone.now())
+            .first()
+        )
     if key is None:
         raise KeyAuthError("unknown")
     if key.revoked_at is not None:

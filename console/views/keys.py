@@ -14,6 +14,7 @@ from console.services.keys import (
     CreatedKey,
     api_key_create,
     api_key_revoke,
+    api_key_roll,
     api_key_update,
 )
 
@@ -74,7 +75,36 @@ def key_edit(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
                 return redirect("key_list", org_slug=org_slug)
         status = 400
         key.refresh_from_db()  # the page shows what is stored, not the refused values
-    return render(request, "console/key_edit.html", {"key": key, "form": form}, status=status)
+    context = {"key": key, "form": form, "grace": ROLL_GRACE_CHOICES}
+    return render(request, "console/key_edit.html", context, status=status)
+
+
+ROLL_GRACE_CHOICES = [
+    (0, "Stop the old key now (it leaked)"),
+    (1, "Keep the old key working for 1 hour"),
+    (24, "Keep the old key working for 24 hours"),
+    (168, "Keep the old key working for 7 days"),
+]
+
+
+@requires(Action.KEYS_MANAGE)
+@require_POST
+def key_roll(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
+    """A new secret for the same key (settings, budget and usage history stay); the page shows
+    it once."""
+    key = get_object_or_404(request.org.api_keys, id=key_id)
+    try:
+        grace_hours = int(request.POST.get("grace_hours", ""))
+        rolled = api_key_roll(key=key, actor=request.user, grace_hours=grace_hours)
+    except (ValueError, ValidationError) as error:
+        reason = " ".join(error.messages) if isinstance(error, ValidationError) else ""
+        messages.error(request, reason or "Choose how long the old key keeps working.")
+        return redirect("key_edit", org_slug=org_slug, key_id=key_id)
+    form = ApiKeyEditForm(initial=ApiKeyEditForm.initial_for(rolled.key))
+    context = {"key": rolled.key, "form": form, "rolled": rolled, "grace": ROLL_GRACE_CHOICES}
+    response = render(request, "console/key_edit.html", context)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @requires(Action.KEYS_MANAGE)

@@ -7,6 +7,7 @@ moves (keys revoked, routes edited, replicas ready) and at least every ``snapsho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -205,9 +206,12 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         "monthly_budget_micros",
         "expires_at",
         "revoked_at",
+        "previous_digest",
+        "previous_prefix",
+        "previous_expires_at",
     ):
         expires: datetime | None = row["expires_at"]
-        keys[row["digest"]] = KeyEntry(
+        key_entry = keys[row["digest"]] = KeyEntry(
             id=row["id"],
             org_id=row["org_id"],
             prefix=row["prefix"],
@@ -219,6 +223,13 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             expires_at=expires.timestamp() if expires is not None else None,
             revoked=row["revoked_at"] is not None,
         )
+        # The secret a roll replaced: the same key until its grace period ends.
+        grace: datetime | None = row["previous_expires_at"]
+        if row["previous_digest"] and grace is not None and grace > now:
+            ends = min(grace, expires) if expires is not None else grace
+            keys[row["previous_digest"]] = dataclasses.replace(
+                key_entry, prefix=row["previous_prefix"], expires_at=ends.timestamp()
+            )
 
     replicas: dict[uuid.UUID, list[ReplicaEntry]] = {}
     for rep in (

@@ -47,3 +47,31 @@ def test_a_key_narrowed_to_one_model_is_refused_the_others_until_widened_again(
     gw.refresh()
     assert ask(client, "small-chat")
     assert sorted(m.id for m in client.models.list()) == ["small-chat", "tiny-chat"]
+
+
+def test_a_rolled_key_takes_its_new_secret_and_keeps_the_old_one_for_the_grace_period(
+    gw, served, org, owner
+):
+    from console.models import ApiKey
+    from console.services.keys import api_key_roll
+
+    created = api_key_create(org=org, actor=owner, name="app", scopes=["inference"])
+    old = gw.client(created.secret)
+    assert ask(old, "tiny-chat")
+    rolled = api_key_roll(key=created.key, actor=owner, grace_hours=1)
+    gw.refresh()
+    new = gw.client(rolled.secret)
+    assert ask(new, "tiny-chat") and ask(old, "tiny-chat")
+    gw.flush()
+    # One key throughout: its usage history carries on.
+    assert {str(r.api_key_id) for r in created.key.usage_records.all()} == {str(created.key.id)}
+    assert created.key.usage_records.count() == 3
+
+    # Rolled again at once (it leaked): only the newest secret works.
+    newest = api_key_roll(key=ApiKey.objects.get(pk=created.key.pk), actor=owner, grace_hours=0)
+    gw.refresh()
+    for stale in (old, new):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            ask(stale, "tiny-chat")
+        assert caught.value.code == "invalid_api_key"
+    assert ask(gw.client(newest.secret), "tiny-chat")
