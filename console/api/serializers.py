@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from rest_framework import serializers
 
@@ -161,6 +162,24 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
         read_only_fields = fields
+
+
+class AuditQuerySerializer(serializers.Serializer[None]):
+    action = serializers.CharField(
+        required=False, max_length=64, help_text="Events whose action starts with this (key.)."
+    )
+    actor = serializers.CharField(
+        required=False,
+        max_length=254,
+        help_text="Who acted: an email address, a key's prefix (sk-…) or 'system'.",
+    )
+    start = serializers.DateField(required=False, help_text="First UTC day (included).")
+    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            raise serializers.ValidationError({"start": "The start must not be after the end."})
+        return data
 
 
 class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):

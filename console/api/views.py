@@ -20,6 +20,7 @@ from console.api.serializers import (
     ApiKeySerializer,
     ApiKeyUpdateSerializer,
     AuditEventSerializer,
+    AuditQuerySerializer,
     InvitationSerializer,
     MemberSerializer,
     MeSerializer,
@@ -30,6 +31,7 @@ from console.api.serializers import (
 )
 from console.models import User
 from console.permissions import Action
+from console.services.audit import audit_events
 from console.services.keys import api_key_create, api_key_revoke, api_key_roll, api_key_update
 from console.services.members import (
     invitation_create,
@@ -297,7 +299,9 @@ class KeyRevokeView(OrgAPIView):
 class AuditListView(OrgAPIView):
     actions = {"GET": Action.AUDIT_VIEW}
 
-    @extend_schema(responses=AuditEventSerializer(many=True))
+    @extend_schema(parameters=[AuditQuerySerializer], responses=AuditEventSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
-        events = self.access.org.audit_events.select_related("actor", "actor_key")
+        query = AuditQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        events = audit_events(org=self.access.org, **query.validated_data)
         return _paginate(self, request, events, AuditEventSerializer)

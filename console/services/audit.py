@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db import models
@@ -29,3 +30,36 @@ def audit_record(
         data=data or {},
         ip_address=ip_address,
     )
+
+
+# The most events one CSV export holds (newest first).
+AUDIT_EXPORT_LIMIT = 100_000
+
+
+def audit_events(
+    *,
+    org: Organisation,
+    action: str = "",
+    actor: str = "",
+    start: date | None = None,
+    end: date | None = None,
+) -> models.QuerySet[AuditEvent]:
+    """The org's events, newest first, filtered: ``action`` is a prefix (``key.``), ``actor`` an
+    email address, a key's prefix (``sk-…``) or ``system``; ``start`` and ``end`` are UTC days,
+    both included."""
+    events = org.audit_events.select_related("actor", "actor_key")
+    if action:
+        events = events.filter(action__startswith=action)
+    actor = actor.strip()
+    if actor == "system":
+        events = events.filter(actor=None, actor_key=None)
+    elif actor.startswith("sk-"):
+        events = events.filter(actor_key__prefix=actor.rstrip("…").rstrip("."))
+    elif actor:
+        events = events.filter(actor__email__iexact=actor)
+    if start is not None:
+        events = events.filter(created_at__gte=datetime.combine(start, time.min, tzinfo=UTC))
+    if end is not None:
+        after = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
+        events = events.filter(created_at__lt=after)
+    return events.order_by("-created_at", "-id")
