@@ -121,10 +121,20 @@ class ApiKeyForm(forms.Form):
     )
     rpm_limit = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
     tpm_limit = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+    allowed_ips = forms.CharField(
+        required=False,
+        label="Allowed IP addresses",
+        help_text="Comma-separated addresses or networks (203.0.113.7, 10.0.0.0/8). Empty allows "
+        "every address.",
+    )
 
     def clean_allowed_models(self) -> list[str]:
         raw: str = self.cleaned_data.get("allowed_models") or ""
         return [item.strip() for item in raw.split(",") if item.strip()]
+
+    def clean_allowed_ips(self) -> list[str]:
+        raw: str = self.cleaned_data.get("allowed_ips") or ""
+        return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
 
 
 class ApiKeyEditForm(ApiKeyForm):
@@ -156,6 +166,7 @@ class ApiKeyEditForm(ApiKeyForm):
             "expires_at": key.expires_at,
             "rpm_limit": key.rpm_limit,
             "tpm_limit": key.tpm_limit,
+            "allowed_ips": ", ".join(key.allowed_ips),
         }
 
 

@@ -205,6 +205,8 @@ class ApiKey(models.Model):
     digest = models.CharField(max_length=64, unique=True)
     scopes = models.JSONField(default=list)
     allowed_models = models.JSONField(default=list, blank=True)
+    # Networks (CIDR) the key may be used from; empty: anywhere.
+    allowed_ips = models.JSONField(default=list, blank=True)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
     monthly_budget_micros = models.BigIntegerField(null=True, blank=True)

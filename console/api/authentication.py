@@ -36,8 +36,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if len(parts) != 2 or parts[0] != self.keyword or not parts[1].startswith(KEY_PREFIX):
             return None
         try:
-            auth = api_key_authenticate(parts[1])
+            auth = api_key_authenticate(parts[1], client_ip=request.META.get("REMOTE_ADDR"))
         except KeyAuthError as error:
+            if error.reason == "ip_not_allowed":
+                raise exceptions.PermissionDenied(str(error)) from None
             raise exceptions.AuthenticationFailed(str(error)) from None
         if not {"manage", "read"} & set(auth.scopes):
             raise exceptions.PermissionDenied(

@@ -110,6 +110,7 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
             "prefix",
             "scopes",
             "allowed_models",
+            "allowed_ips",
             "rpm_limit",
             "tpm_limit",
             "expires_at",
@@ -146,6 +147,12 @@ class ApiKeyCreateSerializer(serializers.Serializer[None]):
     )
     allowed_models = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, default=list
+    )
+    allowed_ips = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        default=list,
+        help_text="Addresses or networks (CIDR) the key may be used from; empty: anywhere.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)

@@ -7,6 +7,7 @@ Only the SHA-256 digest and a short visible prefix are stored. Nothing here logs
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +74,45 @@ def _clean_allowed_models(allowed_models: list[str] | None) -> list[str]:
     return sorted(set(models_list))
 
 
+MAX_ALLOWED_NETWORKS = 50
+
+
+def _clean_allowed_ips(allowed_ips: list[str] | None) -> list[str]:
+    """Addresses or networks (``203.0.113.7``, ``10.0.0.0/8``, ``2001:db8::/32``), normalised;
+    a network given with host bits set is taken as the network that holds them."""
+    cleaned: list[str] = []
+    for raw in allowed_ips or []:
+        text = (raw or "").strip()
+        if not text:
+            continue
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValidationError(
+                {"allowed_ips": f"“{text[:60]}” is not an IP address or network (CIDR)."}
+            ) from None
+        cleaned.append(str(network))
+    unique = sorted(set(cleaned), key=lambda n: (":" in n, n))
+    if len(unique) > MAX_ALLOWED_NETWORKS:
+        raise ValidationError(
+            {"allowed_ips": f"At most {MAX_ALLOWED_NETWORKS} addresses or networks."}
+        )
+    return unique
+
+
+def ip_allowed(networks: list[str], address: str | None) -> bool:
+    """Whether ``address`` is inside one of ``networks`` (an empty list allows every address)."""
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n) for n in networks)
+
+
 def _clean_expiry(expires_at: datetime | None) -> datetime | None:
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
@@ -90,11 +130,13 @@ def api_key_create(
     expires_at: datetime | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
+    allowed_ips: list[str] | None = None,
     actor_key: ApiKey | None = None,
 ) -> CreatedKey:
     name = _clean_name(name)
     scopes = _clean_scopes(scopes)
     models_list = _clean_allowed_models(allowed_models)
+    networks = _clean_allowed_ips(allowed_ips)
     expires_at = _clean_expiry(expires_at)
     rpm = _validate_limit("rpm_limit", rpm_limit)
     tpm = _validate_limit("tpm_limit", tpm_limit)
@@ -107,6 +149,7 @@ def api_key_create(
         digest=key_digest(secret),
         scopes=scopes,
         allowed_models=models_list,
+        allowed_ips=networks,
         expires_at=expires_at,
         rpm_limit=rpm,
         tpm_limit=tpm,
@@ -130,12 +173,21 @@ class KeyChanges(TypedDict, total=False):
     name: str
     scopes: list[str]
     allowed_models: list[str] | None
+    allowed_ips: list[str] | None
     expires_at: datetime | None
     rpm_limit: int | None
     tpm_limit: int | None
 
 
-EDITABLE_FIELDS = ("name", "scopes", "allowed_models", "expires_at", "rpm_limit", "tpm_limit")
+EDITABLE_FIELDS = (
+    "name",
+    "scopes",
+    "allowed_models",
+    "allowed_ips",
+    "expires_at",
+    "rpm_limit",
+    "tpm_limit",
+)
 
 
 def _audit_value(value: Any) -> Any:
@@ -192,6 +244,8 @@ def api_key_update(
         wanted["scopes"] = scopes
     if "allowed_models" in changes:
         wanted["allowed_models"] = _clean_allowed_models(changes["allowed_models"])
+    if "allowed_ips" in changes:
+        wanted["allowed_ips"] = _clean_allowed_ips(changes["allowed_ips"])
     if "expires_at" in changes and changes["expires_at"] != key.expires_at:
         wanted["expires_at"] = _clean_expiry(changes["expires_at"])
     if "rpm_limit" in changes:
@@ -294,13 +348,15 @@ def api_key_revoke(*, key: ApiKey, actor: User | None, actor_key: ApiKey | None 
 
 
 class KeyAuthError(Exception):
-    """Why a presented key was refused: ``unknown``, ``revoked``, ``expired`` or ``suspended``."""
+    """Why a presented key was refused: ``unknown``, ``revoked``, ``expired``, ``suspended`` or
+    ``ip_not_allowed``."""
 
     MESSAGES = {
         "unknown": "Invalid API key.",
         "revoked": "This API key has been revoked.",
         "expired": "This API key has expired.",
         "suspended": "This organisation is suspended",
+        "ip_not_allowed": "This API key may not be used from this address",
     }
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -316,8 +372,9 @@ class KeyAuth:
     scopes: tuple[str, ...]
 
 
-def api_key_authenticate(raw_key: str) -> KeyAuth:
-    """Return who a presented key belongs to, or raise KeyAuthError with the reason."""
+def api_key_authenticate(raw_key: str, client_ip: str | None = None) -> KeyAuth:
+    """Return who a presented key belongs to, or raise KeyAuthError with the reason.
+    ``client_ip`` is checked against the key's allowed networks, if it has any."""
     if not raw_key or not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
         raise KeyAuthError("unknown")
     digest = key_digest(raw_key)
@@ -337,6 +394,8 @@ def api_key_authenticate(raw_key: str) -> KeyAuth:
         raise KeyAuthError("expired")
     if key.org.is_suspended:
         raise KeyAuthError("suspended", key.org.suspended_reason)
+    if not ip_allowed(key.allowed_ips, client_ip):
+        raise KeyAuthError("ip_not_allowed", client_ip or "unknown address")
     api_key_touch(key)
     return KeyAuth(org=key.org, key=key, scopes=tuple(key.scopes))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -141,6 +142,27 @@ CONSOLE_KEY = KeyEntry(
 def _log_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.error("background start-up failed", exc_info=future.exception())
+
+
+def _check_client_network(key: KeyEntry, scope: Scope) -> None:
+    """Refuse a key used from outside its allowed networks. The address is the ASGI client's:
+    behind a proxy, the server takes it from ``X-Forwarded-For`` only for trusted proxies
+    (uvicorn's ``--forwarded-allow-ips``)."""
+    client = scope.get("client")
+    host = client[0] if client else ""
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
+    if address is None or not any(address in network for network in key.allowed_networks):
+        raise GatewayError(
+            403,
+            f"This API key may not be used from {host or 'an unknown address'}: it is limited "
+            "to certain IP addresses.",
+            "ip_not_allowed",
+        )
 
 
 class _ClientGone(Exception):
@@ -469,6 +491,8 @@ class Gateway:
             raise GatewayError(
                 402, f"This organisation is suspended: {org.suspended_reason}.", "org_suspended"
             )
+        if key.allowed_networks:
+            _check_client_network(key, scope)
         self._keys_used.add(key.id)
         return key, org
 

@@ -8,6 +8,7 @@ moves (keys revoked, routes edited, replicas ready) and at least every ``snapsho
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import threading
 import time
@@ -41,6 +42,8 @@ class KeyEntry:
     budget_micros: int | None
     expires_at: float | None
     revoked: bool
+    # Where the key may be used from; empty: anywhere.
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         "digest",
         "scopes",
         "allowed_models",
+        "allowed_ips",
         "rpm_limit",
         "tpm_limit",
         "monthly_budget_micros",
@@ -222,6 +226,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             budget_micros=row["monthly_budget_micros"],
             expires_at=expires.timestamp() if expires is not None else None,
             revoked=row["revoked_at"] is not None,
+            allowed_networks=tuple(ipaddress.ip_network(n) for n in row["allowed_ips"] or ()),
         )
         # The secret a roll replaced: the same key until its grace period ends.
         grace: datetime | None = row["previous_expires_at"]

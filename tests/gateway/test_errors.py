@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from console.services.closing import org_close
-from console.services.keys import api_key_create, api_key_revoke
+from console.services.keys import api_key_create, api_key_revoke, api_key_update
 from tests.gateway.conftest import make_deployment
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
@@ -57,6 +57,22 @@ def test_a_closed_orgs_keys_are_refused(gw, served, org, owner, inference_key):
         gw.client(inference_key).chat.completions.create(**CHAT)
     with pytest.raises(openai.AuthenticationError):
         gw.client(inference_key).models.list()
+    assert len(served.requests) == 1
+
+
+def test_a_key_limited_to_other_networks_is_refused_before_the_engine(gw, served, org, owner):
+    created = api_key_create(
+        org=org, actor=owner, name="office", scopes=["inference"], allowed_ips=["10.0.0.0/8"]
+    )
+    gw.refresh()
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        gw.client(created.secret).chat.completions.create(**CHAT)
+    assert caught.value.code == "ip_not_allowed"
+    assert "may not be used from 127.0.0.1" in caught.value.message
+    assert served.requests == []
+    api_key_update(key=created.key, actor=owner, allowed_ips=["10.0.0.0/8", "127.0.0.0/8"])
+    gw.refresh()
+    assert gw.client(created.secret).chat.completions.create(**CHAT).choices
     assert len(served.requests) == 1
 
 
