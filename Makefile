@@ -63,4 +63,4 @@ pytest: $(VENV)/.installed-dev
 test: lint typecheck pytest
 
 clean:
-	rm -rf .run db.sqlite3 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run db.sqlite3 test-db.sqlite3 .pytest_cache .mypy_cache .ruff_cache
