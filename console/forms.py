@@ -22,46 +22,44 @@ class AccountNameForm(forms.Form):
     last_name = forms.CharField(max_length=150, required=False)
 
 
-class AccountEmailForm(forms.Form):
-    email = forms.EmailField(label="New email address")
+class CurrentPasswordForm(forms.Form):
+    """A form that also asks for the signed-in person's current password (changes that an
+    unattended, signed-in browser must not be enough for). Its other fields come first."""
+
     password = forms.CharField(
-        label="Current password", strip=False, widget=forms.PasswordInput(render_value=False)
+        label="Current password",
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "current-password"}),
     )
+    # Where the page has several such forms, each gets a prefix so that ids stay unique.
+    default_prefix: str | None = None
 
     def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", self.default_prefix)
         super().__init__(*args, **kwargs)
         self.user = user
+        self.order_fields([name for name in self.fields if name != "password"] + ["password"])
 
     def clean_password(self) -> str:
-        password = self.cleaned_data.get("password", "")
+        password: str = self.cleaned_data.get("password", "")
         if not self.user.check_password(password):
             raise forms.ValidationError("Your current password was entered incorrectly.")
         return password
 
 
-class AccountDeleteForm(forms.Form):
-    confirm = forms.CharField(label="Type your email address to confirm")
-    password = forms.CharField(
-        label="Current password", strip=False, widget=forms.PasswordInput(render_value=False)
-    )
+class AccountEmailForm(CurrentPasswordForm):
+    email = forms.EmailField(label="New email address")
 
-    def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
-        # Prefixed: the Account page has other forms with a password.
-        kwargs.setdefault("prefix", "delete")
-        super().__init__(*args, **kwargs)
-        self.user = user
+
+class AccountDeleteForm(CurrentPasswordForm):
+    confirm = forms.CharField(label="Type your email address to confirm")
+    default_prefix = "delete"
 
     def clean_confirm(self) -> str:
         confirm: str = self.cleaned_data.get("confirm", "").strip()
         if confirm.lower() != self.user.email.lower():
             raise forms.ValidationError(f"Type {self.user.email} to confirm.")
         return confirm
-
-    def clean_password(self) -> str:
-        password = self.cleaned_data.get("password", "")
-        if not self.user.check_password(password):
-            raise forms.ValidationError("Your current password was entered incorrectly.")
-        return password
 
 
 class AccountPasswordForm(PasswordChangeForm):
@@ -85,24 +83,27 @@ class OrgRenameForm(forms.Form):
     name = forms.CharField(max_length=100)
 
 
-class OrgCloseForm(forms.Form):
+class OrgCloseForm(CurrentPasswordForm):
     """Closing is for good: the owner types the slug and their password."""
 
     confirm = forms.CharField(max_length=50, label="Type the organisation's slug to confirm")
-    password = forms.CharField(
-        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
-        label="Your password",
+
+
+class DayRangeForm(forms.Form):
+    """Filters over a range of UTC days, both included; a backwards range names ``start``."""
+
+    start = forms.DateField(
+        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    end = forms.DateField(
+        required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"})
     )
 
-    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.user = user
-
-    def clean_password(self) -> str:
-        password: str = self.cleaned_data["password"]
-        if not self.user.check_password(password):
-            raise forms.ValidationError("That is not your password.")
-        return password
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            self.add_error("start", "The start must not be after the end.")
+        return data
 
 
 class ApiKeyForm(forms.Form):

@@ -171,7 +171,19 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
-class AuditQuerySerializer(serializers.Serializer[None]):
+class DayRangeSerializer(serializers.Serializer[None]):
+    """Query parameters for a range of UTC days, both included; a backwards range is refused."""
+
+    start = serializers.DateField(required=False, help_text="First UTC day (included).")
+    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            raise serializers.ValidationError({"start": "The start must not be after the end."})
+        return data
+
+
+class AuditQuerySerializer(DayRangeSerializer):
     action = serializers.CharField(
         required=False, max_length=64, help_text="Events whose action starts with this (key.)."
     )
@@ -180,13 +192,6 @@ class AuditQuerySerializer(serializers.Serializer[None]):
         max_length=254,
         help_text="Who acted: an email address, a key's prefix (sk-…) or 'system'.",
     )
-    start = serializers.DateField(required=False, help_text="First UTC day (included).")
-    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
-
-    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if data.get("start") and data.get("end") and data["start"] > data["end"]:
-            raise serializers.ValidationError({"start": "The start must not be after the end."})
-        return data
 
 
 class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):

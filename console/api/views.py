@@ -32,7 +32,13 @@ from console.api.serializers import (
 from console.models import User
 from console.permissions import Action
 from console.services.audit import audit_events
-from console.services.keys import api_key_create, api_key_revoke, api_key_roll, api_key_update
+from console.services.keys import (
+    CreatedKey,
+    api_key_create,
+    api_key_revoke,
+    api_key_roll,
+    api_key_update,
+)
 from console.services.members import (
     invitation_create,
     invitation_revoke,
@@ -47,6 +53,15 @@ def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) 
     paginator = LimitOffsetPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+def _with_secret(created: CreatedKey, code: int) -> Response:
+    """A key and its full secret: the one answer that holds it, never to be cached."""
+    body = dict(ApiKeySerializer(created.key).data)
+    body["key"] = created.secret
+    response = Response(body, status=code)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 class MeView(APIView):
@@ -225,11 +240,7 @@ class KeyListView(OrgAPIView):
             actor_key=self.access.key,
             **data.validated_data,
         )
-        body = dict(ApiKeySerializer(created.key).data)
-        body["key"] = created.secret
-        response = Response(body, status=status.HTTP_201_CREATED)
-        response["Cache-Control"] = "no-store"
-        return response
+        return _with_secret(created, status.HTTP_201_CREATED)
 
 
 class KeyDetailView(OrgAPIView):
@@ -279,11 +290,7 @@ class KeyRollView(OrgAPIView):
             actor_key=self.access.key,
             grace_hours=data.validated_data["grace_hours"],
         )
-        body = dict(ApiKeySerializer(rolled.key).data)
-        body["key"] = rolled.secret
-        response = Response(body)
-        response["Cache-Control"] = "no-store"
-        return response
+        return _with_secret(rolled, status.HTTP_200_OK)
 
 
 class KeyRevokeView(OrgAPIView):

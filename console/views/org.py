@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -12,7 +10,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Min
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -27,7 +25,8 @@ from billing.selectors import (
     usage_totals_since,
 )
 from console.decorators import member_can, member_check, requires
-from console.forms import OrgCloseForm, OrgRenameForm, apply_service_error
+from console.exports import csv_download
+from console.forms import DayRangeForm, OrgCloseForm, OrgRenameForm, apply_service_error
 from console.limits import org_rate_limits
 from console.models import AuditEvent, Organisation
 from console.permissions import Action, role_can
@@ -127,7 +126,7 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
         "form": form,
         "can_rename": member_can(request, Action.ORG_UPDATE),
         "can_close": member_can(request, Action.ORG_CLOSE),
-        "close_form": OrgCloseForm(user=request.user),
+        "close_form": OrgCloseForm(request.user),
     }
     if role_can(request.membership.role, Action.ORG_UPDATE):
         # Owners and admins see the gateway's limits for the org (set by platform staff).
@@ -140,7 +139,7 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
 def org_close_view(request: OrgRequest, org_slug: str) -> HttpResponse:
     """Close the organisation for good (owners only, with the slug and their password)."""
     org = request.org
-    form = OrgCloseForm(request.POST or None, user=request.user)
+    form = OrgCloseForm(request.user, request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             closed = org_close(org=org, actor=request.user, confirm=form.cleaned_data["confirm"])
@@ -163,7 +162,7 @@ def org_close_view(request: OrgRequest, org_slug: str) -> HttpResponse:
     return render(request, "console/org_close.html", {"close_form": form}, status=200)
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(DayRangeForm):
     action = forms.CharField(
         required=False,
         max_length=64,
@@ -176,18 +175,7 @@ class AuditFilterForm(forms.Form):
         label="Who",
         widget=forms.TextInput(attrs={"placeholder": "email, sk-… or system"}),
     )
-    start = forms.DateField(
-        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
-    )
-    end = forms.DateField(
-        required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"})
-    )
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        if data.get("start") and data.get("end") and data["start"] > data["end"]:
-            self.add_error("start", "The start must not be after the end.")
-        return data
+    field_order = ["action", "actor", "start", "end"]
 
 
 AUDIT_CSV_COLUMNS = [
@@ -202,27 +190,18 @@ AUDIT_CSV_COLUMNS = [
 ]
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _audit_csv_rows(events: Iterable[AuditEvent]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(AUDIT_CSV_COLUMNS)
+def _audit_csv_rows(events: Iterable[AuditEvent]) -> Iterator[list[object]]:
     for e in events:
-        yield writer.writerow(
-            [
-                e.created_at.isoformat(),
-                e.actor_label,
-                e.action,
-                e.target_type,
-                e.target_id,
-                e.target_repr,
-                json.dumps(e.data, sort_keys=True),
-                e.ip_address or "",
-            ]
-        )
+        yield [
+            e.created_at.isoformat(),
+            e.actor_label,
+            e.action,
+            e.target_type,
+            e.target_id,
+            e.target_repr,
+            json.dumps(e.data, sort_keys=True),
+            e.ip_address or "",
+        ]
 
 
 @requires(Action.AUDIT_VIEW)
@@ -245,9 +224,9 @@ def audit_log(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     if export:
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         rows = events[:AUDIT_EXPORT_LIMIT].iterator(chunk_size=2000)
-        response = StreamingHttpResponse(_audit_csv_rows(rows), content_type="text/csv")
-        response["Content-Disposition"] = f'attachment; filename="audit-{org.slug}-{stamp}.csv"'
-        return response
+        return csv_download(
+            f"audit-{org.slug}-{stamp}.csv", AUDIT_CSV_COLUMNS, _audit_csv_rows(rows)
+        )
     page = Paginator(events, 50).get_page(page_number)
     context = {"page": page, "form": form, "query": params.urlencode()}
     return render(request, "console/audit.html", context, status=400 if form.errors else 200)

@@ -21,7 +21,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.decorators import requires
-from console.forms import apply_service_error
+from console.forms import CurrentPasswordForm, apply_service_error
 from console.models import User
 from console.permissions import Action
 from console.requests import AuthedRequest, OrgRequest
@@ -59,22 +59,8 @@ class CodeForm(forms.Form):
         return self
 
 
-class CodeAndPasswordForm(CodeForm):
-    password = forms.CharField(
-        label="Current password", strip=False, widget=forms.PasswordInput(render_value=False)
-    )
-
-    def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
-        # Prefixed: the Account page has other forms with a code and a password.
-        kwargs.setdefault("prefix", "off")
-        super().__init__(*args, **kwargs)
-        self.user = user
-
-    def clean_password(self) -> str:
-        password: str = self.cleaned_data.get("password", "")
-        if not self.user.check_password(password):
-            raise forms.ValidationError("Your current password was entered incorrectly.")
-        return password
+class CodeAndPasswordForm(CurrentPasswordForm, CodeForm):
+    default_prefix = "off"
 
 
 class LoginView(auth_views.LoginView):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from django import forms
-from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http import Http404, HttpResponse, QueryDict
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
@@ -16,6 +15,8 @@ from django.utils import timezone
 from billing.models import UsageRecord, UsageRollup
 from billing.money import micros_to_decimal
 from console.decorators import requires
+from console.exports import csv_download
+from console.forms import DayRangeForm
 from console.models import Organisation
 from console.permissions import Action
 from console.requests import OrgRequest
@@ -48,7 +49,7 @@ ERROR_HELP = {
 STATUS_CHOICES = [("", "All"), ("ok", "Succeeded"), ("error", "Failed (4xx/5xx)")]
 
 
-class RequestFilterForm(forms.Form):
+class RequestFilterForm(DayRangeForm):
     request_id = forms.CharField(
         required=False,
         max_length=100,
@@ -63,13 +64,8 @@ class RequestFilterForm(forms.Form):
         widget=forms.TextInput(attrs={"list": "route-names", "placeholder": "All"}),
     )
     key = forms.ChoiceField(required=False, label="API key")
-    start = forms.DateField(
-        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
-    )
-    end = forms.DateField(
-        required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"})
-    )
     deployment = forms.UUIDField(required=False, widget=forms.HiddenInput)
+    field_order = ["request_id", "status", "route", "key", "start", "end", "deployment"]
 
     def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,12 +78,6 @@ class RequestFilterForm(forms.Form):
         names.update(Route.objects.filter(org=org).values_list("name", flat=True))
         names.update(Deployment.objects.filter(org=org).values_list("served_model_name", flat=True))
         self.route_names = sorted(n for n in names if n)
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        if data.get("start") and data.get("end") and data["start"] > data["end"]:
-            self.add_error("start", "The start must not be after the end.")
-        return data
 
     def filters(self) -> RequestFilters:
         if not self.is_bound or not self.is_valid():
@@ -135,41 +125,32 @@ CSV_COLUMNS = [
 ]
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_rows(records: Iterable[UsageRecord]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_COLUMNS)
+def _csv_rows(records: Iterable[UsageRecord]) -> Iterator[list[object]]:
     for r in records:
         key = r.api_key
-        yield writer.writerow(
-            [
-                r.served_at.isoformat(),
-                r.request_id,
-                r.route,
-                r.target,
-                r.model,
-                r.deployment_id or "",
-                r.replica_id or "",
-                key.name if key else "",
-                key.prefix if key else "",
-                r.status_code,
-                r.error_code,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cached_tokens,
-                r.latency_ms,
-                "" if r.ttft_ms is None else r.ttft_ms,
-                r.cost_micros,
-                micros_to_decimal(r.cost_micros),
-                "" if r.router_score is None else r.router_score,
-                r.router_choice,
-                "" if r.baseline_cost_micros is None else r.baseline_cost_micros,
-            ]
-        )
+        yield [
+            r.served_at.isoformat(),
+            r.request_id,
+            r.route,
+            r.target,
+            r.model,
+            r.deployment_id or "",
+            r.replica_id or "",
+            key.name if key else "",
+            key.prefix if key else "",
+            r.status_code,
+            r.error_code,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.latency_ms,
+            "" if r.ttft_ms is None else r.ttft_ms,
+            r.cost_micros,
+            micros_to_decimal(r.cost_micros),
+            "" if r.router_score is None else r.router_score,
+            r.router_choice,
+            "" if r.baseline_cost_micros is None else r.baseline_cost_micros,
+        ]
 
 
 @requires(Action.USAGE_VIEW)
@@ -183,11 +164,11 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     filters = form.filters()
     if export:
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-        response = StreamingHttpResponse(
-            _csv_rows(request_export(org=org, filters=filters)), content_type="text/csv"
+        return csv_download(
+            f"requests-{org.slug}-{stamp}.csv",
+            CSV_COLUMNS,
+            _csv_rows(request_export(org=org, filters=filters)),
         )
-        response["Content-Disposition"] = f'attachment; filename="requests-{org.slug}-{stamp}.csv"'
-        return response
     before = None
     cursor_error = ""
     if before_value:

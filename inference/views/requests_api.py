@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from billing.models import UsageRecord
 from console.api.access import OrgAPIView
+from console.api.serializers import DayRangeSerializer
 from console.models import Organisation
 from console.permissions import Action
 from inference.selectors.requests import (
@@ -32,7 +33,7 @@ from inference.selectors.requests import (
 )
 
 
-class RequestLogQuery(serializers.Serializer):
+class RequestLogQuery(DayRangeSerializer):
     status = serializers.ChoiceField(
         choices=["ok", "error"],
         required=False,
@@ -45,14 +46,6 @@ class RequestLogQuery(serializers.Serializer):
     deployment = serializers.UUIDField(
         required=False, help_text="A deployment's id: the requests it served."
     )
-    start = serializers.DateField(required=False, help_text="First UTC day (included).")
-    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
-
-    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if data.get("start") and data.get("end") and data["start"] > data["end"]:
-            raise serializers.ValidationError({"start": "The start must not be after the end."})
-        return data
-
     before = serializers.CharField(
         required=False, max_length=100, help_text="The `next` value of the previous page."
     )

@@ -95,7 +95,7 @@ def test_an_owner_closes_the_org_and_everything_that_acts_stops(
     ("data", "field", "message"),
     [
         ({"confirm": "acme-typo"}, "confirm", "Type the organisation's slug, acme, to confirm."),
-        ({"password": "wrong"}, "password", "That is not your password."),
+        ({"password": "wrong"}, "password", "Your current password was entered incorrectly."),
         ({"confirm": ""}, "confirm", "This field is required."),
     ],
 )
