@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -22,7 +23,7 @@ from console.services.audit import audit_record
 from console.services.keys import api_key_revoke
 from console.services.orgs import org_reactivate, org_suspend
 from console.services.two_factor import two_factor_disable
-from console.services.users import user_email_verified
+from console.services.users import sessions_end, user_email_verified
 from console.snapshot import snapshot_bump
 
 
@@ -61,7 +62,7 @@ class UserAdmin(BaseUserAdmin):
     ]
     search_fields = ["email", "first_name", "last_name"]
     readonly_fields = ["email_verified_at", "totp_enabled_at"]
-    actions = ["confirm_email", "two_factor_reset"]
+    actions = ["confirm_email", "two_factor_reset", "sign_out_everywhere"]
     fieldsets = (
         (None, {"fields": ("email", "email_verified_at", "totp_enabled_at", "password")}),
         ("Personal info", {"fields": ("first_name", "last_name")}),
@@ -95,6 +96,17 @@ class UserAdmin(BaseUserAdmin):
             f"Turned off two-factor authentication for {count} account(s); each was emailed.",
             messages.SUCCESS,
         )
+
+    @admin.action(description="Sign out of every session (a stolen session or laptop)")
+    def sign_out_everywhere(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        count = 0
+        for user in queryset:
+            sessions_end(user=user)
+            count += 1
+        me = queryset.filter(pk=request.user.pk or 0).first()
+        if me is not None:  # staff who picked themselves stay signed in here
+            update_session_auth_hash(request, me)
+        self.message_user(request, f"Signed {count} account(s) out everywhere.", messages.SUCCESS)
 
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         # A new address has not been confirmed by anyone: its owner confirms it again (or staff

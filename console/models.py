@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from console.permissions import Role
 
@@ -54,6 +55,8 @@ class User(AbstractUser):
     totp_secret_encrypted = models.TextField(blank=True)
     totp_enabled_at = models.DateTimeField(null=True, blank=True)
     totp_last_step = models.BigIntegerField(default=0)
+    # Bumped to sign the person out of every session (all but the one asking, which is re-keyed).
+    session_epoch = models.PositiveIntegerField(default=0)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: ClassVar[list[str]] = []
@@ -62,6 +65,18 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        """Sessions carry an HMAC of the password hash (a new password signs every session
+        out); the session epoch joins it, so that bumping it does the same. Epoch 0 gives
+        Django's own value, so existing sessions survive the field's arrival."""
+        value = self.password if not self.session_epoch else f"{self.password}:{self.session_epoch}"
+        return salted_hmac(
+            "django.contrib.auth.models.AbstractBaseUser.get_session_auth_hash",
+            value,
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
 
     @property
     def has_two_factor(self) -> bool:

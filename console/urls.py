@@ -44,6 +44,7 @@ urlpatterns = [
     path("account/password/", accounts.account_password, name="account_password"),
     path("account/email/", accounts.account_email, name="account_email"),
     path("account/delete/", accounts.account_delete_view, name="account_delete"),
+    path("account/sessions/end/", accounts.sessions_end_view, name="sessions_end"),
     path("account/two-factor/", two_factor.two_factor_setup, name="two_factor_setup"),
     path("account/two-factor/off/", two_factor.two_factor_off, name="two_factor_off"),
     path(

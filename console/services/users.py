@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -196,6 +197,14 @@ def email_change_confirm(*, token: str) -> User:
     user.email = new_email
     user.email_verified_at = timezone.now()
     user.save(update_fields=["email", "email_verified_at"])
+    return user
+
+
+def sessions_end(*, user: User) -> User:
+    """Sign ``user`` out of every session. A view acting for the person then re-keys its own
+    session (``update_session_auth_hash``) to stay signed in there."""
+    User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+    user.refresh_from_db(fields=["session_epoch"])
     return user
 
 

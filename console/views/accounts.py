@@ -28,6 +28,7 @@ from console.services.users import (
     email_change_request,
     email_verification_send,
     email_verify,
+    sessions_end,
     user_password_change,
     user_update,
 )
@@ -241,3 +242,13 @@ def account_delete_view(request: AuthedRequest) -> HttpResponse:
     return _account_page(
         request, _name_form(user), AccountPasswordForm(user), status=400, delete_form=form
     )
+
+
+@login_required
+@require_POST
+def sessions_end_view(request: AuthedRequest) -> HttpResponse:
+    """Sign out of every other browser; this one stays signed in."""
+    user = sessions_end(user=request.user)
+    update_session_auth_hash(request, user)
+    messages.success(request, "Signed out of every other session.")
+    return redirect("account")

@@ -8,7 +8,7 @@ from typing import Any
 import segno
 from django import forms
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -38,6 +38,7 @@ from console.services.two_factor import (
     two_factor_disable,
     two_factor_enable,
 )
+from console.services.users import sessions_end
 
 PENDING = "two_factor_pending"
 SETUP = "two_factor_setup_secret"
@@ -133,6 +134,8 @@ def two_factor_setup(request: AuthedRequest) -> HttpResponse:
             apply_service_error(form, error)
         else:
             del request.session[SETUP]
+            # Sessions opened with the password alone end; this one stays.
+            update_session_auth_hash(request, sessions_end(user=user))
             return render(
                 request, "accounts/recovery_codes.html", {"codes": codes, "first_time": True}
             )

@@ -129,3 +129,31 @@ def test_page_lists_only_the_users_own_organisations_with_their_roles(
     html = client_for(outsider).get("/account/").content.decode()
     assert '<tr data-org="other"><td><a href="/o/other/">Other</a></td><td>Owner</td>' in html
     assert 'data-org="acme"' not in html
+
+
+def test_signing_out_everywhere_else_keeps_this_session(member, client_for):
+    from django.urls import reverse
+
+    here, elsewhere = client_for(member), client_for(member)
+    assert elsewhere.get(reverse("account")).status_code == 200
+    response = here.post(reverse("sessions_end"))
+    assert response.status_code == 302 and response["Location"] == reverse("account")
+    assert here.get(reverse("account")).status_code == 200
+    gone = elsewhere.get(reverse("account"))
+    assert gone.status_code == 302 and gone["Location"].startswith(reverse("login"))
+
+
+def test_the_session_hash_is_djangos_own_until_the_first_sign_out(member):
+    """Sessions from before the session epoch existed stay valid: epoch 0 gives Django's value."""
+    from django.utils.crypto import salted_hmac
+
+    from console.services.users import sessions_end
+
+    djangos = salted_hmac(
+        "django.contrib.auth.models.AbstractBaseUser.get_session_auth_hash",
+        member.password,
+        algorithm="sha256",
+    ).hexdigest()
+    assert member.get_session_auth_hash() == djangos
+    sessions_end(user=member)
+    assert member.get_session_auth_hash() != djangos

@@ -96,7 +96,7 @@ pytestmark = pytest.mark.django_db
 def test_turning_it_on_from_the_account_page(
     member, client_for, mailoutbox, django_capture_on_commit_callbacks
 ):
-    client = client_for(member)
+    client, elsewhere = client_for(member), client_for(member)
     page = client.get(reverse("two_factor_setup"))
     assert page.status_code == 200 and b"<svg" in page.content
     secret = secret_unseal(client.session["two_factor_setup_secret"])
@@ -120,6 +120,9 @@ def test_turning_it_on_from_the_account_page(
     stored = set(RecoveryCode.objects.filter(user=member).values_list("digest", flat=True))
     assert len(stored) == 10 and not stored & set(codes)
     assert "two_factor_setup_secret" not in client.session
+    # Sessions opened with the password alone are signed out; this one stays.
+    assert elsewhere.get(reverse("account")).status_code == 302
+    assert client.get(reverse("account")).status_code == 200
     assert [m.to for m in mailoutbox] == [[member.email]]
     account = client.get(reverse("account")).content.decode()
     assert "10 of 10 recovery codes left" in account
@@ -312,3 +315,15 @@ def test_the_rest_api_turns_the_requirement_on_and_off(org, owner, client_for):
         f"/api/orgs/{org.slug}/", {"require_two_factor": False}, content_type="application/json"
     )
     assert off.json()["require_two_factor"] is False
+
+
+def test_staff_sign_someone_out_everywhere(member, client_for):
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    staff_client, victim = client_for(staff), client_for(member)
+    staff_client.post(
+        reverse("admin:console_user_changelist"),
+        {"action": "sign_out_everywhere", "_selected_action": [member.pk, staff.pk]},
+    )
+    assert victim.get(reverse("account")).status_code == 302
+    # Staff who picked themselves stay signed in where they acted.
+    assert staff_client.get(reverse("account")).status_code == 200
