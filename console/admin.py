@@ -18,6 +18,8 @@ from console.models import (
     Organisation,
     RecoveryCode,
     User,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from console.services.audit import audit_record
 from console.services.keys import api_key_revoke
@@ -114,6 +116,42 @@ class UserAdmin(BaseUserAdmin):
         if change and "email" in form.changed_data:
             obj.email_verified_at = None
         super().save_model(request, obj, form, change)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
+    """Read-only: tenants manage their webhooks; staff see where events go."""
+
+    list_display = ["url", "org", "events", "created_at", "disabled_at"]
+    list_filter = [("disabled_at", admin.EmptyFieldListFilter)]
+    search_fields = ["url", "org__slug"]
+    exclude = ["secret_encrypted"]
+    readonly_fields = ["org", "url", "events", "created_by", "created_at", "disabled_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    list_display = ["event_type", "endpoint", "status", "attempts", "response_status", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["event_type", "endpoint__url", "endpoint__org__slug"]
+    readonly_fields = [
+        "endpoint",
+        "event_type",
+        "payload",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "response_status",
+        "error",
+        "created_at",
+        "finished_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(RecoveryCode)

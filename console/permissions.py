@@ -26,6 +26,7 @@ class Action(models.TextChoices):
     KEYS_VIEW = "keys.view", "See API keys (name, prefix, limits)"
     KEYS_MANAGE = "keys.manage", "Create, edit, roll and revoke API keys"
     AUDIT_VIEW = "audit.view", "Read the audit log"
+    WEBHOOKS_MANAGE = "webhooks.manage", "Add, test and delete webhooks; see their deliveries"
     DEPLOYMENTS_VIEW = "deployments.view", "See deployments and replicas"
     DEPLOYMENTS_MANAGE = "deployments.manage", "Create, scale, pause and delete deployments"
     ROUTES_VIEW = "routes.view", "See routes"

@@ -257,6 +257,11 @@ GATEWAY_ORG_TPM_LIMIT = env_int("GATEWAY_ORG_TPM_LIMIT", 0)
 GATEWAY_EXTERNAL_ALLOW = env_list("GATEWAY_EXTERNAL_ALLOW")
 
 # Auto routes' thresholds follow their recent traffic (inference.services.router).
+# Webhook deliveries that failed and are due again (console.services.webhooks).
+CELERY_BEAT_SCHEDULE["console-webhook-retry"] = {
+    "task": "console.tasks.webhook_retry_task",
+    "schedule": 60.0,
+}
 CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "task": "inference.tasks.routes_recalibrate_task",
     "schedule": 600.0,

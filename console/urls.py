@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from billing import urls as billing_urls
-from console.views import accounts, keys, members, org, two_factor
+from console.views import accounts, keys, members, org, two_factor, webhooks
 from inference import requests_urls, routes_urls
 
 o = "o/<slug:org_slug>/"
@@ -67,6 +67,13 @@ urlpatterns = [
     path(o + "close/", org.org_close_view, name="org_close"),
     path(o + "settings/two-factor/", two_factor.org_two_factor, name="org_two_factor"),
     path(o + "audit/", org.audit_log, name="audit_log"),
+    path(o + "webhooks/", webhooks.webhook_list, name="webhook_list"),
+    path(o + "webhooks/<uuid:webhook_id>/test/", webhooks.webhook_test_view, name="webhook_test"),
+    path(
+        o + "webhooks/<uuid:webhook_id>/delete/",
+        webhooks.webhook_delete_view,
+        name="webhook_delete",
+    ),
     path(o + "deployments/", include("inference.urls")),
     path(o, include(routes_urls.org_urlpatterns)),
     path(o, include(requests_urls.org_urlpatterns)),

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 
 from console.models import ApiKey, AuditEvent, Organisation, User
+
+logger = logging.getLogger(__name__)
 
 
 def audit_record(
@@ -19,7 +22,7 @@ def audit_record(
     ip_address: str | None = None,
 ) -> AuditEvent:
     """Append one audit event. ``data`` must never hold a secret; callers pass names and ids."""
-    return AuditEvent.objects.create(
+    event = AuditEvent.objects.create(
         org=org,
         action=action,
         actor=actor if actor is not None and actor.is_authenticated else None,
@@ -30,6 +33,18 @@ def audit_record(
         data=data or {},
         ip_address=ip_address,
     )
+    # The org's webhooks hear of it once it is committed (console.services.webhooks).
+    transaction.on_commit(lambda: _publish(event.pk, org.pk))
+    return event
+
+
+def _publish(event_id: Any, org_id: int) -> None:
+    from console.services.webhooks import event_published
+
+    try:
+        event_published(event_id, org_id)
+    except Exception:  # a webhook problem never undoes or hides what was recorded
+        logger.exception("could not queue webhook deliveries", extra={"event": str(event_id)})
 
 
 # The most events one CSV export holds (newest first).

@@ -3,9 +3,9 @@
 What stops at once: every API key (the gateways refuse them within their snapshot's refresh),
 every deployment (marked deleted; the orchestrator drains and stops its replicas, and dedicated
 uptime stops accruing), routes and external endpoints (with the endpoints' stored API keys),
-pending invitations and every membership (the org disappears from its members' consoles). What
-stays: the organisation's row, its slug, its usage and uptime records, rollups, meter events and
-audit log, for the final invoice and for platform staff.
+webhooks, pending invitations and every membership (the org disappears from its members'
+consoles). What stays: the organisation's row, its slug, its usage and uptime records,
+rollups, meter events and audit log, for the final invoice and for platform staff.
 
 A paid subscription runs to the end of its period and ends there, so the usage up to the close
 is invoiced as usual (metered usage is billed in arrears).
@@ -23,7 +23,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.services.accounts import account_for, subscription_end_with_period
-from console.models import ApiKey, Invitation, Organisation, User
+from console.models import (
+    ApiKey,
+    DeliveryStatus,
+    Invitation,
+    Organisation,
+    User,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from console.services.audit import audit_record
 from console.snapshot import snapshot_bump
 from inference.models import Deployment, ExternalEndpoint, Route
@@ -83,6 +91,11 @@ def _close_records(*, org: Organisation, actor: User, subscription_ending: bool)
     Invitation.objects.filter(
         org=locked, accepted_at=None, revoked_at=None, expires_at__gt=now
     ).update(revoked_at=now)
+    # Webhooks stop too (the members are emailed instead); pending deliveries are dropped.
+    WebhookEndpoint.objects.filter(org=locked, disabled_at=None).update(disabled_at=now)
+    WebhookDelivery.objects.filter(endpoint__org=locked, status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.FAILED, error="The organisation was closed.", finished_at=now
+    )
     locked.memberships.all().delete()
     locked.closed_at = now
     locked.save(update_fields=["closed_at"])

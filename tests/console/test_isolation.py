@@ -18,6 +18,7 @@ from console.models import ApiKey, Invitation
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
+from console.services.webhooks import webhook_create
 from inference.services.deployments import deployment_create
 from inference.services.routes import external_endpoint_create, route_create
 from tests.billing.factories import usage
@@ -43,6 +44,7 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
     )
     served = usage(org.id, timezone.now(), api_key_id=key.pk, deployment_id=deployment.pk)
     usage_record_batch([served])
+    webhook, _ = webhook_create(org=org, actor=owner, url="https://example.com/hooks")
     return {
         "org_slug": org.slug,
         "key_id": str(key.pk),
@@ -52,6 +54,7 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "endpoint_id": str(endpoint.pk),
         "deployment_id": str(deployment.pk),
         "request_id": served.request_id,
+        "webhook_id": str(webhook.pk),
     }
 
 

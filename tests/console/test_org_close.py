@@ -11,7 +11,14 @@ from django.utils import timezone
 
 from billing.ledger import usage_record_batch
 from billing.models import UsageRecord
-from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation
+from console.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organisation,
+    WebhookEndpoint,
+)
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
@@ -42,6 +49,7 @@ def furnished(org, owner, make_member):  # type: ignore[no-untyped-def]
         api_key_encrypted="x",
     )
     invitation_create(org=org, actor=owner, email="later@example.com", role=Role.VIEWER)
+    WebhookEndpoint.objects.create(org=org, url="https://example.com/h", secret_encrypted="x")
     usage_record_batch([usage(org.pk, timezone.now(), request_id="req-kept")])
     return {"developer": developer, "key": key, "deployment": deployment}
 
@@ -69,6 +77,7 @@ def test_an_owner_closes_the_org_and_everything_that_acts_stops(
     assert not ExternalEndpoint.objects.filter(org=org).exists()
     assert not Membership.objects.filter(org=org).exists()
     assert not Invitation.objects.filter(org=org, revoked_at=None).exists()
+    assert not WebhookEndpoint.objects.filter(org=org, disabled_at=None).exists()
     # The records stay: usage for the invoice, the audit log for staff.
     assert UsageRecord.objects.filter(org=org, request_id="req-kept").exists()
     event = AuditEvent.objects.get(org=org, action="org.closed")

@@ -1,0 +1,280 @@
+"""Webhooks: an organisation's events, sent to its own URLs as signed JSON.
+
+Every audit event is an event (its action is the type: ``deployment.failed``, ``key.revoked``,
+``member.invited``, ...). After the event's transaction commits, each of the org's endpoints that
+wants that type gets a delivery, sent by a Celery task: ``POST`` with the JSON body and a
+``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the endpoint's
+secret>`` header. A 2xx answer delivers it; anything else (another status, a timeout, a refused
+connection) is tried again after 1 minute, 5 minutes, 30 minutes, 2 hours and 6 hours, then the
+delivery is failed. Redirects are not followed.
+
+Endpoints obey the same egress rule as external model endpoints (inference.routing.egress): no
+private, loopback or link-local addresses unless the operator allows them
+(``GATEWAY_EXTERNAL_ALLOW``), checked when the endpoint is saved and again, against the
+addresses the name resolves to, at each delivery, which then connects to a checked address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from console.crypto import Sealer
+from console.models import (
+    AuditEvent,
+    DeliveryStatus,
+    Organisation,
+    User,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from console.services.audit import audit_record
+from inference.routing.egress import EgressRefused, egress_policy, host_addresses, url_problem
+
+logger = logging.getLogger(__name__)
+
+_SECRETS = Sealer("webhook-secrets", "WEBHOOK_ENCRYPTION_KEY")
+MAX_ENDPOINTS = 10
+# Seconds to wait after the first, second, ... failed attempt; one more attempt each.
+BACKOFF_S = (60, 300, 1800, 7200, 21600)
+MAX_ATTEMPTS = len(BACKOFF_S) + 1
+TIMEOUT_S = 10.0
+SIGNATURE_HEADER = "Webhook-Signature"
+_EVENT_RE = re.compile(r"^[a-z_]+(\.[a-z_]*)*$")
+
+
+def _policy() -> Any:
+    return egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW))
+
+
+def _clean_url(url: str) -> str:
+    url = (url or "").strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError({"url": "Enter an http:// or https:// URL."})
+    if parts.username or parts.password:
+        raise ValidationError({"url": "Leave credentials out of the URL; verify the signature."})
+    if len(url) > 500:
+        raise ValidationError({"url": "Use at most 500 characters."})
+    problem = url_problem(url, _policy())
+    if problem:
+        raise ValidationError({"url": problem})
+    return url
+
+
+def _clean_events(events: list[str] | None) -> list[str]:
+    cleaned = sorted({e.strip() for e in events or [] if e and e.strip()})
+    bad = [e for e in cleaned if len(e) > 64 or not _EVENT_RE.match(e)]
+    if bad:
+        raise ValidationError(
+            {"events": f"Not an event type or prefix: {', '.join(bad)} (e.g. deployment.)."}
+        )
+    return cleaned
+
+
+@transaction.atomic
+def webhook_create(
+    *, org: Organisation, actor: User, url: str, events: list[str] | None = None
+) -> tuple[WebhookEndpoint, str]:
+    """Add an endpoint. Returns it and its signing secret, which the caller shows once."""
+    url = _clean_url(url)
+    wanted = _clean_events(events)
+    Organisation.objects.select_for_update().filter(pk=org.pk).first()
+    if WebhookEndpoint.objects.filter(org=org, disabled_at=None).count() >= MAX_ENDPOINTS:
+        raise ValidationError(f"An organisation has at most {MAX_ENDPOINTS} webhooks.")
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    endpoint = WebhookEndpoint.objects.create(
+        org=org,
+        url=url,
+        events=wanted,
+        secret_encrypted=_SECRETS.seal(secret),
+        created_by=actor,
+    )
+    audit_record(
+        org=org,
+        action="webhook.created",
+        actor=actor,
+        target=endpoint,
+        data={"events": wanted or ["*"]},
+    )
+    return endpoint, secret
+
+
+@transaction.atomic
+def webhook_delete(*, endpoint: WebhookEndpoint, actor: User) -> None:
+    """Stop sending to an endpoint; its pending deliveries are dropped."""
+    if endpoint.disabled_at is not None:
+        return
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(disabled_at=timezone.now())
+    endpoint.deliveries.filter(status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.FAILED, error="The webhook was deleted.", finished_at=timezone.now()
+    )
+    audit_record(org=endpoint.org, action="webhook.deleted", actor=actor, target=endpoint)
+
+
+def payload_of(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": str(event.id),
+        "type": event.action,
+        "created_at": event.created_at.isoformat(),
+        "org": event.org.slug,
+        "actor": event.actor_label,
+        "target": {"type": event.target_type, "id": event.target_id, "name": event.target_repr},
+        "data": event.data,
+    }
+
+
+def _queue(deliveries: list[WebhookDelivery]) -> None:
+    from console.tasks import webhook_deliver_task
+
+    for delivery in deliveries:
+        try:
+            webhook_deliver_task.delay(str(delivery.id))
+        except Exception:  # the broker is down: the retry task finds it pending
+            logger.exception("could not queue a webhook delivery")
+
+
+def event_published(event_id: Any, org_id: int) -> int:
+    """After an audit event committed: a delivery for each endpoint that wants it. Returns how
+    many (an org without webhooks costs one small query)."""
+    endpoints = list(WebhookEndpoint.objects.filter(org_id=org_id, disabled_at=None))
+    if not endpoints:
+        return 0
+    event = AuditEvent.objects.select_related("org", "actor", "actor_key").get(pk=event_id)
+    payload = payload_of(event)
+    deliveries = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(endpoint=e, event_type=event.action, payload=payload)
+        for e in endpoints
+        if e.wants(event.action)
+    )
+    _queue(deliveries)
+    return len(deliveries)
+
+
+def webhook_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
+    """Send a ``webhook.test`` event to one endpoint now (whatever types it wants)."""
+    now = timezone.now()
+    payload = {
+        "id": f"test-{secrets.token_hex(8)}",
+        "type": "webhook.test",
+        "created_at": now.isoformat(),
+        "org": endpoint.org.slug,
+        "actor": "system",
+        "target": {"type": "webhookendpoint", "id": str(endpoint.id), "name": endpoint.url},
+        "data": {},
+    }
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event_type="webhook.test", payload=payload
+    )
+    transaction.on_commit(lambda: _queue([delivery]))
+    return delivery
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def _send(endpoint: WebhookEndpoint, body: bytes, event_type: str) -> int:
+    """POST to the endpoint's checked address; the answer's status, or an exception."""
+    parts = urlsplit(endpoint.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = host_addresses(_policy(), host, port)
+    url, extensions = endpoint.url, dict[str, Any]()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "inference-platform-webhooks/1",
+        "Webhook-Event": event_type,
+        SIGNATURE_HEADER: signature(
+            _SECRETS.open(endpoint.secret_encrypted), int(time.time()), body
+        ),
+    }
+    if addresses:
+        # Connect to the address just checked, not to a second lookup of the name.
+        ip = addresses[0]
+        literal = f"[{ip}]" if ":" in ip else ip
+        url = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
+        headers["Host"] = parts.netloc
+        if parts.scheme == "https":
+            extensions["sni_hostname"] = host
+    with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
+        request = client.build_request(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        )
+        return client.send(request).status_code
+
+
+def deliver(delivery_id: Any) -> bool:
+    """Try one due delivery once. Returns whether it is delivered."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            .select_related("endpoint", "endpoint__org")
+            .filter(pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+            .first()
+        )
+        if delivery is None:
+            return False
+        # Claimed: a concurrent run waits a timeout before looking at it again.
+        delivery.attempts += 1
+        delivery.next_attempt_at = now + timedelta(seconds=TIMEOUT_S * 3)
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+    endpoint = delivery.endpoint
+    if endpoint.disabled_at is not None:
+        _finish(delivery, DeliveryStatus.FAILED, error="The webhook was deleted.")
+        return False
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    code: int | None = None
+    try:
+        code = _send(endpoint, body, delivery.event_type)
+    except EgressRefused as refused:
+        error = str(refused)
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = "" if 200 <= code < 300 else f"The endpoint answered {code}."
+    if not error:
+        _finish(delivery, DeliveryStatus.DELIVERED, code=code)
+        return True
+    if delivery.attempts >= MAX_ATTEMPTS:
+        _finish(delivery, DeliveryStatus.FAILED, code=code, error=error)
+    else:
+        wait = BACKOFF_S[delivery.attempts - 1]
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            response_status=code,
+            error=error[:300],
+            next_attempt_at=timezone.now() + timedelta(seconds=wait),
+        )
+    return False
+
+
+def _finish(
+    delivery: WebhookDelivery, status: str, *, code: int | None = None, error: str = ""
+) -> None:
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=status, response_status=code, error=error[:300], finished_at=timezone.now()
+    )
+
+
+def deliveries_retry(limit: int = 500) -> int:
+    """Try the deliveries that are due (beat, every minute). Returns how many were delivered."""
+    due = WebhookDelivery.objects.filter(
+        status=DeliveryStatus.PENDING, next_attempt_at__lte=timezone.now()
+    ).values_list("id", flat=True)[:limit]
+    return sum(deliver(delivery_id) for delivery_id in list(due))

@@ -1,0 +1,216 @@
+"""Webhooks against a real HTTP receiver: signed deliveries of the org's events, retries with
+backoff, event filters, the egress rule, deletion, and the console page."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils import timezone
+
+from console.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from console.permissions import Role
+from console.services import webhooks
+from console.services.keys import api_key_create
+from console.services.webhooks import (
+    MAX_ATTEMPTS,
+    deliveries_retry,
+    webhook_create,
+    webhook_delete,
+)
+from tests.gateway.servers import ThreadServer
+
+pytestmark = pytest.mark.django_db
+
+
+class Receiver:
+    """An ASGI app that keeps what it was sent and answers the statuses it is told to."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append((headers, body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def receiver(settings) -> Iterator[tuple[Receiver, str]]:  # type: ignore[no-untyped-def]
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    app = Receiver()
+    server = ThreadServer(app, lifespan="off").start()
+    yield app, server.url + "/hooks"
+    server.stop()
+
+
+def _verify(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """What a tenant's receiver does: check the signature, then read the event."""
+    parts = dict(item.split("=", 1) for item in headers["webhook-signature"].split(","))
+    expected = hmac.new(
+        secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    assert hmac.compare_digest(expected, parts["v1"])
+    return json.loads(body)
+
+
+def test_an_event_is_delivered_signed(org, owner, receiver, django_capture_on_commit_callbacks):
+    app, url = receiver
+    endpoint, secret = webhook_create(org=org, actor=owner, url=url)
+    assert secret.startswith("whsec_") and secret not in endpoint.secret_encrypted
+    app.received.clear()  # the webhook.created event itself
+    with django_capture_on_commit_callbacks(execute=True):
+        created = api_key_create(org=org, actor=owner, name="ci", scopes=["inference"])
+    [(headers, body)] = app.received
+    event = _verify(secret, headers, body)
+    assert event["type"] == "key.created" and headers["webhook-event"] == "key.created"
+    assert event["org"] == org.slug and event["actor"] == owner.email
+    assert event["target"]["id"] == str(created.key.pk)
+    assert created.secret not in body.decode()
+    delivery = WebhookDelivery.objects.get(event_type="key.created")
+    assert (delivery.status, delivery.attempts, delivery.response_status) == (
+        DeliveryStatus.DELIVERED,
+        1,
+        200,
+    )
+
+
+def test_an_endpoint_gets_only_the_events_it_asked_for(
+    org, owner, receiver, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    webhook_create(org=org, actor=owner, url=url, events=["deployment.", "key.revoked"])
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci", scopes=["inference"])
+    assert app.received == []
+    assert not WebhookDelivery.objects.filter(event_type="key.created").exists()
+
+
+def test_failures_are_retried_with_backoff_then_given_up(
+    org, owner, receiver, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    webhook_create(org=org, actor=owner, url=url, events=["key."])
+    app.statuses = [500]
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci", scopes=["inference"])
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.response_status) == ("pending", 1, 500)
+    assert delivery.error == "The endpoint answered 500."
+    wait = (delivery.next_attempt_at - timezone.now()).total_seconds()
+    assert 50 < wait <= 60
+    # Not due yet: nothing is sent.
+    assert deliveries_retry() == 0 and len(app.received) == 1
+    # Due: the next try gets a 200.
+    WebhookDelivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    assert deliveries_retry() == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 2)
+    # One that never succeeds is failed after the last attempt.
+    app.statuses = [503] * MAX_ATTEMPTS
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci2", scopes=["inference"])
+    for _ in range(MAX_ATTEMPTS):
+        WebhookDelivery.objects.filter(status="pending").update(
+            next_attempt_at=timezone.now() - timedelta(seconds=1)
+        )
+        deliveries_retry()
+    failed = WebhookDelivery.objects.get(payload__target__name__startswith="ci2")
+    assert (failed.status, failed.attempts) == ("failed", MAX_ATTEMPTS)
+
+
+def test_private_addresses_are_refused_when_saved_and_when_sent(
+    org, owner, receiver, settings, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    settings.GATEWAY_EXTERNAL_ALLOW = []
+    with pytest.raises(ValidationError) as caught:
+        webhook_create(org=org, actor=owner, url=url)
+    assert "loopback" in caught.value.message_dict["url"][0]
+    assert not WebhookEndpoint.objects.exists()
+    # Allowed when saved, refused when sent (the operator narrowed the rule, or DNS changed).
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    webhook_create(org=org, actor=owner, url=url, events=["key."])
+    settings.GATEWAY_EXTERNAL_ALLOW = []
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci", scopes=["inference"])
+    assert app.received == []
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "pending" and "loopback" in delivery.error
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"url": "ftp://example.com/x"}, "Enter an http:// or https:// URL."),
+        ({"url": "https://user:pw@example.com/x"}, "Leave credentials out of the URL"),
+        ({"events": ["Key Created"]}, "Not an event type or prefix: Key Created"),
+    ],
+)
+def test_bad_input_is_refused(org, owner, fields, message):
+    with pytest.raises(ValidationError, match=message):
+        webhook_create(org=org, actor=owner, **{"url": "https://example.com/x", **fields})
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_deleting_stops_deliveries(org, owner, receiver, django_capture_on_commit_callbacks):
+    app, url = receiver
+    endpoint, _ = webhook_create(org=org, actor=owner, url=url, events=["key."])
+    app.statuses = [500]
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci", scopes=["inference"])
+    webhook_delete(endpoint=endpoint, actor=owner)
+    assert WebhookDelivery.objects.get().status == "failed"
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_create(org=org, actor=owner, name="ci2", scopes=["inference"])
+    assert WebhookDelivery.objects.count() == 1 and len(app.received) == 1
+
+
+def test_the_console_page(
+    org, owner, make_member, receiver, client_for, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    client = client_for(owner)
+    page = reverse("webhook_list", args=[org.slug])
+    response = client.post(page, {"url": url, "events": "key., deployment.failed"})
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    secret = response.context["secret"]
+    assert secret.encode() in response.content
+    endpoint = WebhookEndpoint.objects.get()
+    assert endpoint.events == ["deployment.failed", "key."]
+    assert secret.encode() not in client.get(page).content
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("webhook_test", args=[org.slug, endpoint.id]))
+    assert b"webhook.test" in client.get(page).content
+    headers, body = app.received[-1]
+    assert _verify(secret, headers, body)["type"] == "webhook.test"
+    bad = client.post(page, {"url": "not a url"})
+    assert bad.status_code == 400 and b"Enter an http:// or https:// URL." in bad.content
+    developer = client_for(make_member(Role.DEVELOPER).user)
+    assert developer.get(page).status_code == 403
+    client.post(reverse("webhook_delete", args=[org.slug, endpoint.id]))
+    assert WebhookEndpoint.objects.get().disabled_at is not None
+
+
+def test_an_org_without_webhooks_costs_one_query(org, owner, django_assert_num_queries):
+    event = webhooks.audit_record(org=org, action="key.created", actor=owner)
+    with django_assert_num_queries(1):
+        assert webhooks.event_published(event.pk, org.pk) == 0
