@@ -23,8 +23,16 @@ from inference.models import Deployment, DeploymentState
 
 logger = logging.getLogger(__name__)
 
-# The reason holds the engine's last log lines; the email quotes the first few.
+# The reason holds the engine's last log lines; the email quotes its first line and the log's
+# end, where the exception that ended the engine is.
 REASON_LINES = 12
+
+
+def _quoted(reason: str) -> str:
+    lines = reason.splitlines()
+    if len(lines) > REASON_LINES:
+        lines = [lines[0], "…", *lines[-(REASON_LINES - 2) :]]
+    return "\n".join(lines)
 
 
 def deployment_failed(*, deployment: Deployment, reason: str) -> None:
@@ -69,7 +77,7 @@ def deployment_failed_notify(*, deployment_id: str) -> int:
     url = settings.SITE_URL + reverse(
         "deployment_detail", args=[deployment.org.slug, deployment.pk]
     )
-    reason = "\n".join(deployment.state_reason.splitlines()[:REASON_LINES])
+    reason = _quoted(deployment.state_reason)
     send_mail(
         subject=f"Deployment {deployment.name} failed in {deployment.org.name}",
         message=(

@@ -47,3 +47,13 @@ def test_a_deployment_fixed_before_the_email_goes_is_not_told(org, owner, model_
     _failed(deployment)
     assert deployment_failed_notify(deployment_id=str(deployment.pk)) == 1
     assert len(mailoutbox) == 1
+
+
+def test_a_long_reason_is_quoted_by_its_first_line_and_its_end(org, owner, model_root, mailoutbox):
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    log = [f"log line {i}" for i in range(30)]
+    _failed(deployment, "\n".join(["A replica failed: exited with code 1.", *log, "ValueError: x"]))
+    deployment_failed_notify(deployment_id=str(deployment.pk))
+    body = mailoutbox[0].body
+    assert "exited with code 1." in body and "ValueError: x" in body and "log line 29" in body
+    assert "log line 5\n" not in body
