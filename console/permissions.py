@@ -60,7 +60,8 @@ MATRIX: dict[str, frozenset[Action]] = {
 # billing changes, which need a person; `read` may only read.
 SCOPE_MATRIX: dict[str, frozenset[Action]] = {
     "manage": frozenset(
-        _DEVELOPER | {Action.AUDIT_VIEW, Action.BILLING_VIEW, Action.MEMBERS_INVITE}
+        _DEVELOPER
+        | {Action.AUDIT_VIEW, Action.BILLING_VIEW, Action.MEMBERS_INVITE, Action.WEBHOOKS_MANAGE}
     ),
     "read": _READ | {Action.AUDIT_VIEW},
 }

@@ -6,7 +6,16 @@ from typing import Any
 from rest_framework import serializers
 
 from console.limits import org_rate_limits
-from console.models import ApiKey, AuditEvent, Invitation, Membership, Organisation, Scope
+from console.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organisation,
+    Scope,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from console.permissions import Role
 from console.services.keys import MAX_ROLL_GRACE_HOURS
 
@@ -209,5 +218,51 @@ class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
             "target_repr",
             "data",
             "ip_address",
+        ]
+        read_only_fields = fields
+
+
+class WebhookSerializer(serializers.ModelSerializer[WebhookEndpoint]):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "url", "events", "created_at"]
+        read_only_fields = fields
+
+
+class WebhookCreateSerializer(serializers.Serializer[None]):
+    url = serializers.CharField(max_length=500)
+    events = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        default=list,
+        help_text="Event types or prefixes to send (deployment., key.revoked); empty: all.",
+    )
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(read_only=True, help_text="The signing secret. Shown only once.")
+
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "secret"]
+        read_only_fields = fields
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer[WebhookDelivery]):
+    webhook = serializers.UUIDField(source="endpoint_id", read_only=True)
+
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "webhook",
+            "event_type",
+            "status",
+            "attempts",
+            "response_status",
+            "error",
+            "created_at",
+            "next_attempt_at",
+            "finished_at",
+            "payload",
         ]
         read_only_fields = fields

@@ -24,4 +24,18 @@ urlpatterns = [
     path(org + "keys/<uuid:key_id>/roll/", views.KeyRollView.as_view(), name="api_key_roll"),
     path(org + "keys/<uuid:key_id>/revoke/", views.KeyRevokeView.as_view(), name="api_key_revoke"),
     path(org + "audit/", views.AuditListView.as_view(), name="api_audit"),
+    path(org + "webhooks/", views.WebhookListView.as_view(), name="api_webhooks"),
+    path(
+        org + "webhooks/deliveries/",
+        views.WebhookDeliveryListView.as_view(),
+        name="api_webhook_deliveries",
+    ),
+    path(
+        org + "webhooks/<uuid:webhook_id>/", views.WebhookDetailView.as_view(), name="api_webhook"
+    ),
+    path(
+        org + "webhooks/<uuid:webhook_id>/test/",
+        views.WebhookTestView.as_view(),
+        name="api_webhook_test",
+    ),
 ]

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from console.api.access import OrgAPIView
+from console.api.access import OrgAccess, OrgAPIView
 from console.api.authentication import KeyPrincipal
 from console.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -28,8 +28,12 @@ from console.api.serializers import (
     OrgSerializer,
     OrgUpdateSerializer,
     RoleSerializer,
+    WebhookCreatedSerializer,
+    WebhookCreateSerializer,
+    WebhookDeliverySerializer,
+    WebhookSerializer,
 )
-from console.models import User
+from console.models import User, WebhookDelivery, WebhookEndpoint
 from console.permissions import Action
 from console.services.audit import audit_events
 from console.services.keys import (
@@ -47,6 +51,7 @@ from console.services.members import (
 )
 from console.services.orgs import org_create, org_update
 from console.services.two_factor import org_two_factor_require
+from console.services.webhooks import webhook_create, webhook_delete, webhook_test
 
 
 def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) -> Response:
@@ -312,3 +317,74 @@ class AuditListView(OrgAPIView):
         query.is_valid(raise_exception=True)
         events = audit_events(org=self.access.org, **query.validated_data)
         return _paginate(self, request, events, AuditEventSerializer)
+
+
+class WebhookListView(OrgAPIView):
+    actions = {"GET": Action.WEBHOOKS_MANAGE, "POST": Action.WEBHOOKS_MANAGE}
+
+    @extend_schema(responses=WebhookSerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        endpoints = WebhookEndpoint.objects.filter(org=self.access.org, disabled_at=None)
+        return _paginate(self, request, endpoints, WebhookSerializer)
+
+    @extend_schema(
+        request=WebhookCreateSerializer,
+        responses={201: WebhookCreatedSerializer},
+        summary="Add a webhook; the response holds its signing secret, the only time it is shown",
+    )
+    def post(self, request: Request, org_slug: str) -> Response:
+        data = WebhookCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        endpoint, secret = webhook_create(
+            org=self.access.org,
+            actor=self.access.user,
+            actor_key=self.access.key,
+            **data.validated_data,
+        )
+        body = dict(WebhookSerializer(endpoint).data)
+        body["secret"] = secret
+        response = Response(body, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+def _webhook(access: OrgAccess, webhook_id: str) -> WebhookEndpoint:
+    return get_object_or_404(WebhookEndpoint, org=access.org, id=webhook_id, disabled_at=None)
+
+
+class WebhookDetailView(OrgAPIView):
+    actions = {"GET": Action.WEBHOOKS_MANAGE, "DELETE": Action.WEBHOOKS_MANAGE}
+
+    @extend_schema(responses=WebhookSerializer)
+    def get(self, request: Request, org_slug: str, webhook_id: str) -> Response:
+        return Response(WebhookSerializer(_webhook(self.access, webhook_id)).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a webhook; pending deliveries stop")
+    def delete(self, request: Request, org_slug: str, webhook_id: str) -> Response:
+        endpoint = _webhook(self.access, webhook_id)
+        webhook_delete(endpoint=endpoint, actor=self.access.user, actor_key=self.access.key)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookTestView(OrgAPIView):
+    actions = {"POST": Action.WEBHOOKS_MANAGE}
+
+    @extend_schema(
+        request=None,
+        responses={202: WebhookDeliverySerializer},
+        summary="Send a webhook.test event to this webhook",
+    )
+    def post(self, request: Request, org_slug: str, webhook_id: str) -> Response:
+        delivery = webhook_test(endpoint=_webhook(self.access, webhook_id))
+        return Response(WebhookDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class WebhookDeliveryListView(OrgAPIView):
+    actions = {"GET": Action.WEBHOOKS_MANAGE}
+
+    @extend_schema(responses=WebhookDeliverySerializer(many=True))
+    def get(self, request: Request, org_slug: str) -> Response:
+        deliveries = WebhookDelivery.objects.filter(endpoint__org=self.access.org).order_by(
+            "-created_at"
+        )
+        return _paginate(self, request, deliveries, WebhookDeliverySerializer)

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from console.crypto import Sealer
 from console.models import (
+    ApiKey,
     AuditEvent,
     DeliveryStatus,
     Organisation,
@@ -88,7 +89,12 @@ def _clean_events(events: list[str] | None) -> list[str]:
 
 @transaction.atomic
 def webhook_create(
-    *, org: Organisation, actor: User, url: str, events: list[str] | None = None
+    *,
+    org: Organisation,
+    actor: User | None,
+    url: str,
+    events: list[str] | None = None,
+    actor_key: ApiKey | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """Add an endpoint. Returns it and its signing secret, which the caller shows once."""
     url = _clean_url(url)
@@ -108,6 +114,7 @@ def webhook_create(
         org=org,
         action="webhook.created",
         actor=actor,
+        actor_key=actor_key,
         target=endpoint,
         data={"events": wanted or ["*"]},
     )
@@ -115,7 +122,9 @@ def webhook_create(
 
 
 @transaction.atomic
-def webhook_delete(*, endpoint: WebhookEndpoint, actor: User) -> None:
+def webhook_delete(
+    *, endpoint: WebhookEndpoint, actor: User | None, actor_key: ApiKey | None = None
+) -> None:
     """Stop sending to an endpoint; its pending deliveries are dropped."""
     if endpoint.disabled_at is not None:
         return
@@ -123,7 +132,13 @@ def webhook_delete(*, endpoint: WebhookEndpoint, actor: User) -> None:
     endpoint.deliveries.filter(status=DeliveryStatus.PENDING).update(
         status=DeliveryStatus.FAILED, error="The webhook was deleted.", finished_at=timezone.now()
     )
-    audit_record(org=endpoint.org, action="webhook.deleted", actor=actor, target=endpoint)
+    audit_record(
+        org=endpoint.org,
+        action="webhook.deleted",
+        actor=actor,
+        actor_key=actor_key,
+        target=endpoint,
+    )
 
 
 def payload_of(event: AuditEvent) -> dict[str, Any]:

@@ -214,3 +214,37 @@ def test_an_org_without_webhooks_costs_one_query(org, owner, django_assert_num_q
     event = webhooks.audit_record(org=org, action="key.created", actor=owner)
     with django_assert_num_queries(1):
         assert webhooks.event_published(event.pk, org.pk) == 0
+
+
+def test_the_rest_api_with_a_manage_key(org, owner, receiver, django_capture_on_commit_callbacks):
+    from django.test import Client
+
+    app, url = receiver
+    manager = api_key_create(org=org, actor=owner, name="ops", scopes=["manage"])
+    reader = api_key_create(org=org, actor=owner, name="ro", scopes=["read"])
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {manager.secret}")
+    base = f"/api/orgs/{org.slug}/webhooks/"
+    refused = client.post(base, {"url": "ftp://x"}, content_type="application/json")
+    assert refused.status_code == 400 and "url" in refused.json()["error"]["fields"]
+    created = client.post(
+        base, {"url": url, "events": ["webhook."]}, content_type="application/json"
+    )
+    assert created.status_code == 201 and created["Cache-Control"] == "no-store"
+    body = created.json()
+    assert body["secret"].startswith("whsec_") and body["events"] == ["webhook."]
+    listed = client.get(base).json()["results"]
+    assert [w["id"] for w in listed] == [body["id"]] and "secret" not in listed[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = client.post(f"{base}{body['id']}/test/")
+    assert sent.status_code == 202
+    headers, raw = app.received[-1]
+    assert _verify(body["secret"], headers, raw)["type"] == "webhook.test"
+    deliveries = client.get(f"{base}deliveries/").json()["results"]
+    assert deliveries[0]["event_type"] == "webhook.test" and deliveries[0]["webhook"] == body["id"]
+    # A read key may not see or change webhooks.
+    read_client = Client(HTTP_AUTHORIZATION=f"Bearer {reader.secret}")
+    assert read_client.get(base).status_code == 403
+    assert client.delete(f"{base}{body['id']}/").status_code == 204
+    assert client.get(f"{base}{body['id']}/").status_code == 404
+    event = WebhookEndpoint.objects.get().org.audit_events.get(action="webhook.deleted")
+    assert event.actor_key_id == manager.key.id
