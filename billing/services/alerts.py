@@ -27,6 +27,7 @@ from billing.selectors import (
 )
 from billing.services.accounts import billing_contacts
 from console.models import ApiKey, Organisation
+from console.services.audit import audit_record
 
 THRESHOLDS = (50, 80, 100)
 
@@ -112,9 +113,26 @@ def budget_alerts_check(*, now: datetime | None = None) -> int:
                 )[1]
             ]
             if new:
+                _record(watch, max(new))
                 _send(watch, max(new))
                 sent += 1
     return sent
+
+
+def _record(watch: _Watch, threshold: int) -> None:
+    """The audit log (and so the org's webhooks) hears of it too; amounts in micro-dollars."""
+    audit_record(
+        org=Organisation.objects.get(pk=watch.org_id),
+        action="billing.budget_alert",
+        data={
+            "subject": watch.subject,
+            "label": watch.label,
+            "threshold_percent": threshold,
+            "spend_micros": watch.spend_micros,
+            "limit_micros": watch.limit_micros,
+            "enforced": watch.enforced,
+        },
+    )
 
 
 def _send(watch: _Watch, threshold: int) -> None:

@@ -17,7 +17,7 @@ from billing.selectors import (
 )
 from billing.services.accounts import budget_set, key_budget_set
 from billing.services.alerts import budget_alerts_check
-from console.models import ControlPlaneVersion
+from console.models import AuditEvent, ControlPlaneVersion
 from console.services.keys import api_key_create
 from tests.billing.factories import usage
 
@@ -115,6 +115,19 @@ def test_alerts_go_out_once_per_threshold_and_period(
         assert budget_alerts_check(now=NOW) == 1
     assert "100%" in mail.outbox[1].subject and "refused" in mail.outbox[1].body
     assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80, 100]
+    # The audit log (and the org's webhooks) hear of each alert, amounts in micro-dollars.
+    recorded = AuditEvent.objects.filter(org=org, action="billing.budget_alert").order_by(
+        "created_at"
+    )
+    assert [e.data["threshold_percent"] for e in recorded] == [50, 100]
+    assert recorded.last().data == {
+        "subject": "org",
+        "label": "the organisation's monthly budget",
+        "threshold_percent": 100,
+        "spend_micros": 10_000,
+        "limit_micros": 10_000,
+        "enforced": True,
+    }
     # Next month starts afresh.
     next_month = datetime(2026, 4, 1, 1, 0, tzinfo=UTC)
     spend(org, 6_000, 1, next_month - timedelta(minutes=30))
