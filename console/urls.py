@@ -70,6 +70,11 @@ urlpatterns = [
     path(o + "webhooks/", webhooks.webhook_list, name="webhook_list"),
     path(o + "webhooks/<uuid:webhook_id>/test/", webhooks.webhook_test_view, name="webhook_test"),
     path(
+        o + "webhooks/deliveries/<uuid:delivery_id>/resend/",
+        webhooks.delivery_resend_view,
+        name="webhook_delivery_resend",
+    ),
+    path(
         o + "webhooks/<uuid:webhook_id>/delete/",
         webhooks.webhook_delete_view,
         name="webhook_delete",

@@ -31,6 +31,11 @@ urlpatterns = [
         name="api_webhook_deliveries",
     ),
     path(
+        org + "webhooks/deliveries/<uuid:delivery_id>/resend/",
+        views.WebhookDeliveryResendView.as_view(),
+        name="api_webhook_delivery_resend",
+    ),
+    path(
         org + "webhooks/<uuid:webhook_id>/", views.WebhookDetailView.as_view(), name="api_webhook"
     ),
     path(

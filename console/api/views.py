@@ -51,7 +51,12 @@ from console.services.members import (
 )
 from console.services.orgs import org_create, org_update
 from console.services.two_factor import org_two_factor_require
-from console.services.webhooks import webhook_create, webhook_delete, webhook_test
+from console.services.webhooks import (
+    delivery_resend,
+    webhook_create,
+    webhook_delete,
+    webhook_test,
+)
 
 
 def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) -> Response:
@@ -388,3 +393,21 @@ class WebhookDeliveryListView(OrgAPIView):
             "-created_at"
         )
         return _paginate(self, request, deliveries, WebhookDeliverySerializer)
+
+
+class WebhookDeliveryResendView(OrgAPIView):
+    actions = {"POST": Action.WEBHOOKS_MANAGE}
+
+    @extend_schema(
+        request=None,
+        responses={202: WebhookDeliverySerializer},
+        summary="Send a failed delivery again, with a fresh set of attempts",
+    )
+    def post(self, request: Request, org_slug: str, delivery_id: str) -> Response:
+        delivery = get_object_or_404(
+            WebhookDelivery.objects.select_related("endpoint"),
+            endpoint__org=self.access.org,
+            id=delivery_id,
+        )
+        delivery = delivery_resend(delivery=delivery)
+        return Response(WebhookDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -199,6 +199,27 @@ def webhook_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
     return delivery
 
 
+def delivery_resend(*, delivery: WebhookDelivery) -> WebhookDelivery:
+    """Send a failed delivery again, with a fresh set of attempts (its receiver was down longer
+    than the retries lasted). Refused for one that is pending or went through, or whose webhook
+    was deleted."""
+    if delivery.status != DeliveryStatus.FAILED:
+        raise ValidationError("Only a failed delivery can be sent again.")
+    if delivery.endpoint.disabled_at is not None:
+        raise ValidationError("Its webhook was deleted.")
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        error="",
+        response_status=None,
+        finished_at=None,
+    )
+    delivery.refresh_from_db()
+    transaction.on_commit(lambda: _queue([delivery]))
+    return delivery
+
+
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"

@@ -14,7 +14,12 @@ from console.forms import apply_service_error
 from console.models import WebhookDelivery, WebhookEndpoint
 from console.permissions import Action
 from console.requests import OrgRequest
-from console.services.webhooks import webhook_create, webhook_delete, webhook_test
+from console.services.webhooks import (
+    delivery_resend,
+    webhook_create,
+    webhook_delete,
+    webhook_test,
+)
 
 
 class WebhookForm(forms.Form):
@@ -88,4 +93,22 @@ def webhook_delete_view(request: OrgRequest, org_slug: str, webhook_id: str) -> 
     endpoint = get_object_or_404(request.org.webhooks, id=webhook_id, disabled_at=None)
     webhook_delete(endpoint=endpoint, actor=request.user)
     messages.success(request, f"Deleted the webhook to {endpoint.url}.")
+    return redirect("webhook_list", org_slug=org_slug)
+
+
+@requires(Action.WEBHOOKS_MANAGE)
+@require_POST
+def delivery_resend_view(request: OrgRequest, org_slug: str, delivery_id: str) -> HttpResponse:
+    delivery = get_object_or_404(
+        WebhookDelivery.objects.select_related("endpoint"),
+        endpoint__org=request.org,
+        id=delivery_id,
+    )
+    try:
+        delivery_resend(delivery=delivery)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        what = f"{delivery.event_type} to {delivery.endpoint.url}"
+        messages.success(request, f"Sending {what} again.")
     return redirect("webhook_list", org_slug=org_slug)

@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing.ledger import usage_record_batch
-from console.models import ApiKey, Invitation
+from console.models import ApiKey, Invitation, WebhookDelivery
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.members import invitation_create
@@ -45,6 +45,9 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
     served = usage(org.id, timezone.now(), api_key_id=key.pk, deployment_id=deployment.pk)
     usage_record_batch([served])
     webhook, _ = webhook_create(org=org, actor=owner, url="https://example.com/hooks")
+    delivery = WebhookDelivery.objects.create(
+        endpoint=webhook, event_type="key.created", payload={}, status="failed"
+    )
     return {
         "org_slug": org.slug,
         "key_id": str(key.pk),
@@ -55,6 +58,7 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "deployment_id": str(deployment.pk),
         "request_id": served.request_id,
         "webhook_id": str(webhook.pk),
+        "delivery_id": str(delivery.pk),
     }
 
 

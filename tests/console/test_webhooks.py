@@ -135,6 +135,14 @@ def test_failures_are_retried_with_backoff_then_given_up(
         deliveries_retry()
     failed = WebhookDelivery.objects.get(payload__target__name__startswith="ci2")
     assert (failed.status, failed.attempts) == ("failed", MAX_ATTEMPTS)
+    # The receiver is back: sending it again starts a fresh set of attempts.
+    with django_capture_on_commit_callbacks(execute=True):
+        resent = webhooks.delivery_resend(delivery=failed)
+    assert resent.status == "pending"
+    failed.refresh_from_db()
+    assert (failed.status, failed.attempts, failed.response_status) == ("delivered", 1, 200)
+    with pytest.raises(ValidationError, match="Only a failed delivery"):
+        webhooks.delivery_resend(delivery=failed)
 
 
 def test_private_addresses_are_refused_when_saved_and_when_sent(
@@ -202,6 +210,12 @@ def test_the_console_page(
     assert b"webhook.test" in client.get(page).content
     headers, body = app.received[-1]
     assert _verify(secret, headers, body)["type"] == "webhook.test"
+    test_delivery = WebhookDelivery.objects.get(event_type="webhook.test")
+    WebhookDelivery.objects.filter(pk=test_delivery.pk).update(status="failed")
+    assert b"Send again" in client.get(page).content
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("webhook_delivery_resend", args=[org.slug, test_delivery.id]))
+    assert WebhookDelivery.objects.get(pk=test_delivery.pk).status == "delivered"
     bad = client.post(page, {"url": "not a url"})
     assert bad.status_code == 400 and b"Enter an http:// or https:// URL." in bad.content
     developer = client_for(make_member(Role.DEVELOPER).user)
@@ -241,6 +255,14 @@ def test_the_rest_api_with_a_manage_key(org, owner, receiver, django_capture_on_
     assert _verify(body["secret"], headers, raw)["type"] == "webhook.test"
     deliveries = client.get(f"{base}deliveries/").json()["results"]
     assert deliveries[0]["event_type"] == "webhook.test" and deliveries[0]["webhook"] == body["id"]
+    delivered = deliveries[0]["id"]
+    again = client.post(f"{base}deliveries/{delivered}/resend/")
+    assert again.status_code == 400 and "Only a failed delivery" in again.json()["error"]["message"]
+    WebhookDelivery.objects.filter(pk=delivered).update(status="failed")
+    with django_capture_on_commit_callbacks(execute=True):
+        resent = client.post(f"{base}deliveries/{delivered}/resend/")
+    assert resent.status_code == 202 and resent.json()["status"] == "pending"
+    assert WebhookDelivery.objects.get(pk=delivered).status == "delivered"
     # A read key may not see or change webhooks.
     read_client = Client(HTTP_AUTHORIZATION=f"Bearer {reader.secret}")
     assert read_client.get(base).status_code == 403
