@@ -262,6 +262,10 @@ CELERY_BEAT_SCHEDULE["console-webhook-retry"] = {
     "task": "console.tasks.webhook_retry_task",
     "schedule": 60.0,
 }
+CELERY_BEAT_SCHEDULE["console-webhook-prune"] = {
+    "task": "console.tasks.webhook_prune_task",
+    "schedule": 86400.0,
+}
 CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "task": "inference.tasks.routes_recalibrate_task",
     "schedule": 600.0,

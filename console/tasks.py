@@ -17,3 +17,10 @@ def webhook_retry_task() -> int:
     from console.services.webhooks import deliveries_retry
 
     return deliveries_retry()
+
+
+@shared_task
+def webhook_prune_task() -> int:
+    from console.services.webhooks import deliveries_prune
+
+    return deliveries_prune()

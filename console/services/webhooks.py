@@ -53,6 +53,8 @@ MAX_ENDPOINTS = 10
 # Seconds to wait after the first, second, ... failed attempt; one more attempt each.
 BACKOFF_S = (60, 300, 1800, 7200, 21600)
 MAX_ATTEMPTS = len(BACKOFF_S) + 1
+# Finished deliveries are kept this long for the Webhooks page and the REST API, then removed.
+KEEP_FINISHED = timedelta(days=30)
 TIMEOUT_S = 10.0
 SIGNATURE_HEADER = "Webhook-Signature"
 _EVENT_RE = re.compile(r"^[a-z_]+(\.[a-z_]*)*$")
@@ -314,3 +316,13 @@ def deliveries_retry(limit: int = 500) -> int:
         status=DeliveryStatus.PENDING, next_attempt_at__lte=timezone.now()
     ).values_list("id", flat=True)[:limit]
     return sum(deliver(delivery_id) for delivery_id in list(due))
+
+
+def deliveries_prune(*, now: Any = None) -> int:
+    """Remove deliveries that finished more than ``KEEP_FINISHED`` ago (beat, daily): one row per
+    event and webhook would otherwise grow without end. Returns how many were removed."""
+    before = (now or timezone.now()) - KEEP_FINISHED
+    removed, _ = WebhookDelivery.objects.filter(
+        status__in=[DeliveryStatus.DELIVERED, DeliveryStatus.FAILED], finished_at__lt=before
+    ).delete()
+    return removed

@@ -270,3 +270,26 @@ def test_the_rest_api_with_a_manage_key(org, owner, receiver, django_capture_on_
     assert client.get(f"{base}{body['id']}/").status_code == 404
     event = WebhookEndpoint.objects.get().org.audit_events.get(action="webhook.deleted")
     assert event.actor_key_id == manager.key.id
+
+
+def test_finished_deliveries_are_pruned_after_30_days(org, owner):
+    endpoint = WebhookEndpoint.objects.create(
+        org=org, url="https://example.com/h", secret_encrypted="x"
+    )
+    now = timezone.now()
+    old = now - timedelta(days=31)
+    rows = {
+        "old delivered": ("delivered", old),
+        "old failed": ("failed", old),
+        "recent": ("delivered", now - timedelta(days=29)),
+        "pending": ("pending", None),
+    }
+    for name, (status, finished) in rows.items():
+        WebhookDelivery.objects.create(
+            endpoint=endpoint, event_type=name, payload={}, status=status, finished_at=finished
+        )
+    assert webhooks.deliveries_prune(now=now) == 2
+    assert sorted(WebhookDelivery.objects.values_list("event_type", flat=True)) == [
+        "pending",
+        "recent",
+    ]
