@@ -8,7 +8,11 @@ when asked. With ``--streams N`` it also streams answers of 64 events a millisec
 and the gateway's CPU per event forwarded.
 
     .venv/bin/python bench/gateway_latency.py [--rounds 10] [--requests 400] [--concurrency 1 16]
-        [--metering-off] [--streams 32]
+        [--metering-off] [--floor] [--streams 32]
+
+``--floor`` adds an arm through bench/gateway_floor.py, a proxy on the gateway's own stack that
+does nothing but forward: the part of the added latency that any Python process in the path costs
+on this machine, before the gateway does any work.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_common import (
+    PYTHON,
+    bench_env,
     cpu_seconds,
     free_port,
     load,
@@ -31,6 +37,7 @@ from gateway_common import (
     request_bytes,
     setup_database,
     start_gateway,
+    start_process,
     start_upstream,
     stop,
 )
@@ -130,6 +137,9 @@ def main() -> None:
         "--metering-off", action="store_true", help="add a gateway arm without metering"
     )
     parser.add_argument(
+        "--floor", action="store_true", help="add an arm through the do-nothing floor proxy"
+    )
+    parser.add_argument(
         "--streams", type=int, default=0, help="also stream this many answers per arm per round"
     )
     args = parser.parse_args()
@@ -157,6 +167,18 @@ def main() -> None:
                     GATEWAY_METERING="0",
                 )
             )
+        pids = {"gateway": processes[1].pid}
+        if args.metering_off:
+            pids["no-meter"] = processes[2].pid
+        if args.floor:
+            ports["floor"] = free_port()
+            floor_args = [PYTHON, "bench/gateway_floor.py", str(ports["floor"]), str(upstream_port)]
+            processes.append(
+                start_process(
+                    floor_args, bench_env(db_path), ports["floor"], logs / "gwbench-floor.log"
+                )
+            )
+            pids["floor"] = processes[-1].pid
         arms = {
             "direct": request_bytes(upstream_port, "/v1/chat/completions", BODY),
             **{
@@ -169,9 +191,6 @@ def main() -> None:
             f"machine: {machine()}; upstream: bench/gateway_upstream.py; gateway: uvicorn "
             "console.asgi:application (uvloop, httptools), access log off"
         )
-        pids = {"gateway": processes[1].pid}
-        if args.metering_off:
-            pids["no-meter"] = processes[2].pid
         asyncio.run(measure(arms, ports, args, pids))
         if args.streams:
             asyncio.run(measure_streams(ports, key, processes[1].pid, args.rounds, args.streams))
