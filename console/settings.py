@@ -266,6 +266,11 @@ CELERY_BEAT_SCHEDULE["console-webhook-prune"] = {
     "task": "console.tasks.webhook_prune_task",
     "schedule": 86400.0,
 }
+# Counts of refused requests older than 90 days (inference.services.refusals).
+CELERY_BEAT_SCHEDULE["inference-refusals-prune"] = {
+    "task": "inference.tasks.refusals_prune_task",
+    "schedule": 86400.0,
+}
 CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "task": "inference.tasks.routes_recalibrate_task",
     "schedule": 600.0,

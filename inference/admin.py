@@ -9,7 +9,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from console.admin import ReadOnlyAdmin, SnapshotAdmin
-from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
+from inference.models import (
+    Deployment,
+    ExternalEndpoint,
+    RefusalCount,
+    Replica,
+    Route,
+    RouteScorer,
+)
 from inference.routing.egress import egress_policy, url_problem
 from inference.services.deployments import deployment_pause, deployment_resume
 
@@ -116,3 +123,15 @@ class RouteScorerAdmin(admin.ModelAdmin[RouteScorer]):
         "created_at",
         "fitted_at",
     ]
+
+
+@admin.register(RefusalCount)
+class RefusalCountAdmin(ReadOnlyAdmin):
+    """Requests refused before reaching a model, per key, reason and minute: a key that floods
+    the gateway, or a revoked key something still uses, shows up here."""
+
+    list_display = ["minute", "org", "api_key", "status_code", "error_code", "count"]
+    list_filter = ["status_code", "error_code"]
+    search_fields = ["org__slug", "api_key__prefix", "api_key__name"]
+    date_hierarchy = "minute"
+    list_select_related = ["org", "api_key"]

@@ -14,6 +14,7 @@ org = "orgs/<slug:org_slug>/"
 
 api_urlpatterns = [
     path(org + "requests/", requests_api.RequestListView.as_view(), name="api_requests"),
+    path(org + "refusals/", requests_api.RefusalListView.as_view(), name="api_refusals"),
     path(
         org + "requests/<str:request_id>/",
         requests_api.RequestDetailView.as_view(),

@@ -22,3 +22,10 @@ def deployment_failed_notify_task(deployment_id: str) -> int:
     from inference.services.notifications import deployment_failed_notify
 
     return deployment_failed_notify(deployment_id=deployment_id)
+
+
+@shared_task
+def refusals_prune_task() -> int:
+    from inference.services.refusals import refusals_prune
+
+    return refusals_prune()

@@ -45,6 +45,7 @@ from inference.gateway.limits import (
 from inference.gateway.meter_writer import ProcessWriter
 from inference.gateway.metering import Meter
 from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.refusals import RefusalTally
 from inference.gateway.router import AutoRouter, scoring_text
 from inference.gateway.snapshot import (
     CONSOLE_KEY_ID,
@@ -209,8 +210,13 @@ class Gateway:
         # Scores prompts for auto routes in its own thread pool (never on the event loop).
         self.router = router or AutoRouter()
         self.poll = poll
+        # Requests refused before reaching a model, counted per key and minute.
+        self.refusals = RefusalTally()
         self.poller = SnapshotPoller(
-            self._install_threadsafe, poll_s=config.snapshot_poll_s, ttl_s=config.snapshot_ttl_s
+            self._install_threadsafe,
+            poll_s=config.snapshot_poll_s,
+            ttl_s=config.snapshot_ttl_s,
+            after=self.refusals.flush,
         )
         self.inflight: dict[str, int] = {}
         self.inflight_publisher: InflightPublisher | None = None
@@ -278,6 +284,7 @@ class Gateway:
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         await asyncio.to_thread(self._touch_keys)
+        await asyncio.to_thread(self.refusals.flush, force=True)
         self.pool.close()
         self.router.close()
         await self.limiter.close()
@@ -424,6 +431,7 @@ class Gateway:
             else:
                 raise GatewayError(404, f"No such endpoint: {method} {path}.", "unknown_url")
         except GatewayError as error:
+            self.metrics.refused.inc((str(error.status), error.code))
             await _respond_error(send, error, request_id, extra=self.cors_headers)
         except _ClientGone:
             return
@@ -476,6 +484,16 @@ class Gateway:
         key = snapshot.keys.get(digest)
         if key is None:
             raise GatewayError(401, "Invalid API key.", "invalid_api_key")
+        try:
+            org = self._key_check(key, snapshot, scope)
+        except GatewayError as error:
+            self.refusals.add(key.org_id, key.id, error.status, error.code)
+            raise
+        self._keys_used.add(key.id)
+        return key, org
+
+    def _key_check(self, key: KeyEntry, snapshot: Snapshot, scope: Scope) -> OrgEntry:
+        """Whether a known key may be used now, from here; its org."""
         if key.revoked:
             raise GatewayError(401, "This API key has been revoked.", "revoked_api_key")
         if key.expires_at is not None and key.expires_at <= time.time():
@@ -493,8 +511,7 @@ class Gateway:
             )
         if key.allowed_networks:
             _check_client_network(key, scope)
-        self._keys_used.add(key.id)
-        return key, org
+        return org
 
     def visible_models(self, key: KeyEntry, org: OrgEntry) -> list[str]:
         """The model names this key may call: the org's routes and served deployments."""
@@ -670,12 +687,17 @@ class Gateway:
     ) -> None:
         started = time.perf_counter()
         key, org = await self.authenticate_fresh(scope)
-        raw = await self._read_body(scope, receive)
-        tag = None
-        for name, value in scope["headers"]:
-            if name == b"x-route-tag":
-                tag = value.decode("latin-1")[:64]
-        await self.serve(kind, request_id, key, org, raw, tag, receive, send, started)
+        try:
+            raw = await self._read_body(scope, receive)
+            tag = None
+            for name, value in scope["headers"]:
+                if name == b"x-route-tag":
+                    tag = value.decode("latin-1")[:64]
+            await self.serve(kind, request_id, key, org, raw, tag, receive, send, started)
+        except GatewayError as error:
+            # Refused before reaching a model (failures after that are usage records).
+            self.refusals.add(org.id, key.id, error.status, error.code)
+            raise
 
     async def serve(
         self,

@@ -104,6 +104,11 @@ class GatewayMetrics:
         self.tokens = Counter(
             "gateway_tokens_total", "Tokens metered, by route and kind.", ("route", "kind")
         )
+        self.refused = Counter(
+            "gateway_refused_total",
+            "Requests refused before reaching a model (no usage record), by status and code.",
+            ("status", "code"),
+        )
         self.usage_dropped = Counter(
             "gateway_usage_records_unwritten_total",
             "Usage records that could not be written to the ledger and were spilled to disk.",
@@ -121,6 +126,7 @@ class GatewayMetrics:
             self.ttft,
             self.upstream_errors,
             self.tokens,
+            self.refused,
             self.usage_dropped,
             self.inflight,
         )

@@ -333,7 +333,8 @@ class SnapshotPoller:
     """A daemon thread: poll the control-plane version, rebuild on change or TTL, hand it over.
 
     ``install`` is called with each new snapshot from the poller thread; the gateway makes it a
-    thread-safe handover to its event loop.
+    thread-safe handover to its event loop. ``after`` (if given) is called from the same thread
+    after every poll, for the gateway's other small writes.
     """
 
     def __init__(
@@ -343,8 +344,10 @@ class SnapshotPoller:
         poll_s: float,
         ttl_s: float,
         build: Callable[[int, Snapshot | None], Snapshot] = snapshot_build,
+        after: Callable[[], object] | None = None,
     ) -> None:
         self._install = install
+        self._after = after
         self._poll_s = poll_s
         self._ttl_s = ttl_s
         self._build = build
@@ -406,6 +409,11 @@ class SnapshotPoller:
                 logger.exception("snapshot refresh failed")
             for done in checked:
                 done()
+            if self._after is not None:
+                try:
+                    self._after()
+                except Exception:
+                    logger.exception("after-poll work failed")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gateway-snapshot", daemon=True)

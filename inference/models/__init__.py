@@ -7,6 +7,7 @@ from inference.models.deployments import (
     ReplicaState,
     Runner,
 )
+from inference.models.refusals import RefusalCount  # noqa: F401
 from inference.models.router import RouteScorer, ScorerState  # noqa: F401
 from inference.models.routes import ExternalEndpoint, Route, RoutePolicy  # noqa: F401
 

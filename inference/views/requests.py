@@ -21,6 +21,7 @@ from console.models import Organisation
 from console.permissions import Action
 from console.requests import OrgRequest
 from inference.models import Deployment, Route
+from inference.selectors.refusals import refusal_summary
 from inference.selectors.requests import (
     EXPORT_LIMIT,
     Cursor,
@@ -197,9 +198,18 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
         "cursor_error": cursor_error,
         "deployment": deployment,
         "without_deployment": _without(params, "deployment"),
+        "refusals": _refusals(org, filters),
     }
     template = "inference/requests.html"
     return render(request, template + "#requests-panel" if request.htmx else template, context)
+
+
+def _refusals(org: Organisation, filters: RequestFilters) -> Any:
+    """Refused requests for the same key and days, unless the filters ask for something a refusal
+    does not have (a success, a model, a deployment, one request)."""
+    if filters.status == "ok" or filters.route or filters.deployment_id or filters.request_id:
+        return None
+    return refusal_summary(org=org, start=filters.start, end=filters.end, key_id=filters.key_id)
 
 
 @requires(Action.USAGE_VIEW)

@@ -21,6 +21,7 @@ from console.api.access import OrgAPIView
 from console.api.serializers import DayRangeSerializer
 from console.models import Organisation
 from console.permissions import Action
+from inference.selectors.refusals import refusal_summary
 from inference.selectors.requests import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -31,6 +32,13 @@ from inference.selectors.requests import (
     request_get,
     request_log,
 )
+
+
+def _org_key(query: serializers.Serializer, value: uuid.UUID) -> uuid.UUID:
+    org: Organisation = query.context["org"]
+    if not org.api_keys.filter(id=value).exists():
+        raise serializers.ValidationError("No API key with this id in this organisation.")
+    return value
 
 
 class RequestLogQuery(DayRangeSerializer):
@@ -52,10 +60,7 @@ class RequestLogQuery(DayRangeSerializer):
     limit = serializers.IntegerField(min_value=1, max_value=MAX_LIMIT, default=DEFAULT_LIMIT)
 
     def validate_key(self, value: uuid.UUID) -> uuid.UUID:
-        org: Organisation = self.context["org"]
-        if not org.api_keys.filter(id=value).exists():
-            raise serializers.ValidationError("No API key with this id in this organisation.")
-        return value
+        return _org_key(self, value)
 
     def validate_before(self, value: str) -> Cursor:
         try:
@@ -180,3 +185,72 @@ class RequestDetailView(OrgAPIView):
             raise Http404("No request with this id in this organisation.")
         names = deployment_names(org, [record])
         return Response(RequestRecordSerializer(record_dict(record, names)).data)
+
+
+class RefusalQuery(DayRangeSerializer):
+    key = serializers.UUIDField(required=False, help_text="An API key's id.")
+
+    def validate_key(self, value: uuid.UUID) -> uuid.UUID:
+        return _org_key(self, value)
+
+
+class RefusalGroupSerializer(serializers.Serializer):
+    api_key = KeyRefSerializer()
+    status_code = serializers.IntegerField()
+    error_code = serializers.CharField(
+        help_text="The refusal's `code` (e.g. rate_limit_exceeded, budget_exhausted, "
+        "revoked_api_key, invalid_body, model_not_found)."
+    )
+    count = serializers.IntegerField()
+    first_minute = serializers.DateTimeField()
+    last_minute = serializers.DateTimeField()
+
+
+class RefusalSummarySerializer(serializers.Serializer):
+    since = serializers.DateTimeField(allow_null=True)
+    until = serializers.DateTimeField()
+    total = serializers.IntegerField()
+    refusals = RefusalGroupSerializer(many=True)
+
+
+class RefusalListView(OrgAPIView):
+    """Requests refused before they reached a model (and so not in the request log), counted by
+    key, status and code: over ``start``..``end`` (UTC days), or the last 24 hours. The gateway
+    writes its counts every few seconds; requests without a valid key are not counted here."""
+
+    actions = {"GET": Action.USAGE_VIEW}
+
+    @extend_schema(
+        parameters=[RefusalQuery],
+        responses=RefusalSummarySerializer,
+        summary="Refused requests, by key and reason",
+    )
+    def get(self, request: Request, org_slug: str) -> Response:
+        org = self.access.org
+        query = RefusalQuery(data=request.query_params, context={"org": org})
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        summary = refusal_summary(
+            org=org, start=data.get("start"), end=data.get("end"), key_id=data.get("key")
+        )
+        body = {
+            "since": summary.since,
+            "until": summary.until,
+            "total": summary.total,
+            "refusals": [
+                {
+                    "api_key": {
+                        "id": g.api_key.id,
+                        "name": g.api_key.name,
+                        "prefix": g.api_key.prefix,
+                    },
+                    "status_code": g.status_code,
+                    "error_code": g.error_code,
+                    "count": g.count,
+                    "first_minute": g.first_minute,
+                    "last_minute": g.last_minute,
+                }
+                for g in summary.groups
+            ],
+        }
+        return Response(RefusalSummarySerializer(body).data)
