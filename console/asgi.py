@@ -1,4 +1,5 @@
-"""The ASGI entry point: the gateway serves /v1 and /metrics, Django serves everything else.
+"""The ASGI entry point: the gateway serves /v1, /metrics, /healthz and /readyz, Django serves
+everything else.
 
 The gateway sits in front of Django's ASGI handler, so inference requests never pass through
 Django's URL resolver, middleware or ORM. Each server process gets its own gateway (its own
@@ -16,12 +17,13 @@ django_application = get_asgi_application()
 from inference.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 
 gateway = Gateway()
+GATEWAY_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 async def application(scope, receive, send):
     if scope["type"] == "http":
         path = scope["path"]
-        if path.startswith("/v1/") or path == "/metrics":
+        if path.startswith("/v1/") or path in GATEWAY_PATHS:
             await gateway(scope, receive, send)
             return
     elif scope["type"] == "lifespan":

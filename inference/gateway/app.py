@@ -33,6 +33,7 @@ from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
 from inference.gateway.exchange import Exchange, Outcome, Target, target_label
+from inference.gateway.health import Health
 from inference.gateway.inflight import InflightPublisher, inflight_store
 from inference.gateway.ledger import usage_write
 from inference.gateway.limits import (
@@ -227,6 +228,8 @@ class Gateway:
         # Settlement tasks, referenced until done (the loop keeps only weak references).
         self.background: set[asyncio.Task[None]] = set()
         self.started = False
+        self.stopping = False
+        self.health = Health(self)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -274,6 +277,7 @@ class Gateway:
         self.inflight_publisher.start()
 
     async def shutdown(self) -> None:
+        self.stopping = True
         self.poller.stop()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
@@ -425,6 +429,13 @@ class Gateway:
             elif path.startswith("/v1/responses/resp"):
                 # A response's id ("resp_..." from vLLM and OpenAI alike), or a path under it.
                 await self.handle_stored_response(scope)
+            elif path == "/healthz" or path == "/readyz":
+                if method not in ("GET", "HEAD"):
+                    raise GatewayError(405, f"Use GET for {path}.", "method_not_allowed")
+                status, body = (
+                    self.health.live() if path == "/healthz" else await self.health.ready()
+                )
+                await _respond(send, status, body, extra=[(b"cache-control", b"no-store")])
             elif path == "/metrics":
                 self.check_metrics_access(scope)
                 await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")

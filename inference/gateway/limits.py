@@ -220,6 +220,10 @@ class RedisLimiter:
         if any(deltas):
             await self._settle(keys=keys, args=deltas)
 
+    async def ping(self) -> str:
+        await self._redis.ping()
+        return "ok"
+
     async def close(self) -> None:
         await self._redis.aclose()
 

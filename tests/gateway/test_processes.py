@@ -236,3 +236,19 @@ def _chat_model(url: str, key: str, model: str) -> httpx.Response:
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
+
+
+def test_a_gateway_process_answers_health_and_readiness_probes(spawn_gateway):
+    redis_url = os.environ.get("REDIS_URL")
+    url, _ = spawn_gateway(**({"REDIS_URL": redis_url} if redis_url else {}))
+    live = httpx.get(url + "/healthz")
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready" and body["problems"] == []
+    assert body["database"] == "ok"
+    assert body["redis"] == ("ok" if redis_url else "not configured (limits are per process)")
+    assert body["snapshot"]["version"] >= 0 and body["snapshot"]["age_s"] < 60
+    # Probes are answered by the gateway, before Django: no host check, no session.
+    assert httpx.get(url + "/readyz", headers={"Host": "10.0.0.7"}).status_code == 200
