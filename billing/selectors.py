@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from billing.models import (
     BillingAccount,
     Budget,
+    MeterEvent,
     Plan,
     PlanKind,
     UptimeRecord,
     UsageRecord,
     UsageRollup,
 )
+from billing.models.payments import MeterEventStatus
 from billing.money import format_dollars
 from billing.rollups import (
     COUNTED_FIELDS,
@@ -314,3 +316,61 @@ def usage_totals(rows: Iterable[UsageRow]) -> UsageRow:
     for row in rows:
         total.add(row, row.histogram)
     return total
+
+
+@dataclass(frozen=True)
+class PlatformUsage:
+    """Usage and revenue of every organisation, for staff."""
+
+    requests_24h: int
+    errors_24h: int
+    prompt_tokens_24h: int
+    completion_tokens_24h: int
+    cost_24h_micros: int
+    month_micros: int
+    top_orgs: list[tuple[Organisation, int]]  # this month's largest, micro-dollars
+    meter_events_pending: int
+    meter_events_failed: int
+    oldest_pending: datetime | None  # the usage hour of the oldest event not sent yet
+
+    @property
+    def error_share(self) -> float:
+        return self.errors_24h / self.requests_24h if self.requests_24h else 0.0
+
+
+def platform_usage(*, now: datetime | None = None, top: int = 5) -> PlatformUsage:
+    """The last 24 hours from the hourly rollups (so up to one rollup run behind), this month's
+    spend as the budgets count it, and the Stripe meter events waiting or failed."""
+    now = now or timezone.now()
+    day = UsageRollup.objects.filter(hour__gte=hour_floor(now - timedelta(hours=24))).aggregate(
+        requests=Sum("requests"),
+        errors=Sum("errors"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_micros"),
+    )
+    spend = month_to_date_spend(now=now)
+    largest = sorted(spend.items(), key=lambda item: -item[1])[:top]
+    orgs = Organisation.objects.in_bulk([org_id for org_id, _ in largest])
+    events = MeterEvent.objects.values_list("status").order_by().annotate(n=Count("id"))
+    counts = {status: n for status, n in events}
+    oldest = (
+        MeterEvent.objects.filter(status=MeterEventStatus.PENDING)
+        .order_by("hour")
+        .values_list("hour", flat=True)
+        .first()
+    )
+    return PlatformUsage(
+        requests_24h=day["requests"] or 0,
+        errors_24h=day["errors"] or 0,
+        prompt_tokens_24h=day["prompt"] or 0,
+        completion_tokens_24h=day["completion"] or 0,
+        cost_24h_micros=day["cost"] or 0,
+        month_micros=sum(spend.values()),
+        top_orgs=[
+            (orgs[org_id], micros) for org_id, micros in largest if org_id in orgs and micros
+        ],
+        meter_events_pending=counts.get(MeterEventStatus.PENDING, 0),
+        meter_events_failed=counts.get(MeterEventStatus.FAILED, 0),
+        oldest_pending=oldest,
+    )

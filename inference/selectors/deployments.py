@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from console.models import Organisation
-from inference.models import LIVE_REPLICA_STATES, Deployment, Replica
+from inference.models import (
+    LIVE_REPLICA_STATES,
+    Deployment,
+    DeploymentState,
+    Replica,
+    ReplicaState,
+)
 from inference.orchestrator.backends.local import log_file_tail
 
 RECENT_STOPPED = 5
@@ -39,3 +46,33 @@ def replica_log_tail(*, replica: Replica, lines: int = 100) -> list[str]:
     if replica.backend != "local" or not replica.log_path:
         return []
     return log_file_tail(Path(replica.log_path), lines=max(1, min(lines, 1000)))
+
+
+@dataclass(frozen=True)
+class PlatformDeployments:
+    """Every organisation's deployments at a glance, for staff."""
+
+    by_state: dict[str, int]  # label -> count, states with none left out
+    failed: list[Deployment]  # the most recently changed, at most ``FAILED_SHOWN``
+    replicas_ready: int
+    replicas_live: int
+
+
+FAILED_SHOWN = 10
+
+
+def platform_deployments() -> PlatformDeployments:
+    live = Deployment.objects.filter(deleted_at=None)
+    by_state = dict(live.values_list("state").order_by().annotate(n=Count("id")))
+    failed = list(
+        live.filter(state=DeploymentState.FAILED)
+        .select_related("org")
+        .order_by("-updated_at")[:FAILED_SHOWN]
+    )
+    replicas = Replica.objects.filter(deployment__deleted_at=None, state__in=LIVE_REPLICA_STATES)
+    return PlatformDeployments(
+        by_state={s.label: by_state[s.value] for s in DeploymentState if by_state.get(s.value)},
+        failed=failed,
+        replicas_ready=replicas.filter(state=ReplicaState.READY).count(),
+        replicas_live=replicas.count(),
+    )

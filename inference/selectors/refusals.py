@@ -106,3 +106,23 @@ def refusal_summary(
         until=until or now,
         groups=groups,
     )
+
+
+@dataclass(frozen=True)
+class PlatformRefusals:
+    total: int
+    top: list[tuple[str, str, str, int]]  # (org slug, key prefix, error code, count)
+
+
+def platform_refusals(*, now: datetime | None = None, top: int = 5) -> PlatformRefusals:
+    """Refusals of every organisation over the last 24 hours, for staff: the total and the
+    keys and reasons with the most."""
+    since = (now or timezone.now()) - timedelta(hours=24)
+    rows = RefusalCount.objects.filter(minute__gte=since)
+    total = rows.aggregate(n=Sum("count"))["n"] or 0
+    grouped = (
+        rows.values_list("org__slug", "api_key__prefix", "error_code")
+        .annotate(n=Sum("count"))
+        .order_by("-n")[:top]
+    )
+    return PlatformRefusals(total=total, top=[(s, p, c, n) for s, p, c, n in grouped])
