@@ -36,6 +36,7 @@ from console.services.closing import org_close
 from console.services.orgs import org_update
 from inference.models import Deployment, ReplicaState, Runner
 from inference.selectors.deployments import deployments_for_org
+from inference.selectors.refusals import refusals_since
 
 
 @requires(Action.ORG_VIEW)
@@ -88,6 +89,7 @@ def _spend_context(org: Organisation, *, with_billing: bool) -> dict[str, object
         "period_start": month_start(now),
         "traffic_since": traffic_since,
         "traffic": usage_totals_since(org=org, since=traffic_since),
+        "refused": refusals_since(org=org, since=traffic_since),
     }
     if with_billing:
         limit = spend_limit_details([org.pk])[org.pk]

@@ -126,3 +126,9 @@ def platform_refusals(*, now: datetime | None = None, top: int = 5) -> PlatformR
         .order_by("-n")[:top]
     )
     return PlatformRefusals(total=total, top=[(s, p, c, n) for s, p, c, n in grouped])
+
+
+def refusals_since(*, org: Organisation, since: datetime) -> int:
+    """How many of the org's requests were refused from ``since`` on."""
+    total = RefusalCount.objects.filter(org=org, minute__gte=since).aggregate(n=Sum("count"))
+    return int(total["n"] or 0)

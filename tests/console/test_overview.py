@@ -25,8 +25,9 @@ pytestmark = pytest.mark.django_db
 
 # What an owner's page costs: 5 for the session, user, membership and the layout's org switcher,
 # 3 for the member and key counts and recent activity, 3 for month-to-date spend, 1 for traffic,
-# 5 for the limit and forecast, 2 for deployments and their replicas, 1 for the routes.
-MAX_QUERIES = 19
+# 1 for refused requests, 5 for the limit and forecast, 2 for deployments and their replicas, 1 for
+# the routes.
+MAX_QUERIES = 20
 
 
 @pytest.fixture
@@ -93,6 +94,7 @@ def test_owner_sees_spend_limit_traffic_and_deployments(client_for, org, owner, 
     assert f'href="/o/{org.slug}/usage/"' in html and f'href="/o/{org.slug}/billing/"' in html
     assert 'data-testid="traffic-requests">3<' in html
     assert 'data-testid="traffic-errors">1<' in html
+    assert 'data-testid="traffic-refused"' not in html  # none refused
     assert 'data-testid="traffic-tokens">2000 / 1000<' in html
     assert 'data-testid="traffic-cost">$0.004000<' in html
     assert 'data-testid="traffic-latency">100 / 1000 ms<' in html
@@ -229,3 +231,23 @@ def test_page_queries_do_not_grow_with_the_data(
         html = client.get(f"/o/{org.slug}/").content.decode()
     assert html.count("<tr data-deployment=") == 6
     assert len(many) == len(few), [q["sql"] for q in many.captured_queries]
+
+
+def test_refused_requests_are_counted_beside_the_traffic_and_link_to_the_log(
+    client_for, org, owner
+):
+    from console.services.keys import api_key_create
+    from inference.services.refusals import refusals_add
+
+    key = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).key
+    now = int(timezone.now().timestamp()) // 60 * 60
+    old = now - 3 * 24 * 3600  # outside the last 24 hours
+    refusals_add(
+        {
+            (org.id, key.id, now, 429, "rate_limit_exceeded"): 12,
+            (org.id, key.id, now, 401, "revoked_api_key"): 3,
+            (org.id, key.id, old, 429, "rate_limit_exceeded"): 100,
+        }
+    )
+    html = _page(client_for, owner, org)
+    assert f'<a href="/o/{org.slug}/requests/" data-testid="traffic-refused">15 refused</a>' in html
