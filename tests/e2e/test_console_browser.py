@@ -155,3 +155,51 @@ def test_two_factor_set_up_then_sign_in_with_a_code_and_close_an_org(page, trans
     page.wait_for_url("**/orgs/new/")
     assert "Closed Spare" in page.content()
     assert Organisation.objects.get(pk=org.pk).closed_at is not None
+
+
+def test_refused_requests_show_above_the_request_log_and_follow_the_key_filter(
+    page, transactional_db
+):
+    """A viewer looks for requests that never reached a model: the panel counts them by key
+    and reason, and choosing a key (an htmx swap) narrows it to that key's."""
+    from django.utils import timezone
+
+    from console.services.keys import api_key_create
+    from inference.services.refusals import refusals_add
+
+    org = OrganisationFactory(name="Shop", slug="shop")
+    member = MembershipFactory(org=org, role=Role.VIEWER)
+    batch = api_key_create(org=org, actor=None, name="batch", scopes=["inference"]).key
+    web = api_key_create(org=org, actor=None, name="web", scopes=["inference"]).key
+    minute = int(timezone.now().timestamp()) // 60 * 60
+    refusals_add(
+        {
+            (org.id, batch.id, minute, 429, "rate_limit_exceeded"): 30,
+            (org.id, web.id, minute, 402, "budget_exhausted"): 4,
+        }
+    )
+    page.goto("/login/")
+    page.fill("input[name=username]", member.user.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/o/shop/")
+    page.click("[data-testid=traffic-refused]")  # the Overview's count links to the log
+    page.wait_for_url("**/o/shop/requests/")
+    panel = page.locator("[data-testid=refusals]")
+    assert "34 requests refused before reaching a model" in panel.locator("summary").inner_text()
+    panel.locator("summary").click()
+    rows = panel.locator("tbody tr")
+    assert rows.count() == 2
+    assert "rate_limit_exceeded" in rows.nth(0).inner_text()
+    assert "30" in rows.nth(0).inner_text()
+
+    page.select_option("select[name=key]", label=f"web ({web.prefix}…)")
+    page.wait_for_url(f"**key={web.id}**")
+    summary = page.locator("[data-testid=refusals] summary")
+    summary.wait_for()
+    page.wait_for_function(
+        "document.querySelector('[data-testid=refusals] summary').innerText.startsWith('4 ')"
+    )
+    summary.click()  # the swapped-in panel starts closed again
+    assert "budget_exhausted" in page.locator("[data-testid=refusals] tbody").inner_text()
+    assert "rate_limit_exceeded" not in page.locator("[data-testid=refusals]").inner_text()
