@@ -6,7 +6,10 @@ from typing import Any
 
 from django.http import Http404
 from rest_framework import exceptions
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from console.api.authentication import KeyPrincipal
@@ -82,3 +85,16 @@ class OrgAPIView(APIView):
         user = self.access.user
         if user is not None and user.email_verified_at is None and needs_confirmed_email(action):
             raise exceptions.PermissionDenied(UNCONFIRMED_EMAIL_MESSAGE.format(email=user.email))
+
+
+class Paginated:
+    """For a view whose GET lists: ``limit`` and ``offset`` pick the page, and the answer is
+    ``{"count", "next", "previous", "results"}``. The OpenAPI schema says so too (drf-spectacular
+    reads ``pagination_class`` on views that answer a list)."""
+
+    pagination_class = LimitOffsetPagination
+
+    def page(self, request: Request, queryset: Any, serializer: type[Serializer]) -> Response:
+        paginator = self.pagination_class()
+        rows = paginator.paginate_queryset(queryset, request, view=self)  # type: ignore[arg-type]
+        return paginator.get_paginated_response(serializer(rows, many=True).data)

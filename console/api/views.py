@@ -6,12 +6,11 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from console.api.access import OrgAccess, OrgAPIView
+from console.api.access import OrgAccess, OrgAPIView, Paginated
 from console.api.authentication import KeyPrincipal
 from console.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -57,12 +56,6 @@ from console.services.webhooks import (
     webhook_delete,
     webhook_test,
 )
-
-
-def _paginate(view: APIView, request: Request, queryset: Any, serializer: type) -> Response:
-    paginator = LimitOffsetPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
 def _with_secret(created: CreatedKey, code: int) -> Response:
@@ -147,13 +140,13 @@ class OrgDetailView(OrgAPIView):
         return Response(OrgSerializer(org).data)
 
 
-class MemberListView(OrgAPIView):
+class MemberListView(Paginated, OrgAPIView):
     actions = {"GET": Action.MEMBERS_VIEW}
 
     @extend_schema(responses=MemberSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
         members = self.access.org.memberships.select_related("user").order_by("created_at")
-        return _paginate(self, request, members, MemberSerializer)
+        return self.page(request, members, MemberSerializer)
 
 
 class MemberDetailView(OrgAPIView):
@@ -189,7 +182,7 @@ class MemberDetailView(OrgAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class InvitationListView(OrgAPIView):
+class InvitationListView(Paginated, OrgAPIView):
     actions = {"GET": Action.MEMBERS_VIEW, "POST": Action.MEMBERS_INVITE}
 
     @extend_schema(responses=InvitationSerializer(many=True))
@@ -197,7 +190,7 @@ class InvitationListView(OrgAPIView):
         pending = self.access.org.invitations.filter(
             accepted_at=None, revoked_at=None, expires_at__gt=timezone.now()
         )
-        return _paginate(self, request, pending, InvitationSerializer)
+        return self.page(request, pending, InvitationSerializer)
 
     @extend_schema(request=InvitationSerializer, responses={201: InvitationSerializer})
     def post(self, request: Request, org_slug: str) -> Response:
@@ -229,12 +222,12 @@ class InvitationDetailView(OrgAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class KeyListView(OrgAPIView):
+class KeyListView(Paginated, OrgAPIView):
     actions = {"GET": Action.KEYS_VIEW, "POST": Action.KEYS_MANAGE}
 
     @extend_schema(responses=ApiKeySerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
-        return _paginate(self, request, self.access.org.api_keys.all(), ApiKeySerializer)
+        return self.page(request, self.access.org.api_keys.all(), ApiKeySerializer)
 
     @extend_schema(
         request=ApiKeyCreateSerializer,
@@ -313,7 +306,7 @@ class KeyRevokeView(OrgAPIView):
         return Response(ApiKeySerializer(key).data)
 
 
-class AuditListView(OrgAPIView):
+class AuditListView(Paginated, OrgAPIView):
     actions = {"GET": Action.AUDIT_VIEW}
 
     @extend_schema(parameters=[AuditQuerySerializer], responses=AuditEventSerializer(many=True))
@@ -321,16 +314,16 @@ class AuditListView(OrgAPIView):
         query = AuditQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         events = audit_events(org=self.access.org, **query.validated_data)
-        return _paginate(self, request, events, AuditEventSerializer)
+        return self.page(request, events, AuditEventSerializer)
 
 
-class WebhookListView(OrgAPIView):
+class WebhookListView(Paginated, OrgAPIView):
     actions = {"GET": Action.WEBHOOKS_MANAGE, "POST": Action.WEBHOOKS_MANAGE}
 
     @extend_schema(responses=WebhookSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
         endpoints = WebhookEndpoint.objects.filter(org=self.access.org, disabled_at=None)
-        return _paginate(self, request, endpoints, WebhookSerializer)
+        return self.page(request, endpoints, WebhookSerializer)
 
     @extend_schema(
         request=WebhookCreateSerializer,
@@ -384,7 +377,7 @@ class WebhookTestView(OrgAPIView):
         return Response(WebhookDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
 
 
-class WebhookDeliveryListView(OrgAPIView):
+class WebhookDeliveryListView(Paginated, OrgAPIView):
     actions = {"GET": Action.WEBHOOKS_MANAGE}
 
     @extend_schema(responses=WebhookDeliverySerializer(many=True))
@@ -392,7 +385,7 @@ class WebhookDeliveryListView(OrgAPIView):
         deliveries = WebhookDelivery.objects.filter(endpoint__org=self.access.org).order_by(
             "-created_at"
         )
-        return _paginate(self, request, deliveries, WebhookDeliverySerializer)
+        return self.page(request, deliveries, WebhookDeliverySerializer)
 
 
 class WebhookDeliveryResendView(OrgAPIView):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.api.access import OrgAPIView
+from console.api.access import OrgAPIView, Paginated
 from console.permissions import Action
 from inference.api.serializers import (
     DeploymentSerializer,
@@ -44,16 +43,12 @@ class _DeploymentView(OrgAPIView):
         return Response(body, status=code)
 
 
-class DeploymentListView(_DeploymentView):
+class DeploymentListView(Paginated, _DeploymentView):
     actions = {"GET": Action.DEPLOYMENTS_VIEW, "POST": Action.DEPLOYMENTS_MANAGE}
 
     @extend_schema(responses=DeploymentSerializer(many=True), summary="The org's deployments")
     def get(self, request: Request, org_slug: str) -> Response:
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(
-            deployments_for_org(org=self.access.org), request, view=self
-        )
-        return paginator.get_paginated_response(DeploymentSerializer(page, many=True).data)
+        return self.page(request, deployments_for_org(org=self.access.org), DeploymentSerializer)
 
     @extend_schema(
         request=DeploymentWriteSerializer,

@@ -38,6 +38,20 @@ class SavingsDaySerializer(serializers.Serializer):
     saved_micros = serializers.IntegerField()
 
 
+class SavingsTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    routed_cheaper = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    baseline_cost_micros = serializers.IntegerField()
+    saved_micros = serializers.IntegerField()
+
+
+class RouteSavingsSerializer(serializers.Serializer):
+    route = serializers.CharField()
+    days = SavingsDaySerializer(many=True, help_text="Newest first; days without traffic left out.")
+    totals = SavingsTotalsSerializer(help_text="The days above together.")
+
+
 class RouteRequestsSerializer(serializers.Serializer):
     route = serializers.CharField()
     requests = RequestRecordSerializer(many=True)
@@ -53,7 +67,7 @@ class _RouteView(OrgAPIView):
 class RouteSavingsView(_RouteView):
     @extend_schema(
         parameters=[SavingsQuery],
-        responses=SavingsDaySerializer(many=True),
+        responses=RouteSavingsSerializer,
         summary="A route's cost per day against every request at its strongest target",
     )
     def get(self, request: Request, org_slug: str, route_id: str) -> Response:

@@ -7,11 +7,10 @@ from typing import Any
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.api.access import OrgAPIView
+from console.api.access import OrgAPIView, Paginated
 from console.permissions import Action
 from inference.models import ExternalEndpoint, Route, RoutePolicy
 from inference.services.routes import (
@@ -58,24 +57,18 @@ class EndpointSerializer(serializers.ModelSerializer[ExternalEndpoint]):
         read_only_fields = ["id", "api_key_hint", "created_at"]
 
 
-def _page(view: OrgAPIView, request: Request, queryset: Any, serializer: type) -> Response:
-    paginator = LimitOffsetPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 def _validated(serializer: serializers.Serializer, data: Any, *, partial: bool = False) -> dict:
     checked = serializer.__class__(data=data, partial=partial)
     checked.is_valid(raise_exception=True)
     return dict(checked.validated_data)
 
 
-class RouteListView(OrgAPIView):
+class RouteListView(Paginated, OrgAPIView):
     actions = {"GET": Action.ROUTES_VIEW, "POST": Action.ROUTES_MANAGE}
 
     @extend_schema(responses=RouteSerializer(many=True), summary="The org's routes")
     def get(self, request: Request, org_slug: str) -> Response:
-        return _page(self, request, Route.objects.filter(org=self.access.org), RouteSerializer)
+        return self.page(request, Route.objects.filter(org=self.access.org), RouteSerializer)
 
     @extend_schema(request=RouteSerializer, responses={201: RouteSerializer})
     def post(self, request: Request, org_slug: str) -> Response:
@@ -113,13 +106,13 @@ class RouteDetailView(OrgAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class EndpointListView(OrgAPIView):
+class EndpointListView(Paginated, OrgAPIView):
     actions = {"GET": Action.ROUTES_VIEW, "POST": Action.ROUTES_MANAGE}
 
     @extend_schema(responses=EndpointSerializer(many=True), summary="External endpoints")
     def get(self, request: Request, org_slug: str) -> Response:
-        return _page(
-            self, request, ExternalEndpoint.objects.filter(org=self.access.org), EndpointSerializer
+        return self.page(
+            request, ExternalEndpoint.objects.filter(org=self.access.org), EndpointSerializer
         )
 
     @extend_schema(request=EndpointSerializer, responses={201: EndpointSerializer})

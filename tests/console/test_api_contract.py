@@ -1,0 +1,97 @@
+"""Every REST answer a program reads matches the OpenAPI schema we publish at /api/schema/.
+
+Clients generated from the schema trust it: a list documented as an array but answered as a page
+object breaks them. Each GET under ``/api/orgs/{org_slug}/`` is called on an org holding one
+object of every kind, and its JSON answer is validated against the schema's 200 response.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+
+from billing.models import Budget
+from console.services.keys import api_key_create
+from tests.console.test_isolation import object_ids
+
+ORG_PREFIX = "/api/orgs/{org_slug}/"
+
+
+def _json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable`` as JSON Schema's ``null`` type, everywhere in a schema."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _json_schema(value) for key, value in node.items()}
+    if converted.pop("nullable", False):
+        if "type" in converted:
+            kind = converted["type"]
+            converted["type"] = [*kind, "null"] if isinstance(kind, list) else [kind, "null"]
+            if "enum" in converted:
+                converted["enum"] = [*converted["enum"], None]
+        else:
+            converted = {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+@pytest.fixture
+def published(client, org, owner):  # type: ignore[no-untyped-def]
+    return client.get("/api/schema/?format=json").json()
+
+
+def test_every_org_get_answers_what_the_schema_says(client, org, owner, published):
+    ids = object_ids(org, owner)
+    Budget.objects.create(org=org, amount_micros=50_000_000, hard_limit=True)  # else 404
+    key = api_key_create(org=org, actor=owner, name="reader", scopes=["read", "manage"]).secret
+    components = _json_schema(copy.deepcopy(published["components"]))
+    checked = []
+    for path, methods in published["paths"].items():
+        operation = methods.get("get")
+        if not path.startswith(ORG_PREFIX) or operation is None:
+            continue
+        response = operation["responses"].get("200", {})
+        schema = response.get("content", {}).get("application/json", {}).get("schema")
+        if schema is None:
+            continue  # CSV, streams
+        names = re.findall(r"{(\w+)}", path)
+        if any(name not in ids for name in names):
+            raise AssertionError(f"teach object_ids the parameter of {path}")
+        url = path
+        for name in names:
+            url = url.replace("{" + name + "}", ids[name])
+        answer = client.get(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert answer.status_code == 200, (path, answer.content[:300])
+        validator = jsonschema.Draft7Validator({**_json_schema(schema), "components": components})
+        errors = [
+            f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(answer.json())
+        ]
+        assert not errors, (path, errors[:5])
+        checked.append(path)
+    # Lists, details and reports alike.
+    assert len(checked) >= 25, checked
+    assert "/api/orgs/{org_slug}/keys/" in checked
+    assert "/api/orgs/{org_slug}/keys/{key_id}/" in checked
+
+
+def test_lists_are_documented_as_pages_with_limit_and_offset(published):
+    for path in [
+        "/api/orgs/{org_slug}/members/",
+        "/api/orgs/{org_slug}/invitations/",
+        "/api/orgs/{org_slug}/keys/",
+        "/api/orgs/{org_slug}/audit/",
+        "/api/orgs/{org_slug}/webhooks/",
+        "/api/orgs/{org_slug}/webhooks/deliveries/",
+        "/api/orgs/{org_slug}/deployments/",
+        "/api/orgs/{org_slug}/routes/",
+        "/api/orgs/{org_slug}/endpoints/",
+    ]:
+        operation = published["paths"][path]["get"]
+        ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        page = published["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert set(page["properties"]) == {"count", "next", "previous", "results"}, path
+        assert {"limit", "offset"} <= {p["name"] for p in operation["parameters"]}, path
