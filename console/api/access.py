@@ -87,12 +87,16 @@ class OrgAPIView(APIView):
             raise exceptions.PermissionDenied(UNCONFIRMED_EMAIL_MESSAGE.format(email=user.email))
 
 
-class Paginated:
-    """For a view whose GET lists: ``limit`` and ``offset`` pick the page, and the answer is
-    ``{"count", "next", "previous", "results"}``. The OpenAPI schema says so too (drf-spectacular
-    reads ``pagination_class`` on views that answer a list)."""
+class Pages(LimitOffsetPagination):
+    max_limit = 500  # a larger ``limit`` is served as 500
 
-    pagination_class = LimitOffsetPagination
+
+class Paginated:
+    """For a view whose GET lists: ``limit`` (50 by default, at most 500) and ``offset`` pick the
+    page, and the answer is ``{"count", "next", "previous", "results"}``. The OpenAPI schema says
+    so too (drf-spectacular reads ``pagination_class`` on views that answer a list)."""
+
+    pagination_class: type[LimitOffsetPagination] = Pages
 
     def page(self, request: Request, queryset: Any, serializer: type[Serializer]) -> Response:
         paginator = self.pagination_class()

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from billing.models import Budget
+from console.api.access import Pages
 from console.services.keys import api_key_create
 from tests.console.test_isolation import object_ids
 
@@ -95,3 +96,14 @@ def test_lists_are_documented_as_pages_with_limit_and_offset(published):
         page = published["components"]["schemas"][ref.rsplit("/", 1)[1]]
         assert set(page["properties"]) == {"count", "next", "previous", "results"}, path
         assert {"limit", "offset"} <= {p["name"] for p in operation["parameters"]}, path
+
+
+def test_a_larger_limit_than_allowed_is_served_as_the_largest_page(client, org, owner, monkeypatch):
+    for n in range(3):
+        api_key_create(org=org, actor=owner, name=f"k{n}", scopes=["inference"])
+    key = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    monkeypatch.setattr(Pages, "max_limit", 2)  # 500 in service; 2 keeps the test small
+    page = client.get("/api/orgs/acme/keys/?limit=100000", HTTP_AUTHORIZATION=f"Bearer {key}")
+    body = page.json()
+    assert body["count"] == 4 and len(body["results"]) == 2
+    assert "limit=2" in body["next"] and "offset=2" in body["next"]
