@@ -446,6 +446,20 @@ class Gateway:
             await _respond_error(send, error, request_id, extra=self.cors_headers)
         except _ClientGone:
             return
+        except Exception:
+            # A bug, not the client's fault: logged with the request id, and answered in
+            # OpenAI's shape (with the id to quote) rather than as the server's bare text.
+            logger.exception("request %s failed inside the gateway", request_id)
+            self.metrics.refused.inc(("500", "internal_error"))
+            error = GatewayError(
+                500,
+                f"The gateway failed on this request; quote {request_id} to support.",
+                "internal_error",
+            )
+            try:
+                await _respond_error(send, error, request_id, extra=self.cors_headers)
+            except Exception:  # the answer had already started: the server closes the connection
+                logger.debug("request %s: no error answer after a started one", request_id)
 
     async def preflight(self, scope: Scope, send: Send) -> None:
         """A browser asks whether a page may send this request: yes, with whatever headers it

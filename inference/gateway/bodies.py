@@ -94,7 +94,7 @@ def _chat_text(body: dict[str, Any]) -> tuple[str, int]:
         if not isinstance(message, dict):
             raise _bad(f"messages[{i}] must be an object.", "messages")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(
                 f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}.", "messages"
             )
@@ -266,7 +266,7 @@ def _responses_input_text(body: dict[str, Any]) -> tuple[str, int]:
         kind = item.get("type")
         if kind is None or kind == "message":
             role = item.get("role")
-            if role not in _INPUT_ROLES:
+            if not isinstance(role, str) or role not in _INPUT_ROLES:
                 raise _bad(
                     f"input[{i}].role must be one of {', '.join(sorted(_INPUT_ROLES))}.", "input"
                 )

@@ -176,6 +176,9 @@ def test_a_model_asked_for_the_other_kind_of_work_gets_400(gw, served, org, infe
         (b'{"messages": []}', "'model'"),
         (b'{"model": "tiny", "messages": "hi"}', "'messages' must be a non-empty list"),
         (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}', "role"),
+        # Found by fuzzing: a role that is a list or an object was a 500.
+        (b'{"model": "tiny", "messages": [{"role": [], "content": "x"}]}', "role must be one"),
+        (b'{"model": "tiny", "messages": [{"role": {}, "content": "x"}]}', "role must be one"),
         (b'{"model": "tiny", "messages": [{"role": "user", "content": 5}]}', "content"),
         (b'{"model": "tiny", "messages": [{"role": "user"}], "max_tokens": "9"}', "max_tokens"),
         (b'{"model": "tiny", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
@@ -272,3 +275,24 @@ def test_cors_can_be_turned_off(start_gateway):
     response = httpx.options(gw.url + "/v1/chat/completions", headers={"Origin": "x"})
     assert response.status_code == 405
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_a_failure_inside_the_gateway_is_a_500_in_openais_shape_with_the_request_id(
+    gw, served, inference_key, monkeypatch, caplog
+):
+    # No request can reach a bug on purpose; one is planted where every request passes.
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a planted bug")
+
+    monkeypatch.setattr(gw.gateway, "plan_for", broken)
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.client(inference_key).chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}]
+        )
+    error = caught.value
+    request_id = error.response.headers["x-request-id"]
+    assert error.code == "internal_error"
+    assert error.body["type"] == "server_error"
+    assert request_id in error.message
+    assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+    assert served.requests == []

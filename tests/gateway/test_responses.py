@@ -144,6 +144,7 @@ def test_client_disconnect_mid_stream_aborts_upstream_and_meters_the_events_rece
         ({"model": "tiny-chat", "input": 5}, "input", "'input' must be a string or a list"),
         ({"model": "tiny-chat", "input": ["hi"]}, "input", "input[0] must be an object"),
         ({"model": "tiny-chat", "input": [{"role": "wizard", "content": "x"}]}, "input", "role"),
+        ({"model": "tiny-chat", "input": [{"role": ["user"], "content": "x"}]}, "input", "role"),
         (
             {"model": "tiny-chat", "input": [{"role": "user", "content": 5}]},
             "input[0].content",
