@@ -451,13 +451,13 @@ class Gateway:
             # OpenAI's shape (with the id to quote) rather than as the server's bare text.
             logger.exception("request %s failed inside the gateway", request_id)
             self.metrics.refused.inc(("500", "internal_error"))
-            error = GatewayError(
+            failure = GatewayError(
                 500,
                 f"The gateway failed on this request; quote {request_id} to support.",
                 "internal_error",
             )
             try:
-                await _respond_error(send, error, request_id, extra=self.cors_headers)
+                await _respond_error(send, failure, request_id, extra=self.cors_headers)
             except Exception:  # the answer had already started: the server closes the connection
                 logger.debug("request %s: no error answer after a started one", request_id)
 

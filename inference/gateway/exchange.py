@@ -89,18 +89,49 @@ def response_headers(
     return headers
 
 
+# More tokens than any model's context holds: a count past this is not believed.
+MAX_REPORTED_TOKENS = 100_000_000
+
+
+def _token_count(value: object) -> int | None:
+    """A token count as an upstream reported it, if it is one: a whole number (not a bool),
+    not negative, not absurd. External endpoints are the tenant's, not ours to trust."""
+    if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
+
+
+def _completion_estimate(answer: object) -> int:
+    """About how many tokens an answer without usage generated: its text at four characters a
+    token (choices' messages or texts, or a response's output text), at least one."""
+    chars = 0
+    if isinstance(answer, dict):
+        for choice in answer.get("choices") or ():
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else choice.get("text")
+                chars += len(text) if isinstance(text, str) else 0
+        for item in answer.get("output") or ():
+            for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+                text = part.get("text") if isinstance(part, dict) else None
+                chars += len(text) if isinstance(text, str) else 0
+    return max(1, (chars + 3) // 4)
+
+
 def _usage_from(usage: object, outcome: Outcome) -> None:
+    """Take the engine's counts; counts that are not believable leave the usage unknown, so the
+    request is metered on the gateway's own estimate instead (never on a negative count)."""
     if not isinstance(usage, dict):
         return
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens") or 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    prompt = _token_count(usage.get("prompt_tokens"))
+    completion = _token_count(usage.get("completion_tokens") or 0)
+    if prompt is None or completion is None:
         return
     outcome.prompt_tokens = prompt
     outcome.completion_tokens = completion
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    outcome.cached_tokens = cached if isinstance(cached, int) and 0 <= cached <= prompt else 0
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    outcome.cached_tokens = cached if cached is not None and cached <= prompt else 0
     outcome.usage_known = True
 
 
@@ -385,10 +416,17 @@ class Exchange:
                 ) from None
         if response.status == 200:
             read_usage = _responses_usage_from if self.parsed.kind == RESPONSES else _usage_from
+            answer: object = None
             try:
-                read_usage(json.loads(body).get("usage"), outcome)
+                answer = json.loads(body)
+                read_usage(answer.get("usage"), outcome)  # type: ignore[attr-defined]
             except (ValueError, AttributeError):
                 pass
+            if not outcome.usage_known:
+                # No believable count from the upstream: the gateway's own estimate, as for a
+                # stream cut short, rather than a free request.
+                outcome.prompt_tokens = self.parsed.prompt_tokens_estimate
+                outcome.completion_tokens = _completion_estimate(answer)
         content_type = b"application/json"
         for name, value in response.headers:
             if name == b"content-type":

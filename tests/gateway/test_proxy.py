@@ -3,6 +3,8 @@ headers and metering."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -169,3 +171,62 @@ def test_metrics_need_the_token_when_one_is_set(start_gateway):
     response = httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert response.status_code == 200
     assert "gateway_requests_total" in response.text
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -500, "completion_tokens": 7},
+        {"prompt_tokens": 12, "completion_tokens": -7},
+        {"prompt_tokens": True, "completion_tokens": 7},
+        {"prompt_tokens": 10**15, "completion_tokens": 7},
+        {"prompt_tokens": "12", "completion_tokens": 7},
+    ],
+)
+def test_usage_an_upstream_cannot_have_counted_is_not_believed(gw, org, inference_key, usage):
+    """An upstream (an external endpoint is the tenant's own server) that reports impossible
+    counts: the answer is passed on, and the request is metered on the gateway's estimate
+    instead of being lost, or priced negative."""
+    from tests.gateway.servers import ThreadServer
+
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "odd",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    ).encode()
+
+    async def odd_engine(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    server = ThreadServer(odd_engine, lifespan="off").start()
+    try:
+        make_deployment(org, "odd", [server.port])
+        gw.refresh()
+        reply = gw.client(inference_key).chat.completions.with_raw_response.create(
+            model="odd", messages=[{"role": "user", "content": "Say hi"}], max_tokens=16
+        )
+        assert reply.parse().choices[0].message.content == "hi"
+        gw.wait_for_records(1)
+        record = UsageRecord.objects.get(request_id=reply.headers["x-request-id"])
+        assert 0 < record.prompt_tokens < 1000  # the gateway's estimate of a short prompt
+        assert 0 <= record.completion_tokens <= 16
+        assert record.cost_micros >= 0
+    finally:
+        server.stop()
