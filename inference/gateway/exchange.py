@@ -478,9 +478,10 @@ class Exchange:
         usage = stream.usage()
         if usage is not None:
             (_responses_usage_from if responses else _usage_from)(usage, outcome)
-        elif not outcome.usage_known:
-            # No engine count (an external endpoint cut short, or a Responses API stream, which
-            # has no running usage, cut short): one token per streamed event.
+        if not outcome.usage_known:
+            # No believable engine count (an external endpoint cut short or counting nonsense,
+            # or a Responses API stream, which has no running usage, cut short): one token per
+            # streamed event.
             outcome.prompt_tokens = self.parsed.prompt_tokens_estimate
             outcome.completion_tokens = stream.completion_estimate()
         await send({"type": "http.response.body", "body": tail, "more_body": False})

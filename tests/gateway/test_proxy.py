@@ -230,3 +230,44 @@ def test_usage_an_upstream_cannot_have_counted_is_not_believed(gw, org, inferenc
         assert record.cost_micros >= 0
     finally:
         server.stop()
+
+
+def test_a_stream_whose_usage_cannot_be_believed_is_metered_per_event(gw, org, inference_key):
+    from tests.gateway.servers import ThreadServer
+
+    def event(data: dict) -> bytes:
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "odd"}
+    words = [
+        event({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]})
+        for w in ("one ", "two ", "three")
+    ]
+    bogus = event({**base, "choices": [], "usage": {"prompt_tokens": -9, "completion_tokens": 3}})
+
+    async def odd_engine(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for chunk in [*words, bogus, b"data: [DONE]\n\n"]:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    server = ThreadServer(odd_engine, lifespan="off").start()
+    try:
+        make_deployment(org, "odd", [server.port])
+        gw.refresh()
+        stream = gw.client(inference_key).chat.completions.create(
+            model="odd", messages=[{"role": "user", "content": "Count"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "one two three"
+        gw.wait_for_records(1)
+        record = UsageRecord.objects.get()
+        assert record.prompt_tokens > 0 and record.completion_tokens == 3
+        assert record.cost_micros >= 0
+    finally:
+        server.stop()
