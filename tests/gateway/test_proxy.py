@@ -173,6 +173,36 @@ def test_metrics_need_the_token_when_one_is_set(start_gateway):
     assert "gateway_requests_total" in response.text
 
 
+@pytest.fixture
+def odd_upstream(gw, org):  # type: ignore[no-untyped-def]
+    """A deployment named "odd" whose server answers every request with the given chunks (one
+    JSON answer, or a stream's events) and content type: an upstream counting nonsense."""
+    from tests.gateway.servers import ThreadServer
+
+    servers = []
+
+    def start(chunks: list[bytes], content_type: bytes) -> None:
+        async def odd_engine(scope, receive, send):  # type: ignore[no-untyped-def]
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            headers = [(b"content-type", content_type)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        server = ThreadServer(odd_engine, lifespan="off").start()
+        servers.append(server)
+        make_deployment(org, "odd", [server.port])
+        gw.refresh()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     "usage",
     [
@@ -183,58 +213,36 @@ def test_metrics_need_the_token_when_one_is_set(start_gateway):
         {"prompt_tokens": "12", "completion_tokens": 7},
     ],
 )
-def test_usage_an_upstream_cannot_have_counted_is_not_believed(gw, org, inference_key, usage):
+def test_usage_an_upstream_cannot_have_counted_is_not_believed(
+    gw, odd_upstream, inference_key, usage
+):
     """An upstream (an external endpoint is the tenant's own server) that reports impossible
     counts: the answer is passed on, and the request is metered on the gateway's estimate
     instead of being lost, or priced negative."""
-    from tests.gateway.servers import ThreadServer
-
-    answer = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "odd",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hi"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": usage,
-        }
-    ).encode()
-
-    async def odd_engine(scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
-            return
-        while (await receive()).get("more_body"):
-            pass
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
-
-    server = ThreadServer(odd_engine, lifespan="off").start()
-    try:
-        make_deployment(org, "odd", [server.port])
-        gw.refresh()
-        reply = gw.client(inference_key).chat.completions.with_raw_response.create(
-            model="odd", messages=[{"role": "user", "content": "Say hi"}], max_tokens=16
-        )
-        assert reply.parse().choices[0].message.content == "hi"
-        gw.wait_for_records(1)
-        record = UsageRecord.objects.get(request_id=reply.headers["x-request-id"])
-        assert 0 < record.prompt_tokens < 1000  # the gateway's estimate of a short prompt
-        assert 0 <= record.completion_tokens <= 16
-        assert record.cost_micros >= 0
-    finally:
-        server.stop()
+    message = {"role": "assistant", "content": "hi"}
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "odd",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+    odd_upstream([json.dumps(answer).encode()], b"application/json")
+    reply = gw.client(inference_key).chat.completions.with_raw_response.create(
+        model="odd", messages=[{"role": "user", "content": "Say hi"}], max_tokens=16
+    )
+    assert reply.parse().choices[0].message.content == "hi"
+    gw.wait_for_records(1)
+    record = UsageRecord.objects.get(request_id=reply.headers["x-request-id"])
+    assert 0 < record.prompt_tokens < 1000  # the gateway's estimate of a short prompt
+    assert 0 <= record.completion_tokens <= 16
+    assert record.cost_micros >= 0
 
 
-def test_a_stream_whose_usage_cannot_be_believed_is_metered_per_event(gw, org, inference_key):
-    from tests.gateway.servers import ThreadServer
-
+def test_a_stream_whose_usage_cannot_be_believed_is_metered_per_event(
+    gw, odd_upstream, inference_key
+):
     def event(data: dict) -> bytes:
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
@@ -244,30 +252,13 @@ def test_a_stream_whose_usage_cannot_be_believed_is_metered_per_event(gw, org, i
         for w in ("one ", "two ", "three")
     ]
     bogus = event({**base, "choices": [], "usage": {"prompt_tokens": -9, "completion_tokens": 3}})
-
-    async def odd_engine(scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
-            return
-        while (await receive()).get("more_body"):
-            pass
-        headers = [(b"content-type", b"text/event-stream")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for chunk in [*words, bogus, b"data: [DONE]\n\n"]:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-    server = ThreadServer(odd_engine, lifespan="off").start()
-    try:
-        make_deployment(org, "odd", [server.port])
-        gw.refresh()
-        stream = gw.client(inference_key).chat.completions.create(
-            model="odd", messages=[{"role": "user", "content": "Count"}], stream=True
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        assert text == "one two three"
-        gw.wait_for_records(1)
-        record = UsageRecord.objects.get()
-        assert record.prompt_tokens > 0 and record.completion_tokens == 3
-        assert record.cost_micros >= 0
-    finally:
-        server.stop()
+    odd_upstream([*words, bogus, b"data: [DONE]\n\n"], b"text/event-stream")
+    stream = gw.client(inference_key).chat.completions.create(
+        model="odd", messages=[{"role": "user", "content": "Count"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "one two three"
+    gw.wait_for_records(1)
+    record = UsageRecord.objects.get()
+    assert record.prompt_tokens > 0 and record.completion_tokens == 3
+    assert record.cost_micros >= 0
