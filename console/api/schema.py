@@ -44,3 +44,59 @@ class PlatformAutoSchema(AutoSchema):
             description = operation.get("description", "")
             operation["description"] = f"{description}\n\n{line}" if description else line
         return operation
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "fields"],
+            "properties": {
+                "code": {"type": "string", "description": "What went wrong, for programs."},
+                "message": {"type": "string", "description": "What went wrong, for people."},
+                "fields": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {}},
+                    "description": "On a 400: the request's fields that are wrong, and why.",
+                },
+            },
+        }
+    },
+}
+_ERRORS = {
+    "400": "The request is not valid: `fields` names what is wrong. Nothing was changed.",
+    "401": "No credentials, or a key that is unknown, revoked or expired.",
+    "403": "Your role or key scope does not allow this (the message says why).",
+    "404": "No such organisation, or no such object in it (another tenant's is not found either).",
+    "429": "Too many requests: slow down (`Retry-After` says when to try again).",
+}
+
+
+def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """A drf-spectacular postprocessing hook: every operation documents the errors it can answer,
+    in the one shape every error has (``console.api.errors``)."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    for path, methods in result.get("paths", {}).items():
+        for method, operation in methods.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            codes = ["401", "429"]
+            if "{" in path:
+                codes += ["403", "404"]
+            has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
+            if method in ("post", "put", "patch") or has_query:
+                codes.append("400")
+            for code in sorted(codes):
+                operation["responses"].setdefault(
+                    code,
+                    {
+                        "description": _ERRORS[code],
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
+                )
+    return result

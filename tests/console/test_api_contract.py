@@ -107,3 +107,33 @@ def test_a_larger_limit_than_allowed_is_served_as_the_largest_page(client, org, 
     body = page.json()
     assert body["count"] == 4 and len(body["results"]) == 2
     assert "limit=2" in body["next"] and "offset=2" in body["next"]
+
+
+def test_error_answers_are_documented_and_match_their_schema(client, org, owner, published):
+    reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    app = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).secret
+    components = _json_schema(copy.deepcopy(published["components"]))
+    cases = {
+        "401": ("/api/orgs/acme/keys/", "sk-not-a-key"),
+        "403": ("/api/orgs/acme/keys/", app),
+        "404": ("/api/orgs/nobody/keys/", reader),
+        "400": ("/api/orgs/acme/requests/?status=sideways", reader),
+    }
+    for code, (url, key) in cases.items():
+        answer = client.get(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert str(answer.status_code) == code, (code, answer.content[:200])
+        path = "/api/orgs/{org_slug}/" + url.split("/")[4] + "/"
+        operation = published["paths"][path]["get"]
+        schema = operation["responses"][code]["content"]["application/json"]["schema"]
+        validator = jsonschema.Draft7Validator({**_json_schema(schema), "components": components})
+        assert not list(validator.iter_errors(answer.json())), (code, answer.json())
+
+
+def test_the_schema_is_valid_openapi_without_warnings(tmp_path, db):
+    from django.core.management import call_command
+
+    out = tmp_path / "schema.json"
+    # --validate checks it against the OpenAPI 3 specification; --fail-on-warn turns any of
+    # drf-spectacular's guesses (an undescribed field, a name clash) into a failure.
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    assert out.stat().st_size > 10_000
