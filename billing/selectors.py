@@ -333,10 +333,6 @@ class PlatformUsage:
     meter_events_failed: int
     oldest_pending: datetime | None  # the usage hour of the oldest event not sent yet
 
-    @property
-    def error_share(self) -> float:
-        return self.errors_24h / self.requests_24h if self.requests_24h else 0.0
-
 
 def platform_usage(*, now: datetime | None = None, top: int = 5) -> PlatformUsage:
     """The last 24 hours from the hourly rollups (so up to one rollup run behind), this month's

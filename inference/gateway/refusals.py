@@ -13,14 +13,16 @@ import logging
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db import close_old_connections
+
+if TYPE_CHECKING:
+    from inference.services.refusals import RefusalKey
 
 logger = logging.getLogger("inference.gateway")
 
 MAX_ENTRIES = 10_000
-
-RefusalKey = tuple[int, uuid.UUID, int, int, str]
 
 
 class RefusalTally:

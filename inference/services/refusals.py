@@ -66,8 +66,3 @@ def refusals_prune(*, now: datetime | None = None) -> int:
     before = (now or timezone.now()) - KEEP
     removed, _ = RefusalCount.objects.filter(minute__lt=before).delete()
     return removed
-
-
-def minute_of(timestamp: float) -> int:
-    """The start of the minute a Unix time falls in."""
-    return int(timestamp) // 60 * 60

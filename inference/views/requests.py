@@ -21,7 +21,7 @@ from console.models import Organisation
 from console.permissions import Action
 from console.requests import OrgRequest
 from inference.models import Deployment, Route
-from inference.selectors.refusals import refusal_summary
+from inference.selectors.refusals import RefusalSummary, refusal_summary
 from inference.selectors.requests import (
     EXPORT_LIMIT,
     Cursor,
@@ -204,7 +204,7 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     return render(request, template + "#requests-panel" if request.htmx else template, context)
 
 
-def _refusals(org: Organisation, filters: RequestFilters) -> Any:
+def _refusals(org: Organisation, filters: RequestFilters) -> RefusalSummary | None:
     """Refused requests for the same key and days, unless the filters ask for something a refusal
     does not have (a success, a model, a deployment, one request)."""
     if filters.status == "ok" or filters.route or filters.deployment_id or filters.request_id:
