@@ -36,8 +36,13 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
 
 
+def comma_list(raw: str) -> list[str]:
+    """``"a, b,,c "`` -> ``["a", "b", "c"]``: settings and form fields alike."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
         return list(default or [])
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    return comma_list(raw)

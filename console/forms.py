@@ -6,6 +6,7 @@ from django import forms
 from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
+from console.envvars import comma_list
 from console.models import ApiKey, Scope, User
 from console.permissions import Role
 
@@ -131,11 +132,11 @@ class ApiKeyForm(forms.Form):
 
     def clean_allowed_models(self) -> list[str]:
         raw: str = self.cleaned_data.get("allowed_models") or ""
-        return [item.strip() for item in raw.split(",") if item.strip()]
+        return comma_list(raw)
 
     def clean_allowed_ips(self) -> list[str]:
         raw: str = self.cleaned_data.get("allowed_ips") or ""
-        return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
+        return comma_list(raw.replace("\n", ","))
 
 
 class ApiKeyEditForm(ApiKeyForm):

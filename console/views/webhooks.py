@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.decorators import member_can, requires
+from console.envvars import comma_list
 from console.forms import apply_service_error
 from console.models import WebhookDelivery, WebhookEndpoint
 from console.permissions import Action
@@ -37,7 +38,7 @@ class WebhookForm(forms.Form):
 
     def clean_events(self) -> list[str]:
         raw: str = self.cleaned_data.get("events") or ""
-        return [item.strip() for item in raw.split(",") if item.strip()]
+        return comma_list(raw)
 
 
 def _page(
