@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.test import Client
 
 from console.models import Membership, Organisation, User
@@ -28,6 +30,16 @@ def _eager_tasks(settings):  # type: ignore[no-untyped-def]
     settings.CELERY_TASK_ALWAYS_EAGER = True
     # Fast hashing: the tests create many users; production keeps Django's default hasher.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def mid_month() -> Iterator[datetime]:
+    """The clock in the middle of a month (and of a day), still ticking: for tests about this
+    month's or this day's figures, which would otherwise depend on when the suite runs (just after
+    midnight, "two hours ago" is yesterday; on the 1st, "yesterday" is last month's spend)."""
+    moment = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+    with time_machine.travel(moment, tick=True):
+        yield moment
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def used(org, owner):  # type: ignore[no-untyped-def]
-    """Two days of usage on two models and a key, rolled up."""
+def used(mid_month, org, owner):  # type: ignore[no-untyped-def]
+    """Two days of usage on two models and a key, rolled up, seen from the middle of a month."""
     key = api_key_create(org=org, actor=owner, name="prod", scopes=["inference"]).key
     today = timezone.now().replace(hour=1, minute=0, second=0, microsecond=0)
     usage_record_batch(

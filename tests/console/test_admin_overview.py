@@ -45,7 +45,7 @@ def _meter_event(org: Organisation, seq: int, status: str) -> MeterEvent:
     )
 
 
-def test_the_index_shows_what_needs_staff_and_every_link_works(staff_client, org, owner):
+def test_the_index_shows_what_needs_staff_and_every_link_works(mid_month, staff_client, org, owner):
     now = timezone.now()
     OrgFactory(name="Frozen", slug="frozen", suspended_at=now, suspended_reason="unpaid")
     OrgFactory(name="Gone", slug="gone", closed_at=now)
