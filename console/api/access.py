@@ -88,7 +88,26 @@ class OrgAPIView(APIView):
 
 
 class Pages(LimitOffsetPagination):
+    """``limit`` and ``offset`` as whole numbers; anything else is a 400 that names the parameter
+    (DRF would quietly serve the first page of the default size instead)."""
+
     max_limit = 500  # a larger ``limit`` is served as 500
+
+    def get_limit(self, request: Request) -> int | None:
+        limit = _whole_number(request, self.limit_query_param, least=1)
+        return self.default_limit if limit is None else min(limit, self.max_limit or limit)
+
+    def get_offset(self, request: Request) -> int:
+        return _whole_number(request, self.offset_query_param, least=0) or 0
+
+
+def _whole_number(request: Request, name: str, *, least: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < least:
+        raise exceptions.ValidationError({name: [f"Must be a whole number, at least {least}."]})
+    return int(raw)
 
 
 class Paginated:

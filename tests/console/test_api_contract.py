@@ -109,6 +109,29 @@ def test_a_larger_limit_than_allowed_is_served_as_the_largest_page(client, org, 
     assert "limit=2" in body["next"] and "offset=2" in body["next"]
 
 
+def test_paging_parameters_that_are_not_whole_numbers_are_refused(client, org, owner):
+    key = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    for query, name in [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("limit=-5", "limit"),
+        ("limit=2.5", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=ten", "offset"),
+    ]:
+        answer = client.get(f"/api/orgs/acme/keys/?{query}", HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert answer.status_code == 400, query
+        error = answer.json()["error"]
+        assert error["fields"][name] == [
+            f"Must be a whole number, at least {1 if name == 'limit' else 0}."
+        ], query
+    # Empty parameters are as good as none; offset 0 and limit 1 are the smallest allowed.
+    page = client.get("/api/orgs/acme/keys/?limit=&offset=", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert page.status_code == 200 and page.json()["count"] == 1
+    page = client.get("/api/orgs/acme/keys/?limit=1&offset=0", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert len(page.json()["results"]) == 1
+
+
 def test_error_answers_are_documented_and_match_their_schema(client, org, owner, published):
     reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
     app = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).secret
