@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -14,7 +15,7 @@ from billing.ledger import usage_record_batch
 from billing.models import MeterEvent, UsageRecord
 from billing.money import format_dollars
 from billing.rollups import usage_rollup
-from console.models import Organisation, WebhookDelivery
+from console.models import Organisation, User, WebhookDelivery
 from console.services.keys import api_key_create
 from console.services.webhooks import webhook_create
 from inference.models import Deployment
@@ -126,6 +127,34 @@ def test_the_index_costs_the_same_queries_however_much_there_is(staff_client, ow
     for i in range(1, 6):
         add(i)
     assert count() == few
+
+
+def test_staff_see_only_the_lines_their_permissions_cover(client, org, owner):
+    usage_record_batch([usage(org.id, timezone.now())])
+    deployment_create(org=org, actor=owner, name="d", source="huggingface", model="a/b")
+    clerk = UserFactory(is_staff=True)
+    client.force_login(clerk)
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert 'data-testid="platform-overview"' not in page.content.decode()
+    assert page.context["overview"] == {"sections": set()}
+
+    clerk.user_permissions.add(Permission.objects.get(codename="view_deployment"))
+    clerk = User.objects.get(pk=clerk.pk)  # permissions are cached on the instance
+    client.force_login(clerk)
+    text = client.get("/admin/").content.decode()
+    overview = text.split('data-testid="platform-overview"', 1)[1].split("</table>", 1)[0]
+    assert ">Deployments<" in overview
+    for hidden in ("Organisations", "Last 24 hours", "This month", "Refused", "Stripe", "Webhook"):
+        assert hidden not in overview, hidden
+
+    clerk.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
+    client.force_login(User.objects.get(pk=clerk.pk))
+    text = client.get("/admin/").content.decode()
+    overview = text.split('data-testid="platform-overview"', 1)[1].split("</table>", 1)[0]
+    assert "This month" in overview and "acme" in overview
+    # The largest org is named, but not linked to a page this member may not open.
+    assert "console/organisation/" not in overview
 
 
 def test_only_staff_see_it(client_for, owner):
