@@ -3,7 +3,6 @@ are what the training command produces."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -153,21 +152,49 @@ def test_a_tenant_file_with_free_answer_rows_refines_the_free_head(scorer: Score
 
 
 def test_shipped_weights_are_what_training_produces(shared_data: Path, tmp_path: Path) -> None:
-    """Retrains on the shared data (minutes on a first run; embeddings are then cached)."""
+    """Retrains on the shared data (minutes on a first run; embeddings are then cached).
+
+    On the kind of machine that trained the shipped head the result is byte-identical. Another
+    CPU's kernels round the encoder's floating point slightly differently, and the fit (l2 3e-4
+    over 772 inputs) carries that into coefficients up to about 0.02 apart (an AVX2-only AMD EPYC:
+    0.018 of the coefficients' norm). What must not move is what the head does: on the same
+    embeddings both heads give every prompt nearly the same score. A change to the data, the
+    labels or a hyperparameter moves them far more (l2 4e-4 instead of 3e-4: at most 0.041, 0.0037
+    on average; the free-answer head's l2 4e-3 instead of 3e-3: at most 0.031).
+    """
+    from inference.scorer.dataset import cached_head_inputs, load_data_dir
+    from inference.scorer.embedder import Embedder
+    from inference.scorer.features import multiple_choice
     from inference.scorer.train import main
 
     out = tmp_path / "head.json"
     main(["--data", str(shared_data / "routing"), "--out", str(out), "--quiet"])
-    shipped = json.loads(SHIPPED_WEIGHTS.read_text())
-    trained = json.loads(out.read_text())
-    assert trained["info"] == shipped["info"]
-    # Byte-identical on this kind of machine; a tolerance keeps the test meaningful on a CPU
-    # whose kernels round differently.
-    np.testing.assert_allclose(trained["coef"], shipped["coef"], atol=1e-4)
-    assert trained["intercept"] == pytest.approx(shipped["intercept"], abs=1e-4)
-    free, shipped_free = trained["free_answer"], shipped["free_answer"]
-    np.testing.assert_allclose(free["coef"], shipped_free["coef"], atol=1e-4)
-    assert free["intercept"] == pytest.approx(shipped_free["intercept"], abs=1e-4)
+    shipped = HeadWeights.load(SHIPPED_WEIGHTS)
+    trained = HeadWeights.load(out)
+    assert trained.info == shipped.info
+    assert (trained.l2, trained.embedder, trained.feature_names) == (
+        shipped.l2,
+        shipped.embedder,
+        shipped.feature_names,
+    )
+    assert shipped.free_answer is not None and trained.free_answer is not None
+    for new, old in (
+        (trained.coef, shipped.coef),
+        (trained.free_answer.coef, shipped.free_answer.coef),
+    ):
+        assert np.linalg.norm(new - old) <= 0.05 * np.linalg.norm(old)
+
+    files = load_data_dir(shared_data / "routing")
+    embedder = Embedder(shipped.embedder)
+    parts = [cached_head_inputs(f, embedder) for f in files]  # cached by the training run
+    embeddings = np.vstack([p.embeddings for p in parts])
+    features = np.vstack([p.features for p in parts])
+    choices = np.array([multiple_choice(r.prompt) for f in files for r in f.outcomes.rows])
+    moved = np.abs(
+        trained.predict(embeddings, features, choices)
+        - shipped.predict(embeddings, features, choices)
+    )
+    assert moved.max() <= 0.01 and moved.mean() <= 0.001, (moved.max(), moved.mean())
 
 
 def test_importing_the_scorer_loads_neither_django_nor_torch() -> None:
