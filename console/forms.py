@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from console.envvars import comma_list
 from console.models import ApiKey, Scope, User
 from console.permissions import Role
+from console.services.keys import MAX_KEY_LIMIT
 
 
 class SignupForm(UserCreationForm[User]):
@@ -121,8 +122,12 @@ class ApiKeyForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Optional expiry (UTC).",
     )
-    rpm_limit = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
-    tpm_limit = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+    rpm_limit = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_KEY_LIMIT, label="Requests per minute"
+    )
+    tpm_limit = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_KEY_LIMIT, label="Tokens per minute"
+    )
     allowed_ips = forms.CharField(
         required=False,
         label="Allowed IP addresses",

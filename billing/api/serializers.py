@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from billing.forms import MAX_RANGE_DAYS
 from billing.selectors import DIMENSIONS
+from billing.services.accounts import MAX_BUDGET_MICROS
 
 
 class UsageQuerySerializer(serializers.Serializer):
@@ -74,7 +75,10 @@ class UsageResponseSerializer(serializers.Serializer):
 
 class BudgetSerializer(serializers.Serializer):
     amount_micros = serializers.IntegerField(
-        min_value=1, allow_null=True, help_text="Monthly budget in micro-dollars; null removes it."
+        min_value=1,
+        max_value=MAX_BUDGET_MICROS,
+        allow_null=True,
+        help_text="Monthly budget in micro-dollars; null removes it.",
     )
     hard_limit = serializers.BooleanField(
         default=True, help_text="Refuse requests (402) once the budget is reached."

@@ -33,6 +33,20 @@ def account_for(*, org: Organisation) -> BillingAccount:
     return account
 
 
+# The largest monthly budget, in micro-dollars: $10 billion, well inside the column's range (the
+# console's form stops at $9,999,999,999.99).
+MAX_BUDGET_MICROS = 10**16
+
+
+def _check_budget(amount_micros: int | None) -> None:
+    if amount_micros is None:
+        return
+    if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros <= 0:
+        raise ValidationError({"amount": "Enter an amount above zero, or leave it empty."})
+    if amount_micros > MAX_BUDGET_MICROS:
+        raise ValidationError({"amount": "A monthly budget is at most $10,000,000,000."})
+
+
 @transaction.atomic
 def budget_set(
     *,
@@ -42,8 +56,7 @@ def budget_set(
     hard_limit: bool = True,
 ) -> Budget | None:
     """Set the org's monthly budget, or remove it with ``amount_micros=None``."""
-    if amount_micros is not None and (not isinstance(amount_micros, int) or amount_micros <= 0):
-        raise ValidationError({"amount": "Enter an amount above zero, or leave it empty."})
+    _check_budget(amount_micros)
     if amount_micros is None:
         deleted, _ = Budget.objects.filter(org=org).delete()
         if deleted:
@@ -71,8 +84,7 @@ def budget_set(
 
 @transaction.atomic
 def key_budget_set(*, key: ApiKey, actor: User | None, amount_micros: int | None) -> ApiKey:
-    if amount_micros is not None and amount_micros <= 0:
-        raise ValidationError({"amount": "Enter an amount above zero, or leave it empty."})
+    _check_budget(amount_micros)
     ApiKey.objects.filter(pk=key.pk).update(monthly_budget_micros=amount_micros)
     key.refresh_from_db()
     audit_record(

@@ -17,7 +17,7 @@ from console.models import (
     WebhookEndpoint,
 )
 from console.permissions import Role
-from console.services.keys import MAX_ROLL_GRACE_HOURS
+from console.services.keys import MAX_KEY_LIMIT, MAX_ROLL_GRACE_HOURS
 
 
 class OrgSerializer(serializers.ModelSerializer[Organisation]):
@@ -164,8 +164,12 @@ class ApiKeyCreateSerializer(serializers.Serializer[None]):
         help_text="Addresses or networks (CIDR) the key may be used from; empty: anywhere.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
-    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    rpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_KEY_LIMIT, required=False, allow_null=True, default=None
+    )
+    tpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_KEY_LIMIT, required=False, allow_null=True, default=None
+    )
 
 
 class ApiKeyUpdateSerializer(ApiKeyCreateSerializer):

@@ -37,11 +37,17 @@ class CreatedKey:
     secret: str  # the full key; the caller shows it once and forgets it
 
 
+# The largest per-minute limit a key can have (the column's range).
+MAX_KEY_LIMIT = 2**31 - 1
+
+
 def _validate_limit(field: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError({field: "Enter a whole number of at least 1, or leave it empty."})
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_KEY_LIMIT:
+        raise ValidationError(
+            {field: f"Enter a whole number from 1 to {MAX_KEY_LIMIT:,}, or leave it empty."}
+        )
     return value
 
 

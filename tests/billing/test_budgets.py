@@ -6,7 +6,7 @@ import pytest
 from django.core import mail
 
 from billing.ledger import usage_record_batch
-from billing.models import BillingAccount, BudgetAlert, Plan
+from billing.models import BillingAccount, Budget, BudgetAlert, Plan
 from billing.rollups import usage_rollup
 from billing.selectors import (
     forecast_micros,
@@ -15,7 +15,7 @@ from billing.selectors import (
     spend_limit_details,
     spend_limits,
 )
-from billing.services.accounts import budget_set, key_budget_set
+from billing.services.accounts import MAX_BUDGET_MICROS, budget_set, key_budget_set
 from billing.services.alerts import budget_alerts_check
 from console.models import AuditEvent, ControlPlaneVersion
 from console.services.keys import api_key_create
@@ -97,6 +97,15 @@ def test_budget_input_is_validated(org, owner):
         budget_set(org=org, actor=owner, amount_micros=0)
     with pytest.raises(ValidationError):
         budget_set(org=org, actor=owner, amount_micros=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="at most"):
+        budget_set(org=org, actor=owner, amount_micros=MAX_BUDGET_MICROS + 1)
+    key = api_key_create(org=org, actor=owner, name="k", scopes=["inference"]).key
+    for bad in (0, True, 2**63):
+        with pytest.raises(ValidationError):
+            key_budget_set(key=key, actor=owner, amount_micros=bad)
+    key.refresh_from_db()
+    assert key.monthly_budget_micros is None and not Budget.objects.exists()
+    budget_set(org=org, actor=owner, amount_micros=MAX_BUDGET_MICROS)
 
 
 def test_alerts_go_out_once_per_threshold_and_period(

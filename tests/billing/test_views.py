@@ -173,10 +173,14 @@ def test_api_spend_and_budget(client_for, owner, viewer, org, used):
         .status_code
         == 403
     )
-    bad = client.put(
-        f"/api/orgs/{org.slug}/budget/", {"amount_micros": 1.5}, content_type="application/json"
-    )
-    assert bad.status_code == 400
+    for amount in (1.5, 2**63):
+        bad = client.put(
+            f"/api/orgs/{org.slug}/budget/",
+            {"amount_micros": amount},
+            content_type="application/json",
+        )
+        assert bad.status_code == 400
+        assert list(bad.json()["error"]["fields"]) == ["amount_micros"]
     assert Budget.objects.get().amount_micros == 4_000_000
 
 
