@@ -8,6 +8,9 @@ from inference import requests_urls, routes_urls
 
 o = "o/<slug:org_slug>/"
 
+handler404 = "console.api.errors.not_found"
+handler500 = "console.api.errors.server_error"
+
 urlpatterns = [
     path("", accounts.home, name="home"),
     # Staff sign in through the console's sign-in, second step included.

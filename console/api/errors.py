@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -18,6 +19,21 @@ def _flatten(detail: Any) -> str:
     if isinstance(detail, dict):
         return " ".join(f"{key}: {_flatten(value)}" for key, value in detail.items())
     return str(detail)
+
+
+def _messages(detail: Any) -> list[str]:
+    """A field's errors as a flat list of messages, whatever their nesting: a list field's items
+    come as ``{0: [...]}``, a nested object's as ``{"name": [...]}``, and a service's check may
+    give a bare string."""
+    if isinstance(detail, list):
+        return [message for item in detail for message in _messages(item)]
+    if isinstance(detail, dict):
+        return [
+            f"{'item ' if str(key).isdigit() else ''}{key}: {message}"
+            for key, value in detail.items()
+            for message in _messages(value)
+        ]
+    return [str(detail)]
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -36,7 +52,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     code = getattr(exc, "default_code", "error")
     fields: dict[str, Any] = {}
     if isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
-        fields = {k: v for k, v in response.data.items() if k != "non_field_errors"}
+        fields = {k: _messages(v) for k, v in response.data.items() if k != "non_field_errors"}
         message = _flatten(response.data)
     elif isinstance(response.data, dict) and "detail" in response.data:
         message = str(response.data["detail"])
@@ -49,3 +65,23 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response.status_code == status.HTTP_400_BAD_REQUEST and not message:
         response.data["error"]["message"] = "Invalid request."
     return response
+
+
+def _error(status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse(
+        {"error": {"code": code, "message": message, "fields": {}}}, status=status_code
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 for an address no view answers: the REST API's error shape under /api/, the
+    console's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return _error(404, "not_found", f"No API endpoint at {request.path}.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return _error(500, "server_error", "The server failed to answer; please try again.")
+    return defaults.server_error(request)

@@ -93,6 +93,9 @@ def test_malformed_json_is_a_clear_400_and_changes_nothing(client_for, org, owne
         ({"name": "x", "scopes": []}, "scopes"),
         ({"name": "x", "scopes": ["inference"], "rpm_limit": "many"}, "rpm_limit"),
         ({"name": "x", "scopes": "inference"}, "scopes"),
+        # Beyond the column's range: a 400, not a database error.
+        ({"name": "x", "scopes": ["inference"], "rpm_limit": 2**31}, "rpm_limit"),
+        ({"name": "x", "scopes": ["inference"], "tpm_limit": 2**63}, "tpm_limit"),
     ],
 )
 def test_bad_key_payloads_name_the_field(client_for, org, owner, payload, field):
@@ -146,3 +149,67 @@ def test_audit_log_over_rest_lists_key_events(client_for, org, owner):
     events = client_for(owner).get(f"/api/orgs/{org.slug}/audit/").json()["results"]
     assert [e["action"] for e in events][:1] == ["key.created"]
     assert events[0]["actor"] == owner.email
+
+
+def test_every_field_error_is_a_list_of_messages(client_for, org, owner):
+    """Whatever the nesting (a list's items, a check that gave a bare string), ``fields`` maps each
+    field to a list of messages, as the schema says."""
+    client = client_for(owner)
+    too_long = client.post(
+        f"/api/orgs/{org.slug}/webhooks/",
+        {"url": "https://example.com/hook", "events": ["key.created", "x" * 70]},
+        content_type="application/json",
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["fields"] == {
+        "events": ["item 1: Ensure this field has no more than 64 characters."]
+    }
+    endpoint = client.post(
+        f"/api/orgs/{org.slug}/endpoints/",
+        {"name": "openai", "base_url": "https://api.example.com/v1", "model": "gpt"},
+        content_type="application/json",
+    ).json()
+    renamed = client.patch(
+        f"/api/orgs/{org.slug}/endpoints/{endpoint['id']}/",
+        {"name": "other"},
+        content_type="application/json",
+    )
+    assert renamed.status_code == 400
+    assert renamed.json()["error"]["fields"] == {
+        "name": ["The name cannot change: routes refer to the endpoint as external:NAME."]
+    }
+
+
+def test_an_address_under_api_that_nothing_answers_is_a_json_404(client_for, org, owner):
+    client = client_for(owner)
+    for path in (
+        "/api/nothing/",
+        f"/api/orgs/{org.slug}/deployments/not-a-uuid/",
+        f"/api/orgs/{org.slug}/webhooks/deliveries/null,null/resend/",
+    ):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert answer["Content-Type"] == "application/json"
+        assert answer.json() == {
+            "error": {"code": "not_found", "message": f"No API endpoint at {path}.", "fields": {}}
+        }
+    # A missing trailing slash is still redirected to the endpoint, and the console's own 404 is
+    # still its page.
+    assert client.get("/api/me").status_code == 301
+    page = client.get("/no-such-page/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_a_failure_under_api_is_a_json_500(client_for, org, owner, monkeypatch):
+    from console.api import views
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(views.MeView, "get", broken)
+    client = client_for(owner)
+    client.raise_request_exception = False
+    answer = client.get("/api/me/")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "server_error"
+    assert "boom" not in answer.content.decode()
