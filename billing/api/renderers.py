@@ -21,7 +21,5 @@ class UsageCSVRenderer(BaseRenderer):
         accepted_media_type: str | None = None,
         renderer_context: Mapping[str, Any] | None = None,
     ) -> bytes:
-        if isinstance(data, dict) and "_rows" in data:
-            return usage_csv(data["_rows"], data["group_by"]).encode()
-        message = data.get("error", {}).get("message", "") if isinstance(data, dict) else ""
-        return f"error\n{message}\n".encode()
+        # Only the rows come here: the view answers errors as JSON.
+        return usage_csv(data["_rows"], data["group_by"]).encode()

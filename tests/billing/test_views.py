@@ -152,6 +152,12 @@ def test_api_usage_rejects_bad_parameters(client_for, owner, org):
     response = client_for(owner).get(f"/api/orgs/{org.slug}/usage/", {"group_by": "day,colour"})
     assert response.status_code == 400
     assert "colour" in response.json()["error"]["fields"]["group_by"][0]
+    # Asked for as CSV, an error is still the API's JSON error.
+    as_csv = client_for(owner).get(
+        f"/api/orgs/{org.slug}/usage/", {"group_by": "day,colour", "format": "csv"}
+    )
+    assert as_csv.status_code == 400 and as_csv["Content-Type"] == "application/json"
+    assert as_csv.json() == response.json()
 
 
 def test_api_spend_and_budget(client_for, owner, viewer, org, used):
