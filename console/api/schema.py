@@ -86,6 +86,8 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             codes = ["401", "429"]
             if "{" in path:
                 codes += ["403", "404"]
+            elif method != "get":  # creating an organisation is for people, not keys
+                codes.append("403")
             has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
             if method in ("post", "put", "patch") or has_query:
                 codes.append("400")

@@ -150,6 +150,10 @@ def test_error_answers_are_documented_and_match_their_schema(client, org, owner,
         schema = operation["responses"][code]["content"]["application/json"]["schema"]
         validator = jsonschema.Draft7Validator({**_json_schema(schema), "components": components})
         assert not list(validator.iter_errors(answer.json())), (code, answer.json())
+    # Outside an organisation too: a key may not create one, and the schema says so.
+    create = client.post("/api/orgs/", {"name": "X"}, HTTP_AUTHORIZATION=f"Bearer {reader}")
+    assert create.status_code == 403
+    assert "403" in published["paths"]["/api/orgs/"]["post"]["responses"]
 
 
 def test_the_schema_is_valid_openapi_without_warnings(tmp_path, db):
