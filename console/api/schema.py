@@ -89,7 +89,8 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             elif method != "get":  # creating an organisation is for people, not keys
                 codes.append("403")
             has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
-            if method in ("post", "put", "patch") or has_query:
+            # A delete can be refused too (the last owner; a route another route falls back to).
+            if method in ("post", "put", "patch", "delete") or has_query:
                 codes.append("400")
             for code in sorted(codes):
                 operation["responses"].setdefault(

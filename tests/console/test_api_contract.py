@@ -16,6 +16,7 @@ import pytest
 
 from billing.models import Budget
 from console.api.access import Pages
+from console.models import Membership
 from console.services.keys import api_key_create
 from tests.console.test_isolation import object_ids
 
@@ -154,6 +155,20 @@ def test_error_answers_are_documented_and_match_their_schema(client, org, owner,
     create = client.post("/api/orgs/", {"name": "X"}, HTTP_AUTHORIZATION=f"Bearer {reader}")
     assert create.status_code == 403
     assert "403" in published["paths"]["/api/orgs/"]["post"]["responses"]
+    # A delete that is refused is a 400, and documented.
+    member = published["paths"]["/api/orgs/{org_slug}/members/{member_id}/"]["delete"]
+    assert "400" in member["responses"]
+    me = Membership.objects.get(org=org, user=owner)
+    client.force_login(owner)
+    last_owner = client.delete(f"/api/orgs/acme/members/{me.pk}/")
+    assert last_owner.status_code == 400
+    validator = jsonschema.Draft7Validator(
+        {
+            **_json_schema(member["responses"]["400"]["content"]["application/json"]["schema"]),
+            "components": components,
+        }
+    )
+    assert not list(validator.iter_errors(last_owner.json()))
 
 
 def test_the_schema_is_valid_openapi_without_warnings(tmp_path, db):
