@@ -53,7 +53,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     fields: dict[str, Any] = {}
     if isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
         fields = {k: _messages(v) for k, v in response.data.items() if k != "non_field_errors"}
-        message = _flatten(response.data)
+        # What concerns no one field is said first and as it is; each field's errors after it.
+        general = _messages(response.data.get("non_field_errors", []))
+        message = " ".join(
+            [*general, *(f"{name}: {' '.join(errors)}" for name, errors in fields.items())]
+        )
     elif isinstance(response.data, dict) and "detail" in response.data:
         message = str(response.data["detail"])
         code = getattr(response.data["detail"], "code", code)

@@ -139,7 +139,14 @@ def test_member_role_change_and_last_owner_guard_over_rest(client_for, org, owne
         content_type="application/json",
     )
     assert refused.status_code == 400
-    assert "last owner" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["fields"] == {
+        "role": ["The last owner cannot be demoted; add another owner."]
+    }
+    removed = client.delete(f"/api/orgs/{org.slug}/members/{mine.pk}/")
+    assert removed.status_code == 400
+    error = removed.json()["error"]
+    # An error of no one field reads as a sentence, without an internal name in front.
+    assert error["message"].startswith("The last owner cannot be removed") and not error["fields"]
     mine.refresh_from_db()
     assert mine.role == Role.OWNER
 
