@@ -1,4 +1,5 @@
-"""Resolves the organisation from the URL and checks membership before any view runs."""
+"""Resolves the organisation from the URL and checks membership before any view runs, and gives
+a console address that only takes a form's submission a page of its own when it is opened."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 
 from console.models import Membership
 from console.services.two_factor import two_factor_missing_message
@@ -49,3 +51,27 @@ class OrgMiddleware:
         request.org = membership.org  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         return None
+
+
+class FormOnlyAddressPage:
+    """A console address that only takes a form's POST (creating a key, revoking one) and is
+    opened in the browser (a reload, a bookmark, a pasted link) answers 405 with a page that says
+    so and leads back, instead of the empty body Django's ``require_POST`` gives. The REST API,
+    the admin and htmx requests keep the plain 405."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code == 405
+            and request.method == "GET"
+            and not response.content
+            and not request.path_info.startswith(("/api/", "/admin/"))
+            and "HX-Request" not in request.headers
+        ):
+            page = render(request, "405.html", {"org": getattr(request, "org", None)}, status=405)
+            page["Allow"] = response.get("Allow", "")
+            return page
+        return response

@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "console.middleware.OrgMiddleware",
+    "console.middleware.FormOnlyAddressPage",
 ]
 
 ROOT_URLCONF = "console.urls"

@@ -79,7 +79,10 @@ class OrgAPIView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         self.access = resolve_org(request, kwargs["org_slug"])
-        action = self.actions.get(request.method or "GET")
+        method = request.method or "GET"
+        action = self.actions.get("GET" if method == "HEAD" else method)
+        if action is None and getattr(self, method.lower(), None) is None:
+            raise exceptions.MethodNotAllowed(method)  # not a 403: nobody may, whatever the role
         if action is None or not self.access.can(action):
             raise exceptions.PermissionDenied("Your role or key scope does not allow this.")
         user = self.access.user

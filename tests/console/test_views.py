@@ -127,3 +127,22 @@ def test_signup_rejects_duplicate_email(client, org, owner):
 def test_password_reset_sends_an_email(client, owner, mailoutbox):
     client.post("/password-reset/", {"email": owner.email})
     assert len(mailoutbox) == 1 and "/password-reset/" in mailoutbox[0].body
+
+
+def test_opening_a_form_only_address_shows_a_page_and_changes_nothing(client_for, org, owner):
+    client = client_for(owner)
+    key = api_key_create(org=org, actor=owner, name="kept", scopes=["inference"]).key
+    for path in (f"/o/{org.slug}/keys/new/", f"/o/{org.slug}/keys/{key.pk}/revoke/"):
+        page = client.get(path)
+        assert page.status_code == 405 and page["Allow"] == "POST", path
+        text = page.content.decode()
+        assert "This address takes a form, not a visit" in text
+        assert f'href="/o/{org.slug}/"' in text  # back to the organisation
+    key.refresh_from_db()
+    assert key.revoked_at is None and ApiKey.objects.count() == 1
+    # htmx and the REST API keep their own answers.
+    assert client.get(f"/o/{org.slug}/keys/new/", HTTP_HX_REQUEST="true").content == b""
+    api = client.get(f"/api/orgs/{org.slug}/keys/{key.pk}/revoke/")
+    assert api.status_code == 405 and api.json()["error"]["code"] == "method_not_allowed"
+    # HEAD is allowed wherever GET is, with GET's permission.
+    assert client.head(f"/api/orgs/{org.slug}/keys/").status_code == 200
