@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from inference.engine_args import ALLOWED
 from inference.models import Deployment, ModelSource, Replica, Runner
+from inference.services.deployments import NUMBER_RANGES
 
 
 class ReplicaSerializer(serializers.ModelSerializer[Replica]):
@@ -70,6 +71,12 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 ENGINE_ARGS_HELP = "Allowed keys: " + ", ".join(sorted(ALLOWED)) + "."
 
 
+def _ranged(field: str, **kwargs: Any) -> serializers.IntegerField:
+    """An optional whole number with the range the deployment service allows for ``field``."""
+    low, high = NUMBER_RANGES[field]
+    return serializers.IntegerField(required=False, min_value=low, max_value=high, **kwargs)
+
+
 class DeploymentWriteSerializer(serializers.Serializer[None]):
     """Types only; the service checks values, names, paths and quotas."""
 
@@ -80,19 +87,19 @@ class DeploymentWriteSerializer(serializers.Serializer[None]):
     revision = serializers.CharField(max_length=100, required=False, allow_blank=True)
     runner = serializers.ChoiceField(choices=Runner.choices, required=False)
     engine_args = serializers.DictField(required=False, help_text=ENGINE_ARGS_HELP)
-    gpus_per_replica = serializers.IntegerField(required=False)
-    min_replicas = serializers.IntegerField(required=False)
-    max_replicas = serializers.IntegerField(required=False)
-    target_concurrency = serializers.IntegerField(required=False)
-    scale_down_delay_s = serializers.IntegerField(required=False)
+    gpus_per_replica = _ranged("gpus_per_replica")
+    min_replicas = _ranged("min_replicas")
+    max_replicas = _ranged("max_replicas")
+    target_concurrency = _ranged("target_concurrency")
+    scale_down_delay_s = _ranged("scale_down_delay_s")
 
 
 class ScaleSerializer(serializers.Serializer[None]):
-    replicas = serializers.IntegerField(
-        required=False, help_text="Pin the count: the same as min_replicas = max_replicas."
+    replicas = _ranged(
+        "max_replicas", help_text="Pin the count: the same as min_replicas = max_replicas."
     )
-    min_replicas = serializers.IntegerField(required=False)
-    max_replicas = serializers.IntegerField(required=False)
+    min_replicas = _ranged("min_replicas")
+    max_replicas = _ranged("max_replicas")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "replicas" in attrs:

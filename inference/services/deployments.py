@@ -45,7 +45,19 @@ EDITABLE = (
 DEMAND_MIN_INTERVAL = timedelta(seconds=1)
 
 
-def _int(errors: dict[str, str], field: str, value: Any, low: int, high: int) -> int:
+# Each number a deployment takes and its range, both ends allowed (the REST API's schema
+# publishes the same ranges).
+NUMBER_RANGES = {
+    "gpus_per_replica": (0, MAX_GPUS_PER_REPLICA),
+    "min_replicas": (0, MAX_REPLICAS),
+    "max_replicas": (0, MAX_REPLICAS),
+    "target_concurrency": (1, 10_000),
+    "scale_down_delay_s": (0, 86_400),
+}
+
+
+def _int(errors: dict[str, str], field: str, value: Any) -> int:
+    low, high = NUMBER_RANGES[field]
     if isinstance(value, bool) or not isinstance(value, int):
         errors[field] = f"{field} must be a whole number."
         return low
@@ -110,16 +122,16 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         errors["runner"] = f"runner must be one of {', '.join(Runner.values)}."
     clean["runner"], clean["engine_args"] = runner, engine_args
 
-    gpus = _int(errors, "gpus_per_replica", values.get("gpus_per_replica"), 0, 8)
+    gpus = _int(errors, "gpus_per_replica", values.get("gpus_per_replica"))
     tp = engine_args.get("tensor_parallel_size")
     if tp is not None and gpus and tp != gpus and "gpus_per_replica" not in errors:
         errors["engine_args"] = f"tensor_parallel_size ({tp}) must equal gpus_per_replica ({gpus})."
-    low = _int(errors, "min_replicas", values.get("min_replicas"), 0, MAX_REPLICAS)
-    high = _int(errors, "max_replicas", values.get("max_replicas"), 0, MAX_REPLICAS)
+    low = _int(errors, "min_replicas", values.get("min_replicas"))
+    high = _int(errors, "max_replicas", values.get("max_replicas"))
     if "min_replicas" not in errors and "max_replicas" not in errors and low > high:
         errors["max_replicas"] = "max_replicas must be at least min_replicas."
-    _int(errors, "target_concurrency", values.get("target_concurrency"), 1, 10_000)
-    _int(errors, "scale_down_delay_s", values.get("scale_down_delay_s"), 0, 86_400)
+    _int(errors, "target_concurrency", values.get("target_concurrency"))
+    _int(errors, "scale_down_delay_s", values.get("scale_down_delay_s"))
     if errors:
         raise ValidationError(errors)
     return clean

@@ -115,3 +115,31 @@ def test_the_schema_documents_the_endpoints(client, owner, client_for):
     base = "/api/orgs/{org_slug}/deployments/"
     for suffix in ["", "{deployment_id}/", "{deployment_id}/scale/", "{deployment_id}/logs/"]:
         assert base + suffix in paths
+
+
+def test_numbers_out_of_range_are_refused_and_their_ranges_published(
+    org, owner, client_for, model_root
+):
+    client = client_for(owner)
+    for field, value in [
+        ("min_replicas", 65),
+        ("max_replicas", -1),
+        ("gpus_per_replica", 2**40),
+        ("target_concurrency", 0),
+        ("scale_down_delay_s", 86_401),
+    ]:
+        response = client.post(
+            api(org), body(model_root, **{field: value}), content_type="application/json"
+        )
+        assert response.status_code == 400, field
+        assert list(response.json()["error"]["fields"]) == [field]
+    assert not Deployment.objects.exists()
+    schema = client.get("/api/schema/?format=json").json()["components"]["schemas"]
+    write = schema["DeploymentWriteRequest"]["properties"]
+    assert (write["max_replicas"]["minimum"], write["max_replicas"]["maximum"]) == (0, 64)
+    assert (write["target_concurrency"]["minimum"], write["target_concurrency"]["maximum"]) == (
+        1,
+        10_000,
+    )
+    scale = schema["ScaleRequest"]["properties"]
+    assert (scale["replicas"]["minimum"], scale["replicas"]["maximum"]) == (0, 64)
