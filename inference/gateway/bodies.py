@@ -21,7 +21,7 @@ EMBEDDING = "embedding"
 RESPONSES = "responses"
 
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
-_INTS = ("n", "seed", "top_k", "logprobs", "top_logprobs", "best_of")
+_INTS = ("n", "seed", "top_k", "top_logprobs", "best_of")
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _INPUT_ROLES = {"system", "developer", "user", "assistant"}
 # Responses API parameters that need the previous response or a conversation to be stored and
@@ -152,6 +152,14 @@ def request_parse(
         value = body.get(name)
         if value is not None and not _is_int(value):
             raise _bad(f"'{name}' must be a whole number.", name)
+    # Chat asks for log probabilities with true/false (and how many with top_logprobs); the
+    # legacy completions API gives the number of alternatives in logprobs itself.
+    logprobs = body.get("logprobs")
+    if logprobs is not None:
+        if kind == COMPLETION and not _is_int(logprobs):
+            raise _bad("'logprobs' must be a whole number.", "logprobs")
+        if kind == CHAT and not isinstance(logprobs, bool):
+            raise _bad("'logprobs' must be true or false.", "logprobs")
     if kind == RESPONSES:
         return _responses_parse(body, model, stream, tag, affinity_chars)
     max_tokens = None

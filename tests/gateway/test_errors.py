@@ -183,6 +183,8 @@ def test_a_model_asked_for_the_other_kind_of_work_gets_400(gw, served, org, infe
         (b'{"model": "tiny", "messages": [{"role": "user"}], "max_tokens": "9"}', "max_tokens"),
         (b'{"model": "tiny", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
         (b'{"model": "tiny", "messages": [{"role": "user"}], "temperature": true}', "temperature"),
+        (b'{"model": "tiny", "messages": [{"role": "user"}], "logprobs": 2}', "true or false"),
+        (b'{"model": "tiny", "messages": [{"role": "user"}], "top_logprobs": "2"}', "whole number"),
     ],
 )
 def test_invalid_bodies_get_400_saying_what_is_wrong(gw, served, inference_key, body, message):

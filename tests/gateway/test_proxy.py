@@ -100,6 +100,25 @@ def test_completions_and_embeddings(gw, served, org, engine, inference_key):
     assert UsageRecord.objects.count() == 2
 
 
+def test_log_probabilities_are_asked_for_as_each_api_defines_them(gw, served, inference_key):
+    fake, _ = served
+    client = gw.client(inference_key)
+    client.chat.completions.create(
+        model="tiny-chat",
+        messages=[{"role": "user", "content": "hi"}],
+        logprobs=True,
+        top_logprobs=3,
+    )
+    client.completions.create(model="tiny-chat", prompt="once", max_tokens=2, logprobs=3)
+    assert [(b["logprobs"], b.get("top_logprobs")) for b in fake.requests] == [
+        (True, 3),
+        (3, None),
+    ]
+    with pytest.raises(openai.BadRequestError, match="'logprobs' must be a whole number"):
+        client.completions.create(model="tiny-chat", prompt="once", logprobs=True)
+    assert len(fake.requests) == 2
+
+
 def test_models_lists_what_the_key_may_use(gw, served, org, owner):
     from console.services.keys import api_key_create
 

@@ -229,6 +229,24 @@ def test_openai_client_chat_and_streaming_through_the_gateway(e):
     assert text_completion.usage.completion_tokens == 5
 
 
+def test_openai_client_log_probabilities_in_both_apis(e):
+    # Chat asks with true/false and top_logprobs; the completions API with a number.
+    client = e.client()
+    chat = client.chat.completions.create(
+        model="tiny-llama",
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=3,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    tokens = chat.choices[0].logprobs.content
+    assert len(tokens) == 3
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in tokens)
+    text = client.completions.create(model="tiny-llama", prompt="Once", max_tokens=3, logprobs=2)
+    assert len(text.choices[0].logprobs.token_logprobs) == 3
+    assert all(len(top) >= 2 for top in text.choices[0].logprobs.top_logprobs)
+
+
 def test_openai_client_errors_from_the_engine_and_the_gateway(e):
     client = e.client()
     with pytest.raises(openai.BadRequestError, match=r"max_model_len|context length"):
