@@ -369,6 +369,8 @@ class Gateway:
                 return None
             if current.replicas:
                 return current
+            if current.failure:  # nothing will start until the tenant changes it
+                return None
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

@@ -39,6 +39,15 @@ _EJECTING_STATUS = {500, 502, 504}
 _CONTEXT_LENGTH_MARKERS = (b"context length", b"max_model_len", b"maximum context")
 
 
+def _failed(deployment: DeploymentEntry) -> GatewayError:
+    return GatewayError(
+        503,
+        f"The deployment '{deployment.name}' failed and is not restarted until it is changed "
+        f"or scaled: {deployment.failure}",
+        "deployment_failed",
+    )
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the client got, and what the engine reported, for metering and headers."""
@@ -243,7 +252,8 @@ class Exchange:
                     continue
                 target = deployment
                 if not deployment.replicas:
-                    self.gw.signal_demand(deployment)
+                    if not deployment.failure:
+                        self.gw.signal_demand(deployment)
                     if cold is not None and cold not in queue:
                         queue.insert(0, cold)
                         budget += 1
@@ -257,12 +267,16 @@ class Exchange:
                         continue
                     target = await self.gw.wait_for_replicas(deployment)
                     if target is None:
-                        last = GatewayError(
-                            503,
-                            "The model is starting and no replica became ready in time.",
-                            "cold_start",
-                            retry_after=10,
-                        )
+                        now = self.gw.current_deployment(deployment)
+                        if now is not None and now.failure:
+                            last = _failed(now)
+                        else:
+                            last = GatewayError(
+                                503,
+                                "The model is starting and no replica became ready in time.",
+                                "cold_start",
+                                retry_after=10,
+                            )
                         continue
             assert target is not None
             try:

@@ -77,6 +77,9 @@ class DeploymentEntry:
     max_model_len: int | None
     replicas: tuple[ReplicaEntry, ...]
     created: int = 0  # Unix seconds, for /v1/models
+    # Why the deployment failed (its state reason), when the orchestrator gave up on it: no
+    # replica will start until the tenant changes it, so requests must not wait for one.
+    failure: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,13 @@ class Snapshot:
 
 def empty_snapshot() -> Snapshot:
     return Snapshot(0, 0.0, {}, {}, {}, None, "")
+
+
+def _failure(state: str, reason: str) -> str:
+    if state != "failed":  # DeploymentState.FAILED; models load later than this module
+        return ""
+    line = (reason.strip().splitlines() or ["no reason was recorded"])[0]
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def _max_model_len(engine_args: object) -> int | None:
@@ -249,8 +259,9 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         )
     catalogues: dict[int, OrgCatalogue] = {}
     for dep in Deployment.objects.filter(deleted_at=None).values(
-        "id", "org_id", "name", "served_model_name", "runner", "paused", "engine_args", "created_at"
-    ):
+        "id", "org_id", "name", "served_model_name", "runner", "paused", "engine_args",
+        "created_at", "state", "state_reason",
+    ):  # fmt: skip
         entry = DeploymentEntry(
             id=dep["id"],
             org_id=dep["org_id"],
@@ -261,6 +272,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             max_model_len=_max_model_len(dep["engine_args"]),
             replicas=tuple(replicas.get(dep["id"], ())),
             created=int(dep["created_at"].timestamp()),
+            failure=_failure(dep["state"], dep["state_reason"]),
         )
         cat = catalogues.setdefault(dep["org_id"], OrgCatalogue())
         cat.deployments[entry.name] = entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import httpx
 import openai
@@ -278,6 +279,77 @@ def test_no_replica_in_time_gives_503_with_retry_after(start_gateway, org, infer
     )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "10"
+
+
+def _fail(deployment: Deployment, reason: str) -> None:
+    # What the orchestrator's summary does when it gives up on a deployment.
+    Deployment.objects.filter(pk=deployment.pk).update(state="failed", state_reason=reason)
+    snapshot_bump()
+
+
+def test_a_failed_deployment_is_answered_at_once_with_the_reason(
+    start_gateway, engine, org, owner, inference_key
+):
+    gw = start_gateway(cold_start_wait_s=60)
+    _, server = engine
+    broken = make_deployment(org, "broken", [])
+    make_deployment(org, "warm", [server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="sturdy",
+        policy="fallback",
+        config={"targets": ["deployment:broken", "deployment:warm"]},
+    )
+    _fail(broken, "A replica failed and will not be restarted: The process exited with code 1.")
+    gw.refresh()
+    started = time.monotonic()
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "broken", **CHAT},
+        headers={"Authorization": f"Bearer {inference_key}"},
+        timeout=30,
+    )
+    assert time.monotonic() - started < 10  # not the 60 s a starting model may take
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "deployment_failed"
+    assert "'broken' failed" in error["message"]
+    assert "The process exited with code 1." in error["message"]
+    # A route moves on to its next target instead of waiting; no demand is signalled.
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="sturdy", **CHAT)
+    assert raw.headers["x-target"] == "deployment:warm"
+    broken.refresh_from_db()
+    assert broken.demand_at is None
+
+
+def test_a_request_waiting_for_a_replica_is_answered_when_the_deployment_fails(
+    start_gateway, org, inference_key
+):
+    gw = start_gateway(cold_start_wait_s=60)
+    deployment = make_deployment(org, "sleepy", [], min_replicas=0)
+    gw.refresh()
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        result["answer"] = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "sleepy", **CHAT},
+            headers={"Authorization": f"Bearer {inference_key}"},
+            timeout=90,
+        )
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    for _ in range(500):
+        if Deployment.objects.filter(pk=deployment.pk, demand_at__isnull=False).exists():
+            break
+        threading.Event().wait(0.02)
+    _fail(deployment, "Not ready within 900 s.")
+    caller.join(timeout=30)
+    assert not caller.is_alive()
+    assert result["answer"].status_code == 503
+    assert result["answer"].json()["error"]["code"] == "deployment_failed"
 
 
 def test_client_disconnect_mid_stream_aborts_upstream_and_meters_what_was_generated(
