@@ -65,6 +65,28 @@ class ChoiceArg:
 
 Arg = IntArg | FloatArg | BoolArg | ChoiceArg
 
+# The parsers the serving engine (vLLM 0.32) knows by name. Which one a model needs is on its
+# model card: Llama 3.1 and 3.2 take llama3_json, Qwen 2.5 and Hermes-style models hermes, Mistral's
+# models mistral, and so on.
+TOOL_CALL_PARSERS = (
+    "apertus", "cohere_command3", "cohere_command4", "deepseek_v3", "deepseek_v31",
+    "deepseek_v32", "deepseek_v4", "deepseek_v41", "dots", "ernie45", "functiongemma", "gemma4",
+    "gigachat3", "glm45", "glm47", "granite", "granite-20b-fc", "granite4", "hermes", "hf",
+    "hunyuan_a13b", "hy_v3", "hy_v4", "inkling", "internlm", "jamba", "k2_horizon", "kimi_k2",
+    "kimi_k3", "lfm2", "ling3", "llama3_json", "llama4_json", "llama4_pythonic", "longcat", "mimo",
+    "minicpm5", "minimax_m2", "minimax_m3", "mistral", "muse_glimmer", "olmo3", "openai",
+    "phi4_mini_json", "plamo3", "poolside_v1", "pythonic", "qwen3_coder", "qwen3_json",
+    "qwen3_xml", "seed_oss", "step3", "step3p5", "xlam",
+)  # fmt: skip
+REASONING_PARSERS = (
+    "cohere_command3", "cohere_command4", "deepseek_r1", "deepseek_v3", "deepseek_v4",
+    "deepseek_v41", "ernie45", "gemma4", "glm45", "glm47", "granite", "granite_thinking_parser",
+    "hf", "holo2", "hunyuan_a13b", "hy_v3", "hy_v4", "inkling", "k2_horizon", "kimi_k2", "kimi_k3",
+    "ling3", "mimo", "minicpmv", "minimax_m2", "minimax_m2_append_think", "minimax_m3", "mistral",
+    "muse_glimmer", "nemotron_v3", "olmo3", "openai_gptoss", "plamo3", "poolside_v1", "qwen3",
+    "seed_oss", "step3", "step3p5",
+)  # fmt: skip
+
 ALLOWED: dict[str, Arg] = {
     "max_model_len": IntArg(16, 1_048_576, "Longest prompt plus output, in tokens."),
     "dtype": ChoiceArg(
@@ -87,6 +109,19 @@ ALLOWED: dict[str, Arg] = {
     "block_size": IntArg(1, 256, "KV-cache block size in tokens."),
     "generation_config": ChoiceArg(
         ("auto", "vllm"), "Sampling defaults from the model's files (auto) or vLLM's own."
+    ),
+    "tool_call_parser": ChoiceArg(
+        TOOL_CALL_PARSERS,
+        "How tool calls are read from the model's output (see its model card). Needed for "
+        "requests that name a tool or require one.",
+    ),
+    "enable_auto_tool_choice": BoolArg(
+        "Let the model decide by itself when to call the tools a request offers "
+        '(tool_choice "auto"); needs tool_call_parser.'
+    ),
+    "reasoning_parser": ChoiceArg(
+        REASONING_PARSERS,
+        "Return a reasoning model's thinking apart from its answer (reasoning_content).",
     ),
     # Also a field of the deployment; accepted here because people write it with the rest.
     "runner": ChoiceArg(("generate", "pooling"), "Generation or embeddings."),
@@ -127,6 +162,12 @@ def engine_args_validate(raw: Any) -> dict[str, Any]:
             clean[key] = spec.check(key, value)
         except ValueError as error:
             errors.append(str(error))
+    given = {str(name).replace("-", "_") for name in raw}
+    if clean.get("enable_auto_tool_choice") and "tool_call_parser" not in given:
+        errors.append(
+            "enable_auto_tool_choice needs tool_call_parser: the engine must know how to read "
+            "the model's tool calls."
+        )
     if errors:
         raise ValidationError({"engine_args": errors})
     return clean

@@ -43,6 +43,9 @@ def test_dashes_are_accepted_as_underscores():
         ({"worker_extension_cls": "x"}, "worker_extension_cls is not an allowed engine argument"),
         ({"trust_remote_code": True}, "trust_remote_code cannot be set"),
         ({"port": 80}, "port cannot be set"),
+        ({"tool_call_parser": "llama9"}, "tool_call_parser must be one of"),
+        ({"reasoning_parser": True}, "reasoning_parser must be one of"),
+        ({"enable_auto_tool_choice": True}, "enable_auto_tool_choice needs tool_call_parser"),
     ],
 )
 def test_bad_arguments_are_refused_naming_the_field(raw, named):
@@ -78,3 +81,22 @@ def test_a_value_cannot_smuggle_a_second_flag():
 
 def test_every_allowed_argument_has_help():
     assert all(spec.help for spec in ALLOWED.values())
+
+
+def test_tool_calling_and_reasoning_become_the_engines_flags():
+    clean = engine_args_validate(
+        {"enable-auto-tool-choice": True, "tool_call_parser": "hermes", "reasoning_parser": "qwen3"}
+    )
+    assert engine_args_argv(clean) == [
+        "--enable-auto-tool-choice",
+        "--reasoning-parser",
+        "qwen3",
+        "--tool-call-parser",
+        "hermes",
+    ]
+    # A parser alone serves requests that name a tool; an unknown one is not also told to add it.
+    assert engine_args_validate({"tool_call_parser": "llama3_json"}) == {
+        "tool_call_parser": "llama3_json"
+    }
+    message = refusal({"enable_auto_tool_choice": True, "tool_call_parser": "llama9"})
+    assert "needs tool_call_parser" not in message
