@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import time_machine
+from django.conf import settings
+from django.db import connections
 from django.test import Client
+from django.test.utils import setup_databases, teardown_databases
 
 from console.models import Membership, Organisation, User
 from console.permissions import Role
@@ -16,13 +19,30 @@ from tests.factories import MembershipFactory, OrgFactory
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+# The database the settings name, before any test database replaces it in them.
+CONFIGURED_DATABASE = settings.DATABASES["default"]["NAME"]
+
+
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None) -> Iterator[None]:
+def django_db_setup(django_db_setup: None, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """pytest-django's test database, with a garbage collection before it is dropped: database
     connections that threads of finished test servers left in reference cycles stay open until
-    one runs, and PostgreSQL refuses to drop a database others are connected to."""
+    one runs, and PostgreSQL refuses to drop a database others are connected to.
+
+    pytest-django creates the test database only when a selected test asks for the database (a
+    ``db`` fixture or marker). The module-scoped fixtures of the real-engine tests write through
+    ``django_db_blocker`` instead; run alone (``-k``), they would otherwise write into the
+    configured database itself, a developer's own. So it is created here in that case."""
+    created = None
+    if connections["default"].settings_dict["NAME"] == CONFIGURED_DATABASE:
+        with django_db_blocker.unblock():
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    assert connections["default"].settings_dict["NAME"] != CONFIGURED_DATABASE
     yield
     gc.collect()
+    if created is not None:
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
 
 
 @pytest.fixture(autouse=True)
