@@ -116,6 +116,11 @@ class Deployment(models.Model):
         return self.name
 
     @property
+    def state_summary(self) -> str:
+        """The state reason's first line: what happened and why, without the log lines."""
+        return (self.state_reason.strip().splitlines() or [""])[0]
+
+    @property
     def is_deleting(self) -> bool:
         return self.deleted_at is not None
 

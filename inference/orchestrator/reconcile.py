@@ -29,6 +29,7 @@ from inference.orchestrator.gpus import gpus_pack
 from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
 from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.orchestrator.states import (
+    crash_cause,
     deployment_summary,
     lines_since_start,
     replica_next_state,
@@ -359,11 +360,15 @@ class Orchestrator:
         self._report_uptime(replica)  # up to now; a restart starts a new segment
         # Whatever is left of it (helper processes, a hung server) goes before a restart.
         self.backend.stop(handle=replica.handle, grace_s=0.2)
-        tail = lines_since_start(self._tail(replica, 20))
+        tail = lines_since_start(self._tail(replica, 40))
+        cause = crash_cause(tail)
         now = timezone.now()
         replica.restart_count += 1
         replica.crash_streak += 1
-        replica.last_error = "\n".join([detail[:1].upper() + detail[1:] + ".", *tail])[:4000]
+        # The first line says what happened and, where the log shows it, why: it is what the
+        # deployment's state, the failure email and the gateway's 503 quote.
+        summary = detail[:1].upper() + detail[1:] + (f": {cause}" if cause else ".")
+        replica.last_error = "\n".join([summary, *tail[-20:]])[:4000]
         self._forget(replica)
         deployment = replica.deployment
         if replica.crash_streak > self.config.restart_limit:

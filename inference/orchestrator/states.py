@@ -113,3 +113,39 @@ def lines_since_start(lines: list[str]) -> list[str]:
         if lines[index].startswith("=== "):
             return lines[index + 1 :]
     return lines
+
+
+# A Python exception's last line, as an engine prints it when it dies: "TypeError: ...", maybe
+# after vLLM's process label ("(APIServer pid=12) "). The name ends like an exception's, or is
+# qualified by its module ("django.core.exceptions.ImproperlyConfigured: ..."); warnings are not
+# causes.
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\([\w.-]+ pid=\d+\) )?"
+    r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?:: .+)?"
+    r"|(?:[A-Za-z_]\w*\.)+[A-Z]\w*(?<!Warning): .+)$"
+)
+
+_VALIDATION = re.compile(r"\d+ validation errors? for \w+$")
+
+
+def crash_cause(lines: Iterable[str]) -> str:
+    """The exception that ended an engine, from its log's last lines, or "" if none shows.
+
+    vLLM's front end ends with a generic "Engine core initialization failed. See root cause
+    above."; an earlier, specific exception in the same lines is preferred to it. A pydantic
+    "1 validation error for ModelConfig" (how vLLM refuses a configuration) takes the next line,
+    which says what is wrong.
+    """
+    lines = list(lines)
+    found = []
+    for index, line in enumerate(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match is None:
+            continue
+        cause = match.group(1)
+        if _VALIDATION.search(cause) and index + 1 < len(lines):
+            cause = f"{cause}: {lines[index + 1].strip()}"
+        found.append(cause)
+    specific = [cause for cause in found if "root cause above" not in cause]
+    cause = (specific or found or [""])[-1]
+    return cause if len(cause) <= 300 else cause[:299] + "…"

@@ -6,6 +6,7 @@ from inference.models import DeploymentState, ReplicaState
 from inference.orchestrator.states import (
     TRANSITIONS,
     InvalidTransition,
+    crash_cause,
     deployment_summary,
     lines_since_start,
     replica_next_state,
@@ -105,3 +106,38 @@ def test_only_the_latest_run_of_a_log_counts():
     lines = ["=== first start", "Application startup complete", "=== second start", "Loading"]
     assert lines_since_start(lines) == ["Loading"]
     assert lines_since_start(["no marker"]) == ["no marker"]
+
+
+def test_the_cause_of_a_crash_is_the_engines_last_specific_exception():
+    tool_parser = [
+        '  File "/venv/vllm/parser/parser_manager.py", line 94, in validate_parser_tokenizer',
+        "    raise TypeError(",
+        "TypeError: --tool-call-parser llama3_json cannot be used with the tokenizer of 'm'.",
+        "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: leaked",
+        "  warnings.warn('resource_tracker: There appear to be %d '",
+    ]
+    assert crash_cause(tool_parser) == (
+        "TypeError: --tool-call-parser llama3_json cannot be used with the tokenizer of 'm'."
+    )
+    engine_core = [
+        "(EngineCore_DP0 pid=41) ValueError: Unrecognized model type no-such-architecture",
+        "(APIServer pid=40) Traceback (most recent call last):",
+        "(APIServer pid=40) RuntimeError: Engine core initialization failed. See root cause above.",
+    ]
+    assert crash_cause(engine_core) == "ValueError: Unrecognized model type no-such-architecture"
+    assert crash_cause(engine_core[1:]).startswith("RuntimeError: Engine core initialization")
+    assert crash_cause(["torch.OutOfMemoryError: CUDA out of memory."]).startswith("torch.")
+    assert crash_cause(["django.core.exceptions.ImproperlyConfigured: no key"]).endswith("key")
+    pydantic = [
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+        "  Value error, The checkpoint has model type `nope` but Transformers does not know it.",
+        "    For further information visit https://errors.pydantic.dev/2.14/v/value_error",
+    ]
+    assert crash_cause(pydantic).endswith(
+        "for ModelConfig: Value error, The checkpoint has "
+        "model type `nope` but Transformers does not know it."
+    )
+    assert crash_cause(["INFO starting", "Killed"]) == ""
+    assert crash_cause(["warnings.UserWarning: leaked", "Note: x"]) == ""
+    assert crash_cause(["INFO a ValueError: in the middle of a line"]) == ""
+    assert len(crash_cause(["OSError: " + "x" * 1000])) == 300

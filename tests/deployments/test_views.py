@@ -77,6 +77,25 @@ def test_viewer_sees_the_list_and_detail_but_not_the_buttons(
     )
 
 
+def test_a_failed_deployment_shows_its_cause_in_the_list_and_its_log_on_the_page(
+    org, owner, client_for, model_root
+):
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    cause = (
+        "A replica failed and will not be restarted: The process exited with code 1: TypeError: "
+        "--tool-call-parser llama3_json cannot be used with the tokenizer of 'tiny'."
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(
+        state="failed", state_reason=cause + '\n  File "x.py", line 9, in start\nTypeError: ...'
+    )
+    client = client_for(owner)
+    listing = client.get(reverse("deployment_list", args=[org.slug])).content.decode()
+    assert "cannot be used with the tokenizer of &#x27;tiny&#x27;." in listing
+    assert "x.py" not in listing
+    detail = client.get(reverse("deployment_detail", args=[org.slug, deployment.pk]))
+    assert "x.py" in detail.content.decode()
+
+
 def test_outsider_gets_404_for_the_deployment(org, owner, outsider, client_for, model_root):
     deployment = make_deployment(org=org, actor=owner, model_root=model_root)
     client = client_for(outsider)

@@ -320,6 +320,9 @@ def test_an_engine_that_keeps_crashing_fails_with_its_last_log_lines(w):
     assert replica.restart_count == w.config.restart_limit + 1
     assert "exited with code" in broken.state_reason
     assert "no-such-architecture" in broken.state_reason, "the engine's own words are shown"
+    # The first line, which the console's lists and the gateway's 503 show, names the cause.
+    first = broken.state_reason.splitlines()[0]
+    assert "exited with code 1: " in first and "no-such-architecture" in first, first
     told = [m for m in mail.outbox if m.subject == "Deployment crashy failed in Engines"]
     assert len(told) == 1 and "no-such-architecture" in told[0].body
     deployment_delete(deployment=broken, actor=w.owner)
