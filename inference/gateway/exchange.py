@@ -39,6 +39,26 @@ _EJECTING_STATUS = {500, 502, 504}
 _CONTEXT_LENGTH_MARKERS = (b"context length", b"max_model_len", b"maximum context")
 
 
+def _wants_auto_tools(parsed: ParsedRequest) -> bool:
+    """Whether the request offers tools and leaves the choice to the model ("auto", the default)."""
+    if parsed.kind not in (CHAT, RESPONSES) or not parsed.features.has_tools:
+        return False
+    return parsed.body.get("tool_choice", "auto") in ("auto", None)
+
+
+def _no_auto_tools(deployment: DeploymentEntry) -> GatewayError:
+    # The engine would refuse it too, naming its command-line flags; this names the deployment's
+    # settings instead, and lets a route try its next target.
+    return GatewayError(
+        400,
+        f"The deployment '{deployment.name}' does not let the model choose tools: set its engine "
+        "arguments tool_call_parser (the model's format) and enable_auto_tool_choice, or send "
+        'tool_choice "none".',
+        "tools_not_enabled",
+        param="tool_choice",
+    )
+
+
 def _failed(deployment: DeploymentEntry) -> GatewayError:
     return GatewayError(
         503,
@@ -249,6 +269,9 @@ class Exchange:
                 deployment = self.gw.current_deployment(target)
                 if deployment is None or deployment.paused:
                     last = GatewayError(503, "The deployment is paused or gone.", "no_capacity")
+                    continue
+                if not deployment.auto_tools and _wants_auto_tools(self.parsed):
+                    last = _no_auto_tools(deployment)
                     continue
                 target = deployment
                 if not deployment.replicas:

@@ -77,6 +77,9 @@ class DeploymentEntry:
     max_model_len: int | None
     replicas: tuple[ReplicaEntry, ...]
     created: int = 0  # Unix seconds, for /v1/models
+    # Whether the engine may choose tools by itself (tool_choice "auto", the default when a
+    # request offers tools): vLLM needs a tool-call parser and auto tool choice turned on.
+    auto_tools: bool = False
     # Why the deployment failed (its state reason), when the orchestrator gave up on it: no
     # replica will start until the tenant changes it, so requests must not wait for one.
     failure: str = ""
@@ -163,6 +166,14 @@ def _failure(state: str, reason: str) -> str:
         return ""
     line = (reason.strip().splitlines() or ["no reason was recorded"])[0]
     return line if len(line) <= 300 else line[:299] + "…"
+
+
+def _auto_tools(engine_args: object) -> bool:
+    return (
+        isinstance(engine_args, dict)
+        and engine_args.get("enable_auto_tool_choice") is True
+        and bool(engine_args.get("tool_call_parser"))
+    )
 
 
 def _max_model_len(engine_args: object) -> int | None:
@@ -270,6 +281,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             runner=dep["runner"],
             paused=dep["paused"],
             max_model_len=_max_model_len(dep["engine_args"]),
+            auto_tools=_auto_tools(dep["engine_args"]),
             replicas=tuple(replicas.get(dep["id"], ())),
             created=int(dep["created_at"].timestamp()),
             failure=_failure(dep["state"], dep["state_reason"]),

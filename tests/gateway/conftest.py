@@ -45,6 +45,10 @@ def engine() -> Iterator[tuple[FakeEngine, ThreadServer]]:
     server.stop()
 
 
+# Engine arguments of a deployment that serves requests offering tools.
+TOOLS_ARGS = {"tool_call_parser": "hermes", "enable_auto_tool_choice": True}
+
+
 def make_deployment(
     org: Organisation,
     name: str,

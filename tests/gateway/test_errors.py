@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from console.services.closing import org_close
 from console.services.keys import api_key_create, api_key_revoke, api_key_update
-from tests.gateway.conftest import make_deployment
+from inference.services.routes import route_create
+from tests.gateway.conftest import TOOLS_ARGS, make_deployment
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -166,6 +167,39 @@ def test_a_model_asked_for_the_other_kind_of_work_gets_400(gw, served, org, infe
     with pytest.raises(openai.BadRequestError, match="does not answer /v1/embeddings"):
         client.embeddings.create(model="tiny", input="hi")
     assert served.requests == []
+
+
+def test_tools_left_to_a_model_that_cannot_choose_them_get_400_or_the_next_target(
+    gw, served, engine, org, owner, inference_key
+):
+    _, server = engine
+    make_deployment(org, "tooled", [server.port], engine_args=TOOLS_ARGS)
+    route_create(
+        org=org,
+        actor=owner,
+        name="agent",
+        policy="fallback",
+        config={"targets": ["deployment:tiny", "deployment:tooled"]},
+    )
+    gw.refresh()
+    client = gw.client(inference_key)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for choice in ({}, {"tool_choice": "auto"}):
+        with pytest.raises(openai.BadRequestError, match="'tiny' does not let the model") as caught:
+            client.chat.completions.create(**CHAT, tools=tools, **choice)
+        assert (caught.value.code, caught.value.param) == ("tools_not_enabled", "tool_choice")
+    with pytest.raises(openai.BadRequestError, match="tool_call_parser"):
+        client.responses.create(model="tiny", input="hi", tools=[{"type": "function", "name": "f"}])
+    assert served.requests == []
+    # What needs no choice by the model goes through; a route moves on to a target that can.
+    client.chat.completions.create(**CHAT, tools=tools, tool_choice="none")
+    named = {"type": "function", "function": {"name": "f"}}
+    client.chat.completions.create(**CHAT, tools=tools, tool_choice=named)
+    raw = client.chat.completions.with_raw_response.create(
+        **{**CHAT, "model": "agent"}, tools=tools
+    )
+    assert raw.headers["x-target"] == "deployment:tooled"
+    assert [r["model"] for r in served.requests] == ["tiny", "tiny", "tooled"]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from inference.services.routes import (
     external_endpoint_update,
     route_create,
 )
-from tests.gateway.conftest import make_deployment
+from tests.gateway.conftest import TOOLS_ARGS, make_deployment
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.servers import ThreadServer
 
@@ -135,7 +135,8 @@ def test_weighted_and_conditional_routes_choose_targets(
     _, first_server = engine
     _, second_server = second_engine
     make_deployment(org, "small", [first_server.port])
-    make_deployment(org, "big", [second_server.port])
+    # The big model serves tools: a tool-call parser, and the model may choose tools.
+    make_deployment(org, "big", [second_server.port], engine_args=TOOLS_ARGS)
     route_create(
         org=org,
         actor=owner,

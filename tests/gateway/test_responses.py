@@ -19,7 +19,7 @@ from inference.gateway.errors import GatewayError
 from inference.gateway.router import scoring_text
 from inference.gateway.sse import ResponsesStreamFilter
 from inference.services.routes import external_endpoint_create, route_create
-from tests.gateway.conftest import RunningGateway, make_deployment
+from tests.gateway.conftest import TOOLS_ARGS, RunningGateway, make_deployment
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.servers import ThreadServer
 
@@ -243,7 +243,8 @@ def test_conditional_rules_read_max_output_tokens_tools_and_text_format(
     _, first_server = engine
     _, second_server = second_engine
     make_deployment(org, "small", [first_server.port])
-    make_deployment(org, "big", [second_server.port])
+    # The big model serves tools: a tool-call parser, and the model may choose tools.
+    make_deployment(org, "big", [second_server.port], engine_args=TOOLS_ARGS)
     route_create(
         org=org,
         actor=owner,

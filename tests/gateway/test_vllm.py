@@ -292,6 +292,9 @@ def test_openai_client_tool_calls_through_the_gateway(e):
     ]
     assert deltas[0].function.name == "get_weather"
     assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    # Auto tool choice is on for this deployment, so the model may also choose by itself.
+    chosen = client.chat.completions.create(**{**ask, "tool_choice": "auto"})
+    assert chosen.usage.completion_tokens > 0
 
 
 def test_openai_client_errors_from_the_engine_and_the_gateway(e):
