@@ -162,9 +162,12 @@ def empty_snapshot() -> Snapshot:
 
 
 def _failure(state: str, reason: str) -> str:
-    if state != "failed":  # DeploymentState.FAILED; models load later than this module
+    from inference.models import DeploymentState  # models load later than this module
+    from inference.models.deployments import reason_headline
+
+    if state != DeploymentState.FAILED:
         return ""
-    line = (reason.strip().splitlines() or ["no reason was recorded"])[0]
+    line = reason_headline(reason) or "no reason was recorded"
     return line if len(line) <= 300 else line[:299] + "…"
 
 

@@ -55,6 +55,11 @@ LIVE_REPLICA_STATES = (
 )
 
 
+def reason_headline(reason: str) -> str:
+    """A state reason's first line (the rest, if any, is the engine's last log lines)."""
+    return (reason.strip().splitlines() or [""])[0]
+
+
 class Deployment(models.Model):
     """One model served under one name in one org, with its scaling policy."""
 
@@ -118,7 +123,7 @@ class Deployment(models.Model):
     @property
     def state_summary(self) -> str:
         """The state reason's first line: what happened and why, without the log lines."""
-        return (self.state_reason.strip().splitlines() or [""])[0]
+        return reason_headline(self.state_reason)
 
     @property
     def is_deleting(self) -> bool:
