@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from inference.gateway import bodies
 from inference.gateway.exchange import Outcome, target_label
 from inference.gateway.ledger import UsageEvent, cost_micros
-from inference.gateway.limits import Admission, LocalLimiter
+from inference.gateway.limits import Admission, LimiterUnavailable, LocalLimiter
 from inference.gateway.snapshot import CONSOLE_KEY_ID, DeploymentEntry, KeyEntry, OrgEntry
 from inference.routing.resolve import Plan
 
@@ -63,6 +63,18 @@ def _baseline_cost(gateway: Gateway, org_id: int, plan: Plan, outcome: Outcome) 
     )
 
 
+async def _settle(gateway: Gateway, adm: Admission, token_delta: int, cost_delta: int) -> None:
+    """Settle off the request path. If Redis fails here the correction is lost: the minute's
+    token count keeps the prompt estimate, and the month's budget counter keeps the reservation
+    (more than was spent: the safe side) until it is seeded from the ledger again (next month,
+    or after Redis loses its data)."""
+    try:
+        await gateway.limiter.settle(adm, token_delta, cost_delta)
+    except LimiterUnavailable as failure:
+        gateway.metrics.limiter_errors.inc(("settle",))
+        gateway.warn_limiter(failure)
+
+
 def request_account(gateway: Gateway, done: Finished) -> None:
     """Settle limits, meter, count and log one finished request (nothing here awaits)."""
     key, org, parsed, route, plan = done.key, done.org, done.parsed, done.route, done.plan
@@ -86,9 +98,7 @@ def request_account(gateway: Gateway, done: Finished) -> None:
             gateway.limiter.settle_now(adm, token_delta, cost - reserve)
         else:
             assert gateway.loop is not None
-            task = gateway.loop.create_task(
-                gateway.limiter.settle(adm, token_delta, cost - reserve)
-            )
+            task = gateway.loop.create_task(_settle(gateway, adm, token_delta, cost - reserve))
             # Keep a reference until it is done (the loop holds only a weak one).
             gateway.background.add(task)
             task.add_done_callback(gateway.background.discard)

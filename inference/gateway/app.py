@@ -37,7 +37,9 @@ from inference.gateway.health import Health
 from inference.gateway.inflight import InflightPublisher, inflight_store
 from inference.gateway.ledger import usage_write
 from inference.gateway.limits import (
+    Admission,
     Limiter,
+    LimiterUnavailable,
     LocalLimiter,
     RedisLimiter,
     rate_limit_headers,
@@ -84,6 +86,8 @@ _KINDS = {
 DEMAND_SIGNAL_EVERY_S = 5.0
 # The longest an unknown key waits for the control plane's answer before its 401.
 UNKNOWN_KEY_WAIT_S = 1.0
+# Seconds between warnings while Redis fails limits steps.
+LIMITER_WARN_S = 10.0
 # With GATEWAY_CORS on, every /v1 response carries these, so that a web page on any origin can
 # call the API with a key (a bearer key, never a cookie: no ambient credentials are exposed) and
 # read the headers that say what served it.
@@ -193,7 +197,11 @@ class Gateway:
             egress=egress_policy(config.external_allow),
         )
         if limiter is None:
-            limiter = RedisLimiter(config.redis_url) if config.redis_url else LocalLimiter()
+            limiter = (
+                RedisLimiter(config.redis_url, config.redis_timeout_s)
+                if config.redis_url
+                else LocalLimiter()
+            )
         self.limiter = limiter
         self.metrics = GatewayMetrics(self._inflight_gauge)
         # The ledger writer process this gateway started (None: writes in the meter's thread).
@@ -213,6 +221,7 @@ class Gateway:
         self.poll = poll
         # Requests refused before reaching a model, counted per key and minute.
         self.refusals = RefusalTally()
+        self._limiter_warned = -LIMITER_WARN_S
         self.poller = SnapshotPoller(
             self._install_threadsafe,
             poll_s=config.snapshot_poll_s,
@@ -627,6 +636,33 @@ class Gateway:
             if not message.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def limits_unavailable(self, failure: LimiterUnavailable) -> Admission:
+        """Redis could not admit a request: refuse it with a 503 that changes nothing, or, where
+        ``GATEWAY_LIMITS_FAIL_OPEN`` is on, let it through uncounted (an empty admission, so
+        nothing is settled either)."""
+        self.metrics.limiter_errors.inc(("admit",))
+        self.warn_limiter(failure)
+        if self.config.limits_fail_open:
+            return Admission()
+        raise GatewayError(
+            503,
+            "Rate limits and budgets cannot be checked right now, so the request was not "
+            "forwarded and nothing was counted or charged. Retry shortly.",
+            "limits_unavailable",
+            retry_after=1,
+        )
+
+    def warn_limiter(self, failure: LimiterUnavailable) -> None:
+        """One warning per ``LIMITER_WARN_S`` at most: an outage must not flood the log."""
+        now = time.monotonic()
+        if now - self._limiter_warned >= LIMITER_WARN_S:
+            self._limiter_warned = now
+            logger.warning(
+                "Redis did not answer a limits step (%s); requests with limits or budgets are %s",
+                failure,
+                "admitted uncounted" if self.config.limits_fail_open else "refused with 503",
+            )
+
     async def auto_scores(
         self, org_id: int, parsed: bodies.ParsedRequest
     ) -> dict[str, float | Exception]:
@@ -758,7 +794,10 @@ class Gateway:
         )
         adm = admission_build(self.snapshot, self.config, key, org, parsed, reserve)
         if not adm.empty:
-            refusal = await self.limiter.admit(adm)
+            try:
+                refusal = await self.limiter.admit(adm)
+            except LimiterUnavailable as failure:
+                adm, refusal = self.limits_unavailable(failure), None
             if refusal is not None:
                 if refusal.is_budget:
                     message = f"Request refused: {refusal.counter.label} is used up."

@@ -30,6 +30,10 @@ class GatewayConfig:
     balance: str = "affinity"  # affinity | least | round_robin
     access_log: bool = True
     redis_url: str = ""
+    # Longest wait for Redis on one limits step (connect or answer).
+    redis_timeout_s: float = 0.5
+    # Admit requests unlimited (True) or refuse them with a 503 (False) while Redis cannot count.
+    limits_fail_open: bool = False
     metrics_token: str = ""
     gil_switch_interval_s: float = 0.0005
     # Hosts, addresses and CIDR ranges external endpoints may reach despite being non-public.
@@ -49,6 +53,13 @@ class GatewayConfig:
 
             raise ImproperlyConfigured(
                 f"GATEWAY_BALANCE must be affinity, least or round_robin, got {balance!r}"
+            )
+        redis_timeout_ms = env_int("GATEWAY_REDIS_TIMEOUT_MS", 500)
+        if redis_timeout_ms < 1:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"GATEWAY_REDIS_TIMEOUT_MS must be at least 1, got {redis_timeout_ms}"
             )
         return cls(
             snapshot_poll_s=env_int("GATEWAY_SNAPSHOT_POLL_MS", 500) / 1000,
@@ -72,6 +83,8 @@ class GatewayConfig:
             access_log=env_bool("GATEWAY_ACCESS_LOG", True),
             cors=env_bool("GATEWAY_CORS", True),
             redis_url=env_str("REDIS_URL"),
+            redis_timeout_s=redis_timeout_ms / 1000,
+            limits_fail_open=env_bool("GATEWAY_LIMITS_FAIL_OPEN", False),
             metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
             inflight_publish_s=env_int("GATEWAY_INFLIGHT_PUBLISH_MS", 1000) / 1000,
         )

@@ -58,6 +58,10 @@ class Refusal:
     retry_after_s: int
 
 
+class LimiterUnavailable(Exception):
+    """The shared counters could not be read or written (Redis refused, failed or timed out)."""
+
+
 class Limiter(Protocol):
     async def admit(self, admission: Admission) -> Refusal | None: ...
 
@@ -191,10 +195,14 @@ return 0
 class RedisLimiter:
     """Counters in Redis, shared by every gateway process; each step is one script call."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = 0.5) -> None:
         import redis.asyncio as redis
 
-        self._redis: Any = redis.Redis.from_url(url)
+        # A Redis that stops answering costs a request ``timeout_s`` (the client's default is 5 s).
+        self._redis: Any = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
 
@@ -203,7 +211,10 @@ class RedisLimiter:
         args: list[int] = [len(admission.rates)]
         for counter in counters:
             args += [counter.limit, counter.amount, counter.ttl_s, counter.seed]
-        result = await self._admit(keys=[c.key for c in counters], args=args)
+        try:
+            result = await self._admit(keys=[c.key for c in counters], args=args)
+        except self._errors as error:
+            raise LimiterUnavailable(type(error).__name__) from error
         index = result[0]
         if not index:
             admission.counts.extend(int(value) for value in result[2:])
@@ -218,7 +229,10 @@ class RedisLimiter:
         keys = list(admission.token_keys) + [c.key for c in admission.budgets]
         deltas = [token_delta] * len(admission.token_keys) + [cost_delta] * len(admission.budgets)
         if any(deltas):
-            await self._settle(keys=keys, args=deltas)
+            try:
+                await self._settle(keys=keys, args=deltas)
+            except self._errors as error:
+                raise LimiterUnavailable(type(error).__name__) from error
 
     async def ping(self) -> str:
         await self._redis.ping()

@@ -114,6 +114,11 @@ class GatewayMetrics:
             "Usage records that could not be written to the ledger and were spilled to disk.",
             (),
         )
+        self.limiter_errors = Counter(
+            "gateway_limiter_errors_total",
+            "Limits steps Redis failed or did not answer in time, by step (admit, settle).",
+            ("step",),
+        )
         self.inflight = Gauge(
             "gateway_inflight_requests",
             "Requests in flight to each deployment from this process.",
@@ -128,6 +133,7 @@ class GatewayMetrics:
             self.tokens,
             self.refused,
             self.usage_dropped,
+            self.limiter_errors,
             self.inflight,
         )
 
