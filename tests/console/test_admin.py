@@ -43,6 +43,15 @@ def test_admin_changelists_and_change_pages_load(staff_client, org, owner):
             assert staff_client.get(change).status_code == 200, change
 
 
+def test_admin_pages_carry_the_sites_icon_and_names(staff_client, org):
+    # Without a link of its own a browser asks for /favicon.ico, which is a 404.
+    for url in ("/admin/", reverse("admin:console_organisation_change", args=[org.pk])):
+        page = staff_client.get(url).content.decode()
+        assert 'rel="icon" href="/static/img/favicon.svg"' in page
+        assert "Inference platform administration</a>" in page
+        assert "| Inference platform admin</title>" in page
+
+
 def test_key_admin_never_shows_the_digest(staff_client, org, owner):
     created = api_key_create(org=org, actor=owner, name="k", scopes=["inference"])
     page = staff_client.get(reverse("admin:console_apikey_change", args=[created.key.pk]))
