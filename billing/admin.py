@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -35,8 +36,26 @@ from console.admin import ReadOnlyAdmin
 from console.snapshot import snapshot_bump
 
 
+class PriceAdminForm(forms.ModelForm[Price]):
+    """A new price starts with its amounts empty, not at the model's default of 0: a form saved
+    without them would otherwise make the price free from now on. (The admin supplies the
+    model and fields.)"""
+
+    AMOUNTS = ("input_micros_per_million", "output_micros_per_million")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("initial") or {}
+        super().__init__(*args, **kwargs)
+        if self.instance._state.adding:
+            for name in self.AMOUNTS:
+                if name in self.fields and name not in given:
+                    self.initial.pop(name, None)
+                    self.fields[name].initial = None
+
+
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin[Price]):
+    form = PriceAdminForm
     list_display = [
         "__str__",
         "unit",
@@ -54,7 +73,7 @@ class PriceAdmin(admin.ModelAdmin[Price]):
     def get_readonly_fields(self, request: HttpRequest, obj: Price | None = None) -> list[str]:
         if obj is not None and obj.effective_from <= timezone.now():
             return [f.name for f in Price._meta.fields]
-        return []
+        return ["created_at"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
         return obj is None or obj.effective_from > timezone.now()

@@ -240,6 +240,9 @@ class MembershipAdmin(admin.ModelAdmin[Membership]):
 
 @admin.register(Invitation)
 class InvitationAdmin(admin.ModelAdmin[Invitation]):
+    """Invitations are sent from an organisation's Members page (a token, an email, an audit
+    event); here staff see them."""
+
     list_display = ["email", "org", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
     list_filter = ["role"]
     search_fields = ["email", "org__name"]
@@ -255,6 +258,9 @@ class InvitationAdmin(admin.ModelAdmin[Invitation]):
         "accepted_by",
         "revoked_at",
     ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[Any]):
@@ -389,5 +395,7 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
 
 
 @admin.register(ControlPlaneVersion)
-class ControlPlaneVersionAdmin(admin.ModelAdmin[ControlPlaneVersion]):
+class ControlPlaneVersionAdmin(ReadOnlyAdmin):
+    """The counter every change bumps and the gateways poll: shown, never set by hand."""
+
     list_display = ["id", "version"]

@@ -124,6 +124,10 @@ class RouteScorerAdmin(admin.ModelAdmin[RouteScorer]):
         "fitted_at",
     ]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A scorer comes from a tenant's uploaded outcome file, on the route's page.
+        return False
+
 
 @admin.register(RefusalCount)
 class RefusalCountAdmin(ReadOnlyAdmin):

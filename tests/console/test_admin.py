@@ -205,6 +205,43 @@ def test_the_default_plan_cannot_be_deleted(staff_client):
     assert not Plan.objects.filter(pk=spare.pk).exists()
 
 
+def test_a_new_price_must_state_its_amounts(staff_client):
+    from billing.models import Price
+
+    before = Price.objects.count()
+    add = reverse("admin:billing_price_add")
+    form = staff_client.get(add).content.decode()
+    # Nothing filled in for the amounts: the model's default of 0 would make the price free.
+    assert 'name="input_micros_per_million" value="0"' not in form
+    blank = {"unit": "tokens", "effective_from_0": "", "effective_from_1": ""}
+    blank |= {"model": "", "note": ""}
+    page = staff_client.post(add, blank)
+    assert page.status_code == 200
+    assert page.context["adminform"].form.errors.keys() >= {
+        "input_micros_per_million",
+        "output_micros_per_million",
+    }
+    assert Price.objects.count() == before
+    # Stated explicitly, 0 is a price like any other.
+    stated = blank | {"model": "tiny", "input_micros_per_million": "0"}
+    stated |= {"output_micros_per_million": "250000"}
+    stated |= {"effective_from_0": "2031-01-01", "effective_from_1": "00:00:00"}
+    saved = staff_client.post(add, stated)
+    assert saved.status_code == 302, saved.context["adminform"].form.errors
+    price = Price.objects.get(model="tiny")
+    assert (price.input_micros_per_million, price.output_micros_per_million) == (0, 250_000)
+
+
+@pytest.mark.parametrize(
+    "model", ["console_invitation", "inference_routescorer", "console_controlplaneversion"]
+)
+def test_rows_that_only_the_product_creates_have_no_add_form(staff_client, model):
+    # Saving their add form used to write a row without its organisation (an IntegrityError)
+    # or a second control-plane version.
+    assert staff_client.get(reverse(f"admin:{model}_add")).status_code == 403
+    assert staff_client.post(reverse(f"admin:{model}_add"), {}).status_code == 403
+
+
 def test_staff_confirm_email_addresses_and_a_changed_address_needs_confirming_again(
     staff_client,
 ):
