@@ -11,9 +11,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import BigIntegerField, Count, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.utils import timezone
 
 from billing.models import (
@@ -238,16 +241,13 @@ class UsageRow:
     def latency_p95_ms(self) -> int | None:
         return histogram_percentile(self.histogram, 0.95)
 
-    def add(self, counts: UsageRow | UsageRollup, histogram: list[int] | None) -> None:
-        """Add another row's or a rollup's counts, and its latency histogram, to this row."""
+    def add(self, counts: UsageRow, histogram: list[int] | None) -> None:
+        """Add another row's counts, and its latency histogram, to this row."""
         for name in COUNTED_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(counts, name))
         for index, count in enumerate(histogram or []):
             if index < len(self.histogram):
                 self.histogram[index] += count
-
-    def add_rollup(self, rollup: UsageRollup) -> None:
-        self.add(rollup, rollup.latency_histogram)
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,42 @@ class UsageFilters:
     key_id: uuid.UUID | None = None
     route: str = ""
     model: str = ""
+
+
+# A usage row's dimensions, and the rollup column each one is read from.
+_DIMENSION_COLUMNS = {"day": "day", "model": "model", "route": "route", "key": "api_key_id"}
+
+
+def _rollup_sums(rollups: QuerySet[UsageRollup], dims: list[str]) -> list[UsageRow]:
+    """Rollups summed per group of ``dims`` by the database: the counts, and the latency
+    histograms bucket by bucket (a JSON array's element is read by its index, which PostgreSQL and
+    SQLite both do), so a month of an organisation's hours is one query, not a row each."""
+    sums: dict[str, Any] = {name: Coalesce(Sum(name), 0) for name in COUNTED_FIELDS}
+    for index in range(len(LATENCY_BUCKETS_MS) + 1):
+        bucket = Cast(KeyTextTransform(str(index), "latency_histogram"), BigIntegerField())
+        sums[f"bucket_{index}"] = Coalesce(Sum(bucket), 0)
+    if "day" in dims:
+        rollups = rollups.annotate(day=TruncDate("hour", tzinfo=UTC))
+    columns = [_DIMENSION_COLUMNS[d] for d in dims]
+    if columns:
+        groups = list(rollups.order_by().values(*columns).annotate(**sums))
+    else:
+        groups = [rollups.aggregate(**sums, rows=Count("pk"))]
+        if not groups[0]["rows"]:
+            return []
+    rows = []
+    for group in groups:
+        row = UsageRow(
+            day=group.get("day"),
+            model=group.get("model"),
+            route=group.get("route"),
+            key_id=group.get("api_key_id"),
+        )
+        for name in COUNTED_FIELDS:
+            setattr(row, name, group[name])
+        row.histogram = [group[f"bucket_{index}"] for index in range(len(row.histogram))]
+        rows.append(row)
+    return rows
 
 
 def usage_series(
@@ -273,28 +309,13 @@ def usage_series(
         rollups = rollups.filter(route=filters.route)
     if filters.model:
         rollups = rollups.filter(model=filters.model)
-    key_names = dict(org.api_keys.values_list("id", "name"))
-    rows: dict[tuple, UsageRow] = {}
-    for r in rollups.order_by("hour").iterator():
-        values = {
-            "day": r.hour.astimezone(UTC).date(),
-            "model": r.model,
-            "route": r.route,
-            "key": r.api_key_id,
-        }
-        group = tuple(values[d] for d in dims)
-        row = rows.get(group)
-        if row is None:
-            row = rows[group] = UsageRow()
-            for d in dims:
-                if d == "key":
-                    row.key_id = r.api_key_id
-                    row.key_name = key_names.get(r.api_key_id, "") if r.api_key_id else ""
-                else:
-                    setattr(row, d, values[d])
-        row.add_rollup(r)
+    rows = _rollup_sums(rollups, dims)
+    if "key" in dims:
+        key_names = dict(org.api_keys.values_list("id", "name"))
+        for row in rows:
+            row.key_name = key_names.get(row.key_id, "") if row.key_id else ""
     return sorted(
-        rows.values(),
+        rows,
         key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),
     )
 
@@ -305,10 +326,8 @@ def usage_totals_since(*, org: Organisation, since: datetime) -> UsageRow:
     The current hour's rollup is rewritten by every incremental run, so the total trails the
     gateway by at most one run (``billing-usage-rollup`` in the beat schedule).
     """
-    total = UsageRow()
-    for rollup in UsageRollup.objects.filter(org=org, hour__gte=hour_floor(since)).iterator():
-        total.add_rollup(rollup)
-    return total
+    rows = _rollup_sums(UsageRollup.objects.filter(org=org, hour__gte=hour_floor(since)), [])
+    return rows[0] if rows else UsageRow()
 
 
 def usage_totals(rows: Iterable[UsageRow]) -> UsageRow:
