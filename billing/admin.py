@@ -10,7 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -32,7 +32,8 @@ from billing.models import (
 )
 from billing.models.payments import MeterEventStatus
 from billing.services.webhooks import stripe_event_process
-from console.admin import ReadOnlyAdmin
+from console.admin import LedgerAdmin, ReadOnlyAdmin
+from console.models import Organisation
 from console.snapshot import snapshot_bump
 
 
@@ -148,8 +149,32 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
     list_filter = ["threshold", "period"]
 
 
+class OutcomeFilter(admin.SimpleListFilter):
+    """By status class: fixed choices, so the page never lists the column's distinct values."""
+
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("ok", "Succeeded (below 400)"),
+            ("4xx", "Client errors (4xx, rate limits and disconnects included)"),
+            ("5xx", "Server and upstream errors (5xx)"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        match self.value():
+            case "ok":
+                return queryset.filter(status_code__lt=400)
+            case "4xx":
+                return queryset.filter(status_code__gte=400, status_code__lt=500)
+            case "5xx":
+                return queryset.filter(status_code__gte=500)
+        return queryset
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(LedgerAdmin):
     list_display = [
         "request_id",
         "org",
@@ -162,9 +187,28 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "error_code",
         "served_at",
     ]
-    list_filter = ["status_code", "error_code"]
-    search_fields = ["request_id", "org__slug", "model", "route"]
-    date_hierarchy = "served_at"
+    list_filter = [OutcomeFilter, ("served_at", admin.DateFieldListFilter)]
+    # Searched by get_search_results (exact matches, indexed where it can be).
+    search_fields = ["request_id"]
+    search_help_text = (
+        "An exact request id (req-...), an organisation's slug, or a model, route or error code."
+    )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord], search_term: str
+    ) -> tuple[QuerySet[UsageRecord], bool]:
+        """The first kind of match that exists: a request id (its unique index), an
+        organisation's slug (the org's index), else a model, route or error code. Exact, never a
+        substring, which would read every row of the ledger."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.startswith("req-"):
+            return queryset.filter(request_id=term), False
+        org = Organisation.objects.filter(slug=term).first()
+        if org is not None:
+            return queryset.filter(org=org), False
+        return queryset.filter(Q(model=term) | Q(route=term) | Q(error_code=term)), False
 
 
 @admin.register(UsageRollup)
