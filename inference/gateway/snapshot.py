@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
 from django.db import close_old_connections
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from inference.gateway import ledger
@@ -187,6 +190,29 @@ def _max_model_len(engine_args: object) -> int | None:
     return None
 
 
+class _KeyLists:
+    """A key's JSON lists, read as the database's text and each distinct text decoded once:
+    most keys share a handful of scope and model lists, and decoding every row's JSON was most
+    of a rebuild's time with tens of thousands of keys. The values are immutable, so keys share
+    them."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str | None], Any] = {}
+
+    def get(self, field_name: str, text: str | None) -> Any:
+        known = self._seen.get((field_name, text), self)
+        if known is not self:
+            return known
+        items = json.loads(text) if text else None
+        value: Any
+        if field_name == "allowed_ips":
+            value = tuple(ipaddress.ip_network(n) for n in items or ())
+        else:
+            value = frozenset(items or ())
+        self._seen[(field_name, text)] = value
+        return value
+
+
 def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
     """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones).
 
@@ -221,14 +247,36 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         )
     }
     keys: dict[str, KeyEntry] = {}
-    for row in ApiKey.objects.values(
+    lists = _KeyLists()
+    # Tuples rather than dicts: a platform has tens of thousands of keys.
+    for (
+        key_id,
+        org_id,
+        prefix,
+        digest,
+        scopes,
+        allowed_models,
+        allowed_ips,
+        rpm_limit,
+        tpm_limit,
+        budget_micros,
+        expires,
+        revoked_at,
+        previous_digest,
+        previous_prefix,
+        grace,
+    ) in ApiKey.objects.annotate(
+        scopes_text=Cast("scopes", TextField()),
+        allowed_models_text=Cast("allowed_models", TextField()),
+        allowed_ips_text=Cast("allowed_ips", TextField()),
+    ).values_list(
         "id",
         "org_id",
         "prefix",
         "digest",
-        "scopes",
-        "allowed_models",
-        "allowed_ips",
+        "scopes_text",
+        "allowed_models_text",
+        "allowed_ips_text",
         "rpm_limit",
         "tpm_limit",
         "monthly_budget_micros",
@@ -238,26 +286,24 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         "previous_prefix",
         "previous_expires_at",
     ):
-        expires: datetime | None = row["expires_at"]
-        key_entry = keys[row["digest"]] = KeyEntry(
-            id=row["id"],
-            org_id=row["org_id"],
-            prefix=row["prefix"],
-            scopes=frozenset(row["scopes"] or ()),
-            allowed_models=frozenset(row["allowed_models"] or ()),
-            rpm_limit=row["rpm_limit"],
-            tpm_limit=row["tpm_limit"],
-            budget_micros=row["monthly_budget_micros"],
+        key_entry = keys[digest] = KeyEntry(
+            id=key_id,
+            org_id=org_id,
+            prefix=prefix,
+            scopes=lists.get("scopes", scopes),
+            allowed_models=lists.get("allowed_models", allowed_models),
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            budget_micros=budget_micros,
             expires_at=expires.timestamp() if expires is not None else None,
-            revoked=row["revoked_at"] is not None,
-            allowed_networks=tuple(ipaddress.ip_network(n) for n in row["allowed_ips"] or ()),
+            revoked=revoked_at is not None,
+            allowed_networks=lists.get("allowed_ips", allowed_ips),
         )
         # The secret a roll replaced: the same key until its grace period ends.
-        grace: datetime | None = row["previous_expires_at"]
-        if row["previous_digest"] and grace is not None and grace > now:
+        if previous_digest and grace is not None and grace > now:
             ends = min(grace, expires) if expires is not None else grace
-            keys[row["previous_digest"]] = dataclasses.replace(
-                key_entry, prefix=row["previous_prefix"], expires_at=ends.timestamp()
+            keys[previous_digest] = dataclasses.replace(
+                key_entry, prefix=previous_prefix, expires_at=ends.timestamp()
             )
 
     replicas: dict[uuid.UUID, list[ReplicaEntry]] = {}
