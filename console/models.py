@@ -297,9 +297,12 @@ class ControlPlaneVersion(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     version = models.BigIntegerField(default=0)
+    # Moves with ``version`` unless a change declared it cannot concern API keys (replicas,
+    # deployments, routes): gateways read every key again only when this one moves.
+    keys_version = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
-        return f"control plane v{self.version}"
+        return f"control plane v{self.version} (keys v{self.keys_version})"
 
 
 class WebhookEndpoint(models.Model):

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections
@@ -130,6 +131,8 @@ class Snapshot:
     spend: ledger.Spend | None = None
     # Auto routes' own fitted scorer heads (JSON), by route id; routes absent use the shipped one.
     scorer_heads: dict[uuid.UUID, str] = field(default_factory=dict)
+    # The control plane's keys version when ``keys`` were read (console.snapshot).
+    keys_version: int = 0
 
     def catalogue(self, org_id: int) -> OrgCatalogue:
         return self.catalogues.get(org_id) or OrgCatalogue()
@@ -213,39 +216,10 @@ class _KeyLists:
         return value
 
 
-def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
-    """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones).
+def _keys_read(now: datetime) -> dict[str, KeyEntry]:
+    """Every key by its digest (and a rolled key's previous digest during its grace period)."""
+    from console.models import ApiKey
 
-    If billing's spend figures cannot be read, the previous snapshot's are kept (caps included),
-    so that a billing problem neither stops serving nor lifts the caps."""
-    from console.models import ApiKey, Organisation
-    from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
-    from inference.routing.secrets import secret_decrypt
-
-    now = timezone.now()
-    try:
-        spend = ledger.spend_load(now)
-    except Exception:
-        logger.exception("spend figures unavailable; keeping the previous ones")
-        kept = previous.spend if previous is not None else None
-        spend = kept if kept is not None else ledger.Spend({}, {}, {}, {})
-    orgs = {
-        row["id"]: OrgEntry(
-            id=row["id"],
-            slug=row["slug"],
-            suspended_reason=(row["suspended_reason"] or "no reason given")
-            if row["suspended_at"] is not None
-            else None,
-            budget_micros=spend.org_caps.get(row["id"]),
-            budget_message=spend.org_cap_messages.get(row["id"], ""),
-            month_spend_micros=spend.org_spend.get(row["id"], 0),
-            rpm_limit=row["rpm_limit"],
-            tpm_limit=row["tpm_limit"],
-        )
-        for row in Organisation.objects.values(
-            "id", "slug", "suspended_at", "suspended_reason", "rpm_limit", "tpm_limit"
-        )
-    }
     keys: dict[str, KeyEntry] = {}
     lists = _KeyLists()
     # Tuples rather than dicts: a platform has tens of thousands of keys.
@@ -305,6 +279,54 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
             keys[previous_digest] = dataclasses.replace(
                 key_entry, prefix=previous_prefix, expires_at=ends.timestamp()
             )
+    return keys
+
+
+def snapshot_build(
+    version: int,
+    previous: Snapshot | None = None,
+    *,
+    keys_version: int = 0,
+    reuse_keys: bool = False,
+) -> Snapshot:
+    """Read the control plane into a fresh snapshot (a handful of queries, no per-row ones).
+
+    If billing's spend figures cannot be read, the previous snapshot's are kept (caps included),
+    so that a billing problem neither stops serving nor lifts the caps. With ``reuse_keys`` (the
+    keys version has not moved since ``previous`` read them) the previous snapshot's keys are
+    kept instead of read again."""
+    from console.models import Organisation
+    from inference.models import Deployment, ExternalEndpoint, Replica, Route, RouteScorer
+    from inference.routing.secrets import secret_decrypt
+
+    now = timezone.now()
+    try:
+        spend = ledger.spend_load(now)
+    except Exception:
+        logger.exception("spend figures unavailable; keeping the previous ones")
+        kept = previous.spend if previous is not None else None
+        spend = kept if kept is not None else ledger.Spend({}, {}, {}, {})
+    orgs = {
+        row["id"]: OrgEntry(
+            id=row["id"],
+            slug=row["slug"],
+            suspended_reason=(row["suspended_reason"] or "no reason given")
+            if row["suspended_at"] is not None
+            else None,
+            budget_micros=spend.org_caps.get(row["id"]),
+            budget_message=spend.org_cap_messages.get(row["id"], ""),
+            month_spend_micros=spend.org_spend.get(row["id"], 0),
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
+        )
+        for row in Organisation.objects.values(
+            "id", "slug", "suspended_at", "suspended_reason", "rpm_limit", "tpm_limit"
+        )
+    }
+    if reuse_keys and previous is not None:
+        keys, keys_version = previous.keys, previous.keys_version
+    else:
+        keys = _keys_read(now)
 
     replicas: dict[uuid.UUID, list[ReplicaEntry]] = {}
     for rep in (
@@ -395,6 +417,7 @@ def snapshot_build(version: int, previous: Snapshot | None = None) -> Snapshot:
         key_spend=spend.key_spend,
         spend=spend,
         scorer_heads=scorer_heads,
+        keys_version=keys_version,
     )
 
 
@@ -416,7 +439,7 @@ class SnapshotPoller:
         *,
         poll_s: float,
         ttl_s: float,
-        build: Callable[[int, Snapshot | None], Snapshot] = snapshot_build,
+        build: Callable[..., Snapshot] = snapshot_build,
         after: Callable[[], object] | None = None,
     ) -> None:
         self._install = install
@@ -435,14 +458,22 @@ class SnapshotPoller:
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the version moved, the TTL passed, or ``force``. Returns whether it did."""
-        from console.snapshot import snapshot_version
+        from console.snapshot import snapshot_versions
 
         try:
-            version = snapshot_version()
+            version, keys_version = snapshot_versions()
             stale = time.monotonic() - self.built_at >= self._ttl_s
             if not (force or stale or version != self.version):
                 return False
-            snapshot = self._build(version, self.last)
+            # Keys are read again when their version moved, and at every forced or TTL rebuild.
+            reuse_keys = (
+                not (force or stale)
+                and self.last is not None
+                and self.last.keys_version == keys_version
+            )
+            snapshot = self._build(
+                version, self.last, keys_version=keys_version, reuse_keys=reuse_keys
+            )
             self.version, self.built_at, self.last = version, snapshot.built_at, snapshot
             self._install(snapshot)
             return True

@@ -170,7 +170,7 @@ class Orchestrator:
                 replica.state = replica_next_state(replica.state, "drain")
                 replica.save(update_fields=["state"])
         if serving:
-            snapshot_bump()
+            snapshot_bump(keys=False)
             started = time.monotonic()
             while time.monotonic() - started < self.config.drain_timeout_s:
                 self._stop.wait(0.25)
@@ -246,7 +246,7 @@ class Orchestrator:
         if deployment.deleted_at is not None and not live:
             logger.info("deployment %s deleted", deployment.pk)
             deployment.delete()
-            snapshot_bump()
+            snapshot_bump(keys=False)
             return
         self._summarise(deployment, live, failure=failure)
 
@@ -330,7 +330,7 @@ class Orchestrator:
         # The waiting request can now be served; demand after this is measured as load.
         Deployment.objects.filter(pk=deployment.pk, demand_at__lte=now).update(demand_at=None)
         deployment.demand_at = None
-        snapshot_bump()
+        snapshot_bump(keys=False)
         took = (now - replica.started_at).total_seconds() if replica.started_at else 0.0
         self._say(deployment, f"replica {str(replica.pk)[:8]} ready in {took:.0f} s")
 
@@ -389,7 +389,7 @@ class Orchestrator:
             )
         replica.save()
         if was_ready:
-            snapshot_bump()
+            snapshot_bump(keys=False)
 
     def _start(self, deployment: Deployment, replica: Replica, capacity: Capacity) -> None:
         gpus: list[int] = []
@@ -444,7 +444,7 @@ class Orchestrator:
             replica.state = replica_next_state(replica.state, "drain")
             replica.save(update_fields=["state"])
             self._drain_started[replica.pk] = time.monotonic()
-            snapshot_bump()
+            snapshot_bump(keys=False)
             self._say(replica.deployment, f"replica {str(replica.pk)[:8]} draining")
         elif replica.state in (S.PENDING, S.STARTING):
             if replica.handle and replica.state == S.STARTING:

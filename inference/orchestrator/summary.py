@@ -23,4 +23,4 @@ def summary_write(
     deployment.state, deployment.state_reason = state, reason
     if became == DeploymentState.FAILED:
         deployment_failed(deployment=deployment, reason=reason)
-    snapshot_bump()
+    snapshot_bump(keys=False)

@@ -249,7 +249,7 @@ def deployment_create(
         target=deployment,
         data={"model": deployment.model, "served_model_name": deployment.served_model_name},
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return deployment
 
 
@@ -300,7 +300,7 @@ def deployment_update(
         target=current,
         data={"changed": changed},
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return current
 
 
@@ -335,7 +335,7 @@ def deployment_scale(
         target=current,
         data={"min_replicas": current.min_replicas, "max_replicas": current.max_replicas},
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return current
 
 
@@ -359,7 +359,7 @@ def _set_paused(
         actor_key=actor_key,
         target=current,
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return current
 
 
@@ -397,7 +397,7 @@ def deployment_delete(
         actor_key=actor_key,
         target=current,
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
 
 
 def deployment_signal_demand(*, deployment_id: Any) -> None:

@@ -203,7 +203,7 @@ def route_recalibrate(*, route_id: uuid.UUID) -> bool:
             target=route,
             data={"before": before, "after": config["thresholds"]},
         )
-        snapshot_bump()
+        snapshot_bump(keys=False)
     return changed
 
 
@@ -314,5 +314,5 @@ def route_scorer_fit(*, scorer_id: uuid.UUID | str) -> bool:
     if stored:
         route_id = pending.route_id
         if not route_recalibrate(route_id=route_id):
-            snapshot_bump()  # the gateways load the new head
+            snapshot_bump(keys=False)  # the gateways load the new head
     return bool(stored)

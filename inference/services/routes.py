@@ -179,7 +179,7 @@ def route_create(
         target=route,
         data={"policy": route.policy, "config": route.config},
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return route
 
 
@@ -231,7 +231,7 @@ def route_update(
             "after": {"name": route.name, "policy": route.policy, "config": route.config},
         },
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return route
 
 
@@ -273,7 +273,7 @@ def route_delete(*, route: Route, actor: User | None, actor_key: ApiKey | None =
         data={"policy": route.policy, "config": route.config},
     )
     route.delete()
-    snapshot_bump()
+    snapshot_bump(keys=False)
 
 
 def _check_endpoint(
@@ -335,7 +335,7 @@ def external_endpoint_create(
         target=endpoint,
         data={"base_url": base_url, "model": model},
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return endpoint
 
 
@@ -393,7 +393,7 @@ def external_endpoint_update(
         target=endpoint,
         data=changed,
     )
-    snapshot_bump()
+    snapshot_bump(keys=False)
     return endpoint
 
 
@@ -412,4 +412,4 @@ def external_endpoint_delete(
         data={"base_url": endpoint.base_url},
     )
     endpoint.delete()
-    snapshot_bump()
+    snapshot_bump(keys=False)

@@ -202,7 +202,7 @@ class KubernetesOrchestrator:
         logger.info("deployment %s deleted", deployment.pk)
         self._say(deployment, "deleted; its Deployment, Service and pods are gone")
         deployment.delete()
-        snapshot_bump()
+        snapshot_bump(keys=False)
 
     def _read_metrics(self, observation: Observation) -> dict[str, EngineMetrics]:
         """Each ready pod's /metrics, by pod name (needs the pod network: in-cluster only)."""
@@ -279,7 +279,7 @@ class KubernetesOrchestrator:
             row.save(update_fields=["state", "stopped_at", "progress"])
         after = {(r.handle, r.host, r.port) for r in kept if r.state == S.READY}
         if before != after:
-            snapshot_bump()
+            snapshot_bump(keys=False)
         if deployment.deleted_at is None:
             Replica.objects.filter(
                 deployment=deployment,
