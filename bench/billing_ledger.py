@@ -11,7 +11,6 @@ and the script prints records per second for each and their ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from django_env import django_start  # noqa: E402  (bench/ is this script's own folder)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -31,16 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = tempfile.TemporaryDirectory()
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{scratch.name}/bench.sqlite3")
-    os.environ.setdefault("DJANGO_DEBUG", "1")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    django_start(default_database=f"sqlite:///{scratch.name}/bench.sqlite3")
     from billing.ledger import UsageEvent, usage_record_batch
     from billing.rollups import usage_rollup
     from billing.selectors import month_to_date_spend
@@ -89,7 +81,9 @@ def main() -> None:
     for _ in range(20):
         month_to_date_spend()
     mtd_ms = (time.perf_counter() - t) / 20 * 1000
-    engine = django.db.connection.vendor
+    from django.db import connection
+
+    engine = connection.vendor
     print(f"database: {engine}; records: {batched_n} batched ({args.batch}/call),", end=" ")
     print(f"{single_n} one per call")
     print(f"batched: {batched_rate:,.0f} records/s; one per call: {single_rate:,.0f} records/s")

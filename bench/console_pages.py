@@ -15,7 +15,6 @@ it on each against the same seeded database with ``--reuse``.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -27,22 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from django_env import django_start  # noqa: E402  (bench/ is this script's own folder)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--reuse", action="store_true", help="time the pages of an earlier seed")
     args = parser.parse_args()
-    if not os.environ.get("DATABASE_URL"):
-        sys.exit("Set DATABASE_URL to a scratch database.")
-    os.environ.setdefault("DJANGO_DEBUG", "1")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
-    import django
-
-    django.setup()
+    django_start()
     from django.conf import settings
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -53,7 +46,6 @@ def main() -> None:
     from console.models import ApiKey, Membership, Organisation, Role, User
     from console.services.keys import api_key_create
 
-    call_command("migrate", verbosity=0)
     if args.reuse:
         org = Organisation.objects.get(slug="busy")
         owner = User.objects.get(email="busy-owner@example.com")

@@ -17,7 +17,6 @@ database.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from django_env import django_start  # noqa: E402  (bench/ is this script's own folder)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -34,20 +35,10 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10, help="keys per organisation")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if not os.environ.get("DATABASE_URL"):
-        sys.exit("Set DATABASE_URL to a scratch database.")
-    os.environ.setdefault("DJANGO_DEBUG", "1")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    django_start()
     from console.models import ApiKey, Organisation
     from inference.gateway.snapshot import snapshot_build
 
-    call_command("migrate", verbosity=0)
     have = Organisation.objects.filter(slug__startswith="bench-").count()
     if have < args.orgs:
         orgs = Organisation.objects.bulk_create(

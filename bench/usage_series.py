@@ -12,7 +12,6 @@ round by round; the script checks they agree and prints the median time of each 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from django_env import django_start  # noqa: E402  (bench/ is this script's own folder)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -37,16 +38,9 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = tempfile.TemporaryDirectory()
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{scratch.name}/bench.sqlite3")
-    os.environ.setdefault("DJANGO_DEBUG", "1")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
-    import django
+    django_start(default_database=f"sqlite:///{scratch.name}/bench.sqlite3")
+    from django.db import connection
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     from billing.models import UsageRollup
     from billing.rollups import COUNTED_FIELDS, LATENCY_BUCKETS_MS
     from billing.selectors import UsageFilters, UsageRow, usage_series
@@ -122,7 +116,7 @@ def main() -> None:
 
     summed_ms = statistics.median(summed_times) * 1000
     baseline_ms = statistics.median(baseline_times) * 1000
-    vendor = django.db.connection.vendor
+    vendor = connection.vendor
     print(
         f"database: {vendor}; {len(rows)} hourly rollups ({args.days} days, {args.models} models, "
         f"{args.routes} routes, {args.keys} keys) summed by day and model into {len(summed)} rows"
