@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.decorators import member_can, requires
@@ -18,13 +23,29 @@ from console.services.keys import (
     api_key_update,
 )
 
+KEYS_PER_PAGE = 50
+
 
 def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) -> dict:
+    """The form, and one page of the keys: newest first, narrowed by ``?q=`` (a name, or the
+    start of a key as it is shown, ``sk-...``) and ``?page=``. A revoke keeps the page it was
+    clicked on, as its form posts to the page's own query."""
     org = request.org
+    keys = org.api_keys.select_related("created_by")
+    search = request.GET.get("q", "").strip()[:100]
+    if search:
+        keys = keys.filter(Q(name__icontains=search) | Q(prefix__startswith=search))
+    page = Paginator(keys, KEYS_PER_PAGE).get_page(request.GET.get("page"))
+    query = {"q": search} if search else {}
     return {
         "form": form,
         "created": created,
-        "keys": org.api_keys.select_related("created_by"),
+        "keys": page.object_list,
+        "page": page,
+        "search": search,
+        "search_query": urlencode(query),
+        "list_query": urlencode({**query, "page": page.number} if page.number > 1 else query),
+        "any_keys": bool(search) or page.paginator.count > 0,
         "can_manage": member_can(request, Action.KEYS_MANAGE),
     }
 
@@ -114,4 +135,6 @@ def key_revoke(request: OrgRequest, org_slug: str, key_id: str) -> HttpResponse:
     api_key_revoke(key=key, actor=request.user)
     if request.htmx:
         return render(request, "console/keys.html#key-list", _context(request, ApiKeyForm(), None))
-    return redirect("key_list", org_slug=org_slug)
+    # Back to the page the key was revoked from (its search and page number).
+    query = request.GET.urlencode()
+    return redirect(reverse("key_list", args=[org_slug]) + (f"?{query}" if query else ""))
