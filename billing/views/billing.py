@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -30,6 +31,8 @@ from console.decorators import member_can, requires
 from console.permissions import Action
 from console.requests import OrgRequest
 
+KEYS_PER_PAGE = 50
+
 
 def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict:
     org = request.org
@@ -40,6 +43,9 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
     keys = list(org.api_keys.filter(revoked_at=None))
     for key in keys:
         key.mtd_micros = key_spend.get(key.pk, 0)  # type: ignore[attr-defined]
+    # The keys that spend most first, 50 a page: an organisation may have thousands.
+    keys.sort(key=lambda key: (-key.mtd_micros, key.name))  # type: ignore[attr-defined]
+    keys_page = Paginator(keys, KEYS_PER_PAGE).get_page(request.GET.get("keys_page"))
     limit = spend_limit_details([org.pk])[org.pk]
     credit_used = 0
     if account.plan.kind == "free":
@@ -63,7 +69,8 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
         "estimate_due": max(mtd - credit_used, 0),
         "budget": budget,
         "budget_form": budget_form,
-        "keys": keys,
+        "keys": keys_page.object_list,
+        "keys_page": keys_page,
         "invoices": Invoice.objects.filter(org=org)[:24],
         "can_manage": member_can(request, Action.BILLING_MANAGE),
     }

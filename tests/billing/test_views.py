@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -209,3 +210,28 @@ def test_the_day_boundaries_are_utc(client_for, owner, org):
     usage_rollup()
     rows = client_for(owner).get(f"/api/orgs/{org.slug}/usage/").json()["rows"]
     assert [r["day"] for r in rows] == [late.date().isoformat()]
+
+
+def test_key_budgets_come_50_a_page_the_most_spent_first(client_for, owner, org, mid_month):
+    keys = [
+        api_key_create(org=org, actor=owner, name=f"key {i:02d}", scopes=["inference"]).key
+        for i in range(60)
+    ]
+    # Keys 10 to 14 spent this month, key 14 the most.
+    usage_record_batch(
+        [
+            usage(org.pk, mid_month - timedelta(hours=1), api_key_id=keys[i].pk, prompt_tokens=i)
+            for i in range(10, 15)
+            for _ in range(i - 9)
+        ]
+    )
+    usage_rollup()
+    client = client_for(owner)
+    first = client.get(f"/o/{org.slug}/billing/").content.decode()
+    names = re.findall(r"<td>(key \d\d) <code>", first)
+    assert len(names) == 50
+    assert names[:5] == ["key 14", "key 13", "key 12", "key 11", "key 10"]
+    assert names[5:8] == ["key 00", "key 01", "key 02"]  # no spend: by name
+    assert "Keys 1\u201350 of 60, the most spent this month first." in first
+    second = client.get(f"/o/{org.slug}/billing/", {"keys_page": 2}).content.decode()
+    assert re.findall(r"<td>(key \d\d) <code>", second) == [f"key {i:02d}" for i in range(50, 60)]
