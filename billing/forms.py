@@ -11,6 +11,7 @@ from django.utils import timezone
 from billing.models import UsageRollup
 from billing.money import dollars_to_micros
 from billing.selectors import UsageFilters
+from console.forms import key_filter_field
 from console.models import Organisation
 
 MAX_RANGE_DAYS = 366
@@ -30,9 +31,7 @@ class UsageFilterForm(forms.Form):
         today = timezone.now().date()
         self.initial.setdefault("end", today)
         self.initial.setdefault("start", today - timedelta(days=29))
-        keys = [(str(pk), f"{name} ({prefix}…)") for pk, name, prefix in
-                org.api_keys.values_list("id", "name", "prefix")]  # fmt: skip
-        cast(forms.ChoiceField, self.fields["key"]).choices = [("", "All keys"), *keys]
+        self.fields["key"] = key_filter_field(org)
         rollups = UsageRollup.objects.filter(org=org).order_by()
         routes = sorted(r for r in rollups.values_list("route", flat=True).distinct() if r)
         models = sorted(rollups.values_list("model", flat=True).distinct())

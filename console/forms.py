@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django import forms
@@ -7,7 +8,7 @@ from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from console.envvars import comma_list
-from console.models import ApiKey, Scope, User
+from console.models import ApiKey, Organisation, Scope, User
 from console.permissions import Role
 from console.services.keys import MAX_KEY_LIMIT
 
@@ -184,6 +185,53 @@ class InviteForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+# Above this many keys a filter by key is a text field rather than a list of every key, which
+# made the usage and request pages hundreds of kilobytes for an organisation with thousands.
+KEY_CHOICES_MAX = 200
+
+
+class KeyFilterField(forms.CharField):
+    """One of ``org``'s keys, typed as the start shown for it (``sk-…``) or its id. Cleans to the
+    key's id as text, as the list of keys does."""
+
+    def __init__(self, org: Organisation) -> None:
+        super().__init__(
+            required=False,
+            max_length=100,
+            label="API key",
+            widget=forms.TextInput(attrs={"placeholder": "All keys, or sk-… or a key's id"}),
+        )
+        self.org = org
+
+    def clean(self, value: Any) -> str:
+        text = (super().clean(value) or "").strip().rstrip("…").strip()
+        if not text:
+            return ""
+        keys = self.org.api_keys
+        try:
+            return str(keys.get(pk=uuid.UUID(text)).pk)
+        except (ValueError, ApiKey.DoesNotExist):
+            pass
+        found = list(keys.filter(prefix__startswith=text).values_list("pk", flat=True)[:2])
+        if len(found) == 1:
+            return str(found[0])
+        if found:
+            raise ValidationError(f"More than one key starts with {text}: type more of it.")
+        raise ValidationError(f"No key of this organisation starts with {text}.")
+
+
+def key_filter_field(org: Organisation) -> forms.Field:
+    """A filter by one of ``org``'s keys: a list of them (name and start), or, past
+    ``KEY_CHOICES_MAX`` keys, a ``KeyFilterField``."""
+    keys = list(
+        org.api_keys.order_by("name").values_list("id", "name", "prefix")[: KEY_CHOICES_MAX + 1]
+    )
+    if len(keys) > KEY_CHOICES_MAX:
+        return KeyFilterField(org)
+    choices = [(str(pk), f"{name} ({prefix}…)") for pk, name, prefix in keys]
+    return forms.ChoiceField(required=False, label="API key", choices=[("", "All keys"), *choices])
 
 
 def apply_service_error(form: forms.Form, error: ValidationError) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from typing import Any
 
 from django import forms
 from django.http import Http404, HttpResponse, QueryDict
@@ -16,7 +16,7 @@ from billing.models import UsageRecord, UsageRollup
 from billing.money import micros_to_decimal
 from console.decorators import requires
 from console.exports import csv_download
-from console.forms import DayRangeForm
+from console.forms import DayRangeForm, key_filter_field
 from console.models import Organisation
 from console.permissions import Action
 from console.requests import OrgRequest
@@ -70,9 +70,7 @@ class RequestFilterForm(DayRangeForm):
 
     def __init__(self, *args: Any, org: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        keys = [(str(pk), f"{name} ({prefix}…)") for pk, name, prefix in
-                org.api_keys.order_by("name").values_list("id", "name", "prefix")]  # fmt: skip
-        cast(forms.ChoiceField, self.fields["key"]).choices = [("", "All keys"), *keys]
+        self.fields["key"] = key_filter_field(org)
         # Suggestions for the model field: names with traffic, routes and deployments.
         used = UsageRollup.objects.filter(org=org).order_by().values_list("route", flat=True)
         names = set(used.distinct())

@@ -371,3 +371,35 @@ def test_a_range_of_utc_days(client, client_for, org, owner):
     assert len(lines) == 3 and {line.split(",")[1] for line in lines[1:]} == set(day1)
     backwards = browser.get("/o/acme/requests/?start=2026-11-03&end=2026-11-01")
     assert "The start must not be after the end." in backwards.content.decode()
+
+
+def test_with_many_keys_the_key_filter_takes_the_start_of_a_key(
+    client_for, org, owner, monkeypatch
+):
+    from console import forms as console_forms
+
+    monkeypatch.setattr(console_forms, "KEY_CHOICES_MAX", 3)
+    keys = [
+        api_key_create(org=org, actor=owner, name=f"k{i}", scopes=["inference"]).key
+        for i in range(4)
+    ]
+    mine = _write(org.pk, 2, api_key_id=keys[2].pk)
+    _write(org.pk, 3, api_key_id=keys[0].pk)
+    browser = client_for(owner)
+    page = browser.get("/o/acme/requests/")
+    html = page.content.decode()
+    # A text field, not a list of every key.
+    assert 'name="key" ' in html and '<option value="' + str(keys[1].pk) not in html
+    for typed in (keys[2].prefix, keys[2].prefix + "…", str(keys[2].pk)):
+        shown = browser.get("/o/acme/requests/", {"key": typed})
+        assert {r.request_id for r in shown.context["rows"]} == set(mine), typed
+    unknown = browser.get("/o/acme/requests/", {"key": "sk-nothing"})
+    assert "No key of this organisation starts with sk-nothing." in unknown.content.decode()
+    usage_page = browser.get(f"/o/{org.slug}/usage/", {"key": "sk-nothing"})
+    assert "No key of this organisation starts with sk-nothing." in usage_page.content.decode()
+    # Another organisation's key is not found by its id either.
+    other = api_key_create(
+        org=OrgFactory(name="Other", slug="other"), actor=None, name="x", scopes=["inference"]
+    ).key
+    theirs = browser.get("/o/acme/requests/", {"key": str(other.pk)})
+    assert "No key of this organisation" in theirs.content.decode()
