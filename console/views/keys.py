@@ -31,7 +31,8 @@ def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) 
     start of a key as it is shown, ``sk-...``) and ``?page=``. A revoke keeps the page it was
     clicked on, as its form posts to the page's own query."""
     org = request.org
-    keys = org.api_keys.select_related("created_by")
+    # The id breaks ties, so that keys created in the same instant never move between pages.
+    keys = org.api_keys.select_related("created_by").order_by("-created_at", "-id")
     search = request.GET.get("q", "").strip()[:100]
     if search:
         keys = keys.filter(Q(name__icontains=search) | Q(prefix__startswith=search))
