@@ -56,10 +56,20 @@ def _split_point(now: datetime) -> datetime:
     return max(hour_floor(now) - timedelta(hours=1), month_start(now))
 
 
+# Records are written after they are served (``created_at`` is the write), so the raw records of
+# the last hours are found by the index on ``created_at``; the margin covers clocks that stepped
+# back. The ledger's other index starts with the org, and across all orgs it would be read whole.
+WRITTEN_AFTER_SERVED_MARGIN = timedelta(minutes=10)
+
+
 def _spend(group: str, org_ids: Iterable[int] | None, now: datetime) -> dict:
     start, split = month_start(now), _split_point(now)
     rollups = UsageRollup.objects.filter(hour__gte=start, hour__lt=split)
-    records = UsageRecord.objects.filter(served_at__gte=split, served_at__lt=now)
+    records = UsageRecord.objects.filter(
+        served_at__gte=split,
+        served_at__lt=now,
+        created_at__gte=split - WRITTEN_AFTER_SERVED_MARGIN,
+    )
     uptime = UptimeRecord.objects.filter(hour__gte=split, hour__lt=now)
     ids = list(org_ids) if org_ids is not None else None
     if ids is not None:
