@@ -432,6 +432,6 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
 
 @admin.register(ControlPlaneVersion)
 class ControlPlaneVersionAdmin(ReadOnlyAdmin):
-    """The counter every change bumps and the gateways poll: shown, never set by hand."""
+    """The counters every change bumps and the gateways poll: shown, never set by hand."""
 
-    list_display = ["id", "version"]
+    list_display = ["id", "version", "keys_version"]
