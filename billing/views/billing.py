@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from billing.forms import BudgetForm, KeyBudgetForm, PlanForm
@@ -118,7 +119,10 @@ def key_budget_update(request: OrgRequest, org_slug: str, key_id: str) -> HttpRe
     else:
         key_budget_set(key=key, actor=request.user, amount_micros=form.amount_micros())
         messages.success(request, f"Budget for “{key.name}” saved.")
-    return redirect("billing", org_slug=request.org.slug)
+    # Back to the page of keys the form was on.
+    page = request.GET.get("keys_page", "")
+    query = f"?keys_page={page}" if page.isdigit() else ""
+    return redirect(reverse("billing", args=[request.org.slug]) + query)
 
 
 def _stripe_redirect(request: OrgRequest, make_url: object) -> HttpResponse:

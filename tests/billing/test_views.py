@@ -235,3 +235,8 @@ def test_key_budgets_come_50_a_page_the_most_spent_first(client_for, owner, org,
     assert "Keys 1\u201350 of 60, the most spent this month first." in first
     second = client.get(f"/o/{org.slug}/billing/", {"keys_page": 2}).content.decode()
     assert re.findall(r"<td>(key \d\d) <code>", second) == [f"key {i:02d}" for i in range(50, 60)]
+    # Saving a budget on the second page comes back to it.
+    action = f"/o/{org.slug}/billing/keys/{keys[55].pk}/budget/?keys_page=2"
+    assert f'action="{action}"' in second
+    saved = client.post(action, {"amount": "3"})
+    assert saved["Location"] == f"/o/{org.slug}/billing/?keys_page=2"
