@@ -79,7 +79,8 @@ def test_limited_requests_get_a_503_that_changes_nothing_and_unlimited_ones_are_
     answer = gw.client(free, timeout=15).chat.completions.create(**CHAT)
     assert answer.choices[0].message.content
     assert len(fake.requests) == 1
-    gw.flush()
+    # Recorded after the answer is sent: wait for it rather than race it.
+    gw.wait_for_records(1)
     # One usage record, the served request's; the refused ones are counted as refusals only.
     assert list(UsageRecord.objects.filter(org=org).values_list("status_code", flat=True)) == [200]
 
@@ -105,7 +106,7 @@ def test_fail_open_serves_limited_requests_uncounted(start_gateway, engine, org,
     assert _limiter_errors(gw, "admit") == "3"
     # Nothing was admitted, so nothing is settled either.
     assert _limiter_errors(gw, "settle") == "0"
-    gw.flush()
+    gw.wait_for_records(3)
     assert UsageRecord.objects.filter(org=org, status_code=200).count() == 3
 
 
