@@ -21,7 +21,7 @@ from inference.gateway.bodies import CHAT
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
 from inference.gateway.metering import Meter
-from inference.gateway.snapshot import snapshot_build
+from inference.gateway.snapshot import empty_snapshot, snapshot_build
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ def route_try(
     meter = Meter()  # never started: the event is taken out below and written here
     base = config or GatewayConfig.from_env()
     gateway = Gateway(replace(base, access_log=False), meter=meter, poll=False)
-    gateway.install(snapshot_build(snapshot_version()))
+    # The console's own key is the one used, so the platform's API keys are not read (with tens
+    # of thousands of keys that was most of the snapshot's cost): an empty snapshot's are kept.
+    gateway.install(snapshot_build(snapshot_version(), empty_snapshot(), reuse_keys=True))
     body = json.dumps(
         {
             "model": model,
