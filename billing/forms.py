@@ -11,6 +11,7 @@ from django.utils import timezone
 from billing.models import UsageRollup
 from billing.money import dollars_to_micros
 from billing.selectors import UsageFilters
+from console.days import day_validators
 from console.forms import key_filter_field
 from console.models import Organisation
 
@@ -19,8 +20,12 @@ GROUPS = [("model", "Model"), ("route", "Route"), ("key", "API key")]
 
 
 class UsageFilterForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    start = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=day_validators()
+    )
+    end = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=day_validators()
+    )
     key = forms.ChoiceField(required=False, label="API key")
     route = forms.ChoiceField(required=False)
     model = forms.ChoiceField(required=False)

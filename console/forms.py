@@ -7,6 +7,7 @@ from django import forms
 from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
+from console.days import day_validators
 from console.envvars import comma_list
 from console.models import ApiKey, Organisation, Scope, User
 from console.permissions import Role
@@ -96,10 +97,16 @@ class DayRangeForm(forms.Form):
     """Filters over a range of UTC days, both included; a backwards range names ``start``."""
 
     start = forms.DateField(
-        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+        required=False,
+        label="From (UTC)",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        validators=day_validators(),
     )
     end = forms.DateField(
-        required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+        required=False,
+        label="To (UTC)",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        validators=day_validators(),
     )
 
     def clean(self) -> dict[str, Any]:

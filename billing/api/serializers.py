@@ -9,12 +9,19 @@ from rest_framework import serializers
 from billing.forms import MAX_RANGE_DAYS
 from billing.selectors import DIMENSIONS
 from billing.services.accounts import MAX_BUDGET_MICROS
+from console.days import day_validators
 
 
 class UsageQuerySerializer(serializers.Serializer):
-    start = serializers.DateField(required=False, help_text="First UTC day (default: 29 days ago).")
+    start = serializers.DateField(
+        required=False,
+        validators=day_validators(),
+        help_text="First UTC day (default: 29 days ago).",
+    )
     end = serializers.DateField(
-        required=False, help_text="Last UTC day, inclusive (default: today)."
+        required=False,
+        validators=day_validators(),
+        help_text="Last UTC day, inclusive (default: today).",
     )
     group_by = serializers.CharField(
         required=False,

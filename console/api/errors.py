@@ -45,7 +45,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, Http404):
-        exc = exceptions.NotFound()
+        # A view's own words ("No budget is set.") are kept; get_object_or_404's name a model
+        # class, which says nothing to a client.
+        said = str(exc)
+        exc = exceptions.NotFound(
+            None if said.endswith("matches the given query.") else said or None
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

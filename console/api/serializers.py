@@ -5,6 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from console.days import day_validators
 from console.limits import org_rate_limits
 from console.models import (
     ApiKey,
@@ -187,8 +188,12 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 class DayRangeSerializer(serializers.Serializer[None]):
     """Query parameters for a range of UTC days, both included; a backwards range is refused."""
 
-    start = serializers.DateField(required=False, help_text="First UTC day (included).")
-    end = serializers.DateField(required=False, help_text="Last UTC day (included).")
+    start = serializers.DateField(
+        required=False, validators=day_validators(), help_text="First UTC day (included)."
+    )
+    end = serializers.DateField(
+        required=False, validators=day_validators(), help_text="Last UTC day (included)."
+    )
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("start") and data.get("end") and data["start"] > data["end"]:

@@ -44,7 +44,13 @@ from console.models import (
     WebhookEndpoint,
 )
 from console.services.audit import audit_record
-from inference.routing.egress import EgressRefused, egress_policy, host_addresses, url_problem
+from inference.routing.egress import (
+    EgressRefused,
+    egress_policy,
+    host_addresses,
+    http_url_problem,
+    url_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +72,14 @@ def _policy() -> Any:
 
 def _clean_url(url: str) -> str:
     url = (url or "").strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError({"url": "Enter an http:// or https:// URL."})
-    if parts.username or parts.password:
-        raise ValidationError({"url": "Leave credentials out of the URL; verify the signature."})
     if len(url) > 500:
         raise ValidationError({"url": "Use at most 500 characters."})
+    problem = http_url_problem(url, not_http="Enter an http:// or https:// URL.")
+    if problem:
+        raise ValidationError({"url": problem})
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValidationError({"url": "Leave credentials out of the URL; verify the signature."})
     problem = url_problem(url, _policy())
     if problem:
         raise ValidationError({"url": problem})

@@ -116,6 +116,13 @@ class ScaleSerializer(serializers.Serializer[None]):
         return attrs
 
 
+class LogQuerySerializer(serializers.Serializer[None]):
+    replica = serializers.UUIDField(required=False, help_text="A replica id; default the newest.")
+    lines = serializers.IntegerField(
+        required=False, default=100, min_value=1, max_value=1000, help_text="How many lines."
+    )
+
+
 class LogTailSerializer(serializers.Serializer[None]):
     replica = serializers.UUIDField(allow_null=True)
     lines = serializers.ListField(child=serializers.CharField())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,6 +13,7 @@ from console.permissions import Action
 from inference.api.serializers import (
     DeploymentSerializer,
     DeploymentWriteSerializer,
+    LogQuerySerializer,
     LogTailSerializer,
     ScaleSerializer,
 )
@@ -156,21 +157,17 @@ class DeploymentLogsView(_DeploymentView):
     actions = {"GET": Action.DEPLOYMENTS_VIEW}
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("replica", str, description="A replica id; default the newest."),
-            OpenApiParameter("lines", int, description="How many lines (at most 1000)."),
-        ],
+        parameters=[LogQuerySerializer],
         responses=LogTailSerializer,
         summary="The end of a replica's engine log",
     )
     def get(self, request: Request, org_slug: str, deployment_id: str) -> Response:
         deployment = self._deployment(deployment_id)
+        query = LogQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         replicas = deployment.replicas.order_by("-created_at")
-        wanted = request.query_params.get("replica")
+        wanted = query.validated_data.get("replica")
         replica = get_object_or_404(replicas, id=wanted) if wanted else replicas.first()
-        try:
-            lines = int(request.query_params.get("lines", "100"))
-        except ValueError:
-            lines = 100
+        lines = query.validated_data["lines"]
         tail = replica_log_tail(replica=replica, lines=lines) if replica is not None else []
         return Response({"replica": replica.pk if replica else None, "lines": tail})

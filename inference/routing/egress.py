@@ -142,6 +142,34 @@ def host_addresses(policy: EgressPolicy, host: str, port: int) -> list[str] | No
     return addresses
 
 
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def http_url_problem(url: str, *, not_http: str) -> str | None:
+    """What is wrong with the form of an http(s) URL, for a form's error (None when nothing):
+    ``not_http`` when it has no http(s) scheme or no host, else what is malformed (brackets,
+    port, spaces, a host name no DNS can hold). Where it points is ``url_problem``'s question."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (parsing the port raises for a bad one)
+    except ValueError as error:  # "Invalid IPv6 URL", "Port out of range 0-65535"...
+        return f"This is not a valid URL: {error}."
+    if parts.scheme not in ("http", "https") or not host:
+        return not_http
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "A URL has no spaces or control characters; encode them (%20)."
+    if _literal(host) is None:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_host = ""
+        labels = ascii_host.removesuffix(".").split(".")
+        if not ascii_host or not all(_LABEL_RE.match(label) for label in labels):
+            return f"'{host}' is not a valid host name."
+    return None
+
+
 def url_problem(url: str, policy: EgressPolicy) -> str | None:
     """Why the gateway may not call ``url``, for a form's error (None when it may).
 

@@ -8,6 +8,7 @@ record id), so that a page stays correct while new requests arrive.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ class RequestFilters:
     end: date | None = None
 
 
+_CURSOR_RE = re.compile(r"([0-9]{1,18})_([0-9]{1,18})")
+
+
 @dataclass(frozen=True)
 class Cursor:
     served_at: datetime
@@ -52,9 +56,13 @@ class Cursor:
 
     @classmethod
     def decode(cls, value: str) -> Cursor:
-        micros, sep, pk = value.partition("_")
-        if sep and micros.isdigit() and pk.isdigit() and int(pk) > 0 and len(micros) <= 18:
-            return cls(EPOCH + timedelta(microseconds=int(micros)), int(pk))
+        # ASCII digits only ("¹".isdigit() holds), at most 18 (a 64-bit id column holds them).
+        match = _CURSOR_RE.fullmatch(value)
+        if match is not None and int(match[2]) > 0:
+            try:
+                return cls(EPOCH + timedelta(microseconds=int(match[1])), int(match[2]))
+            except OverflowError:  # past the last date Python can hold: never one of ours
+                pass
         raise CursorError("not a cursor from this log: pass the `next` value of a page")
 
 

@@ -22,7 +22,8 @@ from console.services.audit import audit_record
 from console.snapshot import snapshot_bump
 from inference.conf import model_roots
 from inference.engine_args import engine_args_validate
-from inference.models import Deployment, ModelSource, ReplicaState, Runner
+from inference.models import Deployment, ModelSource, ReplicaState, Route, Runner
+from inference.services.routes import routes_check_deployment_runner, routes_sending_to
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -177,6 +178,11 @@ def _check_unique(*, org: Organisation, values: dict[str, Any], exclude: Deploym
         errors["served_model_name"] = (
             f"Another deployment already serves “{values['served_model_name']}”."
         )
+    elif Route.objects.filter(org=org, name=values["served_model_name"]).exists():
+        # Requests name a model; one name must not mean a route and a deployment at once.
+        errors["served_model_name"] = (
+            f"A route is named “{values['served_model_name']}”; choose another model name."
+        )
     if errors:
         raise ValidationError(errors)
 
@@ -282,6 +288,17 @@ def deployment_update(
     changed = [field for field in EDITABLE if values[field] != before[field]]
     if not changed:
         return current
+    if "name" in changed:
+        # Routes name their deployments: renaming one under them would leave them sending to
+        # nothing (and refusing every later edit until fixed).
+        users = routes_sending_to(org, f"deployment:{before['name']}")
+        if users:
+            raise ValidationError(
+                {
+                    "name": f"Route(s) {', '.join(users)} send requests to “{before['name']}”; "
+                    "point them elsewhere before renaming it."
+                }
+            )
     for field in changed:
         setattr(current, field, values[field])
     if any(field in SPEC_FIELDS for field in changed):
@@ -291,6 +308,8 @@ def deployment_update(
     )
     current.updated_at = timezone.now()
     current.save()
+    if "runner" in changed:
+        routes_check_deployment_runner(org, current.name)  # raising undoes the save
     _clear_failures(current)
     audit_record(
         org=org,
@@ -387,6 +406,12 @@ def deployment_delete(
     The name and served model name are free again at once.
     """
     current = _live(deployment)
+    users = routes_sending_to(current.org, f"deployment:{current.name}")
+    if users:
+        raise ValidationError(
+            f"Route(s) {', '.join(users)} send requests to “{current.name}”; point them "
+            "elsewhere or delete them before deleting it."
+        )
     current.deleted_at = timezone.now()
     current.updated_at = current.deleted_at
     current.save(update_fields=["deleted_at", "updated_at"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,7 +26,7 @@ from inference.routing.config import (
     route_spec_parse,
     routes_check_references,
 )
-from inference.routing.egress import egress_policy, url_problem
+from inference.routing.egress import egress_policy, http_url_problem, url_problem
 from inference.routing.secrets import secret_encrypt
 from inference.services.router import auto_config_prepare
 
@@ -251,6 +250,43 @@ def routes_sending_to(org: Organisation, ref: str, *, exclude: Route | None = No
     return sorted(users)
 
 
+def _route_specs(org: Organisation) -> dict[str, RouteSpec]:
+    specs = {}
+    for route in Route.objects.filter(org=org):
+        try:
+            specs[route.name] = _spec_of(route)
+        except RouteConfigError:
+            continue  # an older route that no longer validates sends nowhere
+    return specs
+
+
+def routes_reaching(org: Organisation, ref: str) -> list[str]:
+    """Names of the org's routes that can send to ``ref``, directly or through other routes
+    (cold-start fallbacks included)."""
+    specs = _route_specs(org)
+    refs = {name: {str(r) for r in spec.references()} for name, spec in specs.items()}
+    reached: set[str] = set()
+    frontier = {ref}
+    while frontier:
+        users = {name for name, sent in refs.items() if name not in reached and sent & frontier}
+        reached |= users
+        frontier = {f"route:{name}" for name in users}
+    return sorted(reached)
+
+
+def routes_check_deployment_runner(org: Organisation, deployment_name: str) -> None:
+    """After a deployment's runner changed (inside the change's transaction): every route that
+    reaches it must still serve one kind of request. Raises ValidationError on ``runner``."""
+    specs = _route_specs(org)
+    for name in routes_reaching(org, f"deployment:{deployment_name}"):
+        try:
+            _check_one_kind_of_work(org, specs[name], specs)
+        except ValidationError as error:
+            raise ValidationError(
+                {"runner": f"Route {name!r} sends requests to this deployment: {error.messages[0]}"}
+            ) from None
+
+
 def _check_not_referenced(route_or_endpoint: Route | ExternalEndpoint, ref: str, verb: str) -> None:
     exclude = route_or_endpoint if isinstance(route_or_endpoint, Route) else None
     users = routes_sending_to(route_or_endpoint.org, ref, exclude=exclude)
@@ -281,9 +317,9 @@ def _check_endpoint(
 ) -> tuple[str, str]:
     """Check an endpoint's address, model and key into ``errors``; the cleaned URL and model."""
     base_url = (base_url or "").strip().rstrip("/")
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        errors["base_url"] = "Enter an http(s) URL, up to and including /v1."
+    problem = http_url_problem(base_url, not_http="Enter an http(s) URL, up to and including /v1.")
+    if problem is not None:
+        errors["base_url"] = problem
     else:
         # Keep tenants from pointing the gateway at the platform's own network.
         problem = url_problem(base_url, egress_policy(tuple(settings.GATEWAY_EXTERNAL_ALLOW)))

@@ -40,7 +40,12 @@ def object_ids(org, owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
         org=org, actor=owner, name="victim", policy="single", config={"target": "external:victim"}
     )
     deployment = deployment_create(
-        org=org, actor=owner, name="victim", source="huggingface", model="acme/victim"
+        org=org,
+        actor=owner,
+        name="victim",
+        served_model_name="victim-llm",  # the route has the name "victim"
+        source="huggingface",
+        model="acme/victim",
     )
     served = usage(org.id, timezone.now(), api_key_id=key.pk, deployment_id=deployment.pk)
     usage_record_batch([served])

@@ -171,6 +171,12 @@ def test_private_addresses_are_refused_when_saved_and_when_sent(
         ({"url": "ftp://example.com/x"}, "Enter an http:// or https:// URL."),
         ({"url": "https://user:pw@example.com/x"}, "Leave credentials out of the URL"),
         ({"events": ["Key Created"]}, "Not an event type or prefix: Key Created"),
+        # Malformed addresses used to be stored (every delivery then failed) or to raise a 500.
+        ({"url": "http://[::1"}, "This is not a valid URL: Invalid IPv6 URL."),
+        ({"url": "https://example.com:99999/x"}, "Port out of range"),
+        ({"url": "https://exa mple.com/hook"}, "A URL has no spaces or control characters"),
+        ({"url": "https://a..b/hook"}, "'a..b' is not a valid host name."),
+        ({"url": "https://-bad-.example/hook"}, "'-bad-.example' is not a valid host name."),
     ],
 )
 def test_bad_input_is_refused(org, owner, fields, message):

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from console.models import AuditEvent
 from console.snapshot import snapshot_version
-from inference.models import Deployment, Replica, ReplicaState
+from inference.models import Deployment, Replica, ReplicaState, Route
 from inference.services.deployments import (
     deployment_create,
     deployment_delete,
@@ -254,3 +254,84 @@ def test_demand_signal_ignores_paused_and_unknown_deployments(org, owner, model_
 def test_create_needs_keyword_arguments(org, owner):
     with pytest.raises(TypeError):
         deployment_create(org, owner)  # type: ignore[misc]
+
+
+def _route_to(org, owner, name: str, target: str):  # type: ignore[no-untyped-def]
+    from inference.services.routes import route_create
+
+    return route_create(org=org, actor=owner, name=name, policy="single", config={"target": target})
+
+
+def test_a_deployment_routes_send_to_cannot_be_renamed_or_deleted(org, owner, model_root):
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    _route_to(org, owner, "chat", "deployment:tiny")
+    from inference.services.routes import route_create
+
+    # Through another route as well: "outer" reaches tiny only through "chat".
+    route_create(
+        org=org,
+        actor=owner,
+        name="outer",
+        policy="fallback",
+        config={"targets": ["route:chat"]},
+    )
+    events = AuditEvent.objects.count()
+    errors = errors_of(deployment_update, deployment=deployment, actor=owner, name="tiny-2")
+    assert errors["name"] == [
+        "Route(s) chat send requests to “tiny”; point them elsewhere before renaming it."
+    ]
+    with pytest.raises(ValidationError, match=r"Route\(s\) chat send requests to “tiny”"):
+        deployment_delete(deployment=deployment, actor=owner)
+    deployment.refresh_from_db()
+    assert deployment.name == "tiny" and deployment.deleted_at is None
+    assert AuditEvent.objects.count() == events
+    # Other edits still go through, and once no route sends to it, it may go.
+    deployment_update(deployment=deployment, actor=owner, max_replicas=3)
+    Route.objects.filter(org=org).delete()
+    deployment_update(deployment=deployment, actor=owner, name="tiny-2")
+    deployment_delete(deployment=deployment, actor=owner)
+
+
+def test_changing_the_runner_under_a_route_that_mixes_kinds_is_refused(org, owner, model_root):
+    chat = make_deployment(org=org, actor=owner, model_root=model_root)
+    other = make_deployment(
+        org=org, actor=owner, model_root=model_root, name="other", served_model_name="other"
+    )
+    from inference.services.routes import route_create
+
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="fallback",
+        config={"targets": ["deployment:tiny", "deployment:other"]},
+    )
+    errors = errors_of(deployment_update, deployment=other, actor=owner, runner="pooling")
+    assert errors["runner"] == [
+        "Route 'chat' sends requests to this deployment: The route sends to text generation "
+        "deployments (tiny) and to embedding deployments (other); a route serves one kind of "
+        "request."
+    ]
+    other.refresh_from_db()
+    assert other.runner == "generate" and other.spec_version == 1
+    # A deployment no route sends to changes kind freely.
+    deployment_update(deployment=chat, actor=owner, max_replicas=2)
+    third = make_deployment(
+        org=org, actor=owner, model_root=model_root, name="third", served_model_name="third"
+    )
+    assert deployment_update(deployment=third, actor=owner, runner="pooling").runner == "pooling"
+
+
+def test_a_served_model_name_cannot_take_a_routes_name(org, owner, model_root):
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    _route_to(org, owner, "chat", "deployment:tiny")
+    errors = errors_of(
+        deployment_update, deployment=deployment, actor=owner, served_model_name="chat"
+    )
+    assert errors["served_model_name"] == ["A route is named “chat”; choose another model name."]
+    with pytest.raises(ValidationError, match="A route is named “chat”"):
+        make_deployment(
+            org=org, actor=owner, model_root=model_root, name="two", served_model_name="chat"
+        )
+    deployment.refresh_from_db()
+    assert deployment.served_model_name == "tiny-llama"
