@@ -18,7 +18,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from console.models import ApiKey, Organisation, Scope, User
+from console.models import ApiKey, Membership, Organisation, Scope, User
+from console.permissions import MATRIX, SCOPE_MATRIX, Action
 from console.services.audit import audit_record
 from console.snapshot import snapshot_bump
 
@@ -125,6 +126,47 @@ def _clean_expiry(expires_at: datetime | None) -> datetime | None:
     return expires_at
 
 
+def _actor_powers(
+    org: Organisation, actor: User | None, actor_key: ApiKey | None
+) -> tuple[str, frozenset[Action]] | None:
+    """Who is acting, in words, and what they may do in ``org``; None for the platform itself
+    (a management command, staff), which is not limited here."""
+    if actor_key is not None:
+        scopes = sorted(actor_key.scopes)
+        powers = frozenset().union(*(SCOPE_MATRIX.get(s, frozenset()) for s in scopes))
+        return f"A key with the scope(s) {', '.join(scopes)}", powers
+    if actor is None or not actor.is_authenticated:
+        return None
+    role = Membership.objects.filter(org=org, user=actor).values_list("role", flat=True).first()
+    if role is None:
+        return None  # staff acting from outside the organisation
+    return f"Your role ({role})", MATRIX.get(role, frozenset())
+
+
+def _check_may_hold(
+    org: Organisation,
+    actor: User | None,
+    actor_key: ApiKey | None,
+    scopes: list[str],
+    doing: str,
+) -> None:
+    """A key's secret carries its scopes' powers: whoever receives one (creating or rolling the
+    key) must already have them, or a developer could hand themselves an admin's reach."""
+    acting = _actor_powers(org, actor, actor_key)
+    if acting is None:
+        return
+    who, powers = acting
+    for scope in scopes:
+        beyond = SCOPE_MATRIX.get(scope, frozenset()) - powers
+        if beyond:
+            allows = ", ".join(sorted(str(action) for action in beyond))
+            message = (
+                f"{who} cannot {doing} a key with the '{scope}' scope: it allows {allows}, "
+                "which you may not do. Ask an owner or admin."
+            )
+            raise ValidationError({"scopes": message} if doing == "create" else message)
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -141,6 +183,7 @@ def api_key_create(
 ) -> CreatedKey:
     name = _clean_name(name)
     scopes = _clean_scopes(scopes)
+    _check_may_hold(org, actor, actor_key, scopes, "create")
     models_list = _clean_allowed_models(allowed_models)
     networks = _clean_allowed_ips(allowed_ips)
     expires_at = _clean_expiry(expires_at)
@@ -302,6 +345,7 @@ def api_key_roll(
     key.refresh_from_db(from_queryset=ApiKey.objects.select_for_update())
     if key.revoked_at is not None:
         raise ValidationError("This key has been revoked; a revoked key cannot be rolled.")
+    _check_may_hold(key.org, actor, actor_key, list(key.scopes), "roll")
     now = timezone.now()
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     replaced = key.prefix

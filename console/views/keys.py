@@ -31,6 +31,11 @@ def _context(request: OrgRequest, form: ApiKeyForm, created: CreatedKey | None) 
     start of a key as it is shown, ``sk-...``) and ``?page=``. A revoke keeps the page it was
     clicked on, as its form posts to the page's own query."""
     org = request.org
+    if not member_can(request, Action.AUDIT_VIEW):  # read and manage keys read the audit log
+        form.fields["scopes"].help_text = (
+            "Your role may create inference keys; keys with the read or manage scope need an "
+            "owner or admin, as they reach further than your role."
+        )
     # The id breaks ties, so that keys created in the same instant never move between pages.
     keys = org.api_keys.select_related("created_by").order_by("-created_at", "-id")
     search = request.GET.get("q", "").strip()[:100]
