@@ -9,6 +9,7 @@ import hmac
 import secrets
 import struct
 import time
+import unicodedata
 from urllib.parse import quote, urlencode
 
 STEP_SECONDS = 30
@@ -45,8 +46,10 @@ def matching_step(
     """The step whose code ``code`` is, within the window around ``when``, if it is later than
     ``after_step`` (a code is good once: replaying one that was accepted fails)."""
     code = "".join(code.split())
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not code.isdecimal():
         return None
+    # Any script's decimal digits (Arabic-Indic, full-width...) as the ASCII ones.
+    code = "".join(str(unicodedata.decimal(c)) for c in code)
     now = step_at(when)
     for step in range(now - WINDOW, now + WINDOW + 1):
         if step > after_step and hmac.compare_digest(code_at(secret, step), code):

@@ -153,6 +153,32 @@ def test_signing_in_needs_the_code_after_the_password(org, member):
     assert client.get(overview).status_code == 200
 
 
+# Other scripts' digits, by code point: full-width (U+FF10...) and Arabic-Indic (U+0660...).
+FULL_WIDTH = str.maketrans({str(d): chr(0xFF10 + d) for d in range(10)})
+ARABIC_INDIC = str.maketrans({str(d): chr(0x0660 + d) for d in range(10)})
+
+
+def test_codes_typed_in_other_scripts_digits_work_and_wrong_ones_are_just_wrong(member):
+    secret, _ = enable(member)
+    client = Client()
+    _password_step(client, member)
+    # Comparing non-ASCII text with compare_digest raised a TypeError (a 500) here.
+    typed = "123456"
+    for wrong in (
+        typed.translate(FULL_WIDTH),
+        typed.translate(ARABIC_INDIC),
+        "\u00b9\u00b2\u00b3" * 2,
+    ):
+        response = client.post(reverse("login_two_factor"), {"code": wrong})
+        assert response.status_code == 400 and b"That code is wrong." in response.content
+    code = next_code(secret, member).translate(FULL_WIDTH)
+    assert client.post(reverse("login_two_factor"), {"code": code}).status_code == 302
+    assert client.session[SESSION_KEY] == str(member.pk)
+    now = 1_800_000_000.0
+    arabic = totp.code_at(secret, totp.step_at(now)).translate(ARABIC_INDIC)
+    assert totp.matching_step(secret, arabic, after_step=0, when=now) == totp.step_at(now)
+
+
 def test_a_used_code_does_not_work_again(member):
     secret, _ = enable(member)
     code = next_code(secret, member)
