@@ -126,6 +126,10 @@ def request_parse(
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise _bad(f"The body is not valid JSON: {error}.", code="invalid_json") from None
+    except RecursionError:
+        raise _bad(
+            "The body is not valid JSON: it is nested too deeply.", code="invalid_json"
+        ) from None
     if not isinstance(body, dict):
         raise _bad("The body must be a JSON object.")
     model = body.get("model")

@@ -48,6 +48,8 @@ class DeploymentForm(forms.Form):
             value = json.loads(raw)
         except json.JSONDecodeError as error:
             raise forms.ValidationError(f"Not valid JSON: {error.msg}.") from None
+        except RecursionError:
+            raise forms.ValidationError("This JSON is nested too deeply.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Write a JSON object, like {"max_model_len": 4096}.')
         return value

@@ -71,6 +71,8 @@ class RouteForm(forms.Form):
             value = json.loads(raw)
         except ValueError as error:
             raise forms.ValidationError(f"This is not valid JSON: {error}.") from None
+        except RecursionError:
+            raise forms.ValidationError("This JSON is nested too deeply.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Write a JSON object, e.g. {"target": "deployment:x"}.')
         return value

@@ -76,12 +76,21 @@ def test_revoked_key_gets_401_with_reason(client, org, owner):
     assert response.json()["error"]["message"] == "This API key has been revoked."
 
 
-def test_malformed_json_is_a_clear_400_and_changes_nothing(client_for, org, owner):
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "JSON parse error"),
+        # Past Python's recursion limit: the decoder's RecursionError was a 500.
+        ('{"name": ' + "[" * 100_000, "JSON parse error - the body is nested too deeply."),
+    ],
+)
+def test_malformed_json_is_a_clear_400_and_changes_nothing(client_for, org, owner, body, message):
     response = client_for(owner).post(
-        f"/api/orgs/{org.slug}/keys/", "{not json", content_type="application/json"
+        f"/api/orgs/{org.slug}/keys/", body, content_type="application/json"
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "malformed_json"
+    assert message in response.json()["error"]["message"]
     assert ApiKey.objects.count() == 0
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from django.urls import reverse
 
 from console.models import AuditEvent
@@ -52,12 +53,20 @@ def test_form_errors_are_shown_beside_their_fields(org, member, client_for, mode
     assert not Deployment.objects.exists()
 
 
-def test_malformed_json_is_an_error_on_engine_args(org, member, client_for, model_root):
+@pytest.mark.parametrize(
+    ("engine_args", "message"),
+    [("{oops", "Not valid JSON"), ("[" * 100_000, "This JSON is nested too deeply.")],
+)
+def test_malformed_json_is_an_error_on_engine_args(
+    org, member, client_for, model_root, engine_args, message
+):
     response = client_for(member).post(
-        reverse("deployment_create", args=[org.slug]), form_data(model_root, engine_args="{oops")
+        reverse("deployment_create", args=[org.slug]),
+        form_data(model_root, engine_args=engine_args),
     )
     assert response.status_code == 400
-    assert "Not valid JSON" in response.content.decode()
+    assert message in response.content.decode()
+    assert not Deployment.objects.exists()
 
 
 def test_viewer_sees_the_list_and_detail_but_not_the_buttons(

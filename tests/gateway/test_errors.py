@@ -206,6 +206,9 @@ def test_tools_left_to_a_model_that_cannot_choose_them_get_400_or_the_next_targe
     ("body", "message"),
     [
         (b"{not json", "not valid JSON"),
+        # Nested past Python's recursion limit: the decoder's RecursionError was a 500.
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"model": "tiny", "messages": ' + b"[" * 100_000, "nested too deeply"),
         (b"[1, 2]", "JSON object"),
         (b'{"messages": []}', "'model'"),
         (b'{"model": "tiny", "messages": "hi"}', "'messages' must be a non-empty list"),

@@ -42,6 +42,7 @@ def test_developer_creates_a_route_and_it_is_audited(client_for, member, org, ti
     ("config", "error"),
     [
         ("{not json", "not valid JSON"),
+        ('{"target": ' + "[" * 100_000, "nested too deeply"),
         ('{"target": "deployment:missing"}', "deployment:missing does not exist"),
         ('{"target": "tiny"}', "kind:name"),
     ],
