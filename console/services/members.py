@@ -135,10 +135,19 @@ def invitation_accept(*, token: str, user: User) -> Membership:
 
 @transaction.atomic
 def invitation_revoke(*, invitation: Invitation, actor: User | None) -> Invitation:
-    Invitation.objects.filter(pk=invitation.pk, revoked_at=None, accepted_at=None).update(
+    """Cancel a pending invitation. One already revoked stays as it is (nothing recorded twice);
+    one already accepted cannot be revoked: the person is a member now."""
+    revoked = Invitation.objects.filter(pk=invitation.pk, revoked_at=None, accepted_at=None).update(
         revoked_at=timezone.now()
     )
     invitation.refresh_from_db()
+    if not revoked:
+        if invitation.accepted_at is not None:
+            raise ValidationError(
+                f"{invitation.email} accepted this invitation already; remove them from the "
+                "members instead."
+            )
+        return invitation
     audit_record(org=invitation.org, action="invitation.revoked", actor=actor, target=invitation)
     return invitation
 

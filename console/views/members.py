@@ -65,7 +65,10 @@ def member_invite(request: OrgRequest, org_slug: str) -> HttpResponse:
 @require_POST
 def invitation_revoke_view(request: OrgRequest, org_slug: str, invitation_id: str) -> HttpResponse:
     invitation = get_object_or_404(request.org.invitations, id=invitation_id)
-    invitation_revoke(invitation=invitation, actor=request.user)
+    try:
+        invitation_revoke(invitation=invitation, actor=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
     if request.htmx:
         return _render_panel(request, InviteForm())
     return redirect("member_list", org_slug=org_slug)

@@ -135,3 +135,30 @@ def test_an_api_key_cannot_invite_an_owner(org, owner, client):
     )
     assert response.status_code == 403
     assert Invitation.objects.count() == 0
+
+
+def test_revoking_an_accepted_or_revoked_invitation_records_nothing(org, owner, client_for):
+    accepted = invitation_create(org=org, actor=owner, email="in@example.com", role=Role.VIEWER)
+    invitation_accept(token=accepted.token, user=UserFactory(email="in@example.com"))
+    pending = invitation_create(org=org, actor=owner, email="out@example.com", role=Role.VIEWER)
+    client = client_for(owner)
+    message = (
+        "in@example.com accepted this invitation already; remove them from the members instead."
+    )
+    with pytest.raises(ValidationError, match="accepted this invitation already"):
+        invitation_revoke(invitation=accepted.invitation, actor=owner)
+    api = client.delete(f"/api/orgs/{org.slug}/invitations/{accepted.invitation.pk}/")
+    assert api.status_code == 400 and api.json()["error"]["message"] == message
+    page = client.post(f"/o/{org.slug}/invitations/{accepted.invitation.pk}/revoke/", follow=True)
+    assert message in page.content.decode().replace("&#x27;", "'")
+    assert Invitation.objects.get(pk=accepted.invitation.pk).revoked_at is None
+    # A pending one is revoked once; asking again changes and records nothing more.
+    invitation_revoke(invitation=pending.invitation, actor=owner)
+    first = Invitation.objects.get(pk=pending.invitation.pk).revoked_at
+    assert first is not None
+    assert (
+        client.delete(f"/api/orgs/{org.slug}/invitations/{pending.invitation.pk}/").status_code
+        == 204
+    )
+    assert Invitation.objects.get(pk=pending.invitation.pk).revoked_at == first
+    assert AuditEvent.objects.filter(action="invitation.revoked").count() == 1
