@@ -47,14 +47,16 @@ def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
     org = request.org
     form = UsageFilterForm(request.GET or None, org=org)
     filters, group = form.filters()
-    rows = usage_series(org=org, filters=filters, group_by=["day", group])
-    if request.GET.get("format") == "csv":
+    # Filters that do not hold show why and nothing else: not the default month, nor its file.
+    invalid = form.is_bound and not form.is_valid()
+    rows = [] if invalid else usage_series(org=org, filters=filters, group_by=["day", group])
+    if request.GET.get("format") == "csv" and not invalid:
         response = HttpResponse(usage_csv(rows, ["day", group]), content_type="text/csv")
         response["Content-Disposition"] = (
             f'attachment; filename="usage-{org.slug}-{filters.start}-{filters.end}.csv"'
         )
         return response
-    daily = usage_series(org=org, filters=filters, group_by=["day"])
+    daily = [] if invalid else usage_series(org=org, filters=filters, group_by=["day"])
     context = {
         "form": form,
         "filters": filters,
@@ -64,6 +66,7 @@ def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
         "totals": usage_totals(daily),
         "chart": _chart_data(rows, daily, group),
         "csv_query": request.GET.urlencode(),
+        "invalid": invalid,
     }
     template = "billing/usage.html#usage-panel" if request.htmx else "billing/usage.html"
-    return render(request, template, context)
+    return render(request, template, context, status=400 if invalid else 200)

@@ -215,15 +215,21 @@ def audit_log(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     export = params.pop("format", [""])[-1] == "csv"
     page_number = params.pop("page", [""])[-1]
     form = AuditFilterForm(params or None)
-    filters = form.cleaned_data if form.is_bound and form.is_valid() else {}
-    events = audit_events(
-        org=org,
-        action=(filters.get("action") or "").strip(),
-        actor=filters.get("actor") or "",
-        start=filters.get("start"),
-        end=filters.get("end"),
+    # Filters that do not hold show why and nothing else: neither every event nor a file of them.
+    invalid = form.is_bound and not form.is_valid()
+    filters = {} if invalid else form.cleaned_data if form.is_bound else {}
+    events = (
+        AuditEvent.objects.none()
+        if invalid
+        else audit_events(
+            org=org,
+            action=(filters.get("action") or "").strip(),
+            actor=filters.get("actor") or "",
+            start=filters.get("start"),
+            end=filters.get("end"),
+        )
     )
-    if export:
+    if export and not invalid:
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         rows = events[:AUDIT_EXPORT_LIMIT].iterator(chunk_size=2000)
         return csv_download(

@@ -27,6 +27,7 @@ from inference.selectors.requests import (
     Cursor,
     CursorError,
     RequestFilters,
+    RequestPage,
     request_export,
     request_get,
     request_log,
@@ -161,7 +162,9 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     export = params.pop("format", [""])[-1] == "csv"
     form = RequestFilterForm(params or None, org=org)
     filters = form.filters()
-    if export:
+    # Filters that do not hold show why and nothing else: neither every request nor a file of them.
+    invalid = form.is_bound and not form.is_valid()
+    if export and not invalid:
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         return csv_download(
             f"requests-{org.slug}-{stamp}.csv",
@@ -175,7 +178,11 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
             before = Cursor.decode(before_value)
         except CursorError:
             cursor_error = "That page link is not valid any more: showing the newest requests."
-    page = request_log(org=org, filters=filters, before=before)
+    page = (
+        RequestPage([], None, {})
+        if invalid
+        else request_log(org=org, filters=filters, before=before)
+    )
     deployment = None
     if filters.deployment_id is not None:
         deployment = Deployment.objects.filter(org=org, id=filters.deployment_id).first()
@@ -196,10 +203,16 @@ def request_list(request: OrgRequest, org_slug: str) -> HttpResponseBase:
         "cursor_error": cursor_error,
         "deployment": deployment,
         "without_deployment": _without(params, "deployment"),
-        "refusals": _refusals(org, filters),
+        "refusals": None if invalid else _refusals(org, filters),
+        "invalid": invalid,
     }
     template = "inference/requests.html"
-    return render(request, template + "#requests-panel" if request.htmx else template, context)
+    return render(
+        request,
+        template + "#requests-panel" if request.htmx else template,
+        context,
+        status=400 if invalid else 200,
+    )
 
 
 def _refusals(org: Organisation, filters: RequestFilters) -> RefusalSummary | None:

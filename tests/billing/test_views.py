@@ -71,12 +71,13 @@ def test_usage_filters_and_csv_export_give_the_same_numbers(client_for, owner, o
     assert 'data-testid="total-requests">2<' in page.content.decode()
 
 
-def test_usage_filter_errors_are_shown_and_defaults_used(client_for, owner, org):
+def test_usage_filter_errors_are_shown_instead_of_the_default_range(client_for, owner, org):
     response = client_for(owner).get(
         f"/o/{org.slug}/usage/", {"start": "2026-03-10", "end": "2026-03-01"}
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "The start must not be after the end." in response.content.decode()
+    assert response.context["rows"] == [] and response.context["invalid"] is True
 
 
 def test_outsider_gets_404_on_usage_and_billing(client_for, outsider, org):
