@@ -158,13 +158,18 @@ def deployment_scale_view(request: OrgRequest, org_slug: str, deployment_id: str
             )
         except ValidationError as error:
             apply_service_error(form, error)
+    template = "inference/deployment_detail.html"
     if form.errors:
         context = _detail_context(request, deployment)
-        context["scale_form"] = form
-        template = "inference/deployment_detail.html"
+        context["scale_form"] = form  # what was typed, with its errors
         return render(
-            request, template + "#status" if request.htmx else template, context, status=400
+            request, template + "#controls" if request.htmx else template, context, status=400
         )
+    if request.htmx:
+        # The form with the saved bounds; the polled status refreshes at once on the event.
+        response = render(request, template + "#controls", _detail_context(request, deployment))
+        response["HX-Trigger"] = "deployment-changed"
+        return response
     return _back(request, deployment)
 
 

@@ -214,3 +214,28 @@ def test_logs_fragment_for_a_chosen_replica(org, owner, client_for, model_root, 
     )
     assert response.status_code == 200
     assert b"hello from the engine" in response.content
+
+
+def test_scaling_with_htmx_keeps_the_form_out_of_the_polled_status(
+    org, member, client_for, model_root
+):
+    deployment = make_deployment(org=org, actor=member, model_root=model_root)
+    client = client_for(member)
+    url = reverse("deployment_scale", args=[org.slug, deployment.pk])
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    bad = client.post(url, {"min_replicas": "1", "max_replicas": "77"}, **htmx)
+    assert bad.status_code == 400
+    body = bad.content.decode()
+    assert body.lstrip().startswith('<div class="card" id="controls">')
+    assert 'value="77"' in body and 'role="alert"' in body  # what was typed, and why not
+    # The poll that follows swaps the status only: no form in it to reset or wipe the error.
+    poll = client.get(reverse("deployment_detail", args=[org.slug, deployment.pk]), **htmx)
+    assert 'id="status"' in poll.content.decode()
+    assert "/scale/" not in poll.content.decode() and "<form" not in poll.content.decode()
+    good = client.post(url, {"min_replicas": "0", "max_replicas": "3"}, **htmx)
+    assert good.status_code == 200 and good["HX-Trigger"] == "deployment-changed"
+    assert 'value="3"' in good.content.decode() and 'role="alert"' not in good.content.decode()
+    deployment.refresh_from_db()
+    assert (deployment.min_replicas, deployment.max_replicas) == (0, 3)
+    page = client.get(reverse("deployment_detail", args=[org.slug, deployment.pk])).content
+    assert b"deployment-changed from:body" in page and b'id="controls"' in page

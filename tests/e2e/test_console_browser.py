@@ -203,3 +203,43 @@ def test_refused_requests_show_above_the_request_log_and_follow_the_key_filter(
     summary.click()  # the swapped-in panel starts closed again
     assert "budget_exhausted" in page.locator("[data-testid=refusals] tbody").inner_text()
     assert "rate_limit_exceeded" not in page.locator("[data-testid=refusals]").inner_text()
+
+
+def test_a_scale_error_and_a_filter_error_stay_on_screen(page, transactional_db):
+    """A developer asks for more replicas than allowed: the error and what they typed stay while
+    the status around it refreshes every two seconds. A backwards day range on the request log
+    (an htmx swap of the results only) says why nothing is listed."""
+    from inference.services.deployments import deployment_create
+
+    org = OrganisationFactory(name="Shop", slug="shop")
+    member = MembershipFactory(org=org, role=Role.DEVELOPER)
+    deployment = deployment_create(
+        org=org, actor=None, name="chat", source="huggingface", model="acme/chat"
+    )
+    page.goto("/login/")
+    page.fill("input[name=username]", member.user.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/o/shop/")
+    page.goto(f"/o/shop/deployments/{deployment.pk}/")
+    page.fill("#controls input[name=max_replicas]", "77")
+    page.click("#controls button[type=submit]")
+    alert = page.locator("#controls [role=alert]")
+    alert.wait_for()
+    message = alert.first.inner_text()
+    assert message
+    # Two polls of the status later, the error and the typed value are still there.
+    with page.expect_response(lambda r: r.url.endswith(f"/deployments/{deployment.pk}/")):
+        pass
+    with page.expect_response(lambda r: r.url.endswith(f"/deployments/{deployment.pk}/")):
+        pass
+    assert page.locator("#controls [role=alert]").first.inner_text() == message
+    assert page.input_value("#controls input[name=max_replicas]") == "77"
+
+    page.goto("/o/shop/requests/")
+    page.fill("input[name=start]", "2026-11-20")
+    page.fill("input[name=end]", "2026-11-10")
+    page.locator("input[name=end]").dispatch_event("change")
+    errors = page.locator("#requests-panel [data-testid=filter-errors]")
+    errors.wait_for()
+    assert "The start must not be after the end." in errors.inner_text()
