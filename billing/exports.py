@@ -9,6 +9,7 @@ from typing import Any
 
 from billing.money import micros_to_decimal
 from billing.selectors import UsageRow
+from console.exports import spreadsheet_safe
 
 NUMBER_COLUMNS = [
     "requests",
@@ -68,5 +69,6 @@ def usage_csv(rows: Iterable[UsageRow], dims: Sequence[str]) -> str:
     )
     writer.writeheader()
     for row in rows:
-        writer.writerow(usage_row_dict(row, dims))
+        cells = usage_row_dict(row, dims)
+        writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
     return buffer.getvalue()
