@@ -178,6 +178,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "console.api.negotiation.FormatNamingNegotiation",
     "DEFAULT_PARSER_CLASSES": [
         "console.api.parsers.JSONBodyParser",
         "rest_framework.parsers.FormParser",

@@ -149,3 +149,18 @@ def test_console_filters_that_do_not_hold_show_why_and_nothing_else(client_for, 
         assert marker not in body
     export = client.get(f"/o/{org.slug}/{path}?{backwards}&format=csv")
     assert export.status_code == 400 and export["Content-Type"].startswith("text/html")
+
+
+def test_an_unknown_format_names_the_formats_there_are(client_for, org, owner):
+    client = client_for(owner)
+    usage = client.get(f"/api/orgs/{org.slug}/usage/?format=xml")
+    assert usage.status_code == 404
+    assert usage.json()["error"]["message"] == (
+        "This endpoint has no format 'xml'; use one of: csv, json."
+    )
+    keys = client.get(f"/api/orgs/{org.slug}/keys/?format=csv")
+    assert keys.status_code == 404
+    assert keys.json()["error"]["message"] == (
+        "This endpoint has no format 'csv'; use one of: api, json."
+    )
+    assert client.get(f"/api/orgs/{org.slug}/usage/?format=csv").status_code == 200
