@@ -26,6 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 
+from billing.money import format_dollars
 from inference.gateway import bodies
 from inference.gateway.accounting import Finished, request_account
 from inference.gateway.admission import admission_build, reservation_micros
@@ -803,6 +804,14 @@ class Gateway:
                     message = f"Request refused: {refusal.counter.label} is used up."
                     if refusal.counter.key.startswith("gw:spend:org:") and org.budget_message:
                         message = org.budget_message
+                    if refusal.counter.amount > 0:
+                        # What is left may be short of this request's most, not gone: say so.
+                        most = format_dollars(refusal.counter.amount)
+                        message += (
+                            f" This request could cost up to {most} (its prompt and max_tokens "
+                            "at the model's price), which is reserved before it is sent: a "
+                            "lower max_tokens may fit what is left."
+                        )
                     raise GatewayError(402, message, "budget_exhausted")
                 raise GatewayError(
                     429,
@@ -825,31 +834,33 @@ class Gateway:
             exchange.extra_headers = self.cors_headers + rate_limit_headers(adm, time.time())
         watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange))
         error: GatewayError | None = None
+
+        def account(outcome: Outcome, code: str) -> None:
+            request_account(
+                self,
+                Finished(
+                    key, org, parsed, route, plan, outcome, adm, reserve, request_id, started, code
+                ),
+            )
+
         try:
             outcome = await exchange.run(plan, targets)
         except GatewayError as caught:
             error, outcome = caught, exchange.outcome
             outcome.status = caught.status
+        except Exception:
+            # A fault of the gateway's own once the limits admitted the request: settle it (the
+            # budget reservation falls back to what was metered, usually nothing) and record
+            # it, then let the caller log it and answer 500. Unsettled, the reservation would
+            # stay counted against the budget until the month ends.
+            exchange.outcome.status = 500
+            account(exchange.outcome, "internal_error")
+            raise
         finally:
             watcher.cancel()
         if error is not None and not outcome.disconnected:
             await _respond_error(send, error, request_id, route, outcome, exchange.extra_headers)
-        request_account(
-            self,
-            Finished(
-                key,
-                org,
-                parsed,
-                route,
-                plan,
-                outcome,
-                adm,
-                reserve,
-                request_id,
-                started,
-                error.code if error is not None else "",
-            ),
-        )
+        account(outcome, error.code if error is not None else "")
 
 
 async def _watch_disconnect(receive: Receive, exchange: Exchange) -> None:

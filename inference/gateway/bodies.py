@@ -9,6 +9,7 @@ for state kept between requests, which a gateway balancing over replicas cannot 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,27 @@ class ParsedRequest:
     prompt_tokens_bound: int
     affinity_text: str
     features: RequestFeatures
+
+
+# A \uD800-\uDFFF escape: half of a UTF-16 pair. JSON.stringify writes a lone one for a string
+# cut through an emoji; the decoder keeps it as a code point that cannot be encoded again.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_no_lone_surrogates(raw: bytes, body: object) -> None:
+    """Refuse a body holding half a UTF-16 pair: no engine can take it. Only bodies that escape
+    such code points at all pay for the full check (a re-encoding of the body)."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        half = error.object[error.start : error.end].encode("unicode_escape").decode()
+        raise _bad(
+            f"The body is not valid JSON text: it holds half of a UTF-16 surrogate pair ({half}), "
+            "as a string cut through an emoji does. Send whole characters.",
+            code="invalid_json",
+        ) from None
 
 
 def _bad(message: str, param: str | None = None, code: str = "invalid_body") -> GatewayError:
@@ -132,6 +154,7 @@ def request_parse(
         ) from None
     if not isinstance(body, dict):
         raise _bad("The body must be a JSON object.")
+    _check_no_lone_surrogates(raw, body)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 256:
         raise _bad("'model' must be a non-empty string.", "model")

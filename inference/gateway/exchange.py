@@ -135,12 +135,13 @@ def _completion_estimate(answer: object) -> int:
     token (choices' messages or texts, or a response's output text), at least one."""
     chars = 0
     if isinstance(answer, dict):
-        for choice in answer.get("choices") or ():
+        choices, output = answer.get("choices"), answer.get("output")
+        for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict):
                 message = choice.get("message")
                 text = message.get("content") if isinstance(message, dict) else choice.get("text")
                 chars += len(text) if isinstance(text, str) else 0
-        for item in answer.get("output") or ():
+        for item in output if isinstance(output, list) else ():
             for part in (item.get("content") or ()) if isinstance(item, dict) else ():
                 text = part.get("text") if isinstance(part, dict) else None
                 chars += len(text) if isinstance(text, str) else 0

@@ -68,3 +68,64 @@ def test_fifty_concurrent_requests_cannot_overspend_by_more_than_one_reservation
     assert spent <= CAP_MICROS + reservation
     # Nobody was refused while whole reservations still fitted under the cap.
     assert served >= CAP_MICROS // reservation
+
+
+def test_a_fault_after_admission_releases_the_reservation(
+    start_gateway, engine, org, owner, monkeypatch
+):
+    """A bug inside the exchange (here: building the upstream body raises) answers 500 with
+    the request id and settles its budget reservation: the next request still fits the budget,
+    which one unsettled reservation would have filled until the month ended."""
+    from inference.gateway import exchange as exchange_module
+
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    created = api_key_create(org=org, actor=owner, name="capped", scopes=["inference"])
+    gw = start_gateway()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 5}
+    gw.refresh()
+    snapshot = gw.gateway.snapshot
+    snapshot_target = snapshot.catalogue(org.id).served["tiny"]
+    bound = request_parse(CHAT, json.dumps(body).encode()).prompt_tokens_bound
+    reservation = cost_micros(snapshot.price(org.id, snapshot_target), bound, 5)
+    # Room for one reservation, not two.
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=reservation + 1)
+    gw.refresh()
+    headers = {"Authorization": f"Bearer {created.secret}"}
+    real = exchange_module._upstream_body
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(exchange_module, "_upstream_body", broken)
+    failed = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "internal_error"
+    assert failed.headers["x-request-id"] in failed.json()["error"]["message"]
+    monkeypatch.setattr(exchange_module, "_upstream_body", real)
+    served = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert served.status_code == 200, served.text
+    assert fake.requests and len(fake.requests) == 1
+
+
+def test_a_request_bigger_than_what_is_left_says_what_it_could_cost(
+    start_gateway, engine, org, owner
+):
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    created = api_key_create(org=org, actor=owner, name="capped", scopes=["inference"])
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=CAP_MICROS)
+    gw = start_gateway()
+    gw.refresh()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}
+    refused = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {created.secret}"},
+        timeout=30,
+    )
+    assert refused.status_code == 402
+    message = refused.json()["error"]["message"]
+    assert "This request could cost up to $" in message
+    assert "a lower max_tokens may fit what is left" in message
+    assert fake.requests == []

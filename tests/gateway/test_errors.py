@@ -210,6 +210,17 @@ def test_tools_left_to_a_model_that_cannot_choose_them_get_400_or_the_next_targe
         (b"[" * 100_000, "nested too deeply"),
         (b'{"model": "tiny", "messages": ' + b"[" * 100_000, "nested too deeply"),
         (b"[1, 2]", "JSON object"),
+        # Half a UTF-16 pair, as JSON.stringify writes a string cut through an emoji: a 500
+        # (the body could not be encoded again for the engine).
+        (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud83d"}]}',
+            "half of a UTF-16 surrogate pair (\\ud83d)",
+        ),
+        (
+            b'{"model": "tiny", "stream": true, "user": "\\udc00",'
+            b' "messages": [{"role": "user", "content": "hi"}]}',
+            "half of a UTF-16 surrogate pair (\\udc00)",
+        ),
         (b'{"messages": []}', "'model'"),
         (b'{"model": "tiny", "messages": "hi"}', "'messages' must be a non-empty list"),
         (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}', "role"),
@@ -233,6 +244,22 @@ def test_invalid_bodies_get_400_saying_what_is_wrong(gw, served, inference_key, 
     assert response.status_code == 400
     assert message in error_of(response)["message"]
     assert served.requests == []
+
+
+def test_whole_surrogate_pairs_and_other_escapes_go_through(gw, served, inference_key):
+    """Clients that escape every non-ASCII character (Python's json by default) send an emoji
+    as a pair of escapes: that is whole, and reaches the engine as the emoji."""
+    body = (
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud83d\\ude00 \\u00e9"}]}'
+    )
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {inference_key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    sent = served.requests[-1]
+    assert sent["messages"][0]["content"] == "hi \U0001f600 \u00e9"
 
 
 def test_bodies_over_the_limit_get_413(start_gateway, engine, org, inference_key):
