@@ -201,11 +201,14 @@ def subscription_ensure(*, account: BillingAccount) -> str:
             {"idempotency_key": f"subscription-create-{org.public_id}-{generation}"},
         )
     )
+    # Usage is billable from the first subscription on, unless an earlier one ended: then from
+    # now, as what was used in between was on the Free plan.
+    ongoing = account.billable_from is not None and account.billable_until is None
     BillingAccount.objects.filter(pk=account.pk).update(
         stripe_subscription_id=subscription.id,
         subscription_status=subscription.status,
         subscription_generation=generation,
-        billable_from=account.billable_from or timezone.now(),
+        billable_from=account.billable_from if ongoing else timezone.now(),
         billable_until=None,
     )
     account.refresh_from_db()

@@ -230,6 +230,42 @@ def test_usage_before_the_subscription_is_not_billed(stripe_fake, meters, org):
     assert MeterEvent.objects.get().hour == T0 + timedelta(hours=1)
 
 
+def test_usage_on_free_between_two_subscriptions_is_not_billed(stripe_fake, meters, org, owner):
+    """Pay as you go from 09:00, Free at 10:05, Pay as you go again at 12:05: what was used on
+    Free (11:00 and 12:00) is never reported; the new subscription's hours are, from 13:00."""
+    import time_machine
+
+    from billing.models import Plan
+    from billing.services.accounts import plan_change
+
+    subscribe(org, since=T0)
+    stripe_fake.answer(
+        "DELETE",
+        "/v1/subscriptions/sub_acme",
+        stripe_fake.obj("subscription", id="sub_acme", status="canceled", customer="cus_acme"),
+    )
+    stripe_fake.answer(
+        "POST",
+        "/v1/subscriptions",
+        stripe_fake.obj("subscription", id="sub_new", status="active", customer="cus_acme"),
+    )
+    usage_record_batch([usage(org.pk, T0 + timedelta(hours=h, minutes=10)) for h in range(6)])
+    usage_rollup(now=T0 + timedelta(hours=1, minutes=5))
+    meter_events_prepare(now=T0 + timedelta(hours=1, minutes=5))  # the 09:00 hour, while on it
+    with time_machine.travel(T0 + timedelta(hours=1, minutes=5), tick=False):
+        plan_change(org=org, actor=owner, plan=Plan.objects.get(code="free"))
+    with time_machine.travel(T0 + timedelta(hours=3, minutes=5), tick=False):
+        plan_change(org=org, actor=owner, plan=Plan.objects.get(code="payg"))
+    account = BillingAccount.objects.get(org=org)
+    assert account.billable_from == T0 + timedelta(hours=3, minutes=5)
+    assert account.billable_until is None and account.stripe_subscription_id == "sub_new"
+    later = T0 + timedelta(hours=8)
+    usage_rollup(now=later)
+    meter_events_prepare(now=later)
+    hours = sorted({event.hour for event in MeterEvent.objects.all()})
+    assert hours == [T0 + timedelta(hours=h) for h in (0, 4, 5)]
+
+
 def test_429_and_500_are_retried_with_backoff_under_one_idempotency_key(stripe_fake, meters, org):
     subscribe(org, since=T0)
     usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
