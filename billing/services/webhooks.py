@@ -53,13 +53,18 @@ def webhook_receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, boo
         raise WebhookRejectedError(str(error) or "invalid payload") from None
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise WebhookRejectedError("not a Stripe event")
+    created_at = body.get("created", 0)
+    # Unix seconds, as Stripe sends them; anything else is no event of Stripe's (and would
+    # fail below, leaving Stripe to retry a 500 for days).
+    if type(created_at) is not int or not 0 <= created_at < 2**37:
+        raise WebhookRejectedError("not a Stripe event: 'created' is not a Unix time")
     try:
         with transaction.atomic():
             event, created = StripeEvent.objects.get_or_create(
                 event_id=body["id"],
                 defaults={
                     "type": str(body.get("type", ""))[:100],
-                    "stripe_created": datetime.fromtimestamp(int(body.get("created", 0)), UTC),
+                    "stripe_created": datetime.fromtimestamp(created_at, UTC),
                     "payload": body,
                 },
             )
@@ -169,13 +174,23 @@ def _subscription_changed(event: StripeEvent) -> None:
         return  # an old subscription ending says nothing about the current one
     if account.subscription_event_at and event.stripe_created < account.subscription_event_at:
         return  # older than what is stored
+    same_second = account.subscription_event_at == event.stripe_created
     if (
         not deleted
         and account.subscription_status == "canceled"
         and subscription["id"] == current
-        and account.subscription_event_at == event.stripe_created
+        and same_second
     ):
         return  # same second as the deletion: the deletion wins
+    if (
+        event.type == "customer.subscription.created"
+        and subscription["id"] == current
+        and same_second
+    ):
+        # Stripe's times are whole seconds: an update stored from the same second came after
+        # the creation, whatever the order they arrived in (an "incomplete" creation must not
+        # undo the "active" that followed it and cap the organisation at nothing).
+        return
     status = "canceled" if deleted else str(subscription.get("status", ""))
     update: dict[str, Any] = {
         "stripe_subscription_id": subscription["id"],

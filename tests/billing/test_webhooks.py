@@ -195,6 +195,37 @@ def test_subscription_events_apply_in_event_order_not_arrival_order(stripe_fake,
     assert account.billable_until is not None
 
 
+def test_a_creation_arriving_after_an_update_of_the_same_second_changes_nothing(
+    stripe_fake, post, org
+):
+    subscribe(org, since=T0)
+    now = int(time.time())
+    sub = {"customer": "cus_acme", "id": "sub_acme"}
+    for kind, status in [
+        ("customer.subscription.updated", "active"),
+        ("customer.subscription.created", "incomplete"),
+    ]:
+        post(
+            event(
+                stripe_fake,
+                kind,
+                stripe_fake.obj("subscription", **sub, status=status),
+                created=now,
+            )
+        )
+    assert BillingAccount.objects.get(org=org).subscription_status == "active"
+
+
+@pytest.mark.parametrize("created", ["abc", 1e30, -99999999999999, None, True, 2**40])
+def test_a_signed_event_with_a_bad_time_is_refused_and_stored_nowhere(stripe_fake, post, created):
+    body = event(stripe_fake, "invoice.paid", {}, created=0)
+    body["created"] = created
+    response = post(body)
+    assert response.status_code == 400
+    assert "'created' is not a Unix time" in response.json()["error"]
+    assert not StripeEvent.objects.exists()
+
+
 def test_checkout_completion_saves_the_payment_method_and_starts_pay_as_you_go(
     stripe_fake, post, meters, org
 ):
