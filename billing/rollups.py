@@ -73,7 +73,9 @@ def _token_rows(org_id: int, hour: datetime) -> list[UsageRollup]:
             completion=Sum("completion_tokens"),
             cached=Sum("cached_tokens"),
             cost=Sum("cost_micros"),
-            baseline=Coalesce(Sum("baseline_cost_micros"), 0),
+            # What the requests would have cost at their routes' strongest targets: a request
+            # not sent cheaper (no baseline of its own) cost exactly that.
+            baseline=Coalesce(Sum(Coalesce("baseline_cost_micros", "cost_micros")), 0),
             **buckets,
         )
     )
@@ -136,6 +138,7 @@ def _uptime_rows(org_id: int, hour: datetime) -> list[UsageRollup]:
             api_key_id=None,
             resource_seconds=g["resource"] or 0,
             cost_micros=g["cost"] or 0,
+            baseline_cost_micros=g["cost"] or 0,  # dedicated time costs the same either way
         )
         for g in grouped
     ]

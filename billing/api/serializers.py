@@ -67,7 +67,10 @@ class UsageRowSerializer(serializers.Serializer):
     resource_seconds = serializers.IntegerField(help_text="GPU-seconds of dedicated uptime.")
     cost_micros = serializers.IntegerField(help_text="Cost in micro-dollars (integer).")
     cost_usd = serializers.CharField(help_text="The same cost as an exact decimal string.")
-    baseline_cost_micros = serializers.IntegerField()
+    baseline_cost_micros = serializers.IntegerField(
+        help_text="What the requests would have cost at their routes' strongest targets "
+        "(a request not sent cheaper counts at its own cost); minus cost_micros, the savings."
+    )
     latency_p50_ms = serializers.IntegerField(allow_null=True)
     latency_p95_ms = serializers.IntegerField(allow_null=True)
 

@@ -112,3 +112,28 @@ def test_filters_names_and_percentiles(org, spread):
     total = usage_totals_since(org=org, since=datetime(2026, 3, 11, tzinfo=UTC))
     first_day = usage_series(org=org, filters=UsageFilters(START, START), group_by=[])[0]
     assert total.requests == 120 - first_day.requests
+
+
+def test_the_migration_restates_baselines_rolled_up_the_old_way(org):
+    """Rollups written before the baseline counted unrouted requests at their cost are
+    recomputed by billing's migration 0004."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    at = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
+    usage_record_batch(
+        [
+            usage(org.pk, at, route="smart", baseline_cost_micros=9_000),
+            usage(org.pk, at, route="plain"),
+        ]
+    )
+    usage_rollup(now=at + timedelta(hours=1))
+    UsageRollup.objects.update(baseline_cost_micros=0)  # as the old rollup left unrouted rows
+    migration = importlib.import_module(
+        "billing.migrations.0004_rollup_baseline_is_cost_when_not_routed_cheaper"
+    )
+    migration.restate(django_apps, None)
+    rows = {r.route: r for r in UsageRollup.objects.filter(org=org)}
+    assert rows["smart"].baseline_cost_micros == 9_000
+    assert rows["plain"].baseline_cost_micros == rows["plain"].cost_micros > 0

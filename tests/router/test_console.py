@@ -96,3 +96,32 @@ def test_the_savings_and_requests_api(org, owner, client_for):  # type: ignore[n
     assert len(log["requests"]) == 1
     bad = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/savings/?days=0")
     assert bad.status_code == 400
+
+
+def test_the_usage_api_and_csv_agree_with_the_savings_report_on_the_baseline(
+    org, owner, client_for
+):  # type: ignore[no-untyped-def]
+    """A request sent to the strongest target has no baseline of its own: it cost what it
+    would have cost there. The rollups behind the usage API used to count it as nothing."""
+    from billing.rollups import usage_rollup
+
+    route = _route(org, owner)
+    now = datetime.now(UTC)
+    usage_record_batch(
+        [
+            usage(org.id, now, route="smart", router_score=0.8, baseline_cost_micros=10_000),
+            usage(org.id, now, route="smart", router_score=0.1),
+            usage(org.id, now, route="plain"),  # not an auto route: the baseline is the cost
+        ]
+    )
+    usage_rollup()
+    client = client_for(owner)
+    savings = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/savings/?days=7").json()
+    rows = client.get(f"/api/orgs/{org.slug}/usage/?group_by=route").json()["rows"]
+    by_route = {row["route"]: row for row in rows}
+    assert by_route["smart"]["baseline_cost_micros"] == savings["totals"]["baseline_cost_micros"]
+    assert by_route["smart"]["cost_micros"] == savings["totals"]["cost_micros"]
+    plain = by_route["plain"]
+    assert plain["baseline_cost_micros"] == plain["cost_micros"] > 0
+    as_csv = client.get(f"/o/{org.slug}/usage/?group=route&format=csv").content.decode()
+    assert f",{savings['totals']['baseline_cost_micros']}," in as_csv
