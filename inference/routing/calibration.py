@@ -36,7 +36,8 @@ def thresholds_for_share(
     for i in range(cheaper):
         # Below threshold i: the strong share plus the shares of targets i+1 .. N-1.
         below = strong + (cheaper - 1 - i) * (1 - strong) / cheaper
-        value = calibrate_threshold(scores, min(1.0, below))
+        # None below means none, not none of these scores: a later request may score lower.
+        value = 0.0 if below <= 0 else calibrate_threshold(scores, min(1.0, below))
         out.append(1.0 if math.isinf(value) else min(1.0, max(0.0, value)))
     for i in range(1, len(out)):  # float noise must not make them rise
         out[i] = min(out[i], out[i - 1])

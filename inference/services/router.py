@@ -170,6 +170,14 @@ def auto_config_prepare(
     Anything malformed is returned unchanged for the route validation to report."""
     found = _auto_targets(config)
     if found is None:
+        if (
+            isinstance(config, dict)
+            and "calibration" in config
+            and "max_strong_percent" not in config
+        ):
+            # Thresholds set by hand now: the calibration of an earlier share no longer applies,
+            # and the route page must not show its expected shares and cost.
+            return {k: v for k, v in config.items() if k != "calibration"}
         return config
     refs, share = found
     calibration = calibration_compute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -62,6 +63,17 @@ def test_the_route_form_sets_a_strong_share_and_the_page_shows_calibration_savin
     assert "reference sample" in page
     assert "0.910" in page and "deployment:cheap" in page  # the request log
     assert "$9.00" in page  # the all-strong cost in the savings table
+    # Back to a threshold set by hand in the JSON as the form shows it: the share taken out,
+    # the thresholds changed, the old calibration left in; it goes with the share.
+    edited = {k: v for k, v in route.config.items() if k != "max_strong_percent"}
+    edited["thresholds"] = [0.95]
+    assert "calibration" in edited
+    response = client.post(url, {"name": "smart", "policy": "auto", "config": json.dumps(edited)})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    route.refresh_from_db()
+    assert route.config == {"targets": TWO, "thresholds": [0.95]}
+    page = client.get(url).content.decode()
+    assert "calibrated for" not in page and "Calibrated on" not in page
 
 
 def test_an_uploaded_file_with_a_bad_row_is_refused_naming_it(org, owner, client_for):  # type: ignore[no-untyped-def]

@@ -89,6 +89,17 @@ def test_a_strong_share_gives_that_share_on_the_window_it_was_computed_from():
     assert target_shares(tied, [t])[-1] <= 0.3
 
 
+def test_no_strong_share_sends_nothing_strong_even_below_every_score_seen():
+    """0% is a promise for later traffic too: a request scoring under everything the route
+    was calibrated on still goes to a cheaper target."""
+    scores = [0.75 + i / 1000 for i in range(220)]
+    (threshold,) = thresholds_for_share(scores, targets=2, max_strong_percent=0)
+    assert threshold == 0.0
+    assert target_shares([0.0, 0.01, 0.74], [threshold]) == [1.0, 0.0]
+    three = thresholds_for_share(scores, targets=3, max_strong_percent=0)
+    assert three[-1] == 0.0 and target_shares([0.0, 0.3], three)[-1] == 0.0
+
+
 @pytest.fixture
 def deployments(org):  # type: ignore[no-untyped-def]
     make_deployment(org, "cheap", [])
