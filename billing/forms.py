@@ -9,8 +9,9 @@ from django import forms
 from django.utils import timezone
 
 from billing.models import UsageRollup
-from billing.money import dollars_to_micros
+from billing.money import dollars_to_micros, micros_to_decimal
 from billing.selectors import UsageFilters
+from billing.services.accounts import MAX_BUDGET_MICROS
 from console.days import day_validators
 from console.forms import key_filter_field
 from console.models import Organisation
@@ -79,15 +80,21 @@ class UsageFilterForm(forms.Form):
         )
 
 
-class BudgetForm(forms.Form):
-    amount = forms.DecimalField(
+def _budget_amount(**kwargs: Any) -> forms.DecimalField:
+    """A budget in dollars, to the micro-dollar, within what the REST API accepts: a budget set
+    there (in micro-dollars) can be saved again here unchanged."""
+    return forms.DecimalField(
         required=False,
-        min_value=Decimal("0.01"),
-        max_digits=12,
-        decimal_places=2,
-        label="Monthly budget (USD)",
-        help_text="Leave empty for no budget.",
+        min_value=Decimal("0.000001"),
+        max_value=micros_to_decimal(MAX_BUDGET_MICROS),
+        max_digits=17,
+        decimal_places=6,
+        **kwargs,
     )
+
+
+class BudgetForm(forms.Form):
+    amount = _budget_amount(label="Monthly budget (USD)", help_text="Leave empty for no budget.")
     hard_limit = forms.BooleanField(
         required=False,
         initial=True,
@@ -100,9 +107,7 @@ class BudgetForm(forms.Form):
 
 
 class KeyBudgetForm(forms.Form):
-    amount = forms.DecimalField(
-        required=False, min_value=Decimal("0.01"), max_digits=12, decimal_places=2
-    )
+    amount = _budget_amount()
 
     def amount_micros(self) -> int | None:
         amount = self.cleaned_data.get("amount")

@@ -26,13 +26,12 @@ def micros_to_decimal(micros: int) -> Decimal:
 
 
 def format_dollars(micros: int | None, places: int = 2) -> str:
-    """12_345_678 -> '$12.35' (half up); small amounts keep more places so they do not read $0."""
+    """Exact: at least ``places`` decimals, more (up to six, a micro-dollar) only as needed, so
+    that amounts shown side by side add up: 12_340_000 -> '$12.34', 2_500 -> '$0.0025',
+    1_234_567 -> '$1.234567'."""
     if micros is None:
         return "—"
-    value = micros_to_decimal(micros)
-    if 0 < abs(micros) < 10_000 and places < 6:
-        places = 6
-    quantum = Decimal(1).scaleb(-places)
-    rounded = value.quantize(quantum, rounding=ROUND_HALF_UP)
-    sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.{places}f}"
+    whole, fraction = divmod(abs(micros), MICROS_PER_DOLLAR)
+    digits = f"{fraction:06d}".rstrip("0").ljust(places, "0")
+    sign = "-" if micros < 0 else ""
+    return f"{sign}${whole:,}" + (f".{digits}" if digits else "")

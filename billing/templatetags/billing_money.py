@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import template
 
-from billing.money import format_dollars, micros_to_decimal
+from billing.money import format_dollars
 
 register = template.Library()
 
@@ -23,7 +23,7 @@ def cents(amount_cents: int | None) -> str:
 
 @register.filter
 def plain_dollars(micros: int | None) -> str:
-    """For form inputs: 12_500_000 -> 12.50."""
+    """For form inputs, exact: 12_500_000 -> 12.50, 1_234_567 -> 1.234567."""
     if micros is None:
         return ""
-    return f"{micros_to_decimal(micros):.2f}"
+    return format_dollars(micros).lstrip("-$").replace(",", "")

@@ -115,7 +115,8 @@ def key_budget_update(request: OrgRequest, org_slug: str, key_id: str) -> HttpRe
     key = get_object_or_404(request.org.api_keys, id=key_id)
     form = KeyBudgetForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Enter an amount of at least 0.01, or leave it empty.")
+        problems = " ".join(str(e) for e in form.errors.get("amount", []))
+        messages.error(request, f"The budget for “{key.name}” was not saved: {problems}")
     else:
         key_budget_set(key=key, actor=request.user, amount_micros=form.amount_micros())
         messages.success(request, f"Budget for “{key.name}” saved.")

@@ -54,7 +54,9 @@ def route_scorer_upload_view(request: OrgRequest, org_slug: str, route_id: str) 
     route = get_object_or_404(Route.objects.filter(org=request.org), id=route_id)
     form = OutcomeUploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        messages.error(request, "Choose an outcome file (CSV) to upload.")
+        # Django's own words: no file chosen, or "The submitted file is empty."
+        problems = " ".join(str(e) for e in form.errors.get("file", [])) or "Choose a file."
+        messages.error(request, f"Choose an outcome file (CSV) to upload: {problems}")
         return redirect("route_edit", org_slug=org_slug, route_id=route.id)
     upload = form.cleaned_data["file"]
     if upload.size > MAX_UPLOAD_BYTES:

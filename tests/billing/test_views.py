@@ -93,7 +93,7 @@ def test_billing_page_is_for_owners_and_admins(client_for, owner, viewer, member
     assert response.status_code == 200
     assert 'data-testid="local-ledger"' in body
     assert 'data-testid="plan">Free<' in body
-    assert 'data-testid="mtd">$0.003750<' in body
+    assert 'data-testid="mtd">$0.00375<' in body
 
 
 def test_owner_sets_a_budget_and_bad_input_changes_nothing(client_for, owner, org):
@@ -112,6 +112,58 @@ def test_key_budget_is_set_from_the_billing_page(client_for, owner, org, used):
     client_for(owner).post(f"/o/{org.slug}/billing/keys/{used.pk}/budget/", {"amount": "2"})
     used.refresh_from_db()
     assert used.monthly_budget_micros == 2_000_000
+
+
+def test_a_budget_set_to_the_micro_dollar_through_the_api_saves_again_in_the_console(
+    client_for, owner, org, used
+):
+    client = client_for(owner)
+    api = client.put(
+        f"/api/orgs/{org.slug}/budget/",
+        {"amount_micros": 1_234_567, "hard_limit": True},
+        content_type="application/json",
+    )
+    assert api.status_code == 200
+    page = client.get(f"/o/{org.slug}/billing/").content.decode()
+    assert 'value="1.234567"' in page
+    again = client.post(
+        f"/o/{org.slug}/billing/budget/", {"amount": "1.234567", "hard_limit": "on"}
+    )
+    assert again.status_code == 302
+    assert Budget.objects.get(org=org).amount_micros == 1_234_567
+    key_url = f"/o/{org.slug}/billing/keys/{used.pk}/budget/"
+    client.post(key_url, {"amount": "0.000001"})
+    used.refresh_from_db()
+    assert used.monthly_budget_micros == 1
+    # A refused key budget says why, and keeps what was there.
+    refused = client.post(key_url, {"amount": "1.2345678"}, follow=True).content.decode()
+    assert f"The budget for “{used.name}” was not saved: " in refused
+    assert "no more than 6 decimal places" in refused
+    used.refresh_from_db()
+    assert used.monthly_budget_micros == 1
+
+
+@pytest.mark.parametrize(
+    ("micros", "shown"),
+    [
+        (0, "$0.00"),
+        (12_340_000, "$12.34"),
+        (12_345_678, "$12.345678"),
+        (2_500, "$0.0025"),
+        (10_000, "$0.01"),
+        (8_750, "$0.00875"),
+        (1, "$0.000001"),
+        (-5_000_000, "-$5.00"),
+        (1_000_000_000_000, "$1,000,000.00"),
+        (None, "—"),
+    ],
+)
+def test_amounts_are_shown_exactly_so_that_they_add_up(micros, shown):
+    """A savings line read "$0.002500 against $0.01, saved $0.008750": rounding some figures
+    and not others. Every amount is now shown to the micro-dollar where it has one."""
+    from billing.money import format_dollars
+
+    assert format_dollars(micros) == shown
 
 
 def test_payment_buttons_say_so_in_local_ledger_mode(client_for, owner, org):

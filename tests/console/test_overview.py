@@ -87,7 +87,7 @@ def test_owner_sees_spend_limit_traffic_and_deployments(client_for, org, owner, 
 
     html = _page(client_for, owner, org)
 
-    assert 'data-testid="mtd">$0.004000<' in html
+    assert 'data-testid="mtd">$0.004<' in html
     assert 'data-testid="limit">$0.01<' in html
     assert 'data-testid="limit-percent">40%<' in html
     assert 'data-testid="forecast">$' in html
@@ -96,7 +96,7 @@ def test_owner_sees_spend_limit_traffic_and_deployments(client_for, org, owner, 
     assert 'data-testid="traffic-errors">1<' in html
     assert 'data-testid="traffic-refused"' not in html  # none refused
     assert 'data-testid="traffic-tokens">2000 / 1000<' in html
-    assert 'data-testid="traffic-cost">$0.004000<' in html
+    assert 'data-testid="traffic-cost">$0.004<' in html
     assert 'data-testid="traffic-latency">100 / 1000 ms<' in html
     assert "every 5 minutes" in html
     row = html[html.index('<tr data-deployment="llama">') :].split("</tr>")[0]
@@ -121,7 +121,7 @@ def test_viewer_sees_spend_and_traffic_but_not_the_limit_or_forecast(
     Budget.objects.create(org=org, amount_micros=10_000, hard_limit=True)
     _deploy(org, owner, "llama")
     html = _page(client_for, viewer, org)
-    assert 'data-testid="mtd">$0.004000<' in html
+    assert 'data-testid="mtd">$0.004<' in html
     assert 'data-testid="traffic-requests">3<' in html
     assert 'data-deployment="llama"' in html
     assert 'data-testid="limit"' not in html and 'data-testid="forecast"' not in html

@@ -137,3 +137,16 @@ def test_the_usage_api_and_csv_agree_with_the_savings_report_on_the_baseline(
     assert plain["baseline_cost_micros"] == plain["cost_micros"] > 0
     as_csv = client.get(f"/o/{org.slug}/usage/?group=route&format=csv").content.decode()
     assert f",{savings['totals']['baseline_cost_micros']}," in as_csv
+
+
+def test_an_empty_or_missing_upload_says_which(org, owner, client_for):  # type: ignore[no-untyped-def]
+    route = _route(org, owner)
+    url = reverse("route_scorer_upload", args=[org.slug, route.id])
+    client = client_for(owner)
+    empty = client.post(
+        url, {"file": SimpleUploadedFile("o.csv", b"", content_type="text/csv")}, follow=True
+    ).content.decode()
+    assert "The submitted file is empty." in empty
+    missing = client.post(url, {}, follow=True).content.decode()
+    assert "This field is required." in missing
+    assert not RouteScorer.objects.exists()
