@@ -19,6 +19,14 @@ class SignupForm(UserCreationForm[User]):
         model = User
         fields = ("email",)
 
+    def clean_email(self) -> str:
+        # Addresses are kept in lower case and compared without case: Ann@ and ann@ are one
+        # mailbox, so one account.
+        email = (self.cleaned_data.get("email") or "").strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email address already exists.")
+        return email
+
 
 class AccountNameForm(forms.Form):
     # The lengths of AbstractUser's columns; either name may be left empty.
@@ -52,7 +60,7 @@ class CurrentPasswordForm(forms.Form):
 
 
 class AccountEmailForm(CurrentPasswordForm):
-    email = forms.EmailField(label="New email address")
+    email = forms.EmailField(label="New email address", max_length=254)
 
 
 class AccountDeleteForm(CurrentPasswordForm):
@@ -186,7 +194,7 @@ class ApiKeyEditForm(ApiKeyForm):
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField()
+    email = forms.EmailField(max_length=254)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
 
 

@@ -39,6 +39,18 @@ class UserManager(BaseUserManager["User"]):
         extra["is_superuser"] = True
         return self._create(email, password, **extra)
 
+    def get_by_natural_key(self, username: str | None) -> User:
+        """Signing in finds the account whatever the case the address is typed in (an exact
+        match first, for any older accounts that differ only in case)."""
+        email = username or ""
+        exact = self.filter(email=email).first()
+        if exact is not None:
+            return exact
+        matches = list(self.filter(email__iexact=email)[:2])
+        if len(matches) != 1:
+            raise self.model.DoesNotExist
+        return matches[0]
+
 
 class User(AbstractUser):
     """A person. Signs in with an email address; belongs to organisations through memberships."""
@@ -57,6 +69,9 @@ class User(AbstractUser):
     totp_last_step = models.BigIntegerField(default=0)
     # Bumped to sign the person out of every session (all but the one asking, which is re-keyed).
     session_epoch = models.PositiveIntegerField(default=0)
+    # The address an email change was last asked for, until its link is opened: only that link
+    # works, once (an earlier request's link, or a used one, must not move the account again).
+    email_change_to = models.EmailField(blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: ClassVar[list[str]] = []

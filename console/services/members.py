@@ -53,6 +53,8 @@ def invitation_create(
         validate_email(email)
     except ValidationError:
         raise ValidationError({"email": "Enter a valid email address."}) from None
+    if len(email) > 254:  # the column's length; the validator allows up to 320
+        raise ValidationError({"email": "Use an address of at most 254 characters."})
     role = _clean_role(role)
     if role == Role.OWNER:
         inviter = org.memberships.filter(user=actor).first() if actor is not None else None

@@ -6,6 +6,7 @@ person, who may be in several organisations or none.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 
@@ -143,15 +144,20 @@ def email_change_request(*, user: User, new_email: str) -> str:
     """Email a link to ``new_email`` that moves ``user``'s sign-in address there when opened, and
     tell the current address. Checking the password is the caller's job. Returns the address the
     link went to; ValidationError (on ``email``) when it cannot be used."""
-    new_email = (new_email or "").strip()
+    new_email = (new_email or "").strip().lower()  # addresses are kept in lower case
     try:
         validate_email(new_email)
     except ValidationError:
         raise ValidationError({"email": "Enter a valid email address."}) from None
+    if len(new_email) > 254:  # the column's length; the validator allows up to 320
+        raise ValidationError({"email": "Use an address of at most 254 characters."})
     if new_email.lower() == user.email.lower():
         raise ValidationError({"email": "This is already your address."})
     if _address_taken(new_email, user):
         raise ValidationError({"email": "Another account uses this address."})
+    # Only the newest request's link works: asking again (say, after a typo) voids the others.
+    User.objects.filter(pk=user.pk).update(email_change_to=new_email)
+    user.email_change_to = new_email
     token = signing.TimestampSigner(salt=EMAIL_CHANGE_SALT).sign_object(
         {"u": str(user.public_id), "e": user.email.lower(), "n": new_email}
     )
@@ -190,13 +196,20 @@ def email_change_confirm(*, token: str) -> User:
     )
     user = User.objects.filter(public_id=value["u"]).first()
     new_email = value.get("n")
-    if user is None or not isinstance(new_email, str) or user.email.lower() != value.get("e"):
+    if (
+        user is None
+        or not isinstance(new_email, str)
+        or user.email.lower() != value.get("e")
+        or user.email_change_to.lower() != new_email.lower()
+    ):
+        # Used already, overtaken by a newer request, or the address changed another way.
         raise ValidationError("This link is not valid any more.")
     if _address_taken(new_email, user):
         raise ValidationError(f"Another account uses {new_email} by now.")
     user.email = new_email
     user.email_verified_at = timezone.now()
-    user.save(update_fields=["email", "email_verified_at"])
+    user.email_change_to = ""
+    user.save(update_fields=["email", "email_verified_at", "email_change_to"])
     return user
 
 
@@ -282,3 +295,37 @@ def account_delete(*, user: User) -> str:
         )
     user.refresh_from_db()
     return old_email
+
+
+# Wrong passwords ----------------------------------------------------------------------------------
+
+# Counted per address and client address: MAX_SIGN_IN_FAILURES wrong passwords within the
+# window refuse every sign-in for that pair until it passes (guessing from one place stops;
+# the person can still sign in from elsewhere, so a stranger cannot lock them out everywhere).
+MAX_SIGN_IN_FAILURES = 10
+SIGN_IN_FAILURE_WINDOW_S = 15 * 60
+SIGN_IN_THROTTLED = (
+    "Too many wrong passwords for this address from here. Wait 15 minutes, or reset the password."
+)
+
+
+def _sign_in_key(email: str, client: str) -> str:
+    digest = hashlib.sha256(f"{email.strip().lower()}|{client}".encode()).hexdigest()
+    return f"sign-in-failures:{digest}"
+
+
+def sign_in_throttled(*, email: str, client: str) -> bool:
+    return int(cache.get(_sign_in_key(email, client), 0)) >= MAX_SIGN_IN_FAILURES
+
+
+def sign_in_failed(*, email: str, client: str) -> None:
+    key = _sign_in_key(email, client)
+    if not cache.add(key, 1, SIGN_IN_FAILURE_WINDOW_S):
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between the two calls
+            cache.add(key, 1, SIGN_IN_FAILURE_WINDOW_S)
+
+
+def sign_in_succeeded(*, email: str, client: str) -> None:
+    cache.delete(_sign_in_key(email, client))

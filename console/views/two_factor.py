@@ -38,7 +38,13 @@ from console.services.two_factor import (
     two_factor_disable,
     two_factor_enable,
 )
-from console.services.users import sessions_end
+from console.services.users import (
+    SIGN_IN_THROTTLED,
+    sessions_end,
+    sign_in_failed,
+    sign_in_succeeded,
+    sign_in_throttled,
+)
 
 PENDING = "two_factor_pending"
 SETUP = "two_factor_setup_secret"
@@ -68,8 +74,29 @@ class LoginView(auth_views.LoginView):
     """Django's sign-in, with a second step for people who turned two-factor on: the password
     alone signs nobody in; it only earns a few minutes to enter a code."""
 
+    def _who(self) -> tuple[str, str]:
+        return self.request.POST.get("username", ""), self.request.META.get("REMOTE_ADDR", "")
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        email, client = self._who()
+        if sign_in_throttled(email=email, client=client):
+            # Refused without checking the password, so that guessing on gets nowhere.
+            form = self.get_form_class()(request, initial={"username": email})
+            form.cleaned_data = {}
+            form.full_clean()  # unbound: nothing is checked, least of all the password
+            form.add_error(None, SIGN_IN_THROTTLED)
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        email, client = self._who()
+        sign_in_failed(email=email, client=client)
+        return super().form_invalid(form)
+
     def form_valid(self, form: Any) -> HttpResponse:
         user = form.get_user()
+        email, client = self._who()
+        sign_in_succeeded(email=email, client=client)
         if not user.has_two_factor:
             return super().form_valid(form)
         self.request.session[PENDING] = {

@@ -7,6 +7,7 @@ import re
 import pytest
 from django.core import signing
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 
 from console.models import User
 from tests.factories import PASSWORD, UserFactory
@@ -28,25 +29,63 @@ def _ask(client, email: str, password: str = PASSWORD):  # type: ignore[no-untyp
 
 def test_the_address_changes_when_the_link_sent_there_is_opened(client, person, mailoutbox):
     response = _ask(client, "New@Example.com")
-    assert "We sent a link to New@Example.com" in response.content.decode()
+    # Addresses are kept in lower case, and sign-in ignores case.
+    assert "We sent a link to new@example.com" in response.content.decode()
     person.refresh_from_db()
     assert person.email == "old@example.com"  # nothing changes yet
     to_new, to_old = mailoutbox
-    assert to_new.to == ["New@Example.com"] and to_old.to == ["old@example.com"]
+    assert to_new.to == ["new@example.com"] and to_old.to == ["old@example.com"]
     assert "/password-reset/" in to_old.body
     link = LINK.search(to_new.body)
     assert link is not None and not LINK.search(to_old.body)
 
     opened = client.get(link.group(0))
     assert opened.status_code == 200
-    assert "You sign in as <strong>New@Example.com</strong>" in opened.content.decode()
+    assert "You sign in as <strong>new@example.com</strong>" in opened.content.decode()
     person.refresh_from_db()
-    assert person.email == "New@Example.com"
+    assert person.email == "new@example.com"
     assert person.email_verified_at is not None
     client.logout()
     assert client.login(email="New@Example.com", password=PASSWORD)
     # Used once: the account's address moved, so the link is worthless now.
     assert client.get(link.group(0)).status_code == 400
+
+
+def test_only_the_newest_link_works_and_only_once(client, person, mailoutbox):
+    """A typo'd request's link must not move the account once a newer one was asked for, and
+    a used link must not work again when the address comes back to what it named."""
+    _ask(client, "typo@example.com")
+    _ask(client, "right@example.com")
+    typo, right = LINK.search(mailoutbox[0].body), LINK.search(mailoutbox[2].body)
+    assert typo is not None and right is not None
+    assert client.get(typo.group(0)).status_code == 400
+    person.refresh_from_db()
+    assert person.email == "old@example.com"
+    assert client.get(right.group(0)).status_code == 200
+    person.refresh_from_db()
+    assert person.email == "right@example.com"
+    # And back: the first move's link names the address the account has again.
+    mailoutbox.clear()
+    client.force_login(person)
+    _ask(client, "old@example.com")
+    back = LINK.search(mailoutbox[0].body)
+    assert back is not None and client.get(back.group(0)).status_code == 200
+    person.refresh_from_db()
+    assert person.email == "old@example.com"
+    assert client.get(right.group(0)).status_code == 400
+    person.refresh_from_db()
+    assert person.email == "old@example.com"
+
+
+def test_an_address_longer_than_the_column_is_refused(client, person, mailoutbox):
+    long = "x" * 243 + "@example.com"  # 255 characters: the validator allows up to 320
+    response = _ask(client, long)
+    assert "Ensure this value has at most 254 characters" in response.content.decode()
+    assert mailoutbox == []
+    from console.services.users import email_change_request
+
+    with pytest.raises(ValidationError, match="at most 254 characters"):
+        email_change_request(user=person, new_email=long)
 
 
 @pytest.mark.parametrize(

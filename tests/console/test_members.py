@@ -162,3 +162,15 @@ def test_revoking_an_accepted_or_revoked_invitation_records_nothing(org, owner, 
     )
     assert Invitation.objects.get(pk=pending.invitation.pk).revoked_at == first
     assert AuditEvent.objects.filter(action="invitation.revoked").count() == 1
+
+
+def test_an_invitation_to_an_address_longer_than_the_column_is_refused(org, owner, client_for):
+    long = "x" * 243 + "@example.com"  # 255: Django's validator allows up to 320
+    with pytest.raises(ValidationError, match="at most 254 characters"):
+        invitation_create(org=org, actor=owner, email=long, role=Role.VIEWER)
+    page = client_for(owner).post(
+        f"/o/{org.slug}/members/invite/", {"email": long, "role": "viewer"}
+    )
+    assert page.status_code == 400
+    assert "Ensure this value has at most 254 characters" in page.content.decode()
+    assert not Invitation.objects.exists()

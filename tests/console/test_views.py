@@ -124,6 +124,57 @@ def test_signup_rejects_duplicate_email(client, org, owner):
     assert response.status_code == 200 and b"already exists" in response.content
 
 
+def test_an_address_in_other_letter_cases_is_the_same_account(client, org, owner):
+    """Ann@ and ann@ are one mailbox: a second account is refused, and signing in takes the
+    address in any case."""
+    from console.models import User
+    from tests.factories import PASSWORD
+
+    password = "x-Long-pass-1234"
+    response = client.post(
+        "/signup/", {"email": owner.email.upper(), "password1": password, "password2": password}
+    )
+    assert response.status_code == 200 and b"already exists" in response.content
+    assert User.objects.filter(email__iexact=owner.email).count() == 1
+    created = client.post(
+        "/signup/", {"email": "Bob@Example.COM", "password1": password, "password2": password}
+    )
+    assert created.status_code == 302
+    assert User.objects.filter(email="bob@example.com").exists()
+    client.logout()
+    assert client.login(email="BOB@example.com", password=password)
+    client.logout()
+    assert client.login(email=owner.email.title(), password=PASSWORD)
+
+
+def test_wrong_passwords_from_one_place_are_stopped_for_a_while(client, owner):
+    """Ten wrong passwords for an address from one client refuse further tries from there, even
+    the right one, until the window passes; another client is not affected."""
+    from django.core.cache import cache
+
+    from console.services.users import MAX_SIGN_IN_FAILURES
+    from tests.factories import PASSWORD
+
+    cache.clear()
+    for _ in range(MAX_SIGN_IN_FAILURES):
+        wrong = client.post("/login/", {"username": owner.email, "password": "guess"})
+        assert wrong.status_code == 200
+    refused = client.post("/login/", {"username": owner.email.upper(), "password": PASSWORD})
+    assert refused.status_code == 429
+    assert "Too many wrong passwords for this address from here" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    elsewhere = client.post(
+        "/login/", {"username": owner.email, "password": PASSWORD}, REMOTE_ADDR="198.51.100.7"
+    )
+    assert elsewhere.status_code == 302
+    # A success clears the count for its own client.
+    other = client.post(
+        "/login/", {"username": owner.email, "password": "guess"}, REMOTE_ADDR="198.51.100.7"
+    )
+    assert other.status_code == 200
+    cache.clear()
+
+
 def test_password_reset_sends_an_email(client, owner, mailoutbox):
     client.post("/password-reset/", {"email": owner.email})
     assert len(mailoutbox) == 1 and "/password-reset/" in mailoutbox[0].body
