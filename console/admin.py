@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.forms import UserChangeForm
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -44,8 +45,38 @@ class EmailConfirmedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+    """Rows written by services or background work, with their checks, audits and
+    notifications: staff see them and act through admin actions, never by editing fields,
+    which would skip all of that."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class StaffUserChangeForm(UserChangeForm[User]):
+    def clean_email(self) -> str:
+        # As everywhere: addresses in lower case, one account per address whatever its case.
+        email = (self.cleaned_data.get("email") or "").strip().lower()
+        others = User.objects.filter(email__iexact=email).exclude(pk=self.instance.pk)
+        if others.exists():
+            raise forms.ValidationError("Another account uses this address.")
+        return email
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    """People's accounts. People delete their own (anonymised, so audit trails keep an actor:
+    docs/permissions.md); staff delete only staff accounts that belong to no organisation, and
+    deactivate the others."""
+
+    form = StaffUserChangeForm
     ordering = ["email"]
     list_display = [
         "email",
@@ -77,6 +108,16 @@ class UserAdmin(BaseUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and (not obj.is_staff or obj.memberships.exists()):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would not ask the question above per account
+        return actions
 
     @admin.action(description="Mark their email addresses as confirmed")
     def confirm_email(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
@@ -174,9 +215,22 @@ class RecoveryCodeAdmin(admin.ModelAdmin[RecoveryCode]):
 
 
 class MembershipInline(admin.TabularInline[Membership, Organisation]):
+    """Who belongs, for reading: roles and removals go through the console, whose rules (an
+    organisation keeps an owner) and audit log an edit here would skip."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["user", "role", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Organisation)
@@ -197,8 +251,21 @@ class OrganisationAdmin(admin.ModelAdmin[Organisation]):
         ("closed_at", admin.EmptyFieldListFilter),
     ]
     search_fields = ["name", "slug"]
-    readonly_fields = ["public_id", "created_at", "suspended_at", "suspended_reason", "closed_at"]
+    # The slug is in every console address and REST path the tenant's programs use, and is
+    # checked (reserved words, case) only where an organisation is created, in the console.
+    readonly_fields = [
+        "slug",
+        "public_id",
+        "created_at",
+        "suspended_at",
+        "suspended_reason",
+        "closed_at",
+    ]
     inlines = [MembershipInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # people create organisations (and become their owners) in the console
+
     actions = ["suspend", "reactivate"]
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
@@ -233,7 +300,9 @@ class OrganisationAdmin(admin.ModelAdmin[Organisation]):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin[Membership]):
+class MembershipAdmin(ReadOnlyAdmin):
+    """Read only: see MembershipInline."""
+
     list_display = ["user", "org", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["user__email", "org__name", "org__slug"]
@@ -262,21 +331,6 @@ class InvitationAdmin(admin.ModelAdmin[Invitation]):
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
-    """Rows written by services or background work, with their checks, audits and
-    notifications: staff see them and act through admin actions, never by editing fields,
-    which would skip all of that."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -422,6 +476,9 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
     list_filter = ["action"]
     search_fields = ["org__name", "actor__email", "target_repr", "target_id"]
     date_hierarchy = "created_at"
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False  # a record of who did what is not staff's to remove
 
     def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
         return False

@@ -233,7 +233,14 @@ def test_a_new_price_must_state_its_amounts(staff_client):
 
 
 @pytest.mark.parametrize(
-    "model", ["console_invitation", "inference_routescorer", "console_controlplaneversion"]
+    "model",
+    [
+        "console_invitation",
+        "inference_routescorer",
+        "console_controlplaneversion",
+        "console_organisation",
+        "console_membership",
+    ],
 )
 def test_rows_that_only_the_product_creates_have_no_add_form(staff_client, model):
     # Saving their add form used to write a row without its organisation (an IntegrityError)
@@ -273,3 +280,70 @@ def test_staff_confirm_email_addresses_and_a_changed_address_needs_confirming_ag
     waiting.refresh_from_db()
     assert waiting.email == "moved@example.com"
     assert waiting.email_verified_at is None
+
+
+def test_staff_cannot_leave_an_organisation_without_an_owner(staff_client, org, owner):
+    """Roles and removals go through the console's rules (an organisation keeps an owner) and
+    its audit log; in the admin, memberships are for reading."""
+    from console.models import Membership
+
+    membership = Membership.objects.get(org=org, user=owner)
+    change = reverse("admin:console_membership_change", args=[membership.pk])
+    assert staff_client.get(change).status_code == 200  # a read-only view
+    staff_client.post(change, {"user": owner.pk, "org": org.pk, "role": "viewer"})
+    delete = reverse("admin:console_membership_delete", args=[membership.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    membership.refresh_from_db()
+    assert membership.role == "owner"
+    # Nor through the organisation's page, whose members are listed, not edited.
+    page = staff_client.get(reverse("admin:console_organisation_change", args=[org.pk]))
+    assert page.status_code == 200 and 'name="memberships-0-role"' not in page.content.decode()
+
+
+def test_staff_cannot_delete_people_or_audit_events(staff_client, org, owner):
+    from console.models import User
+
+    event = AuditEvent.objects.create(org=org, action="org.renamed", actor=owner)
+    delete_user = reverse("admin:console_user_delete", args=[owner.pk])
+    assert staff_client.post(delete_user, {"post": "yes"}).status_code == 403
+    listing = staff_client.get(reverse("admin:console_user_changelist")).content.decode()
+    assert "delete_selected" not in listing
+    delete_event = reverse("admin:console_auditevent_delete", args=[event.pk])
+    assert staff_client.post(delete_event, {"post": "yes"}).status_code == 403
+    assert User.objects.filter(pk=owner.pk).exists() and AuditEvent.objects.filter(pk=event.pk)
+    # A staff account that belongs to no organisation is staff's to remove.
+    other = UserFactory(is_staff=True)
+    assert (
+        staff_client.post(
+            reverse("admin:console_user_delete", args=[other.pk]), {"post": "yes"}
+        ).status_code
+        == 302
+    )
+    assert not User.objects.filter(pk=other.pk).exists()
+
+
+def test_staff_cannot_give_an_account_another_accounts_address_in_other_case(staff_client, owner):
+    other = UserFactory(email="someone@example.com")
+    change = reverse("admin:console_user_change", args=[other.pk])
+    form = staff_client.get(change).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k != "password"}
+    data |= {"email": owner.email.upper(), "date_joined_0": "2026-01-01", "date_joined_1": "00:00"}
+    response = staff_client.post(change, data)
+    assert response.status_code == 200
+    assert "Another account uses this address." in response.content.decode()
+    other.refresh_from_db()
+    assert other.email == "someone@example.com"
+
+
+def test_an_organisations_slug_is_shown_not_edited_in_the_admin(staff_client, org):
+    """It is in every address tenants use, and its rules (reserved words) apply where
+    organisations are created, in the console."""
+    change = reverse("admin:console_organisation_change", args=[org.pk])
+    page = staff_client.get(change).content.decode()
+    assert 'name="slug"' not in page and org.slug in page
+    form = staff_client.get(change).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None}
+    data |= {"slug": "new", "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0"}
+    staff_client.post(change, data)
+    org.refresh_from_db()
+    assert org.slug == "acme"
