@@ -788,11 +788,14 @@ class Gateway:
             )
         scores = await self.auto_scores(org.id, parsed)
         route, plan, targets = self.plan_for(org.id, parsed, scores)
-        reserve = (
-            reservation_micros(self.snapshot, self.config, org, parsed, targets)
-            if (org.budget_micros is not None or key.budget_micros is not None)
-            else 0
-        )
+        reserve = 0
+        if org.budget_micros is not None or key.budget_micros is not None:
+            # Priced at every target that may answer, the cold-start fallback included.
+            priced = targets
+            if plan.cold_start_fallback is not None:
+                cold = self.snapshot.target_entry(org.id, plan.cold_start_fallback)
+                priced = [*targets, cold] if cold is not None else targets
+            reserve = reservation_micros(self.snapshot, self.config, org, parsed, priced)
         adm = admission_build(self.snapshot, self.config, key, org, parsed, reserve)
         if not adm.empty:
             try:
@@ -848,6 +851,11 @@ class Gateway:
         except GatewayError as caught:
             error, outcome = caught, exchange.outcome
             outcome.status = caught.status
+            if outcome.target is None and key.id != CONSOLE_KEY_ID:
+                # No target was tried (a sleeping model that did not wake in time, a failed or
+                # paused deployment): there is no usage record, so it is counted with the
+                # refusals, by key and reason, above the request log.
+                self.refusals.add(org.id, key.id, caught.status, caught.code)
         except Exception:
             # A fault of the gateway's own once the limits admitted the request: settle it (the
             # budget reservation falls back to what was metered, usually nothing) and record

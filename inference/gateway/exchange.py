@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inference.gateway.bodies import CHAT, COMPLETION, RESPONSES, ParsedRequest
+from inference.gateway.bodies import CHAT, COMPLETION, EMBEDDING, RESPONSES, ParsedRequest
 from inference.gateway.errors import GatewayError
 from inference.gateway.snapshot import DeploymentEntry, ExternalEntry, ReplicaEntry
 from inference.gateway.sse import ResponsesStreamFilter, StreamFilter
@@ -148,13 +148,18 @@ def _completion_estimate(answer: object) -> int:
     return max(1, (chars + 3) // 4)
 
 
-def _usage_from(usage: object, outcome: Outcome) -> None:
+def _usage_from(usage: object, outcome: Outcome, *, generates: bool = True) -> None:
     """Take the engine's counts; counts that are not believable leave the usage unknown, so the
-    request is metered on the gateway's own estimate instead (never on a negative count)."""
+    request is metered on the gateway's own estimate instead (never on a negative count). An
+    answer that generated text and does not say how much is unknown too, not free; only an
+    embedding generates nothing."""
     if not isinstance(usage, dict):
         return
     prompt = _token_count(usage.get("prompt_tokens"))
-    completion = _token_count(usage.get("completion_tokens") or 0)
+    raw_completion = usage.get("completion_tokens")
+    if raw_completion is None and generates:
+        return
+    completion = _token_count(raw_completion or 0)
     if prompt is None or completion is None:
         return
     outcome.prompt_tokens = prompt
@@ -209,6 +214,22 @@ def _upstream_body(parsed: ParsedRequest, target: Target, raw: bytes) -> bytes:
             options["continuous_usage_stats"] = True
         body["stream_options"] = options
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _stream_error_event(error: Exception, responses: bool) -> bytes:
+    message = f"The model server failed mid-answer: {error}."
+    if responses:  # the Responses API's error event
+        event = {"type": "error", "code": "upstream_error", "message": message, "param": None}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
+    body = {
+        "error": {
+            "message": message,
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 def _error_message(body: bytes) -> str:
@@ -278,9 +299,14 @@ class Exchange:
                 if not deployment.replicas:
                     if not deployment.failure:
                         self.gw.signal_demand(deployment)
-                    if cold is not None and cold not in queue:
+                    if cold is not None:
+                        # The cold-start fallback answers now, even where it is also a later
+                        # target of the plan: nobody waits on a sleeping model meanwhile.
+                        if cold in queue:
+                            queue.remove(cold)
+                        else:
+                            budget += 1
                         queue.insert(0, cold)
-                        budget += 1
                         cold = None
                         last = GatewayError(
                             503,
@@ -343,7 +369,12 @@ class Exchange:
                 auth = headers
             else:
                 url = target.base_url + path
-                auth = [*headers, ("Authorization", f"Bearer {target.api_key}")]
+                # An endpoint saved without a key gets no Authorization header, not an empty one.
+                auth = (
+                    [*headers, ("Authorization", f"Bearer {target.api_key}")]
+                    if target.api_key
+                    else headers
+                )
             outcome.attempts += 1
             outcome.target, outcome.replica = target, replica
             if replica is not None:
@@ -386,6 +417,25 @@ class Exchange:
                 self._release(target, replica)
                 return None
             if response.status == 200:
+                if not self.parsed.stream:
+                    # Read the whole answer while another target can still take over: nothing
+                    # has reached the client yet if this server dies before it finishes.
+                    try:
+                        response.pending_body = await response.read()
+                    except UpstreamError as error:
+                        self._release(target, replica)
+                        outcome.upstream = None
+                        if outcome.disconnected:
+                            return None
+                        gw.metrics.upstream_errors.inc((label, error.kind))
+                        if replica is not None:
+                            gw.balancer.eject(replica)
+                        timeout = error.kind == "timeout"
+                        raise GatewayError(
+                            504 if timeout else 502,
+                            f"The model server failed mid-answer: {error}.",
+                            "timeout" if timeout else "upstream_error",
+                        ) from None
                 if replica is not None:
                     gw.balancer.restore(replica)
                 return response
@@ -453,11 +503,14 @@ class Exchange:
                     "upstream_error",
                 ) from None
         if response.status == 200:
-            read_usage = _responses_usage_from if self.parsed.kind == RESPONSES else _usage_from
             answer: object = None
             try:
                 answer = json.loads(body)
-                read_usage(answer.get("usage"), outcome)  # type: ignore[attr-defined]
+                usage = answer.get("usage")  # type: ignore[attr-defined]
+                if self.parsed.kind == RESPONSES:
+                    _responses_usage_from(usage, outcome)
+                else:
+                    _usage_from(usage, outcome, generates=self.parsed.kind != EMBEDDING)
             except (ValueError, AttributeError):
                 pass
             if not outcome.usage_known:
@@ -505,11 +558,13 @@ class Exchange:
                         outcome.ttft_s = time.perf_counter() - self.started
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = stream.finish()
-        except UpstreamError:
+        except UpstreamError as error:
             # The client went away (we aborted the upstream) or the upstream broke mid-stream:
-            # either way the client already has a 200 and whatever was forwarded.
-            tail = b""
+            # either way the client already has a 200 and whatever was forwarded. A client still
+            # there is told, in the stream's own error shape, so that it does not take what it
+            # got for a whole answer (the openai client raises on it).
             outcome.status = 499 if outcome.disconnected else 502
+            tail = b"" if outcome.disconnected else _stream_error_event(error, responses)
         except asyncio.CancelledError:
             response.abort()
             raise

@@ -7,7 +7,8 @@ graph must stay acyclic). Policies and their ``config`` shapes:
 - ``single``: ``{"target": REF}``
 - ``weighted``: ``{"targets": [{"target": REF, "weight": 90}, ...]}``, whole weights adding to 100
 - ``fallback``: ``{"targets": [REF, ...], "max_attempts": 3}`` (tried in order; ``max_attempts``
-  bounds how many targets are tried and defaults to the number of targets; a connection failure
+  bounds how many targets are tried and defaults to every target the chain reaches, nested
+  routes' targets included, at most 5; a connection failure
   is also retried once on another replica of the same deployment, whatever the policy)
 - ``conditional``: ``{"rules": [{"when": {...}, "target": REF}, ...], "default": REF}``; the first
   rule whose every condition holds wins. Conditions: ``prompt_tokens_min``, ``prompt_tokens_max``,
@@ -86,6 +87,9 @@ class RouteSpec:
     rules: tuple[Rule, ...] = ()
     default: TargetRef | None = None
     max_attempts: int = 1
+    # The attempts were not given: every target the chain reaches may be tried, nested routes'
+    # targets included (``max_attempts`` then counts only this route's own entries).
+    attempts_default: bool = False
     cold_start_fallback: TargetRef | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -162,7 +166,7 @@ def _parse_fallback(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
         if raw_attempts is None
         else _whole(raw_attempts, "max_attempts", 1, MAX_ATTEMPTS)
     )
-    return {"targets": targets, "max_attempts": attempts}
+    return {"targets": targets, "max_attempts": attempts, "attempts_default": raw_attempts is None}
 
 
 def _parse_conditions(raw: object, where: str) -> Conditions:
@@ -282,6 +286,7 @@ def _parse_auto(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "targets": targets,
         "max_attempts": attempts,
+        "attempts_default": raw_attempts is None,
         "extra": {"thresholds": tuple(thresholds), "max_strong_percent": share},
     }
 

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from inference.routing.config import Conditions, RouteSpec, TargetRef
+from inference.routing.config import MAX_ATTEMPTS, Conditions, RouteSpec, TargetRef
 
 MAX_DEPTH = 8
 
@@ -172,7 +172,8 @@ def route_plan(
     """The targets to try, in order, for one request to ``spec``.
 
     Nested routes are expanded depth-first; a terminal target appears once. The attempt bound is
-    the largest any route on the way asks for (only fallback chains ask for more than one).
+    the largest any route on the way asks for (only fallback chains and auto routes ask for more
+    than one; without ``max_attempts`` they ask for every target they reach).
     """
     ctx = ctx or ResolveContext()
     out: list[TargetRef] = []
@@ -190,9 +191,9 @@ def route_plan(
         refs, decision = resolver(current, features, ctx)
         if top_decision is None and decision is not None:
             top_decision = decision
-        attempts = max(attempts, current.max_attempts)
         if cold is None:
             cold = current.cold_start_fallback
+        before = len(out)
         for ref in refs:
             if ref.kind == "route":
                 nested = routes.get(ref.name)
@@ -201,6 +202,11 @@ def route_plan(
                 expand(nested, depth + 1)
             elif ref not in out:
                 out.append(ref)
+        if current.attempts_default:
+            # Every target this route reaches, through nested routes too (bounded as before).
+            attempts = max(attempts, min(len(out) - before, MAX_ATTEMPTS))
+        else:
+            attempts = max(attempts, current.max_attempts)
 
     expand(spec, 0)
     return Plan(

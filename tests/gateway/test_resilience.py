@@ -3,6 +3,7 @@ engines on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -379,3 +380,219 @@ def test_client_disconnect_mid_stream_aborts_upstream_and_meters_what_was_genera
     # What the engine reported on the last chunk the gateway received before the abort.
     assert 3 <= record.completion_tokens < 200
     assert record.completion_tokens <= fake.generation_tokens_total
+
+
+def test_a_fallback_through_a_nested_chain_reaches_every_target(
+    gw, engine, org, owner, inference_key
+):
+    """outer = [route:primary, backup], primary = [d1, d2]: with d1 and d2 down the backup
+    serves. The attempts used to be counted over each route's own entries (two), so the
+    backup was never tried."""
+    fake, server = engine
+    make_deployment(org, "d1", [dead_port()])
+    make_deployment(org, "d2", [dead_port()])
+    make_deployment(org, "backup", [server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="primary",
+        policy="fallback",
+        config={"targets": ["deployment:d1", "deployment:d2"]},
+    )
+    route_create(
+        org=org,
+        actor=owner,
+        name="outer",
+        policy="fallback",
+        config={"targets": ["route:primary", "deployment:backup"]},
+    )
+    gw.refresh()
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="outer", **CHAT)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-target"] == "deployment:backup"
+    assert len(fake.requests) == 1
+
+
+def test_a_chain_does_not_wait_on_a_sleeping_model_when_its_cold_start_fallback_is_up(
+    start_gateway, engine, org, owner, inference_key
+):
+    gw = start_gateway(cold_start_wait_s=5)
+    fake, server = engine
+    make_deployment(org, "sleepy", [], min_replicas=0)
+    make_deployment(org, "warm", [server.port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="fallback",
+        config={"targets": ["deployment:sleepy", "deployment:warm"]},
+        cold_start_fallback="deployment:warm",
+    )
+    gw.refresh()
+    started = time.monotonic()
+    raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="chat", **CHAT)
+    waited = time.monotonic() - started
+    assert raw.headers["x-target"] == "deployment:warm"
+    assert waited < 4, f"waited {waited:.1f} s on the sleeping model"
+    assert len(fake.requests) == 1
+
+
+def test_the_reservation_prices_the_cold_start_fallback_too(gw, engine, org, owner):
+    """A sleeping cheap model with a costly cold-start fallback: the request must reserve at
+    the costly price, or concurrent requests overspend the budget many times over."""
+    from billing.models import Price
+    from console.models import ApiKey
+    from console.services.keys import api_key_create
+
+    _, server = engine
+    make_deployment(org, "sleepy", [], min_replicas=0)
+    make_deployment(org, "pricey", [server.port])
+    Price.objects.create(
+        model="sleepy", input_micros_per_million=1_000_000, output_micros_per_million=1_000_000
+    )
+    Price.objects.create(
+        model="pricey",
+        input_micros_per_million=100_000_000,
+        output_micros_per_million=100_000_000,
+    )
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="single",
+        config={"target": "deployment:sleepy"},
+        cold_start_fallback="deployment:pricey",
+    )
+    created = api_key_create(org=org, actor=owner, name="capped", scopes=["inference"])
+    # Enough for the request at the sleeping model's price, not at the fallback's.
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=200)
+    gw.refresh()
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "chat", "max_tokens": 5, **CHAT},
+        headers={"Authorization": f"Bearer {created.secret}"},
+        timeout=30,
+    )
+    assert response.status_code == 402, response.text
+    assert UsageRecord.objects.count() == 0
+
+
+class _Breaker:
+    """An engine that answers 200 and dies: before the body is whole ("whole"), or after some
+    events of a stream ("midstream")."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        if self.mode == "whole":
+            head = [(b"content-type", b"application/json"), (b"content-length", b"500")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await send(
+                {"type": "http.response.body", "body": b'{"id": "x", "cho', "more_body": True}
+            )
+            raise RuntimeError("died")
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        for word in ("one", "two", "three"):
+            chunk = {"id": "x", "object": "chat.completion.chunk", "model": "m", "created": 0}
+            chunk["choices"] = [{"index": 0, "delta": {"content": word}, "finish_reason": None}]
+            event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        raise RuntimeError("died mid-stream")
+
+
+def test_an_answer_cut_before_it_reached_the_client_moves_on_to_the_next_target(
+    gw, second_engine, org, owner, inference_key
+):
+    breaker = ThreadServer(_Breaker("whole"), lifespan="off").start()
+    try:
+        second, second_server = second_engine
+        make_deployment(org, "small", [breaker.port])
+        make_deployment(org, "big", [second_server.port])
+        route_create(
+            org=org,
+            actor=owner,
+            name="chat",
+            policy="fallback",
+            config={"targets": ["deployment:small", "deployment:big"]},
+        )
+        gw.refresh()
+        raw = gw.client(inference_key).chat.completions.with_raw_response.create(
+            model="chat", **CHAT
+        )
+        assert raw.http_response.status_code == 200
+        assert raw.headers["x-target"] == "deployment:big"
+        assert len(second.requests) == 1
+        gw.wait_for_records(1)
+        assert UsageRecord.objects.get().target == "deployment:big"
+    finally:
+        breaker.stop()
+
+
+def test_a_stream_cut_midway_ends_with_an_error_the_client_sees(gw, org, inference_key):
+    breaker = ThreadServer(_Breaker("midstream"), lifespan="off").start()
+    try:
+        make_deployment(org, "small", [breaker.port])
+        gw.refresh()
+        stream = gw.client(inference_key).chat.completions.create(
+            model="small", stream=True, **CHAT
+        )
+        got = []
+        with pytest.raises(openai.APIError, match="failed mid-answer"):
+            for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+        assert got == ["one", "two", "three"]
+        gw.wait_for_records(1)
+        record = UsageRecord.objects.get()
+        assert (record.status_code, record.error_code) == (502, "upstream_error")
+    finally:
+        breaker.stop()
+
+
+def test_a_request_that_never_reached_a_model_is_counted_with_the_refusals(
+    start_gateway, org, owner, inference_key
+):
+    """A sleeping model that does not wake in time writes no usage record (no model served
+    it); it is counted by key and reason with the refusals shown above the request log."""
+    from inference.models import RefusalCount
+
+    gw = start_gateway(cold_start_wait_s=0.2)
+    make_deployment(org, "sleepy", [], min_replicas=0)
+    gw.refresh()
+    with pytest.raises(openai.APIStatusError) as caught:
+        gw.client(inference_key).chat.completions.create(model="sleepy", **CHAT)
+    assert caught.value.status_code == 503
+    gw.gateway.refusals.flush(force=True)
+    counted = RefusalCount.objects.get()
+    assert (counted.status_code, counted.error_code, counted.count) == (503, "cold_start", 1)
+    assert UsageRecord.objects.count() == 0
+
+
+def test_a_keyless_endpoint_gets_no_auth_header_and_an_uncounted_answer_is_estimated(
+    start_gateway, settings, engine, org, owner, inference_key
+):
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    gw = start_gateway(external_allow=("127.0.0.1",))
+    fake, server = engine
+    external_endpoint_create(
+        org=org, actor=owner, name="open", base_url=server.url + "/v1", model="m", api_key=""
+    )
+    route_create(
+        org=org, actor=owner, name="outside", policy="single", config={"target": "external:open"}
+    )
+    gw.refresh()
+    client = gw.client(inference_key)
+    client.chat.completions.create(model="outside", **CHAT)
+    assert "authorization" not in fake.headers[-1]  # not "Bearer " with nothing after it
+    # An answer of 400 characters whose usage leaves out the completion: estimated, not free.
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 400}}]}
+    fake.fixed_body = json.dumps({**answer, "usage": {"prompt_tokens": 7}}).encode()
+    client.chat.completions.create(model="outside", **CHAT)
+    gw.wait_for_records(2)
+    last = UsageRecord.objects.order_by("-served_at").first()
+    assert last is not None and last.completion_tokens == 100
