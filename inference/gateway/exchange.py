@@ -417,25 +417,28 @@ class Exchange:
                 self._release(target, replica)
                 return None
             if response.status == 200:
-                if not self.parsed.stream:
-                    # Read the whole answer while another target can still take over: nothing
-                    # has reached the client yet if this server dies before it finishes.
-                    try:
+                # While another target can still take over: a non-streamed answer is read
+                # whole, and a stream until its first bytes (the client's headers go out with
+                # them), since nothing has reached the client if this server dies before that.
+                try:
+                    if self.parsed.stream:
+                        await response.wait_for_body()
+                    else:
                         response.pending_body = await response.read()
-                    except UpstreamError as error:
-                        self._release(target, replica)
-                        outcome.upstream = None
-                        if outcome.disconnected:
-                            return None
-                        gw.metrics.upstream_errors.inc((label, error.kind))
-                        if replica is not None:
-                            gw.balancer.eject(replica)
-                        timeout = error.kind == "timeout"
-                        raise GatewayError(
-                            504 if timeout else 502,
-                            f"The model server failed mid-answer: {error}.",
-                            "timeout" if timeout else "upstream_error",
-                        ) from None
+                except UpstreamError as error:
+                    self._release(target, replica)
+                    outcome.upstream = None
+                    if outcome.disconnected:
+                        return None
+                    gw.metrics.upstream_errors.inc((label, error.kind))
+                    if replica is not None:
+                        gw.balancer.eject(replica)
+                    timeout = error.kind == "timeout"
+                    raise GatewayError(
+                        504 if timeout else 502,
+                        f"The model server failed mid-answer: {error}.",
+                        "timeout" if timeout else "upstream_error",
+                    ) from None
                 if replica is not None:
                     gw.balancer.restore(replica)
                 return response

@@ -190,6 +190,15 @@ class UpstreamResponse:
                 raise self._error
             await self._wait()
 
+    async def wait_for_body(self) -> None:
+        """Until the first body bytes have arrived (or the body ended), consuming nothing: a
+        stream that fails before then has shown nothing to the client, so another target may
+        still answer it."""
+        while not self._chunks and not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive. The connection returns to the pool after the last one."""
         while True:

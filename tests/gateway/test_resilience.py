@@ -478,8 +478,8 @@ def test_the_reservation_prices_the_cold_start_fallback_too(gw, engine, org, own
 
 
 class _Breaker:
-    """An engine that answers 200 and dies: before the body is whole ("whole"), or after some
-    events of a stream ("midstream")."""
+    """An engine that answers 200 and dies: before the body is whole ("whole"), before a
+    stream's first event ("early"), or after some events of a stream ("midstream")."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -498,6 +498,8 @@ class _Breaker:
             raise RuntimeError("died")
         head = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": head})
+        if self.mode == "early":
+            raise RuntimeError("died before its first event")
         for word in ("one", "two", "three"):
             chunk = {"id": "x", "object": "chat.completion.chunk", "model": "m", "created": 0}
             chunk["choices"] = [{"index": 0, "delta": {"content": word}, "finish_reason": None}]
@@ -506,10 +508,11 @@ class _Breaker:
         raise RuntimeError("died mid-stream")
 
 
+@pytest.mark.parametrize("mode", ["whole", "early"])
 def test_an_answer_cut_before_it_reached_the_client_moves_on_to_the_next_target(
-    gw, second_engine, org, owner, inference_key
+    gw, second_engine, org, owner, inference_key, mode
 ):
-    breaker = ThreadServer(_Breaker("whole"), lifespan="off").start()
+    breaker = ThreadServer(_Breaker(mode), lifespan="off").start()
     try:
         second, second_server = second_engine
         make_deployment(org, "small", [breaker.port])
@@ -523,10 +526,13 @@ def test_an_answer_cut_before_it_reached_the_client_moves_on_to_the_next_target(
         )
         gw.refresh()
         raw = gw.client(inference_key).chat.completions.with_raw_response.create(
-            model="chat", **CHAT
+            model="chat", stream=mode == "early", **CHAT
         )
         assert raw.http_response.status_code == 200
         assert raw.headers["x-target"] == "deployment:big"
+        if mode == "early":
+            words = [c.choices[0].delta.content for c in raw.parse() if c.choices]
+            assert len([w for w in words if w]) == second.stream_tokens
         assert len(second.requests) == 1
         gw.wait_for_records(1)
         assert UsageRecord.objects.get().target == "deployment:big"
