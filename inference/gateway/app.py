@@ -908,6 +908,11 @@ async def _respond_error(
         extra.append((b"x-route", route.encode()))
     if outcome is not None and outcome.target is not None:
         extra.append((b"x-target", target_label(outcome.target).encode()))
+        # Which deployment and replica answered last, as on a success.
+        if isinstance(outcome.target, DeploymentEntry):
+            extra.append((b"x-deployment-id", str(outcome.target.id).encode()))
+        if outcome.replica is not None:
+            extra.append((b"x-replica-id", outcome.replica.key.encode()))
     if error.retry_after is not None:
         extra.append((b"retry-after", str(error.retry_after).encode()))
     if error.headers:

@@ -106,7 +106,7 @@ def test_single_target_errors_map_to_502_and_client_errors_pass_through(
     gw, engine, org, inference_key
 ):
     fake, server = engine
-    make_deployment(org, "tiny", [server.port])
+    deployment = make_deployment(org, "tiny", [server.port])
     gw.refresh()
     client = gw.client(inference_key)
     fake.script.append(500)
@@ -114,6 +114,10 @@ def test_single_target_errors_map_to_502_and_client_errors_pass_through(
         client.chat.completions.create(model="tiny", **CHAT)
     assert caught.value.status_code == 502
     assert "scripted failure 500" in caught.value.message
+    # Which deployment and replica failed, as a success says which served.
+    headers = caught.value.response.headers
+    assert headers["x-deployment-id"] == str(deployment.id)
+    assert headers["x-replica-id"] == str(deployment.replicas.get().id)
     fake.script.append((400, "temperature must be at most 2"))
     with pytest.raises(openai.BadRequestError, match="temperature must be at most 2"):
         client.chat.completions.create(model="tiny", **CHAT)
