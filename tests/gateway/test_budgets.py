@@ -30,7 +30,10 @@ def limiter(request):  # type: ignore[no-untyped-def]
     url = os.environ.get("REDIS_URL")
     if not url:
         pytest.skip("REDIS_URL is not set: the Redis limiter needs a Redis server")
-    return RedisLimiter(url)
+    # A generous timeout: these tests are about what concurrent requests admit, not about a
+    # Redis that stops answering (test_limiter_outage.py), and a loaded machine can take more
+    # than the default half second to answer fifty requests' steps.
+    return RedisLimiter(url, timeout_s=10)
 
 
 def test_fifty_concurrent_requests_cannot_overspend_by_more_than_one_reservation(

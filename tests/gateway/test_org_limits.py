@@ -66,7 +66,7 @@ def use_limiter(request) -> Iterator[Callable[..., None]]:  # type: ignore[no-un
             org_ids.extend(org.pk for org in orgs)
             # Org ids restart in every test database: an earlier run's counters would count.
             _clear_counters(url, org_ids)
-            gw.gateway.limiter = RedisLimiter(url)
+            gw.gateway.limiter = RedisLimiter(url, timeout_s=10)  # not a slow Redis here
 
     yield use
     if org_ids:

@@ -37,7 +37,7 @@ def limiter(request, org):  # type: ignore[no-untyped-def]
     stale = list(plain.scan_iter("gw:[rt]pm:*"))
     if stale:
         plain.delete(*stale)
-    yield RedisLimiter(url)
+    yield RedisLimiter(url, timeout_s=10)  # admission semantics here, not a slow Redis
     plain.close()
 
 
