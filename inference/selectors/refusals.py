@@ -29,7 +29,15 @@ REFUSAL_HELP = {
     "model_not_found": "No route or deployment of that name (or none the key may see).",
     "model_not_supported": "The model does not answer that endpoint (a chat model asked for "
     "embeddings, or the reverse).",
-    "no_capacity": "None of the route's targets exists any more.",
+    "no_capacity": "No target could take it: the deployment was paused, had no replica, or "
+    "none of the route's targets exists any more.",
+    "cold_start": "The model was scaled to zero and no replica was ready in time (with no "
+    "cold-start fallback to use meanwhile).",
+    "deployment_failed": "The deployment had failed and was not restarted; change or scale it "
+    "to start it again.",
+    "limits_unavailable": "Redis could not check the request's limits or budget in time.",
+    "tools_not_enabled": "The request left the choice of tools to a model whose deployment "
+    "cannot choose them.",
     "invalid_json": "The body was not valid JSON.",
     "invalid_body": "The body was not a valid request (a missing or wrongly typed field).",
     "body_too_large": "The body was larger than the gateway accepts.",

@@ -581,6 +581,10 @@ def test_a_request_that_never_reached_a_model_is_counted_with_the_refusals(
     counted = RefusalCount.objects.get()
     assert (counted.status_code, counted.error_code, counted.count) == (503, "cold_start", 1)
     assert UsageRecord.objects.count() == 0
+    from inference.selectors.refusals import refusal_summary
+
+    (group,) = refusal_summary(org=org, start=None, end=None, key_id=None).groups
+    assert "scaled to zero and no replica was ready in time" in group.help
 
 
 def test_a_keyless_endpoint_gets_no_auth_header_and_an_uncounted_answer_is_estimated(
