@@ -13,7 +13,6 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
@@ -23,6 +22,7 @@ from console import totp
 from console.crypto import Sealer
 from console.models import Organisation, RecoveryCode, User
 from console.services.audit import audit_record
+from console.services.throttle import failure_add, failures
 
 _SECRETS = Sealer("two-factor-secrets", "TWO_FACTOR_ENCRYPTION_KEY")
 RECOVERY_CODE_COUNT = 10
@@ -79,16 +79,11 @@ def _failures_key(user: User) -> str:
 
 
 def _throttled(user: User) -> bool:
-    return int(cache.get(_failures_key(user), 0)) >= MAX_FAILURES
+    return failures(_failures_key(user)) >= MAX_FAILURES
 
 
 def _failed(user: User) -> None:
-    key = _failures_key(user)
-    if not cache.add(key, 1, FAILURE_WINDOW_S):
-        try:
-            cache.incr(key)
-        except ValueError:  # expired between the two calls
-            cache.add(key, 1, FAILURE_WINDOW_S)
+    failure_add(_failures_key(user), FAILURE_WINDOW_S)
 
 
 TOO_MANY = "Too many wrong codes. Wait 15 minutes, then try again."

@@ -26,6 +26,7 @@ from django.views.decorators.debug import sensitive_variables
 from console.models import Membership, User
 from console.permissions import Role
 from console.services.audit import audit_record
+from console.services.throttle import failure_add, failures
 
 
 def user_update(*, user: User, first_name: str, last_name: str) -> User:
@@ -315,16 +316,11 @@ def _sign_in_key(email: str, client: str) -> str:
 
 
 def sign_in_throttled(*, email: str, client: str) -> bool:
-    return int(cache.get(_sign_in_key(email, client), 0)) >= MAX_SIGN_IN_FAILURES
+    return failures(_sign_in_key(email, client)) >= MAX_SIGN_IN_FAILURES
 
 
 def sign_in_failed(*, email: str, client: str) -> None:
-    key = _sign_in_key(email, client)
-    if not cache.add(key, 1, SIGN_IN_FAILURE_WINDOW_S):
-        try:
-            cache.incr(key)
-        except ValueError:  # expired between the two calls
-            cache.add(key, 1, SIGN_IN_FAILURE_WINDOW_S)
+    failure_add(_sign_in_key(email, client), SIGN_IN_FAILURE_WINDOW_S)
 
 
 def sign_in_succeeded(*, email: str, client: str) -> None:

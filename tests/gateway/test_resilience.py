@@ -34,6 +34,19 @@ def dead_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def small_then_big(org, owner, small_port: int, big_port: int) -> None:  # type: ignore[no-untyped-def]
+    """Deployments "small" and "big" and a route "chat" that falls back from one to the other."""
+    make_deployment(org, "small", [small_port])
+    make_deployment(org, "big", [big_port])
+    route_create(
+        org=org,
+        actor=owner,
+        name="chat",
+        policy="fallback",
+        config={"targets": ["deployment:small", "deployment:big"]},
+    )
+
+
 @pytest.fixture
 def second_engine():  # type: ignore[no-untyped-def]
     fake = FakeEngine("second", max_model_len=100_000)
@@ -80,15 +93,7 @@ def test_fallback_route_moves_on_after_failure(
 ):
     first, first_server = engine
     second, second_server = second_engine
-    make_deployment(org, "small", [first_server.port])
-    make_deployment(org, "big", [second_server.port])
-    route_create(
-        org=org,
-        actor=owner,
-        name="chat",
-        policy="fallback",
-        config={"targets": ["deployment:small", "deployment:big"]},
-    )
+    small_then_big(org, owner, first_server.port, second_server.port)
     gw.refresh()
     first.script.append(failure)
     raw = gw.client(inference_key).chat.completions.with_raw_response.create(model="chat", **CHAT)
@@ -519,15 +524,7 @@ def test_an_answer_cut_before_it_reached_the_client_moves_on_to_the_next_target(
     breaker = ThreadServer(_Breaker(mode), lifespan="off").start()
     try:
         second, second_server = second_engine
-        make_deployment(org, "small", [breaker.port])
-        make_deployment(org, "big", [second_server.port])
-        route_create(
-            org=org,
-            actor=owner,
-            name="chat",
-            policy="fallback",
-            config={"targets": ["deployment:small", "deployment:big"]},
-        )
+        small_then_big(org, owner, breaker.port, second_server.port)
         gw.refresh()
         raw = gw.client(inference_key).chat.completions.with_raw_response.create(
             model="chat", stream=mode == "early", **CHAT
