@@ -15,6 +15,11 @@ org_urlpatterns = [
         router.route_scorer_upload_view,
         name="route_scorer_upload",
     ),
+    path(
+        "routes/<uuid:route_id>/scorer/remove/",
+        router.route_scorer_remove_view,
+        name="route_scorer_remove",
+    ),
     path("routes/endpoints/new/", routes.endpoint_new, name="endpoint_new"),
     path("routes/endpoints/<uuid:endpoint_id>/", routes.endpoint_edit, name="endpoint_edit"),
     path(

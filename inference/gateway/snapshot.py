@@ -402,9 +402,9 @@ def snapshot_build(
         )
         cat.specs[spec.name] = spec
     scorer_heads = dict(
-        RouteScorer.objects.filter(state="ready", route__policy="auto").values_list(
-            "route_id", "head_json"
-        )
+        RouteScorer.objects.filter(route__policy="auto", fitted_at__isnull=False)
+        .exclude(head_json="")
+        .values_list("route_id", "head_json")
     )
     return Snapshot(
         version=version,

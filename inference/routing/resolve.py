@@ -189,7 +189,15 @@ def route_plan(
         if resolver is None:
             raise RouteResolutionError(f"no resolver for policy {current.policy!r}")
         refs, decision = resolver(current, features, ctx)
-        if top_decision is None and decision is not None:
+        if decision is None:
+            pass
+        elif decision.baseline is None:  # a label: which rule, which weighted target
+            if top_decision is None:
+                top_decision = decision
+        elif not out and (top_decision is None or top_decision.baseline is None):
+            # An auto route that supplies the first target decides what is recorded (score,
+            # choice, baseline), over the label of a conditional or weighted route around it;
+            # one reached only after other targets failed does not.
             top_decision = decision
         if cold is None:
             cold = current.cold_start_fallback

@@ -216,6 +216,16 @@ def format_evaluation(title: str, ev: Evaluation) -> str:
     lines.append(f"{'':9s}  {'scorer':>15s}  {'random (10 seeds)':>17s}  {'oracle':>15s}")
     for label, attr in (("APGR", "apgr"), ("CPT(50%)", "cpt50"), ("CPT(80%)", "cpt80")):
         values = [getattr(m, attr) for m in (ev.router, ev.random, ev.oracle)]
-        cells = [f"{v:.3f}" if attr == "apgr" else _percent(v) for v in values]
+        cells = [
+            ("n/a" if math.isnan(v) else f"{v:.3f}") if attr == "apgr" else _percent(v)
+            for v in values
+        ]
         lines.append(f"{label:>9s}  {cells[0]:>15s}  {cells[1]:>17s}  {cells[2]:>15s}")
+    if ev.strong_quality <= ev.weak_quality:
+        lines.append("")
+        lines.append(
+            "n/a: the strong model answers no more of these prompts correctly than the weak one "
+            f"({_percent(ev.strong_quality)} against {_percent(ev.weak_quality)}), so there is "
+            "no gap for a router to recover."
+        )
     return "\n".join(lines)

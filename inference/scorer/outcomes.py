@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# A prompt may be a long document: any field that fits in an upload is read (the csv module's own
+# limit is 128 KiB). The limit is the process's, so it is only ever raised.
+FIELD_LIMIT = 16 * 1024 * 1024
+if csv.field_size_limit() < FIELD_LIMIT:
+    csv.field_size_limit(FIELD_LIMIT)
+
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -102,14 +108,19 @@ def parse_outcomes(lines: Iterable[str]) -> OutcomeSet:
             if not fields:
                 continue  # a blank line
             if len(fields) < 3:
+                # A quote left open runs to the end of the file as one field.
+                hint = " (is a quote left open?)" if "\n" in fields[-1] else ""
                 raise OutcomeFileError(
-                    f"expected at least 3 fields (prompt, weak, strong), found {len(fields)}",
+                    f"expected at least 3 fields (prompt, weak, strong), found {len(fields)}"
+                    + hint,
                     row,
                     line,
                 )
             prompt = fields[0]
             if not prompt.strip():
                 raise OutcomeFileError("the prompt is empty", row, line)
+            if "\x00" in prompt:
+                raise OutcomeFileError("the prompt contains a NUL character (0x00)", row, line)
             rows.append(
                 Outcome(
                     prompt=prompt,
@@ -118,8 +129,6 @@ def parse_outcomes(lines: Iterable[str]) -> OutcomeSet:
                 )
             )
     except csv.Error as exc:
-        # Includes fields over the csv module's limit (128 KiB), usually an unclosed quote that
-        # swallowed the rest of the file.
         raise OutcomeFileError(f"not valid CSV: {exc}", row + 1, reader.line_num) from exc
     except UnicodeDecodeError as exc:
         raise OutcomeFileError("the file is not UTF-8 text") from exc
@@ -130,8 +139,7 @@ def parse_outcomes(lines: Iterable[str]) -> OutcomeSet:
 
 def read_outcomes(path: Path | str) -> OutcomeSet:
     """Read an outcome file from disk (UTF-8, a BOM is accepted)."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return parse_outcomes(handle)
+    return outcomes_from_bytes(Path(path).read_bytes())
 
 
 def outcomes_from_bytes(data: bytes) -> OutcomeSet:
@@ -139,5 +147,19 @@ def outcomes_from_bytes(data: bytes) -> OutcomeSet:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise OutcomeFileError("the file is not UTF-8 text") from exc
+        raise _not_utf8(data, exc) from exc
     return parse_outcomes(io.StringIO(text, newline=""))
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> OutcomeFileError:
+    """The error for bytes that are not UTF-8, naming the row and line they are on (a file
+    saved as Latin-1 or Windows-1252 by a spreadsheet differs only where accents are)."""
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, line_start) + 1
+    message = f"byte 0x{data[exc.start]:02x} is not UTF-8 text (save the file as UTF-8)"
+    try:
+        before = data[:line_start].decode("utf-8-sig")
+        records = sum(1 for _ in csv.reader(io.StringIO(before, newline="")))
+    except (UnicodeDecodeError, csv.Error):
+        return OutcomeFileError(message, None, None)
+    return OutcomeFileError(message, records + 1, line)

@@ -63,7 +63,9 @@ class Calibration:
 
     def as_config(self) -> dict[str, Any]:
         data = asdict(self)
-        data["thresholds"] = [round(t, 6) for t in self.thresholds]
+        # Exact: a threshold rounded up past a score many requests share would send them all
+        # to the stronger target and break the share shown.
+        data["thresholds"] = list(self.thresholds)
         data["shares"] = [round(s, 4) for s in self.shares]
         data["at"] = timezone.now().isoformat()
         return data
@@ -86,6 +88,44 @@ def _target_prices(org: Organisation, refs: Sequence[TargetRef]) -> list[Any] | 
                 return None
             prices.append(table.get(org.id, endpoint.model))
     return prices
+
+
+def auto_order_problem(org: Organisation, config: Any) -> str | None:
+    """Why an auto route's targets are not listed cheapest first, if they are not: a later
+    target whose token prices are both lower than an earlier one's would be treated as the
+    stronger and get the hard requests. Targets billed by uptime (no per-token price) and pairs
+    where one price is higher and the other lower are not judged."""
+    refs = _auto_refs(config)
+    if refs is None:
+        return None
+    prices = _target_prices(org, refs)
+    if prices is None:
+        return None
+    for i, earlier in enumerate(prices):
+        for j in range(i + 1, len(prices)):
+            later = prices[j]
+            if earlier.is_uptime or later.is_uptime:
+                continue
+            if (
+                later.input_micros_per_million < earlier.input_micros_per_million
+                and later.output_micros_per_million < earlier.output_micros_per_million
+            ):
+                return (
+                    f"Targets go from the cheapest to the strongest, but {refs[j]} costs less "
+                    f"than {refs[i]} listed before it "
+                    f"({_per_million(later)} against {_per_million(earlier)}). "
+                    "List the cheaper model first."
+                )
+    return None
+
+
+def _per_million(rates: Any) -> str:
+    from billing.money import format_dollars
+
+    return (
+        f"{format_dollars(rates.input_micros_per_million)} in / "
+        f"{format_dollars(rates.output_micros_per_million)} out per million tokens"
+    )
 
 
 def _expected_costs(
@@ -115,12 +155,17 @@ def calibration_compute(
     targets: Sequence[TargetRef],
     max_strong_percent: int,
 ) -> Calibration:
-    scorer = (
-        RouteScorer.objects.filter(route_id=route_id, state="ready").first()
-        if route_id is not None
-        else None
-    )
+    scorer = scorer_in_use(route_id) if route_id is not None else None
+    # Only this route's own traffic: a route not saved yet has none, and an older route that had
+    # the same name (deleted since) is another route, with other targets and perhaps another head.
     since = timezone.now() - timedelta(days=WINDOW_DAYS)
+    created = (
+        Route.objects.filter(id=route_id).values_list("created_at", flat=True).first()
+        if route_id is not None
+        else timezone.now()
+    )
+    if created is not None:
+        since = max(since, created)
     if scorer is not None and scorer.fitted_at is not None:
         since = max(since, scorer.fitted_at)
     window = route_window(org=org, route_name=route_name, since=since, limit=WINDOW_REQUESTS)
@@ -146,20 +191,34 @@ def calibration_compute(
     )
 
 
+def scorer_in_use(route_id: uuid.UUID) -> RouteScorer | None:
+    """The route's own fitted head, if it has one: it keeps serving while a newer upload is
+    fitted, and after a fit fails."""
+    return (
+        RouteScorer.objects.filter(route_id=route_id, fitted_at__isnull=False)
+        .exclude(head_json="")
+        .first()
+    )
+
+
+def _auto_refs(config: Any) -> list[TargetRef] | None:
+    items = config.get("targets") if isinstance(config, dict) else None
+    if not isinstance(items, list) or len(items) < 2:
+        return None
+    try:
+        return [target_ref_parse(item, f"targets[{i}]") for i, item in enumerate(items)]
+    except RouteConfigError:
+        return None
+
+
 def _auto_targets(config: Any) -> tuple[list[TargetRef], int] | None:
     if not isinstance(config, dict):
         return None
     share = config.get("max_strong_percent")
-    items = config.get("targets")
     if isinstance(share, bool) or not isinstance(share, int) or not 0 <= share <= 100:
         return None
-    if not isinstance(items, list) or len(items) < 2:
-        return None
-    try:
-        refs = [target_ref_parse(item, f"targets[{i}]") for i, item in enumerate(items)]
-    except RouteConfigError:
-        return None
-    return refs, share
+    refs = _auto_refs(config)
+    return None if refs is None else (refs, share)
 
 
 def auto_config_prepare(
@@ -184,7 +243,7 @@ def auto_config_prepare(
         org=org, route_name=route_name, route_id=route_id, targets=refs, max_strong_percent=share
     )
     config = {k: v for k, v in config.items() if k != "threshold"}
-    config["thresholds"] = [round(t, 6) for t in calibration.thresholds]
+    config["thresholds"] = list(calibration.thresholds)
     config["calibration"] = calibration.as_config()
     return config
 
@@ -287,6 +346,30 @@ def route_scorer_upload(
     return scorer
 
 
+@transaction.atomic
+def route_scorer_remove(
+    *, route: Route, actor: User | None, actor_key: ApiKey | None = None
+) -> bool:
+    """Go back to the platform's scorer: the route's own head (and any upload being fitted) is
+    dropped, the route recalibrated and the gateways told. Returns whether there was one."""
+    scorer = RouteScorer.objects.select_for_update().filter(route=route).first()
+    if scorer is None:
+        return False
+    file_name = scorer.file_name
+    scorer.delete()
+    audit_record(
+        org=route.org,
+        action="route.scorer_removed",
+        actor=actor,
+        actor_key=actor_key,
+        target=route,
+        data={"file_name": file_name},
+    )
+    if not route_recalibrate(route_id=route.id):
+        snapshot_bump(keys=False)  # the gateways drop the head
+    return True
+
+
 def route_scorer_fit(*, scorer_id: uuid.UUID | str) -> bool:
     """Fit a pending upload (blocking: seconds). Returns whether a head was stored."""
     from inference.scorer.embedder import Embedder
@@ -307,6 +390,7 @@ def route_scorer_fit(*, scorer_id: uuid.UUID | str) -> bool:
         scored = Scorer(head, embedder, cache_size=0).score_batch(outcomes.prompts)
     except Exception as error:
         logger.exception("scorer fit failed", extra={"scorer_id": str(scorer_id)})
+        # A head fitted earlier (if any) stays in use.
         RouteScorer.objects.filter(id=scorer_id, created_at=uploaded_at).update(
             state="failed", error=str(error)[:300], upload=""
         )

@@ -28,7 +28,7 @@ from inference.routing.config import (
 )
 from inference.routing.egress import egress_policy, http_url_problem, url_problem
 from inference.routing.secrets import secret_encrypt
-from inference.services.router import auto_config_prepare
+from inference.services.router import auto_config_prepare, auto_order_problem
 
 ROUTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 ENDPOINT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -169,6 +169,7 @@ def route_create(
             org=org, route_name=route.name, route_id=None, config=route.config
         )
     _check_graph(org, route)
+    _check_auto_order(route)
     route.save()
     audit_record(
         org=org,
@@ -217,6 +218,8 @@ def route_update(
             org=org, route_name=route.name, route_id=route.id, config=route.config
         )
     _check_graph(org, route)
+    if "config" in changes or "policy" in changes:
+        _check_auto_order(route)
     route.updated_at = timezone.now()
     route.save()
     audit_record(
@@ -232,6 +235,13 @@ def route_update(
     )
     snapshot_bump(keys=False)
     return route
+
+
+def _check_auto_order(route: Route) -> None:
+    if route.policy == "auto":
+        problem = auto_order_problem(route.org, route.config)
+        if problem:
+            raise ValidationError({"config": problem})
 
 
 def routes_sending_to(org: Organisation, ref: str, *, exclude: Route | None = None) -> list[str]:

@@ -16,7 +16,12 @@ from console.permissions import Action
 from console.requests import OrgRequest
 from inference.models import Route, RouteScorer
 from inference.selectors.router import route_requests, route_savings_daily
-from inference.services.router import MAX_UPLOAD_BYTES, route_scorer_upload
+from inference.services.router import (
+    MAX_UPLOAD_BYTES,
+    auto_order_problem,
+    route_scorer_remove,
+    route_scorer_upload,
+)
 
 
 class OutcomeUploadForm(forms.Form):
@@ -44,6 +49,8 @@ def router_context(request: OrgRequest, route: Route) -> dict[str, Any]:
         "savings_totals": totals,
         "request_log": route_requests(org=request.org, route_name=route.name, limit=50),
         "route_scorer": RouteScorer.objects.filter(route=route).first(),
+        # Prices can change after the route was saved.
+        "order_problem": auto_order_problem(request.org, route.config),
         "upload_form": OutcomeUploadForm(),
     }
 
@@ -72,4 +79,15 @@ def route_scorer_upload_view(request: OrgRequest, org_slug: str, route_id: str) 
         messages.success(
             request, f"{scorer.rows} rows accepted; the route's scorer is being fitted."
         )
+    return redirect("route_edit", org_slug=org_slug, route_id=route.id)
+
+
+@requires(Action.ROUTES_MANAGE)
+@require_POST
+def route_scorer_remove_view(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
+    route = get_object_or_404(Route.objects.filter(org=request.org), id=route_id)
+    if route_scorer_remove(route=route, actor=request.user):
+        messages.success(request, "The route is scored by the platform's scorer again.")
+    else:
+        messages.info(request, "The route already uses the platform's scorer.")
     return redirect("route_edit", org_slug=org_slug, route_id=route.id)

@@ -91,13 +91,17 @@ def route_new(request: OrgRequest, org_slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def route_edit(request: OrgRequest, org_slug: str, route_id: str) -> HttpResponse:
     route = get_object_or_404(Route.objects.filter(org=request.org), id=route_id)
-    initial = {
+    initial: dict[str, Any] = {
         "name": route.name,
         "description": route.description,
         "policy": route.policy,
         "config": json.dumps(route.config, indent=2),
         "cold_start_fallback": route.cold_start_fallback,
     }
+    if route.policy == "auto" and isinstance(route.config, dict):
+        # The trade-off the route was saved with, shown in its own field.
+        initial["max_strong_percent"] = route.config.get("max_strong_percent")
+        initial["threshold"] = route.config.get("threshold")
     form = RouteForm(request.POST or None, initial=initial)
     can_manage = member_can(request, Action.ROUTES_MANAGE)
     status = 200

@@ -83,9 +83,34 @@ def test_empty_and_header_only_files_are_refused() -> None:
         parse(HEADER)
 
 
-def test_a_file_that_is_not_utf8_is_refused() -> None:
-    with pytest.raises(OutcomeFileError, match="UTF-8"):
+def test_a_file_that_is_not_utf8_is_refused_naming_the_row() -> None:
+    with pytest.raises(OutcomeFileError, match=r"^row 2: byte 0xe9 is not UTF-8 text"):
         outcomes_from_bytes(HEADER.encode() + b"caf\xe9,True,True\n")
+    # A spreadsheet saved as Windows-1252: only the accented row is wrong, far down the file.
+    rows = [f"q{i},True,False" for i in range(40)]
+    rows[30] = '"caf\xe9\nau lait",True,False'  # after a quoted prompt of two lines
+    rows[3] = '"two\nlines",True,False'
+    data = (HEADER + "\n".join(rows) + "\n").encode("latin-1")
+    with pytest.raises(OutcomeFileError) as err:
+        outcomes_from_bytes(data)
+    assert (err.value.row, err.value.line) == (32, 33)
+
+
+def test_a_nul_character_is_refused_naming_the_row() -> None:
+    # PostgreSQL cannot store it in the text the file is kept in until it is fitted.
+    with pytest.raises(OutcomeFileError, match=r"^row 3: the prompt contains a NUL character"):
+        parse(HEADER + "Q,True,True\nA\x00B,True,False\n")
+
+
+def test_a_long_document_as_a_prompt_is_read() -> None:
+    document = "Summarise this contract. " + "lorem ipsum dolor sit amet " * 6000  # 160 KB
+    result = parse(HEADER + f'"{document}",True,True\nQ,True,False\n')
+    assert [len(r.prompt) for r in result.rows] == [len(document), 1]
+
+
+def test_a_quote_left_open_is_named() -> None:
+    with pytest.raises(OutcomeFileError, match=r"^row 3 .*found 1 \(is a quote left open\?\)"):
+        parse(HEADER + 'Q,True,True\n"Unclosed,True,True\nR,True,False\n')
 
 
 def test_outcome_file_error_is_a_value_error() -> None:

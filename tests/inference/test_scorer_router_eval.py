@@ -59,3 +59,24 @@ def test_a_bad_file_fails_with_its_row(tmp_path: Path) -> None:
 def test_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="No such file"):
         call_command("router_eval", data=[tmp_path / "nope.csv"], stdout=StringIO())
+
+
+def test_a_missing_or_bad_weights_file_fails_clearly(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "o.csv", ROWS)
+    with pytest.raises(CommandError, match=r"nope\.json: No such file"):
+        call_command("router_eval", data=[data], weights=tmp_path / "nope.json", stdout=StringIO())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CommandError, match=r"bad\.json: not a head weights file"):
+        call_command("router_eval", data=[data], weights=bad, stdout=StringIO())
+
+
+def test_a_file_where_the_strong_model_is_no_better_says_why_there_is_no_figure(
+    tmp_path: Path,
+) -> None:
+    same = write_csv(tmp_path / "same.csv", [(p, True, True) for p, _, _ in ROWS])
+    out = StringIO()
+    call_command("router_eval", data=[same], stdout=out)
+    text = out.getvalue()
+    assert "nan" not in text
+    assert "APGR" in text and "n/a: the strong model answers no more of these prompts" in text

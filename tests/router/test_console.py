@@ -150,3 +150,15 @@ def test_an_empty_or_missing_upload_says_which(org, owner, client_for):  # type:
     missing = client.post(url, {}, follow=True).content.decode()
     assert "This field is required." in missing
     assert not RouteScorer.objects.exists()
+
+
+def test_the_edit_form_shows_the_trade_off_the_route_was_saved_with(org, owner, client_for):  # type: ignore[no-untyped-def]
+    route = _route(org, owner)
+    client = client_for(owner)
+    form = client.get(f"/o/{org.slug}/routes/{route.id}/").context["form"]
+    assert form["threshold"].value() == 0.5 and form["max_strong_percent"].value() is None
+    Route.objects.filter(pk=route.pk).update(
+        config={"targets": TWO, "max_strong_percent": 30, "thresholds": [0.4]}
+    )
+    form = client.get(f"/o/{org.slug}/routes/{route.id}/").context["form"]
+    assert form["max_strong_percent"].value() == 30 and form["threshold"].value() is None

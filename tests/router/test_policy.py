@@ -118,9 +118,7 @@ def test_a_route_is_calibrated_on_save_then_on_its_own_traffic(org, owner, deplo
     assert len(route.config["thresholds"]) == 1
     now = datetime.now(UTC)
     scores = [i / MIN_TRAFFIC for i in range(MIN_TRAFFIC)]
-    usage_record_batch(
-        [usage(org.id, now - timedelta(minutes=1), route="smart", router_score=s) for s in scores]
-    )
+    usage_record_batch([usage(org.id, now, route="smart", router_score=s) for s in scores])
     assert route_recalibrate(route_id=route.id)
     route.refresh_from_db()
     assert route.config["calibration"]["source"] == "traffic"
@@ -167,3 +165,126 @@ def test_a_bad_outcome_file_names_the_row_and_changes_nothing(org, owner, deploy
         )
     assert not RouteScorer.objects.exists()
     assert not AuditEvent.objects.filter(action="route.scorer_uploaded").exists()
+
+
+def test_stored_thresholds_keep_the_strong_share_when_many_requests_share_a_score(
+    org, owner, deployments
+):  # type: ignore[no-untyped-def]
+    # The scorer caches by prompt: a frequent prompt scores exactly the same every time. A
+    # threshold rounded up past that score would send every copy to the strongest target.
+    route = route_create(
+        org=org,
+        actor=owner,
+        name="smart",
+        policy="auto",
+        config={"targets": TWO, "max_strong_percent": 25},
+    )
+    scores = [0.01 + i / 1000 for i in range(50)] + [0.7000006] * 150
+    now = datetime.now(UTC)
+    usage_record_batch([usage(org.id, now, route="smart", router_score=s) for s in scores])
+    route_recalibrate(route_id=route.id)
+    route.refresh_from_db()
+    assert route.config["calibration"]["source"] == "traffic"
+    assert target_shares(scores, route.config["thresholds"])[-1] == pytest.approx(0.25)
+
+
+def test_a_new_route_is_not_calibrated_on_the_traffic_of_a_deleted_route_of_that_name(
+    org, owner, deployments
+):  # type: ignore[no-untyped-def]
+    from inference.services.routes import route_delete
+
+    old = route_create(
+        org=org, actor=owner, name="smart", policy="auto", config={"targets": TWO, "threshold": 0.5}
+    )
+    now = datetime.now(UTC)
+    usage_record_batch(
+        [
+            usage(org.id, now - timedelta(minutes=1), route="smart", router_score=0.9)
+            for _ in range(MIN_TRAFFIC)
+        ]
+    )
+    route_delete(route=old, actor=owner)
+    make_deployment(org, "mid", [])
+    new = route_create(
+        org=org,
+        actor=owner,
+        name="smart",
+        policy="auto",
+        config={"targets": ["deployment:mid", "deployment:strong"], "max_strong_percent": 20},
+    )
+    assert new.config["calibration"]["source"] == "reference sample"
+    route_recalibrate(route_id=new.id)
+    new.refresh_from_db()
+    assert new.config["calibration"]["source"] == "reference sample"
+
+
+def test_an_auto_route_behind_a_conditional_route_records_its_score_and_baseline():
+    smart = route_spec_parse(name="smart", policy="auto", config={"targets": TWO, "threshold": 0.5})
+    front = route_spec_parse(
+        name="front",
+        policy="conditional",
+        config={
+            "rules": [{"when": {"tag": "bulk"}, "target": "deployment:batch"}],
+            "default": "route:smart",
+        },
+    )
+    routes = {"smart": smart, "front": front}
+    ctx = ResolveContext(scorer=lambda spec, f: 0.9)
+    plan = route_plan(front, routes, RequestFeatures(prompt_text="hi"), ctx)
+    assert plan.targets[0] == TargetRef("deployment", "cheap")
+    assert plan.decision.score == 0.9
+    assert plan.decision.choice == "deployment:cheap"
+    assert plan.decision.baseline == TargetRef("deployment", "strong")
+    # An auto route that is only a fallback after another target does not claim the request.
+    behind = route_spec_parse(
+        name="behind", policy="fallback", config={"targets": ["deployment:first", "route:smart"]}
+    )
+    plan = route_plan(behind, {**routes, "behind": behind}, RequestFeatures(prompt_text="hi"), ctx)
+    assert plan.targets[0] == TargetRef("deployment", "first")
+    assert plan.decision.baseline is None
+
+
+def test_auto_targets_listed_dearest_first_are_refused_and_flagged_after_a_price_change(
+    org, owner, client_for
+):  # type: ignore[no-untyped-def]
+    from tests.billing.factories import price
+
+    make_deployment(org, "big", [])
+    make_deployment(org, "small", [])
+    price(
+        org=org,
+        model="big",
+        input_micros_per_million=10_000_000,
+        output_micros_per_million=30_000_000,
+    )
+    price(
+        org=org, model="small", input_micros_per_million=100_000, output_micros_per_million=300_000
+    )
+    with pytest.raises(ValidationError) as refused:
+        route_create(
+            org=org,
+            actor=owner,
+            name="smart",
+            policy="auto",
+            config={"targets": ["deployment:big", "deployment:small"], "max_strong_percent": 20},
+        )
+    assert "deployment:small costs less than deployment:big" in str(refused.value)
+    route = route_create(
+        org=org,
+        actor=owner,
+        name="smart",
+        policy="auto",
+        config={"targets": ["deployment:small", "deployment:big"], "max_strong_percent": 20},
+    )
+    page = client_for(owner).get(f"/o/{org.slug}/routes/{route.id}/")
+    assert "costs less than" not in page.content.decode()
+    # The prices change afterwards: the route page says so.
+    price(
+        org=org,
+        model="small",
+        input_micros_per_million=20_000_000,
+        output_micros_per_million=60_000_000,
+        effective_from=datetime.now(UTC),
+    )
+    page = client_for(owner).get(f"/o/{org.slug}/routes/{route.id}/")
+    assert "deployment:big costs less than deployment:small" in page.content.decode()

@@ -46,7 +46,12 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"{path}: {exc.strerror or exc}") from exc
 
-        scorer = Scorer.load(options["weights"], cache_size=0)
+        try:
+            scorer = Scorer.load(options["weights"], cache_size=0)
+        except OSError as exc:
+            raise CommandError(f"{options['weights']}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # not a head weights file (JSON or its fields)
+            raise CommandError(f"{options['weights']}: not a head weights file: {exc}") from exc
         pooled_scores: list[float] = []
         pooled_weak: list[bool] = []
         pooled_strong: list[bool] = []
