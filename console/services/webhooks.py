@@ -48,6 +48,7 @@ from inference.routing.egress import (
     EgressRefused,
     egress_policy,
     host_addresses,
+    host_ascii,
     http_url_problem,
     url_problem,
 )
@@ -237,10 +238,12 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 def _send(endpoint: WebhookEndpoint, body: bytes, event_type: str) -> int:
     """POST to the endpoint's checked address; the answer's status, or an exception."""
     parts = urlsplit(endpoint.url)
-    host = parts.hostname or ""
+    host = host_ascii(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = host_addresses(_policy(), host, port)
-    url, extensions = endpoint.url, dict[str, Any]()
+    named = f"[{host}]" if ":" in host else host
+    netloc = f"{named}:{parts.port}" if parts.port else named
+    url, extensions = urlunsplit(parts._replace(netloc=netloc)), dict[str, Any]()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "inference-platform-webhooks/1",
@@ -254,7 +257,7 @@ def _send(endpoint: WebhookEndpoint, body: bytes, event_type: str) -> int:
         ip = addresses[0]
         literal = f"[{ip}]" if ":" in ip else ip
         url = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
-        headers["Host"] = parts.netloc
+        headers["Host"] = netloc
         if parts.scheme == "https":
             extensions["sni_hostname"] = host
     with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client:

@@ -142,6 +142,13 @@ def host_addresses(policy: EgressPolicy, host: str, port: int) -> list[str] | No
     return addresses
 
 
+def host_ascii(host: str) -> str:
+    """``host`` as DNS and HTTP carry it: a name with non-ASCII letters in its IDNA form
+    (``bücher.example`` is ``xn--bcher-kva.example``). Raises UnicodeError for a name that has
+    none."""
+    return host if host.isascii() else host.encode("idna").decode("ascii")
+
+
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -161,7 +168,7 @@ def http_url_problem(url: str, *, not_http: str) -> str | None:
         return "A URL has no spaces or control characters; encode them (%20)."
     if _literal(host) is None:
         try:
-            ascii_host = host.encode("idna").decode("ascii")
+            ascii_host = host_ascii(host)
         except UnicodeError:
             ascii_host = ""
         labels = ascii_host.removesuffix(".").split(".")
@@ -176,13 +183,12 @@ def url_problem(url: str, policy: EgressPolicy) -> str | None:
     A name that does not resolve now is accepted: it may be registered later, and the check at
     connect time refuses it then if it points somewhere private."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return "The port is not a number between 0 and 65535."
     try:
-        host_addresses(policy, host, port)
+        host_addresses(policy, host_ascii(parts.hostname or ""), port)
     except EgressRefused as refused:
         return f"{refused}."
     except (OSError, UnicodeError):

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -25,6 +26,7 @@ from console.services.webhooks import (
     webhook_create,
     webhook_delete,
 )
+from inference.routing import egress
 from tests.gateway.servers import ThreadServer
 
 pytestmark = pytest.mark.django_db
@@ -163,6 +165,29 @@ def test_private_addresses_are_refused_when_saved_and_when_sent(
     assert app.received == []
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "pending" and "loopback" in delivery.error
+
+
+def test_a_host_name_with_non_ascii_letters_is_sent_in_its_ascii_form(
+    org, owner, receiver, monkeypatch, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    port = urlsplit(url).port
+    resolved: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(egress, "host_resolve", resolve)
+    endpoint, _ = webhook_create(org=org, actor=owner, url=f"http://bücher.example:{port}/hooks")
+    app.received.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        webhooks.webhook_test(endpoint=endpoint)
+    delivery = WebhookDelivery.objects.get(event_type="webhook.test")
+    assert (delivery.status, delivery.error) == ("delivered", "")
+    [(headers, _)] = app.received
+    assert headers["host"] == f"xn--bcher-kva.example:{port}"
+    assert set(resolved) == {"xn--bcher-kva.example"}
 
 
 @pytest.mark.parametrize(
