@@ -4,9 +4,10 @@ Every audit event is an event (its action is the type: ``deployment.failed``, ``
 ``member.invited``, ...). After the event's transaction commits, each of the org's endpoints that
 wants that type gets a delivery, sent by a Celery task: ``POST`` with the JSON body and a
 ``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the endpoint's
-secret>`` header. A 2xx answer delivers it; anything else (another status, a timeout, a refused
-connection) is tried again after 1 minute, 5 minutes, 30 minutes, 2 hours and 6 hours, then the
-delivery is failed. Redirects are not followed.
+secret>`` header. A 2xx answer delivers it; anything else (another status, no answer within
+``TIMEOUT_S`` for the whole attempt, a refused connection) is tried again after 1 minute, 5
+minutes, 30 minutes, 2 hours and 6 hours, then the delivery is failed. Only the answer's status
+is read, not its body. Redirects are not followed.
 
 Endpoints obey the same egress rule as external model endpoints (inference.routing.egress): no
 private, loopback or link-local addresses unless the operator allows them
@@ -16,6 +17,7 @@ addresses the name resolves to, at each delivery, which then connects to a check
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -236,7 +238,9 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def _send(endpoint: WebhookEndpoint, body: bytes, event_type: str) -> int:
-    """POST to the endpoint's checked address; the answer's status, or an exception."""
+    """POST to the endpoint's checked address; the answer's status, or an exception
+    (TimeoutError when the whole attempt, the name's lookup included, takes over TIMEOUT_S)."""
+    started = time.monotonic()
     parts = urlsplit(endpoint.url)
     host = host_ascii(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -260,11 +264,29 @@ def _send(endpoint: WebhookEndpoint, body: bytes, event_type: str) -> int:
         headers["Host"] = netloc
         if parts.scheme == "https":
             extensions["sni_hostname"] = host
-    with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
-        request = client.build_request(
-            "POST", url, content=body, headers=headers, extensions=extensions
-        )
-        return client.send(request).status_code
+    left = TIMEOUT_S - (time.monotonic() - started)
+    if left <= 0:
+        raise TimeoutError
+    return asyncio.run(_post(url, body, headers, extensions, left))
+
+
+async def _post(
+    url: str, body: bytes, headers: dict[str, str], extensions: dict[str, Any], limit_s: float
+) -> int:
+    """The status of the answer to one POST, within ``limit_s`` in all. httpx's timeouts are
+    per read, so a receiver sending its answer a byte at a time would hold the worker for as
+    long as it liked, past the delivery's claim; and the body is not read at all, since only
+    the status counts."""
+    async with asyncio.timeout(limit_s):
+        async with httpx.AsyncClient(
+            timeout=limit_s, follow_redirects=False, trust_env=False
+        ) as client:
+            request = client.build_request(
+                "POST", url, content=body, headers=headers, extensions=extensions
+            )
+            response = await client.send(request, stream=True)
+            await response.aclose()
+            return response.status_code
 
 
 def deliver(delivery_id: Any) -> bool:
@@ -293,6 +315,8 @@ def deliver(delivery_id: Any) -> bool:
         code = _send(endpoint, body, delivery.event_type)
     except EgressRefused as refused:
         error = str(refused)
+    except (TimeoutError, httpx.TimeoutException):
+        error = f"The endpoint did not answer within {TIMEOUT_S:g} s."
     except (httpx.HTTPError, OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     else:

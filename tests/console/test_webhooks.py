@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -62,6 +65,89 @@ def receiver(settings) -> Iterator[tuple[Receiver, str]]:  # type: ignore[no-unt
     server = ThreadServer(app, lifespan="off").start()
     yield app, server.url + "/hooks"
     server.stop()
+
+
+class Dripper:
+    """A receiver that answers a byte at a time, each well within a read timeout: the status
+    line, then its headers (``part="headers"``) or its body (``part="body"``), for up to 5
+    seconds or until the client hangs up."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.requests = 0
+        self.done = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by stop()
+                return
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            received += chunk
+        self.requests += 1
+        head = b"HTTP/1.1 200 OK\r\n"
+        if self.part == "body":
+            head += b"Content-Length: 100000\r\n\r\n"
+        drip = b"X-Drip: 1\r\n" if self.part == "headers" else b"x"
+        try:
+            conn.sendall(head)
+            for _ in range(50):
+                if self.done.wait(0.1):
+                    return
+                conn.sendall(drip)
+        except OSError:  # the client hung up
+            return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(("part", "status"), [("headers", "pending"), ("body", "delivered")])
+def test_a_slow_answer_ends_the_attempt_well_before_the_claim_does(
+    org, owner, settings, monkeypatch, part, status
+):
+    """A receiver that keeps the answer coming a byte at a time never trips a read timeout: the
+    attempt as a whole ends within TIMEOUT_S (the body is not read at all), before its claim
+    runs out and the beat would send the same delivery again."""
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    monkeypatch.setattr(webhooks, "TIMEOUT_S", 1.0)
+    dripper = Dripper(part)
+    try:
+        endpoint, _ = webhook_create(org=org, actor=owner, url=dripper.url)
+        delivery = WebhookDelivery.objects.create(
+            endpoint=endpoint, event_type="webhook.test", payload={"id": "x"}
+        )
+        started = time.monotonic()
+        webhooks.deliver(delivery.id)
+        took = time.monotonic() - started
+        claim_ends = timezone.now() + timedelta(seconds=3 * webhooks.TIMEOUT_S - took)
+        assert deliveries_retry() == 0
+    finally:
+        dripper.stop()
+    assert took < 2 * webhooks.TIMEOUT_S
+    assert dripper.requests == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == (status, 1)
+    if status == "pending":
+        assert delivery.error == "The endpoint did not answer within 1 s."
+        assert delivery.next_attempt_at > claim_ends
+    else:
+        assert delivery.response_status == 200
 
 
 def _verify(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
