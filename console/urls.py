@@ -27,7 +27,7 @@ urlpatterns = [
     path("login/", two_factor.LoginView.as_view(), name="login"),
     path("login/code/", two_factor.login_two_factor, name="login_two_factor"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/", accounts.PasswordResetView.as_view(), name="password_reset"),
     path(
         "password-reset/sent/",
         auth_views.PasswordResetDoneView.as_view(),

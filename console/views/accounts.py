@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -33,6 +35,15 @@ from console.services.users import (
     user_update,
 )
 from console.views.two_factor import account_context as two_factor_account_context
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Its email's link starts with SITE_URL, as every other email's does, rather than with the
+    scheme and Host the request came with."""
+
+    @property
+    def extra_email_context(self) -> dict[str, str]:
+        return {"site_url": settings.SITE_URL}
 
 
 @require_http_methods(["GET", "POST"])

@@ -180,6 +180,17 @@ def test_password_reset_sends_an_email(client, owner, mailoutbox):
     assert len(mailoutbox) == 1 and "/password-reset/" in mailoutbox[0].body
 
 
+def test_the_password_reset_link_goes_to_site_url_not_to_the_requests_host(
+    client, owner, mailoutbox, settings
+):
+    settings.SITE_URL = "https://console.example.com"
+    settings.ALLOWED_HOSTS = ["testserver", "elsewhere.example"]
+    client.post("/password-reset/", {"email": owner.email}, HTTP_HOST="elsewhere.example")
+    [message] = mailoutbox
+    assert "Choose a new password: https://console.example.com/password-reset/" in message.body
+    assert "elsewhere.example" not in message.body + message.subject
+
+
 def test_opening_a_form_only_address_shows_a_page_and_changes_nothing(client_for, org, owner):
     client = client_for(owner)
     key = api_key_create(org=org, actor=owner, name="kept", scopes=["inference"]).key
