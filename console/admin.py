@@ -270,15 +270,15 @@ class OrganisationAdmin(admin.ModelAdmin[Organisation]):
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        limits = [name for name in ("rpm_limit", "tpm_limit") if name in form.changed_data]
-        if change and limits:
-            audit_record(
-                org=obj,
-                action="org.rate_limits_changed",
-                actor=request.user,  # type: ignore[arg-type]
-                target=obj,
-                data={name: getattr(obj, name) for name in limits},
-            )
+        if change:
+            for action, data in _org_changes(form):
+                audit_record(
+                    org=obj,
+                    action=action,
+                    actor=request.user,  # type: ignore[arg-type]
+                    target=obj,
+                    data={"by": "platform staff", **data},
+                )
         # Rate limits travel to the gateways in their snapshot.
         snapshot_bump()
 
@@ -297,6 +297,37 @@ class OrganisationAdmin(admin.ModelAdmin[Organisation]):
         self.message_user(
             request, f"Reactivated {queryset.count()} organisation(s).", messages.SUCCESS
         )
+
+
+def _org_changes(form: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A staff edit of an organisation as audit events: the tenant's own actions where it has
+    them (renaming, requiring two-factor authentication), and the limits only staff set with
+    their values before and after."""
+    changed = {
+        name: (form.initial.get(name), form.cleaned_data.get(name))
+        for name in form.changed_data
+        if form.initial.get(name) != form.cleaned_data.get(name)
+    }
+    events: list[tuple[str, dict[str, Any]]] = []
+    if "name" in changed:
+        events.append(("org.renamed", {"from": changed["name"][0]}))
+    if "require_two_factor" in changed:
+        required = changed["require_two_factor"][1]
+        events.append(
+            ("org.two_factor_required" if required else "org.two_factor_not_required", {})
+        )
+    for action, names in (
+        ("org.quota_changed", ("max_gpus", "max_replicas")),
+        ("org.rate_limits_changed", ("rpm_limit", "tpm_limit")),
+    ):
+        values = {
+            name: {"before": changed[name][0], "after": changed[name][1]}
+            for name in names
+            if name in changed
+        }
+        if values:
+            events.append((action, values))
+    return events
 
 
 @admin.register(Membership)

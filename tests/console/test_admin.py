@@ -72,6 +72,61 @@ def test_suspend_and_reactivate_actions(staff_client, org, owner):
     assert api_key_authenticate(secret).org == org
 
 
+def _org_form(org: Organisation, **changes: object) -> dict[str, object]:
+    form = {
+        "name": org.name,
+        "max_gpus": org.max_gpus,
+        "max_replicas": org.max_replicas,
+        "rpm_limit": "" if org.rpm_limit is None else org.rpm_limit,
+        "tpm_limit": "" if org.tpm_limit is None else org.tpm_limit,
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+    }
+    if org.require_two_factor:
+        form["require_two_factor"] = "on"
+    form.update(changes)
+    return {name: value for name, value in form.items() if value is not None}
+
+
+def test_staff_changes_to_an_organisation_are_audited_as_platform_staff(
+    staff_client, org, django_capture_on_commit_callbacks
+):
+    Organisation.objects.filter(pk=org.pk).update(require_two_factor=True)
+    org.refresh_from_db()
+    url = reverse("admin:console_organisation_change", args=[org.pk])
+    form = _org_form(org, name="Acme Renamed", require_two_factor=None, max_gpus=64, rpm_limit=600)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(url, form)
+    assert response.status_code == 302
+    org.refresh_from_db()
+    assert (org.name, org.require_two_factor, org.max_gpus) == ("Acme Renamed", False, 64)
+    events = {e.action: e for e in AuditEvent.objects.filter(org=org)}
+    assert set(events) == {
+        "org.renamed",
+        "org.two_factor_not_required",
+        "org.quota_changed",
+        "org.rate_limits_changed",
+    }
+    assert events["org.renamed"].data == {"by": "platform staff", "from": "Acme"}
+    assert events["org.two_factor_not_required"].data == {"by": "platform staff"}
+    assert events["org.quota_changed"].data == {
+        "by": "platform staff",
+        "max_gpus": {"before": 8, "after": 64},
+    }
+    assert events["org.rate_limits_changed"].data == {
+        "by": "platform staff",
+        "rpm_limit": {"before": None, "after": 600},
+    }
+    assert all(e.actor is not None and e.actor.is_staff for e in events.values())
+    # Saving again without a change records nothing more; turning it back on is recorded too.
+    staff_client.post(url, _org_form(org))
+    staff_client.post(url, _org_form(org, require_two_factor="on"))
+    assert AuditEvent.objects.filter(org=org).count() == 5
+    assert AuditEvent.objects.filter(org=org, action="org.two_factor_required").exists()
+
+
 def test_non_staff_cannot_open_the_admin(client_for, owner):
     response = client_for(owner).get("/admin/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]

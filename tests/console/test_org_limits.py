@@ -42,7 +42,7 @@ def test_staff_set_an_orgs_limits_in_the_admin_and_gateways_are_told(
     org.refresh_from_db()
     assert (org.rpm_limit, org.tpm_limit) == (600, None)
     event = AuditEvent.objects.get(org=org, action="org.rate_limits_changed")
-    assert event.data == {"rpm_limit": 600}
+    assert event.data == {"by": "platform staff", "rpm_limit": {"before": None, "after": 600}}
     assert snapshot_version() > before
 
 
