@@ -174,6 +174,11 @@ class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(
+        self, request: HttpRequest, obj: WebhookEndpoint | None = None
+    ) -> bool:
+        return False  # its deliveries would go with it; tenants delete (disable) their own
+
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):

@@ -377,6 +377,19 @@ def test_staff_cannot_delete_people_or_audit_events(staff_client, org, owner):
     assert not User.objects.filter(pk=other.pk).exists()
 
 
+def test_staff_cannot_delete_a_tenants_webhook(staff_client, org, owner):
+    """Its delivery history would go with it, unaudited; the tenant deletes it (disabled, kept)."""
+    from console.models import WebhookEndpoint
+    from console.services.webhooks import webhook_create
+
+    endpoint, _ = webhook_create(org=org, actor=owner, url="https://example.com/hook")
+    delete = reverse("admin:console_webhookendpoint_delete", args=[endpoint.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    listing = staff_client.get(reverse("admin:console_webhookendpoint_changelist"))
+    assert "delete_selected" not in listing.content.decode()
+    assert WebhookEndpoint.objects.filter(pk=endpoint.pk, disabled_at=None).exists()
+
+
 def test_staff_cannot_give_an_account_another_accounts_address_in_other_case(staff_client, owner):
     other = UserFactory(email="someone@example.com")
     change = reverse("admin:console_user_change", args=[other.pk])
