@@ -99,9 +99,9 @@ def key_budget_set(*, key: ApiKey, actor: User | None, amount_micros: int | None
 
 
 def billing_contacts(org: Organisation) -> list[str]:
-    """Owners' and admins' email addresses: who hears about money."""
+    """Owners' and admins' email addresses: who hears about money (not deactivated accounts)."""
     return list(
-        Membership.objects.filter(org=org, role__in=[Role.OWNER, Role.ADMIN])
+        Membership.objects.filter(org=org, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True)
         .order_by("created_at")
         .values_list("user__email", flat=True)
     )

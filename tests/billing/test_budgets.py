@@ -17,9 +17,11 @@ from billing.selectors import (
 )
 from billing.services.accounts import MAX_BUDGET_MICROS, budget_set, key_budget_set
 from billing.services.alerts import budget_alerts_check
-from console.models import AuditEvent, ControlPlaneVersion
+from console.models import AuditEvent, ControlPlaneVersion, User
+from console.permissions import Role
 from console.services.keys import api_key_create
 from tests.billing.factories import usage
+from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -142,6 +144,17 @@ def test_alerts_go_out_once_per_threshold_and_period(
     spend(org, 6_000, 1, next_month - timedelta(minutes=30))
     with django_capture_on_commit_callbacks(execute=True):
         assert budget_alerts_check(now=next_month) == 1
+
+
+def test_alerts_skip_deactivated_accounts(org, owner, django_capture_on_commit_callbacks):
+    gone = MembershipFactory(org=org, role=Role.ADMIN).user
+    User.objects.filter(pk=gone.pk).update(is_active=False)  # staff deactivated it
+    budget_set(org=org, actor=owner, amount_micros=10_000)
+    spend(org, 6_000, 1, NOW - timedelta(minutes=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert budget_alerts_check(now=NOW) == 1
+    [message] = mail.outbox
+    assert message.to == [owner.email]
 
 
 def test_key_budget_alerts(org, owner, django_capture_on_commit_callbacks):
