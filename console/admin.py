@@ -26,6 +26,7 @@ from console.models import (
 )
 from console.services.audit import audit_record
 from console.services.keys import api_key_revoke
+from console.services.mail import mail_unsent
 from console.services.orgs import org_reactivate, org_suspend
 from console.services.two_factor import two_factor_disable
 from console.services.users import sessions_end, user_email_verified
@@ -133,12 +134,14 @@ class UserAdmin(BaseUserAdmin):
     )
     def two_factor_reset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         count = 0
-        for user in queryset.exclude(totp_enabled_at=None):
-            two_factor_disable(user=user, code=None, by_staff=request.user)  # type: ignore[arg-type]
-            count += 1
+        with mail_unsent() as unsent:
+            for user in queryset.exclude(totp_enabled_at=None):
+                two_factor_disable(user=user, code=None, by_staff=request.user)  # type: ignore[arg-type]
+                count += 1
+        emailed = "each was emailed" if not unsent else f"{len(unsent)} could not be emailed"
         self.message_user(
             request,
-            f"Turned off two-factor authentication for {count} account(s); each was emailed.",
+            f"Turned off two-factor authentication for {count} account(s); {emailed}.",
             messages.SUCCESS,
         )
 

@@ -4,14 +4,16 @@ import uuid
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, PasswordResetForm, UserCreationForm
 from django.core.exceptions import ValidationError
+from django.template.loader import render_to_string
 
 from console.days import day_validators
 from console.envvars import comma_list
 from console.models import ApiKey, Organisation, Scope, User
 from console.permissions import Role
 from console.services.keys import MAX_KEY_LIMIT
+from console.services.mail import mail_send
 
 
 class SignupForm(UserCreationForm[User]):
@@ -26,6 +28,27 @@ class SignupForm(UserCreationForm[User]):
         if User.objects.filter(email__iexact=email).exists():
             raise forms.ValidationError("An account with this email address already exists.")
         return email
+
+
+class ResetPasswordForm(PasswordResetForm):
+    """Django's, sending through ``mail_send``: ``unsent`` tells the view that the link could not
+    be sent, where Django's form would only log it."""
+
+    unsent = False
+
+    def send_mail(
+        self,
+        subject_template_name: str,
+        email_template_name: str,
+        context: dict[str, Any],
+        from_email: str | None,
+        to_email: str,
+        html_email_template_name: str | None = None,
+    ) -> None:
+        subject = "".join(render_to_string(subject_template_name, context).splitlines())
+        message = render_to_string(email_template_name, context)
+        if not mail_send(kind="password reset", subject=subject, message=message, to=[to_email]):
+            self.unsent = True
 
 
 class AccountNameForm(forms.Form):

@@ -53,6 +53,12 @@ def _eager_tasks(settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def mail_down(settings):  # type: ignore[no-untyped-def]
+    """The mail server refuses connections; emails that cannot be sent are logged."""
+    settings.EMAIL_BACKEND = "tests.mail_down.DownBackend"
+
+
+@pytest.fixture
 def mid_month() -> Iterator[datetime]:
     """The clock in the middle of a month (and of a day), still ticking: for tests about this
     month's or this day's figures, which would otherwise depend on when the suite runs (just after

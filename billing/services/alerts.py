@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -28,6 +27,7 @@ from billing.selectors import (
 from billing.services.accounts import billing_contacts
 from console.models import ApiKey, Organisation
 from console.services.audit import audit_record
+from console.services.mail import mail_send
 
 THRESHOLDS = (50, 80, 100)
 
@@ -151,4 +151,6 @@ def _send(watch: _Watch, threshold: int) -> None:
         return
     subject = f"{org.name}: {threshold}% of {watch.label} used"
     body = render_to_string("billing/email/budget_alert.txt", context)
-    transaction.on_commit(lambda: send_mail(subject, body, None, recipients, fail_silently=True))
+    transaction.on_commit(
+        lambda: mail_send(kind="budget alert", subject=subject, message=body, to=recipients)
+    )

@@ -15,7 +15,6 @@ from typing import Any
 
 import stripe
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -23,6 +22,7 @@ from django.utils import timezone
 from billing.models import BillingAccount, Invoice, StripeEvent
 from billing.services.accounts import billing_contacts, plan_apply_after_checkout
 from billing.stripe_client import stripe_client, with_retries
+from console.services.mail import mail_send
 from console.services.orgs import org_reactivate, org_suspend
 from console.snapshot import snapshot_bump
 
@@ -261,15 +261,16 @@ def _invoice_payment_failed(event: StripeEvent) -> None:
         recipients = billing_contacts(account.org)
         grace_until = account.grace_until
         transaction.on_commit(
-            lambda: send_mail(
-                f"Payment failed for {account.org.name}",
-                f"We could not collect payment for invoice {invoice.number or invoice.pk}. "
-                f"Update the payment method in Billing before {grace_until:%Y-%m-%d %H:%M} UTC; "
-                "after that, API requests are refused until the invoice is paid.\n\n"
-                f"{invoice.hosted_invoice_url}",
-                None,
-                recipients,
-                fail_silently=True,
+            lambda: mail_send(
+                kind="payment failed",
+                subject=f"Payment failed for {account.org.name}",
+                message=(
+                    f"We could not collect payment for invoice {invoice.number or invoice.pk}. "
+                    f"Update the payment method in Billing before {grace_until:%Y-%m-%d %H:%M} "
+                    "UTC; after that, API requests are refused until the invoice is paid.\n\n"
+                    f"{invoice.hosted_invoice_url}"
+                ),
+                to=recipients,
             )
         )
 

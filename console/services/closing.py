@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import stripe
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
@@ -33,6 +32,7 @@ from console.models import (
     WebhookEndpoint,
 )
 from console.services.audit import audit_record
+from console.services.mail import mail_send
 from console.snapshot import snapshot_bump
 from inference.models import Deployment, ExternalEndpoint, Route
 
@@ -118,7 +118,8 @@ def _close_records(*, org: Organisation, actor: User, subscription_ending: bool)
     name, closer = locked.name, actor.email
     transaction.on_commit(
         lambda: (
-            send_mail(
+            mail_send(
+                kind="organisation closed",
                 subject=f"{name} was closed",
                 message=(
                     f"{closer} closed the organisation {name} on the inference platform.\n\n"
@@ -131,8 +132,7 @@ def _close_records(*, org: Organisation, actor: User, subscription_ending: bool)
                         else "\n"
                     )
                 ),
-                from_email=None,
-                recipient_list=recipients,
+                to=recipients,
             )
             if recipients
             else None

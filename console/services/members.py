@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
 from django.urls import reverse
@@ -16,6 +15,7 @@ from django.utils import timezone
 from console.models import Invitation, Membership, Organisation, User
 from console.permissions import Role, role_may_assign
 from console.services.audit import audit_record
+from console.services.mail import mail_send
 from console.services.users import user_email_verified
 
 
@@ -79,15 +79,15 @@ def invitation_create(
     )
     inviter_name = actor.email if actor is not None else "An administrator"
     transaction.on_commit(
-        lambda: send_mail(
+        lambda: mail_send(
+            kind="invitation",
             subject=f"You are invited to {org.name}",
             message=(
                 f"{inviter_name} invited you to join {org.name} as {role}.\n\n"
                 f"Accept the invitation: {created.accept_url}\n\n"
                 f"The link works once and expires in {settings.INVITATION_TTL_HOURS} hours."
             ),
-            from_email=None,
-            recipient_list=[email],
+            to=[email],
         )
     )
     return created

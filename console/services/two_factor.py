@@ -14,7 +14,6 @@ import secrets
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,6 +21,7 @@ from console import totp
 from console.crypto import Sealer
 from console.models import Organisation, RecoveryCode, User
 from console.services.audit import audit_record
+from console.services.mail import mail_send
 from console.services.throttle import failure_add, failures
 
 _SECRETS = Sealer("two-factor-secrets", "TWO_FACTOR_ENCRYPTION_KEY")
@@ -201,10 +201,10 @@ def two_factor_missing_message(org: Organisation) -> str:
 def _notify(user: User, what: str) -> None:
     email = user.email
     transaction.on_commit(
-        lambda: send_mail(
+        lambda: mail_send(
+            kind="two-factor notice",
             subject="Your account's two-factor authentication",
             message=f"{what}\n\nIf this was not you, reset your password and contact support.\n",
-            from_email=None,
-            recipient_list=[email],
+            to=[email],
         )
     )

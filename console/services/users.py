@@ -15,7 +15,6 @@ from django.contrib.auth.password_validation import validate_password
 from django.core import signing
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import F
@@ -26,6 +25,7 @@ from django.views.decorators.debug import sensitive_variables
 from console.models import Membership, User
 from console.permissions import Role
 from console.services.audit import audit_record
+from console.services.mail import mail_send
 from console.services.throttle import failure_add, failures
 
 
@@ -72,13 +72,16 @@ def email_verification_url(user: User) -> str:
 
 def email_verification_send(*, user: User) -> bool:
     """Email ``user`` a link that confirms their address; False (and nothing sent) when one was
-    sent less than a minute ago or the address is already confirmed."""
+    sent less than a minute ago or the address is already confirmed. ValidationError when the
+    email could not be sent, which does not count against the once-a-minute limit."""
     if user.email_verified_at is not None:
         return False
-    if not cache.add(f"email-verify-sent:{user.pk}", 1, timeout=EMAIL_VERIFY_RESEND_S):
+    sent_key = f"email-verify-sent:{user.pk}"
+    if not cache.add(sent_key, 1, timeout=EMAIL_VERIFY_RESEND_S):
         return False
     days = EMAIL_VERIFY_MAX_AGE.days
-    send_mail(
+    sent = mail_send(
+        kind="email confirmation",
         subject="Confirm your email address",
         message=(
             f"Confirm that {user.email} is your address by opening this link:\n\n"
@@ -87,9 +90,13 @@ def email_verification_send(*, user: User) -> bool:
             f"create API keys, deployments or routes, or invite anyone.\n\n"
             f"If you did not sign up, ignore this email."
         ),
-        from_email=None,
-        recipient_list=[user.email],
+        to=[user.email],
     )
+    if not sent:
+        cache.delete(sent_key)
+        raise ValidationError(
+            "The confirmation email could not be sent just now; try again in a few minutes."
+        )
     return True
 
 
@@ -144,7 +151,8 @@ def _address_taken(email: str, user: User) -> bool:
 def email_change_request(*, user: User, new_email: str) -> str:
     """Email a link to ``new_email`` that moves ``user``'s sign-in address there when opened, and
     tell the current address. Checking the password is the caller's job. Returns the address the
-    link went to; ValidationError (on ``email``) when it cannot be used."""
+    link went to; ValidationError (on ``email``) when it cannot be used, or when the link could
+    not be sent (then nothing changes: a link sent before still works)."""
     new_email = (new_email or "").strip().lower()  # addresses are kept in lower case
     try:
         validate_email(new_email)
@@ -157,6 +165,7 @@ def email_change_request(*, user: User, new_email: str) -> str:
     if _address_taken(new_email, user):
         raise ValidationError({"email": "Another account uses this address."})
     # Only the newest request's link works: asking again (say, after a typo) voids the others.
+    previous = user.email_change_to
     User.objects.filter(pk=user.pk).update(email_change_to=new_email)
     user.email_change_to = new_email
     token = signing.TimestampSigner(salt=EMAIL_CHANGE_SALT).sign_object(
@@ -164,16 +173,26 @@ def email_change_request(*, user: User, new_email: str) -> str:
     )
     link = settings.SITE_URL + reverse("email_change_confirm", args=[token])
     days = EMAIL_VERIFY_MAX_AGE.days
-    send_mail(
+    sent = mail_send(
+        kind="email change link",
         subject="Confirm your new email address",
         message=(
             f"Open this link to sign in as {new_email} from now on, instead of {user.email}:\n\n"
             f"{link}\n\nThe link works for {days} days. If you did not ask for this, ignore it."
         ),
-        from_email=None,
-        recipient_list=[new_email],
+        to=[new_email],
     )
-    send_mail(
+    if not sent:
+        User.objects.filter(pk=user.pk).update(email_change_to=previous)
+        user.email_change_to = previous
+        raise ValidationError(
+            {
+                "email": f"We could not send the link to {new_email} just now; try again in a "
+                "few minutes."
+            }
+        )
+    mail_send(
+        kind="email change notice",
         subject="Your email address is being changed",
         message=(
             f"Someone signed in as {user.email} asked to change the account's address to "
@@ -181,8 +200,7 @@ def email_change_request(*, user: User, new_email: str) -> str:
             f"If this was not you, change your password now: {settings.SITE_URL}"
             f"{reverse('password_reset')}"
         ),
-        from_email=None,
-        recipient_list=[user.email],
+        to=[user.email],
     )
     return new_email
 
@@ -282,7 +300,8 @@ def account_delete(*, user: User) -> str:
         locked.set_unusable_password()
         locked.save()
         transaction.on_commit(
-            lambda: send_mail(
+            lambda: mail_send(
+                kind="account deleted",
                 subject="Your account was deleted",
                 message=(
                     f"The account {old_email} on the inference platform was deleted, as you "
@@ -290,8 +309,7 @@ def account_delete(*, user: User) -> str:
                     "of any organisation. The organisations keep the API keys and deployments "
                     "you created there.\n"
                 ),
-                from_email=None,
-                recipient_list=[old_email],
+                to=[old_email],
             )
         )
     user.refresh_from_db()

@@ -17,11 +17,13 @@ from console.forms import (
     AccountNameForm,
     AccountPasswordForm,
     OrgForm,
+    ResetPasswordForm,
     SignupForm,
     apply_service_error,
 )
 from console.models import User
 from console.requests import AuthedRequest
+from console.services.mail import mail_unsent
 from console.services.members import invitation_accept, invitation_lookup
 from console.services.orgs import org_create
 from console.services.users import (
@@ -39,11 +41,22 @@ from console.views.two_factor import account_context as two_factor_account_conte
 
 class PasswordResetView(auth_views.PasswordResetView):
     """Its email's link starts with SITE_URL, as every other email's does, rather than with the
-    scheme and Host the request came with."""
+    scheme and Host the request came with; a link that could not be sent is said so."""
+
+    form_class = ResetPasswordForm
 
     @property
     def extra_email_context(self) -> dict[str, str]:
         return {"site_url": settings.SITE_URL}
+
+    def form_valid(self, form: ResetPasswordForm) -> HttpResponse:
+        response = super().form_valid(form)
+        if form.unsent:
+            form.add_error(
+                None, "The email could not be sent just now; try again in a few minutes."
+            )
+            return self.form_invalid(form)
+        return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -57,7 +70,14 @@ def signup(request: HttpRequest) -> HttpResponse:
         next_url = request.GET.get("next", "")
         if not next_url.startswith("/invitations/"):
             # Accepting an invitation confirms the address by itself (its link went there).
-            email_verification_send(user=user)
+            try:
+                email_verification_send(user=user)
+            except ValidationError:
+                messages.warning(
+                    request,
+                    "Your account was created, but we could not send the confirmation email. "
+                    "Send it again from your Account page in a few minutes.",
+                )
         if next_url.startswith("/") and not next_url.startswith("//"):
             return redirect(next_url)
         return redirect("org_create")
@@ -191,10 +211,18 @@ def email_verify_send_view(request: AuthedRequest) -> HttpResponse:
     user = request.user
     if user.email_verified_at is not None:
         messages.success(request, "Your email address is already confirmed.")
-    elif email_verification_send(user=user):
-        messages.success(request, f"We sent a new link to {user.email}.")
     else:
-        messages.error(request, "A link was sent less than a minute ago: check your inbox first.")
+        try:
+            sent = email_verification_send(user=user)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            if sent:
+                messages.success(request, f"We sent a new link to {user.email}.")
+            else:
+                messages.error(
+                    request, "A link was sent less than a minute ago: check your inbox first."
+                )
     next_url = request.POST.get("next", "")
     if next_url.startswith("/") and not next_url.startswith("//"):
         return redirect(next_url)
@@ -210,8 +238,10 @@ def account_email(request: AuthedRequest) -> HttpResponse:
     user = request.user
     form = AccountEmailForm(user, request.POST)
     if form.is_valid():
+        old_email = user.email
         try:
-            sent_to = email_change_request(user=user, new_email=form.cleaned_data["email"])
+            with mail_unsent() as unsent:
+                sent_to = email_change_request(user=user, new_email=form.cleaned_data["email"])
         except ValidationError as error:
             apply_service_error(form, error)
         else:
@@ -219,6 +249,8 @@ def account_email(request: AuthedRequest) -> HttpResponse:
                 request,
                 f"We sent a link to {sent_to}: your address changes when you open it.",
             )
+            if unsent:
+                messages.warning(request, f"We could not tell {old_email} about it by email.")
             return redirect("account")
     name_form, password_form = _name_form(user), AccountPasswordForm(user)
     return _account_page(request, name_form, password_form, status=400, email_form=form)
@@ -243,12 +275,15 @@ def account_delete_view(request: AuthedRequest) -> HttpResponse:
     form = AccountDeleteForm(user, request.POST)
     if form.is_valid():
         try:
-            old_email = account_delete(user=user)
+            with mail_unsent() as unsent:
+                old_email = account_delete(user=user)
         except ValidationError as error:
             apply_service_error(form, error)
         else:
             logout(request)
             messages.success(request, f"The account {old_email} was deleted.")
+            if unsent:
+                messages.warning(request, f"We could not email {old_email} to confirm it.")
             return redirect("login")
     return _account_page(
         request, _name_form(user), AccountPasswordForm(user), status=400, delete_form=form

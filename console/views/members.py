@@ -11,6 +11,7 @@ from console.decorators import member_can, requires
 from console.forms import InviteForm, RoleForm, apply_service_error
 from console.permissions import Action, Role
 from console.requests import OrgRequest
+from console.services.mail import mail_unsent
 from console.services.members import (
     invitation_create,
     invitation_revoke,
@@ -53,11 +54,16 @@ def member_invite(request: OrgRequest, org_slug: str) -> HttpResponse:
     form = InviteForm(request.POST)
     if form.is_valid():
         try:
-            created = invitation_create(org=request.org, actor=request.user, **form.cleaned_data)
+            with mail_unsent() as unsent:
+                created = invitation_create(
+                    org=request.org, actor=request.user, **form.cleaned_data
+                )
         except ValidationError as error:
             apply_service_error(form, error)
         else:
-            return _render_panel(request, InviteForm(), invited=created.invitation)
+            return _render_panel(
+                request, InviteForm(), invited=created.invitation, invite_unsent=bool(unsent)
+            )
     return _render_panel(request, form, status=400)
 
 

@@ -33,6 +33,7 @@ from console.permissions import Action, role_can
 from console.requests import OrgRequest
 from console.services.audit import AUDIT_EXPORT_LIMIT, audit_events
 from console.services.closing import org_close
+from console.services.mail import mail_unsent
 from console.services.orgs import org_update
 from inference.models import Deployment, ReplicaState, Runner
 from inference.selectors.deployments import deployments_for_org
@@ -144,7 +145,10 @@ def org_close_view(request: OrgRequest, org_slug: str) -> HttpResponse:
     form = OrgCloseForm(request.user, request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            closed = org_close(org=org, actor=request.user, confirm=form.cleaned_data["confirm"])
+            with mail_unsent() as unsent:
+                closed = org_close(
+                    org=org, actor=request.user, confirm=form.cleaned_data["confirm"]
+                )
         except ValidationError as error:
             apply_service_error(form, error)
         else:
@@ -160,6 +164,8 @@ def org_close_view(request: OrgRequest, org_slug: str) -> HttpResponse:
                     else ""
                 ),
             )
+            if unsent:
+                messages.warning(request, "We could not email its members that it was closed.")
             return redirect("home")
     return render(request, "console/org_close.html", {"close_form": form}, status=200)
 

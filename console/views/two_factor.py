@@ -25,6 +25,7 @@ from console.forms import CurrentPasswordForm, apply_service_error
 from console.models import User
 from console.permissions import Action
 from console.requests import AuthedRequest, OrgRequest
+from console.services.mail import mail_unsent
 from console.services.two_factor import (
     TOO_MANY,
     code_check,
@@ -50,6 +51,7 @@ PENDING = "two_factor_pending"
 SETUP = "two_factor_setup_secret"
 # How long the password step stays good while the code is asked for.
 PENDING_TTL_S = 300
+NOTICE_UNSENT = "We could not email you a notice of this change to your account's security."
 
 
 class CodeForm(forms.Form):
@@ -122,9 +124,13 @@ def login_two_factor(request: HttpRequest) -> HttpResponse:
         return redirect("login")
     form = CodeForm(request.POST or None).focused()
     if request.method == "POST" and form.is_valid():
-        if code_check(user=user, code=form.cleaned_data["code"]):
+        with mail_unsent() as unsent:  # a recovery code's use is emailed
+            good = code_check(user=user, code=form.cleaned_data["code"])
+        if good:
             del request.session[PENDING]
             login(request, user, backend=pending["backend"])
+            if unsent:
+                messages.warning(request, NOTICE_UNSENT)
             return redirect(pending["next"])
         form.add_error("code", TOO_MANY if code_throttled(user) else "That code is wrong.")
     status = 400 if form.errors else 200
@@ -156,10 +162,13 @@ def two_factor_setup(request: AuthedRequest) -> HttpResponse:
     secret = secret_unseal(sealed) if sealed else None
     if request.method == "POST" and secret and form.is_valid():
         try:
-            codes = two_factor_enable(user=user, secret=secret, code=form.cleaned_data["code"])
+            with mail_unsent() as unsent:
+                codes = two_factor_enable(user=user, secret=secret, code=form.cleaned_data["code"])
         except ValidationError as error:
             apply_service_error(form, error)
         else:
+            if unsent:
+                messages.warning(request, NOTICE_UNSENT)
             del request.session[SETUP]
             # Sessions opened with the password alone end; this one stays.
             update_session_auth_hash(request, sessions_end(user=user))
@@ -205,11 +214,14 @@ def two_factor_off(request: AuthedRequest) -> HttpResponse:
     form = CodeAndPasswordForm(request.user, request.POST)
     if form.is_valid():
         try:
-            two_factor_disable(user=request.user, code=form.cleaned_data["code"])
+            with mail_unsent() as unsent:
+                two_factor_disable(user=request.user, code=form.cleaned_data["code"])
         except ValidationError as error:
             apply_service_error(form, error)
         else:
             messages.success(request, "Two-factor authentication is off.")
+            if unsent:
+                messages.warning(request, NOTICE_UNSENT)
             return redirect("account")
     messages.error(
         request,

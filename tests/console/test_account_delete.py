@@ -11,6 +11,8 @@ from django.urls import reverse
 from console.models import ApiKey, AuditEvent, Membership, User
 from console.permissions import Role
 from console.services.keys import api_key_create
+from console.services.mail import mail_unsent
+from console.services.users import account_delete
 from tests.factories import PASSWORD, MembershipFactory
 
 pytestmark = pytest.mark.django_db
@@ -108,3 +110,13 @@ def test_the_account_page_offers_it_and_get_is_not_allowed(member, client_for):
     client = client_for(member)
     assert "Delete my account" in client.get(reverse("account")).content.decode()
     assert client.get(reverse("account_delete")).status_code == 405
+
+
+def test_an_account_is_deleted_when_the_notice_cannot_be_sent(
+    member, mail_down, django_capture_on_commit_callbacks
+):
+    with mail_unsent() as unsent, django_capture_on_commit_callbacks(execute=True):
+        account_delete(user=member)
+    assert unsent == ["account deleted"]
+    member.refresh_from_db()
+    assert member.is_deleted

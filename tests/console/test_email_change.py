@@ -132,3 +132,24 @@ def test_a_tampered_link_changes_nothing(client, person, mailoutbox):
     assert client.get(link[:-3] + "xx/").status_code == 400
     person.refresh_from_db()
     assert person.email == "old@example.com"
+
+
+def test_a_link_that_cannot_be_sent_changes_nothing_and_can_be_asked_for_again(
+    client, person, settings, mailoutbox
+):
+    assert (
+        "We sent a link to first@example.com" in _ask(client, "first@example.com").content.decode()
+    )
+    first_link = LINK.search(mailoutbox[0].body)
+    assert first_link is not None
+    settings.EMAIL_BACKEND = "tests.mail_down.DownBackend"
+    response = _ask(client, "second@example.com")
+    assert response.status_code == 400
+    assert "could not send the link to second@example.com" in response.content.decode()
+    person.refresh_from_db()
+    assert person.email_change_to == "first@example.com"  # the link already sent still works
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert (
+        "We sent a link to second@example.com"
+        in _ask(client, "second@example.com").content.decode()
+    )

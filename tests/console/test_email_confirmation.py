@@ -201,3 +201,19 @@ def test_one_organisation_until_the_address_is_confirmed(client):
     ) == ["fresh"]
     User.objects.filter(pk=user.pk).update(email_verified_at=user.date_joined)
     assert client.post("/orgs/new/", {"name": "Second", "slug": "second"}).status_code == 302
+
+
+def test_a_confirmation_email_that_cannot_be_sent_is_said_and_can_be_sent_again(
+    client, settings, mailoutbox
+):
+    settings.EMAIL_BACKEND = "tests.mail_down.DownBackend"
+    user = _signup(client)  # the account stands
+    assert User.objects.filter(pk=user.pk).exists()
+    page = client.get("/account/").content.decode()
+    assert "could not send the confirmation email" in page
+    failed = client.post("/account/confirm/send/", follow=True).content.decode()
+    assert "could not be sent just now" in failed and "We sent a new link" not in failed
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # A failed send does not count against the once-a-minute limit.
+    sent = client.post("/account/confirm/send/", follow=True).content.decode()
+    assert "We sent a new link" in sent and len(mailoutbox) == 1

@@ -5,10 +5,12 @@ from datetime import timedelta
 import pytest
 from django.core import mail
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.test import Client
 from django.utils import timezone
 
 from console.models import AuditEvent, Invitation, Membership
 from console.permissions import Role
+from console.services.mail import mail_unsent
 from console.services.members import (
     invitation_accept,
     invitation_create,
@@ -16,7 +18,7 @@ from console.services.members import (
     membership_change_role,
     membership_remove,
 )
-from tests.factories import UserFactory
+from tests.factories import MembershipFactory, OrgFactory, UserFactory
 
 
 def _token_from_mail() -> str:
@@ -174,3 +176,36 @@ def test_an_invitation_to_an_address_longer_than_the_column_is_refused(org, owne
     assert page.status_code == 400
     assert "Ensure this value has at most 254 characters" in page.content.decode()
     assert not Invitation.objects.exists()
+
+
+def test_an_invitation_stands_when_its_email_cannot_be_sent(
+    org, owner, mail_down, caplog, django_capture_on_commit_callbacks
+):
+    with mail_unsent() as unsent, django_capture_on_commit_callbacks(execute=True):
+        created = invitation_create(org=org, actor=owner, email="new@example.com", role="viewer")
+    assert unsent == ["invitation"]
+    assert Invitation.objects.filter(pk=created.invitation.pk, revoked_at=None).exists()
+    assert AuditEvent.objects.filter(org=org, action="member.invited").exists()
+    [record] = [r for r in caplog.records if r.getMessage() == "could not send an email"]
+    assert record.kind == "invitation"  # type: ignore[attr-defined]
+    assert created.token not in str(vars(record))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_members_page_says_when_an_invitation_email_could_not_be_sent(settings):
+    """Not a 500 for an invitation already made (which a retry would revoke and make again)."""
+    settings.EMAIL_BACKEND = "tests.mail_down.DownBackend"
+    org = OrgFactory()
+    client = Client(raise_request_exception=False)
+    client.force_login(MembershipFactory(org=org, role=Role.OWNER).user)
+    invite = f"/o/{org.slug}/members/invite/"
+    response = client.post(invite, {"email": "new@example.com", "role": "developer"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Invitation sent" not in page
+    assert "the email to new@example.com could not be sent" in page
+    assert Invitation.objects.filter(email="new@example.com", revoked_at=None).count() == 1
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    again = client.post(invite, {"email": "new@example.com", "role": "developer"})
+    assert "Invitation sent to new@example.com" in again.content.decode()
+    assert mail.outbox[-1].to == ["new@example.com"]

@@ -20,7 +20,9 @@ from console.models import (
     WebhookEndpoint,
 )
 from console.permissions import Role
+from console.services.closing import org_close
 from console.services.keys import api_key_create
+from console.services.mail import mail_unsent
 from console.services.members import invitation_create
 from inference.models import Deployment, ExternalEndpoint, Route
 from tests.billing.factories import usage
@@ -157,3 +159,13 @@ def test_a_closed_org_cannot_be_reached_even_if_a_membership_reappears(org, owne
     client = client_for(owner)
     assert client.get(reverse("org_overview", args=[org.slug])).status_code == 404
     assert client.get(f"/api/orgs/{org.slug}/").status_code == 404
+
+
+def test_an_org_is_closed_when_its_members_cannot_be_emailed(
+    org, owner, mail_down, django_capture_on_commit_callbacks
+):
+    with mail_unsent() as unsent, django_capture_on_commit_callbacks(execute=True):
+        org_close(org=org, actor=owner, confirm=org.slug)
+    assert unsent == ["organisation closed"]
+    org.refresh_from_db()
+    assert org.closed_at is not None

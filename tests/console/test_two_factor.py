@@ -16,6 +16,7 @@ from console import totp
 from console.models import AuditEvent, RecoveryCode, User
 from console.services import two_factor
 from console.services.keys import api_key_create
+from console.services.mail import mail_unsent
 from console.services.two_factor import secret_unseal, two_factor_enable
 from tests.factories import PASSWORD, UserFactory
 
@@ -353,3 +354,13 @@ def test_staff_sign_someone_out_everywhere(member, client_for):
     assert victim.get(reverse("account")).status_code == 302
     # Staff who picked themselves stay signed in where they acted.
     assert staff_client.get(reverse("account")).status_code == 200
+
+
+def test_two_factor_is_turned_on_when_the_notice_cannot_be_sent(
+    member, mail_down, django_capture_on_commit_callbacks
+):
+    with mail_unsent() as unsent, django_capture_on_commit_callbacks(execute=True):
+        enable(member)
+    assert unsent == ["two-factor notice"]
+    member.refresh_from_db()
+    assert member.has_two_factor

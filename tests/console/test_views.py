@@ -208,3 +208,9 @@ def test_opening_a_form_only_address_shows_a_page_and_changes_nothing(client_for
     assert api.status_code == 405 and api.json()["error"]["code"] == "method_not_allowed"
     # HEAD is allowed wherever GET is, with GET's permission.
     assert client.head(f"/api/orgs/{org.slug}/keys/").status_code == 200
+
+
+def test_a_password_reset_email_that_cannot_be_sent_is_said(client, owner, mail_down):
+    response = client.post("/password-reset/", {"email": owner.email})
+    assert response.status_code == 200
+    assert "could not be sent just now" in response.content.decode()
