@@ -123,9 +123,15 @@ def addresses_check(policy: EgressPolicy, host: str, addresses: Iterable[str]) -
         address = ipaddress.ip_address(text.split("%", 1)[0])
         problem = policy.address_problem(address)
         if problem is not None:
-            where = host if literal is not None else f"{host} resolves to {address}, which"
+            # Which address a name resolves to is not told: refusals would otherwise map the
+            # platform's own network for whoever tries names.
+            where = (
+                f"{host} is {problem}"
+                if literal is not None
+                else f"{host} resolves to a private or internal address"
+            )
             raise EgressRefused(
-                f"{where} is {problem}; the gateway only calls public addresses"
+                f"{where}; the gateway only calls public addresses"
                 f" (the platform's operator can allow it with {ALLOW_SETTING})"
             )
 
@@ -159,11 +165,13 @@ def http_url_problem(url: str, *, not_http: str) -> str | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        parts.port  # noqa: B018  (parsing the port raises for a bad one)
+        port = parts.port  # parsing the port raises for a bad one
     except ValueError as error:  # "Invalid IPv6 URL", "Port out of range 0-65535"...
         return f"This is not a valid URL: {error}."
     if parts.scheme not in ("http", "https") or not host:
         return not_http
+    if port == 0:  # nothing listens there; a connection would go to the scheme's port instead
+        return "The port must be between 1 and 65535."
     if any(c.isspace() or not c.isprintable() for c in url):
         return "A URL has no spaces or control characters; encode them (%20)."
     if _literal(host) is None:

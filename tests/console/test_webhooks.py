@@ -253,6 +253,18 @@ def test_private_addresses_are_refused_when_saved_and_when_sent(
     assert delivery.status == "pending" and "loopback" in delivery.error
 
 
+def test_a_refusal_does_not_say_which_private_address_a_name_resolves_to(
+    org, owner, settings, monkeypatch
+):
+    settings.GATEWAY_EXTERNAL_ALLOW = []
+    monkeypatch.setattr(egress, "host_resolve", lambda host, port: ["10.1.2.3"])
+    with pytest.raises(ValidationError) as caught:
+        webhook_create(org=org, actor=owner, url="https://hooks.example/x")
+    [message] = caught.value.message_dict["url"]
+    assert message.startswith("hooks.example resolves to a private or internal address;")
+    assert "10.1.2.3" not in message
+
+
 def test_a_host_name_with_non_ascii_letters_is_sent_in_its_ascii_form(
     org, owner, receiver, monkeypatch, django_capture_on_commit_callbacks
 ):
@@ -285,6 +297,8 @@ def test_a_host_name_with_non_ascii_letters_is_sent_in_its_ascii_form(
         # Malformed addresses used to be stored (every delivery then failed) or to raise a 500.
         ({"url": "http://[::1"}, "This is not a valid URL: Invalid IPv6 URL."),
         ({"url": "https://example.com:99999/x"}, "Port out of range"),
+        # Port 0 would be sent to 80 or 443.
+        ({"url": "https://example.com:0/x"}, "The port must be between 1 and 65535."),
         ({"url": "https://exa mple.com/hook"}, "A URL has no spaces or control characters"),
         ({"url": "https://a..b/hook"}, "'a..b' is not a valid host name."),
         ({"url": "https://-bad-.example/hook"}, "'-bad-.example' is not a valid host name."),

@@ -58,7 +58,10 @@ def create(org, owner, base_url: str) -> ExternalEndpoint:  # type: ignore[no-un
         ("http://0.0.0.0:8000/v1", "0.0.0.0 is an unspecified address"),
         ("http://[::ffff:10.0.0.1]/v1", "::ffff:10.0.0.1 is a private address"),
         ("http://100.64.0.1/v1", "100.64.0.1 is not a public address"),
-        ("http://internal.example/v1", "internal.example resolves to 10.0.0.7, which is a private"),
+        (
+            "http://internal.example/v1",
+            "internal.example resolves to a private or internal address",
+        ),
     ],
 )
 def test_endpoint_on_a_non_public_address_is_refused_on_the_field(dns, org, owner, base_url, says):
@@ -156,7 +159,8 @@ def test_gateway_refuses_a_name_that_resolves_to_a_private_address_at_connect_ti
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "upstream_address_refused"
-    assert f"{host} resolves to 127.0.0.1, which is a loopback address" in error["message"]
+    assert f"{host} resolves to a private or internal address" in error["message"]
+    assert "127.0.0.1" not in error["message"]
     assert not fake.requests  # nothing reached the address
     refusals = [r for r in caplog.records if "external endpoint refused" in r.getMessage()]
     assert refusals and refusals[0].target == "external:partner"  # type: ignore[attr-defined]
@@ -205,7 +209,9 @@ def test_the_admin_form_refuses_a_private_address_too(dns, org, settings):  # ty
     data = {"org": org.pk, "name": "partner", "model": "big"}
     form = ExternalEndpointAdminForm(data={**data, "base_url": "http://internal.example/v1"})
     assert not form.is_valid()
-    assert "resolves to 10.0.0.7" in form.errors["base_url"][0]
+    assert (
+        "internal.example resolves to a private or internal address" in form.errors["base_url"][0]
+    )
     settings.GATEWAY_EXTERNAL_ALLOW = ["10.0.0.0/8"]
     allowed = ExternalEndpointAdminForm(data={**data, "base_url": "http://internal.example/v1/"})
     assert allowed.is_valid(), allowed.errors
