@@ -46,7 +46,8 @@ def invitation_create(
 ) -> CreatedInvitation:
     """Invite ``email`` to ``org`` with ``role`` and email them a single-use link.
 
-    A previous pending invitation to the same address is revoked, so only the newest link works.
+    A previous pending invitation to the same address is revoked (and recorded so, naming the one
+    that replaces it), so only the newest link works.
     """
     email = (email or "").strip().lower()
     try:
@@ -63,7 +64,8 @@ def invitation_create(
     if org.memberships.filter(user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member."})
     now = timezone.now()
-    org.invitations.filter(email=email, accepted_at=None, revoked_at=None).update(revoked_at=now)
+    earlier = list(org.invitations.filter(email=email, accepted_at=None, revoked_at=None))
+    org.invitations.filter(pk__in=[e.pk for e in earlier]).update(revoked_at=now)
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         org=org,
@@ -74,6 +76,14 @@ def invitation_create(
         expires_at=now + timedelta(hours=settings.INVITATION_TTL_HOURS),
     )
     created = CreatedInvitation(invitation=invitation, token=token)
+    for replaced in earlier:
+        audit_record(
+            org=org,
+            action="invitation.revoked",
+            actor=actor,
+            target=replaced,
+            data={"replaced_by": str(invitation.pk)},
+        )
     audit_record(
         org=org, action="member.invited", actor=actor, target=invitation, data={"role": role}
     )

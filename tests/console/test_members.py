@@ -66,6 +66,22 @@ def test_revoked_and_superseded_invitations_do_not_work(org, owner):
         invitation_accept(token=second.token, user=user)
 
 
+def test_inviting_an_address_again_records_that_the_earlier_invitation_was_revoked(org, owner):
+    first = invitation_create(org=org, actor=owner, email="x@example.com", role=Role.VIEWER)
+    second = invitation_create(org=org, actor=owner, email="x@example.com", role=Role.ADMIN)
+    first.invitation.refresh_from_db()
+    assert first.invitation.revoked_at is not None
+    [event] = AuditEvent.objects.filter(org=org, action="invitation.revoked")
+    assert (event.target_id, event.actor) == (str(first.invitation.pk), owner)
+    assert event.data == {"replaced_by": str(second.invitation.pk)}
+    actions = AuditEvent.objects.filter(org=org).order_by("created_at", "id")
+    assert list(actions.values_list("action", flat=True)) == [
+        "member.invited",
+        "invitation.revoked",
+        "member.invited",
+    ]
+
+
 @pytest.mark.parametrize(
     ("email", "role", "field"),
     [
