@@ -1,8 +1,10 @@
-"""Resolves the organisation from the URL and checks membership before any view runs, and gives
-a console address that only takes a form's submission a page of its own when it is opened."""
+"""Resolves the organisation from the URL and checks membership before any view runs, gives a
+console address that only takes a form's submission a page of its own when it is opened, and
+tells the audit log which client a request came from."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,35 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from console.models import Membership
+from console.services.audit import client_address
 from console.services.two_factor import two_factor_missing_message
+
+
+class ClientAddress:
+    """Audit events recorded while a request is answered (console, REST API, admin) carry the
+    client's address. It is the connection's (REMOTE_ADDR), as for keys' network limits: behind a
+    proxy, the server takes it from ``X-Forwarded-For`` only for trusted proxies (uvicorn's
+    ``--forwarded-allow-ips``)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        token = client_address.set(_address(request.META.get("REMOTE_ADDR")))
+        try:
+            return self.get_response(request)
+        finally:
+            client_address.reset(token)
+
+
+def _address(text: str | None) -> str | None:
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:  # a Unix socket's peer, or nothing
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
+    return str(address)
 
 
 class OrgMiddleware:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -9,6 +10,10 @@ from django.db import models, transaction
 from console.models import ApiKey, AuditEvent, Organisation, User
 
 logger = logging.getLogger(__name__)
+
+# The address of the client whose request is being answered (console.middleware.ClientAddress);
+# None outside a request: events from tasks and the platform itself have no address.
+client_address: ContextVar[str | None] = ContextVar("client_address", default=None)
 
 
 def audit_record(
@@ -21,7 +26,8 @@ def audit_record(
     data: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> AuditEvent:
-    """Append one audit event. ``data`` must never hold a secret; callers pass names and ids."""
+    """Append one audit event. ``data`` must never hold a secret; callers pass names and ids.
+    ``ip_address`` defaults to the address of the client whose request made the event."""
     event = AuditEvent.objects.create(
         org=org,
         action=action,
@@ -31,7 +37,7 @@ def audit_record(
         target_id=str(target.pk) if target is not None else "",
         target_repr=str(target)[:200] if target is not None else "",
         data=data or {},
-        ip_address=ip_address,
+        ip_address=ip_address if ip_address is not None else client_address.get(),
     )
     # The org's webhooks hear of it once it is committed (console.services.webhooks).
     transaction.on_commit(lambda: _publish(event.pk, org.pk))

@@ -90,3 +90,27 @@ def test_the_rest_api_filters_too(org, owner, events):
     refused = client.get(url, {"start": "2026-03-04", "end": "2026-03-01"})
     assert refused.status_code == 400 and "start" in refused.json()["error"]["fields"]
     assert client.get(url, {"start": "yesterday"}).status_code == 400
+
+
+def test_events_made_in_a_request_carry_the_clients_address(client_for, org, owner):
+    console = client_for(owner)
+    console.post(
+        f"/api/orgs/{org.slug}/keys/",
+        {"name": "from-console", "scopes": ["manage"]},
+        content_type="application/json",
+        REMOTE_ADDR="203.0.113.9",
+    )
+    made = AuditEvent.objects.get(action="key.created", target_repr__contains="from-console")
+    assert made.ip_address == "203.0.113.9"
+    secret = api_key_create(org=org, actor=owner, name="ops", scopes=["manage"]).secret
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}", REMOTE_ADDR="::ffff:198.51.100.4")
+    key_id = made.target_id
+    assert api.post(f"/api/orgs/{org.slug}/keys/{key_id}/revoke/").status_code == 200
+    revoked = AuditEvent.objects.get(action="key.revoked")
+    assert revoked.ip_address == "198.51.100.4"  # a dual-stack listener's view of IPv4
+    listed = api.get(f"/api/orgs/{org.slug}/audit/", {"action": "key.revoked"}).json()
+    assert listed["results"][0]["ip_address"] == "198.51.100.4"
+    # Outside a request (a task, the platform itself) an event has no address.
+    assert (
+        AuditEvent.objects.get(action="key.created", target_repr__contains="ops").ip_address is None
+    )
