@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from inference.routing.egress import EgressPolicy, EgressRefused, host_addresses
+from inference.routing.egress import EgressPolicy, EgressRefused, host_addresses, host_ascii
 
 READ_LIMIT = 256 * 1024  # bytes buffered from upstream before reading pauses
 # (scheme, host, port, external): connections to tenant-given hosts are pooled apart, so that
@@ -98,7 +98,13 @@ def _split_url(url: str) -> tuple[str, str, int, str, str]:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    return scheme, host, port, target, parts.netloc
+    netloc = parts.netloc
+    if not host.isascii():
+        # DNS, TLS and the Host header carry the name's IDNA form (an endpoint's URL is checked
+        # to have one when it is saved).
+        host = host_ascii(host)
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return scheme, host, port, target, netloc
 
 
 class UpstreamResponse:

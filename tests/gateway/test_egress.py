@@ -202,6 +202,27 @@ def test_allowed_gateway_connects_to_the_address_it_checked(
     assert fake.headers[-1]["host"] == f"{host}:{server.port}"
 
 
+def test_an_endpoint_named_with_non_ascii_letters_is_reached_by_its_idna_name(
+    start_gateway, dns, engine, org, owner, inference_key
+):
+    fake, server = engine
+    dns["xn--bcher-kva.example"] = ["93.184.216.34"]
+    create(org, owner, f"http://bücher.example:{server.port}/v1")
+    route_create(
+        org=org, actor=owner, name="outside", policy="single", config={"target": "external:partner"}
+    )
+    gw = start_gateway(external_allow=("127.0.0.0/8",))
+    gw.refresh()
+    dns["xn--bcher-kva.example"] = ["127.0.0.1"]
+    response = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {inference_key}"},
+    )
+    assert response.status_code == 200, response.text
+    assert fake.headers[-1]["host"] == f"xn--bcher-kva.example:{server.port}"
+
+
 def test_the_admin_form_refuses_a_private_address_too(dns, org, settings):  # type: ignore[no-untyped-def]
     from inference.admin import ExternalEndpointAdminForm
 
