@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,13 @@ from django.db.models import Field
 from django.utils import timezone
 
 from billing.models import UptimeRecord, UsageRecord
-from billing.pricing import PriceTable, cost_micros, price_table, uptime_cost_micros
+from billing.pricing import (
+    PriceRates,
+    PriceTable,
+    cost_micros,
+    price_table,
+    uptime_cost_micros,
+)
 
 _CHUNK = 500
 
@@ -227,20 +234,32 @@ def _hour_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _split_by_hour(start: datetime, end: datetime) -> Iterator[tuple[datetime, int]]:
-    """(hour, whole seconds of [start, end) within that hour); fractions of a second are dropped."""
-    cursor = start
-    while cursor < end:
+def _uptime_pieces(
+    event: UptimeEvent, table: PriceTable
+) -> Iterator[tuple[datetime, int, PriceRates | None]]:
+    """(hour, whole seconds, price) of the event's time, cut at hour boundaries and where another
+    price comes into force, each piece rated at the price in force during it; fractions of a
+    second are dropped."""
+    cursor = event.started_at
+    while cursor < event.ended_at:
         hour = _hour_floor(cursor)
-        boundary = min(hour + timedelta(hours=1), end)
-        seconds = int((boundary - cursor) // timedelta(seconds=1))
-        if seconds:
-            yield hour, seconds
+        boundary = min(hour + timedelta(hours=1), event.ended_at)
+        for begin, end, price in table.uptime_prices(
+            event.org_id,
+            event.model,
+            deployment_id=event.deployment_id,
+            start=cursor,
+            end=boundary,
+        ):
+            seconds = int((end - begin) // timedelta(seconds=1))
+            if seconds:
+                yield hour, seconds, price
         cursor = boundary
 
 
 def uptime_record_batch(events: Sequence[UptimeEvent]) -> int:
-    """Store dedicated replicas' uptime, split by hour and rated per GPU- or replica-second.
+    """Store dedicated replicas' uptime, split by hour and rated per GPU- or replica-second at
+    the price in force during each part of it (a price may come into force within an hour).
 
     Idempotent on ``event_id``; returns the number of hourly rows written."""
     for event in events:
@@ -258,14 +277,15 @@ def uptime_record_batch(events: Sequence[UptimeEvent]) -> int:
     stamp = timezone.now()
     rows: list[UptimeRecord] = []
     for event in events:
-        for hour, seconds in _split_by_hour(event.started_at, event.ended_at):
-            price = table.uptime_price(
-                event.org_id, event.model, deployment_id=event.deployment_id, at=hour
-            )
+        parts: dict[datetime, int] = defaultdict(int)
+        for hour, seconds, price in _uptime_pieces(event, table):
+            part = parts[hour]
+            parts[hour] += 1
             rows.append(
                 UptimeRecord(
                     event_id=event.event_id,
                     hour=hour,
+                    part=part,
                     org_id=event.org_id,
                     deployment_id=event.deployment_id,
                     replica_id=event.replica_id,

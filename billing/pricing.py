@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 
 from django.utils import timezone
 
@@ -173,15 +174,45 @@ class PriceTable:
             return FREE
         return found
 
+    @staticmethod
+    def _uptime_keys(org_id: int, model: str, deployment_id: uuid.UUID) -> list[Hashable]:
+        return [("deployment", deployment_id), ("uptime", org_id, model), ("uptime", None, model)]
+
     def uptime_price(
         self, org_id: int, model: str, *, deployment_id: uuid.UUID, at: datetime
     ) -> PriceRates | None:
         """The uptime price for a deployment's replica, or None when it is billed per token."""
-        found = self._find(
-            [("deployment", deployment_id), ("uptime", org_id, model), ("uptime", None, model)],
-            at,
-        )
+        found = self._find(self._uptime_keys(org_id, model, deployment_id), at)
         return found if found is not None and found.is_uptime else None
+
+    def uptime_prices(
+        self,
+        org_id: int,
+        model: str,
+        *,
+        deployment_id: uuid.UUID,
+        start: datetime,
+        end: datetime,
+    ) -> list[tuple[datetime, datetime, PriceRates | None]]:
+        """``[start, end)`` cut where another uptime price comes into force: (from, to, price)
+        in order, the price None where the deployment is billed per token."""
+        keys = self._uptime_keys(org_id, model, deployment_id)
+        starts = {
+            moment
+            for key in keys
+            if (versions := self._versions.get(key)) is not None
+            for moment in versions.starts
+            if start < moment < end
+        }
+        bounds = [start, *sorted(starts), end]
+        parts: list[tuple[datetime, datetime, PriceRates | None]] = []
+        for begin, finish in pairwise(bounds):
+            price = self.uptime_price(org_id, model, deployment_id=deployment_id, at=begin)
+            if parts and parts[-1][2] == price:
+                parts[-1] = (parts[-1][0], finish, price)  # a version that does not apply here
+            else:
+                parts.append((begin, finish, price))
+        return parts
 
     def __getitem__(self, key: tuple[int | None, str]) -> PriceRates:
         org_id, model = key

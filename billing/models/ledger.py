@@ -54,10 +54,16 @@ class UsageRecord(models.Model):
 
 
 class UptimeRecord(models.Model):
-    """Seconds of a dedicated replica's uptime within one hour, rated per GPU- or replica-second."""
+    """Seconds of a dedicated replica's uptime within one hour, rated per GPU- or replica-second.
+
+    One report (``event_id``) gives a record per hour it covers, and more than one in an hour
+    where another price came into force during the report: ``part`` counts them."""
 
     event_id = models.CharField(max_length=100)
     hour = models.DateTimeField()
+    part = models.PositiveSmallIntegerField(
+        default=0, help_text="0, or 1, 2 … for the parts after a price change within the hour."
+    )
     org = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="uptime_records")
     deployment_id = models.UUIDField()
     replica_id = models.UUIDField()
@@ -71,7 +77,9 @@ class UptimeRecord(models.Model):
     class Meta:
         ordering = ["-hour"]
         constraints = [
-            models.UniqueConstraint(fields=["event_id", "hour"], name="uptime_unique_event_hour")
+            models.UniqueConstraint(
+                fields=["event_id", "hour", "part"], name="uptime_unique_event_hour_part"
+            )
         ]
         indexes = [models.Index(fields=["org", "hour"], name="uptime_org_hour")]
 

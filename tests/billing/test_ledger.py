@@ -177,3 +177,56 @@ def test_uptime_events_are_validated(org):
                 )
             ]
         )
+
+
+def _uptime(event_id: str, org_id: int, deployment: uuid.UUID, start: datetime, end: datetime):  # type: ignore[no-untyped-def]
+    return UptimeEvent(
+        event_id=event_id,
+        org_id=org_id,
+        deployment_id=deployment,
+        replica_id=uuid.uuid4(),
+        model="tiny-llama",
+        started_at=start,
+        ended_at=end,
+        gpus=1,
+    )
+
+
+def test_uptime_is_rated_at_each_price_in_force_during_the_hour(org):
+    deployment = uuid.uuid4()
+    rates = {"org": org, "deployment_id": deployment, "unit": PriceUnit.GPU_SECOND}
+    old = price(micros_per_unit_hour=2_000_000, effective_from=T0 - timedelta(days=1), **rates)
+    new = price(micros_per_unit_hour=4_000_000, effective_from=T0 + timedelta(minutes=30), **rates)
+    event = _uptime("up-1", org.pk, deployment, T0 + timedelta(minutes=20), T0 + timedelta(hours=1))
+    assert uptime_record_batch([event]) == 2
+    assert uptime_record_batch([event]) == 0
+    # 600 s at $2 per GPU-hour, then 1,800 s at $4 from the half hour on.
+    assert sorted(UptimeRecord.objects.values_list("seconds", "cost_micros", "price_id")) == [
+        (600, 333_333, old.pk),
+        (1800, 2_000_000, new.pk),
+    ]
+    usage_rollup(now=T0 + timedelta(hours=2))
+    rollup = UsageRollup.objects.get(source="uptime")
+    assert (rollup.resource_seconds, rollup.cost_micros) == (2400, 2_333_333)
+
+
+def test_a_deployment_moved_to_uptime_pricing_mid_hour_pays_for_the_rest_of_the_hour(org):
+    deployment = uuid.uuid4()
+    price(effective_from=T0 - timedelta(days=1))  # per token
+    price(
+        org=org,
+        deployment_id=deployment,
+        unit=PriceUnit.GPU_SECOND,
+        micros_per_unit_hour=3_600_000,
+        effective_from=T0 + timedelta(minutes=30),
+    )
+    usage_record_batch([usage(org.pk, T0 + timedelta(minutes=45), deployment_id=deployment)])
+    uptime_record_batch(
+        [_uptime("up-2", org.pk, deployment, T0 + timedelta(minutes=10), T0 + timedelta(hours=1))]
+    )
+    assert UsageRecord.objects.get().cost_micros == 0  # billed by uptime from the half hour
+    # Per token until the half hour (its uptime costs nothing), 1,800 s at $3.60 after it.
+    assert sorted(UptimeRecord.objects.values_list("seconds", "cost_micros")) == [
+        (1200, 0),
+        (1800, 1_800_000),
+    ]

@@ -10,6 +10,7 @@ from billing.pricing import PriceRates, PriceTable, cost_micros, price_table, up
 from tests.billing.factories import price
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+H = timedelta(hours=1)
 
 
 def rates(i: int, o: int, c: int | None = None) -> PriceRates:
@@ -104,6 +105,31 @@ def test_a_deployment_billed_by_uptime_rates_its_requests_at_zero(org):
     assert not table.get(org.pk, "tiny-llama", deployment_id=uuid.uuid4(), at=at).is_uptime
     found = table.uptime_price(org.pk, "tiny-llama", deployment_id=deployment, at=at)
     assert found is not None and found.micros_per_unit_hour == 3_000_000
+
+
+@pytest.mark.django_db
+def test_uptime_is_cut_only_where_the_price_that_applies_changes(org):
+    import uuid
+
+    deployment = uuid.uuid4()
+    own = {"org": org, "deployment_id": deployment, "unit": PriceUnit.GPU_SECOND}
+    price(micros_per_unit_hour=1_000_000, effective_from=T0, **own)
+    # The platform's price for the model starts inside, but the deployment's own price applies.
+    price(unit=PriceUnit.GPU_SECOND, micros_per_unit_hour=9_000_000, effective_from=T0 + H / 4)
+    later = price(micros_per_unit_hour=2_000_000, effective_from=T0 + H / 2, **own)
+    table = price_table()
+    parts = table.uptime_prices(
+        org.pk, "tiny-llama", deployment_id=deployment, start=T0 - H, end=T0 + H
+    )
+    assert [(begin, end) for begin, end, _ in parts] == [
+        (T0 - H, T0),
+        (T0, T0 + H / 2),
+        (T0 + H / 2, T0 + H),
+    ]
+    rates = [part[2] for part in parts]
+    assert rates[0] is None  # before any uptime price: billed per token
+    assert rates[1] is not None and rates[1].micros_per_unit_hour == 1_000_000
+    assert rates[2] is not None and rates[2].price_id == later.pk
 
 
 def test_an_empty_table_rates_nothing():
