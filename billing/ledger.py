@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
+from django.db.models import Field, Sum
 from django.utils import timezone
 
 from billing.models import UptimeRecord, UsageRecord
@@ -238,8 +238,15 @@ def _uptime_pieces(
     event: UptimeEvent, table: PriceTable
 ) -> Iterator[tuple[datetime, int, PriceRates | None]]:
     """(hour, whole seconds, price) of the event's time, cut at hour boundaries and where another
-    price comes into force, each piece rated at the price in force during it; fractions of a
-    second are dropped."""
+    price comes into force, each piece rated at the price in force during it.
+
+    Seconds are counted from the event's start and each cut falls on a whole second of it, so
+    the pieces add up to the event's whole seconds: only the fraction at its very end is
+    dropped (the orchestrator reports whole seconds, so there is none)."""
+
+    def elapsed(moment: datetime) -> int:
+        return (moment - event.started_at) // timedelta(seconds=1)
+
     cursor = event.started_at
     while cursor < event.ended_at:
         hour = _hour_floor(cursor)
@@ -251,17 +258,41 @@ def _uptime_pieces(
             start=cursor,
             end=boundary,
         ):
-            seconds = int((end - begin) // timedelta(seconds=1))
+            seconds = elapsed(end) - elapsed(begin)
             if seconds:
                 yield hour, seconds, price
         cursor = boundary
+
+
+# The seconds already in the ledger of a replica's hour at one price (replica, hour, price, GPUs).
+_RatedKey = tuple[uuid.UUID, datetime, uuid.UUID | None, int]
+
+
+def _rated_seconds(events: Sequence[UptimeEvent]) -> dict[_RatedKey, int]:
+    replicas = {event.replica_id for event in events}
+    first = min(_hour_floor(event.started_at) for event in events)
+    last = max(event.ended_at for event in events)
+    rows = (
+        UptimeRecord.objects.filter(replica_id__in=replicas, hour__gte=first, hour__lt=last)
+        .exclude(price_id=None)
+        .values_list("replica_id", "hour", "price_id", "gpus")
+        .order_by()
+        .annotate(seconds=Sum("seconds"))
+    )
+    return {(replica, hour, price, gpus): seconds for replica, hour, price, gpus, seconds in rows}
 
 
 def uptime_record_batch(events: Sequence[UptimeEvent]) -> int:
     """Store dedicated replicas' uptime, split by hour and rated per GPU- or replica-second at
     the price in force during each part of it (a price may come into force within an hour).
 
+    A replica's hour at one price is rounded once, however many reports it took: each record
+    carries what its seconds add to the rounded cost of the seconds before it in that hour, so
+    the hour's records add up to ``seconds x units x price`` rounded once. Reports of one
+    replica come one at a time (the orchestrator writes each under the replica's marker).
+
     Idempotent on ``event_id``; returns the number of hourly rows written."""
+    unique: dict[str, UptimeEvent] = {}
     for event in events:
         if not event.event_id or len(event.event_id) > 100:
             raise ValueError(f"uptime event {event.event_id!r}: event_id must have 1 to 100 chars")
@@ -271,34 +302,56 @@ def uptime_record_batch(events: Sequence[UptimeEvent]) -> int:
             raise ValueError(f"uptime event {event.event_id!r}: ended_at is before started_at")
         if not isinstance(event.gpus, int) or event.gpus < 0:
             raise ValueError(f"uptime event {event.event_id!r}: gpus must be a non-negative int")
-    if not events:
+        unique.setdefault(event.event_id, event)
+    if not unique:
         return 0
     table = price_table()
     stamp = timezone.now()
-    rows: list[UptimeRecord] = []
-    for event in events:
-        parts: dict[datetime, int] = defaultdict(int)
-        for hour, seconds, price in _uptime_pieces(event, table):
-            part = parts[hour]
-            parts[hour] += 1
-            rows.append(
-                UptimeRecord(
-                    event_id=event.event_id,
-                    hour=hour,
-                    part=part,
-                    org_id=event.org_id,
-                    deployment_id=event.deployment_id,
-                    replica_id=event.replica_id,
-                    model=event.model[:200],
-                    gpus=event.gpus,
-                    seconds=seconds,
-                    cost_micros=uptime_cost_micros(price, seconds, event.gpus) if price else 0,
-                    price_id=price.price_id if price else None,
-                    created_at=stamp,
-                )
-            )
-    event_ids = sorted({event.event_id for event in events})
+    event_ids = sorted(unique)
     with transaction.atomic():
+        # An event already in the ledger writes nothing again, and its seconds, already
+        # counted there, must not count twice towards the hour's rounding.
+        known = {
+            event_id
+            for chunk in _chunks(event_ids)
+            for event_id in UptimeRecord.objects.filter(event_id__in=chunk)
+            .values_list("event_id", flat=True)
+            .distinct()
+        }
+        fresh = [event for event in unique.values() if event.event_id not in known]
+        if not fresh:
+            return 0
+        rated = _rated_seconds(fresh)
+        rows: list[UptimeRecord] = []
+        for event in fresh:
+            parts: dict[datetime, int] = defaultdict(int)
+            for hour, seconds, price in _uptime_pieces(event, table):
+                part = parts[hour]
+                parts[hour] += 1
+                cost = 0
+                if price is not None:
+                    key = (event.replica_id, hour, price.price_id, event.gpus)
+                    before = rated.get(key, 0)
+                    rated[key] = before + seconds
+                    cost = uptime_cost_micros(
+                        price, before + seconds, event.gpus
+                    ) - uptime_cost_micros(price, before, event.gpus)
+                rows.append(
+                    UptimeRecord(
+                        event_id=event.event_id,
+                        hour=hour,
+                        part=part,
+                        org_id=event.org_id,
+                        deployment_id=event.deployment_id,
+                        replica_id=event.replica_id,
+                        model=event.model[:200],
+                        gpus=event.gpus,
+                        seconds=seconds,
+                        cost_micros=cost,
+                        price_id=price.price_id if price else None,
+                        created_at=stamp,
+                    )
+                )
         UptimeRecord.objects.bulk_create(rows, ignore_conflicts=True, batch_size=_CHUNK)
         return sum(
             UptimeRecord.objects.filter(event_id__in=chunk, created_at=stamp).count()

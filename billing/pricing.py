@@ -5,8 +5,8 @@ same table to rate each usage record at the price in force when it was served.
 
 Rounding: a request's cost is ``sum(tokens x micro-dollars per million) / 1,000,000`` computed in
 integers and rounded half up to a whole micro-dollar, once per request. Uptime is charged by the
-second: ``seconds x units x micro-dollars per hour / 3,600``, rounded half up, once per hour of a
-replica's uptime record.
+second: ``seconds x units x micro-dollars per hour / 3,600``, rounded half up, once per replica
+and hour at a price (``billing.ledger.uptime_record_batch`` spreads it over the hour's reports).
 """
 
 from __future__ import annotations

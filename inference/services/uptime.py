@@ -3,12 +3,13 @@
 A replica is billed from the moment its process starts (the GPU is held from then, loading
 included) until it stops. Each report covers the time since the previous one; the marker on the
 replica and the ledger's write move together in one transaction, and the ledger ignores an
-event id it already has, so a report that is repeated after a crash changes nothing.
+event id it already has, so a report that is repeated after a crash changes nothing. A running
+replica's report covers whole seconds, so fractions of a second add up over its reports.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -24,7 +25,12 @@ def _segment(replica: Replica, now: datetime) -> tuple[datetime, datetime] | Non
     if replica.started_at is None:
         return None
     start = max(replica.started_at, replica.uptime_reported_until or replica.started_at)
-    end = replica.stopped_at if replica.state in _ENDED and replica.stopped_at else now
+    if replica.state in _ENDED and replica.stopped_at:
+        end = replica.stopped_at  # the last report: only its fraction of a second is not billed
+    else:
+        # Whole seconds, and the marker moves by just those: the fraction of a second left over
+        # is billed with the next report instead of being dropped by each one.
+        end = start + timedelta(seconds=(now - start) // timedelta(seconds=1))
     return (start, end) if end > start else None
 
 

@@ -230,3 +230,44 @@ def test_a_deployment_moved_to_uptime_pricing_mid_hour_pays_for_the_rest_of_the_
         (1200, 0),
         (1800, 1_800_000),
     ]
+
+
+def test_a_replica_hour_is_rounded_once_however_many_reports_it_took(org):
+    deployment = uuid.uuid4()
+    price(
+        org=org,
+        deployment_id=deployment,
+        unit=PriceUnit.GPU_SECOND,
+        micros_per_unit_hour=1_000_000,  # 277.7… µ$ a GPU-second
+        effective_from=T0 - timedelta(days=1),
+    )
+    replica = uuid.uuid4()
+    events = [
+        UptimeEvent(
+            event_id=f"up-{second}",
+            org_id=org.pk,
+            deployment_id=deployment,
+            replica_id=replica,
+            model="tiny-llama",
+            started_at=T0 + timedelta(seconds=second),
+            ended_at=T0 + timedelta(seconds=second + 1),
+            gpus=2,
+        )
+        for second in range(3)
+    ]
+    uptime_record_batch(events[:1])
+    uptime_record_batch(events[1:])
+    uptime_record_batch(events)  # repeated: writes nothing, changes nothing
+    # 3 s on 2 GPUs: 1,666.67 µ$, not three times 555.56 rounded.
+    assert UptimeRecord.objects.aggregate(c=Sum("cost_micros"))["c"] == 1_667
+
+
+def test_uptime_split_at_an_hour_keeps_the_reports_whole_seconds(org):
+    deployment = uuid.uuid4()
+    start = T0 - timedelta(seconds=29, microseconds=500_000)
+    uptime_record_batch([_uptime("up-3", org.pk, deployment, start, start + timedelta(minutes=1))])
+    # 29.5 s before the hour and 30.5 s after it: 60 whole seconds, not 29 + 30.
+    assert sorted(UptimeRecord.objects.values_list("hour", "seconds")) == [
+        (T0 - timedelta(hours=1), 29),
+        (T0, 31),
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Sum
 from django.utils import timezone
@@ -72,3 +72,30 @@ def test_a_replica_that_never_started_reports_nothing(org, owner, model_root):
     Replica.objects.create(deployment=deployment, state=ReplicaState.PENDING)
     assert replicas_uptime_report() == 0
     assert not UptimeRecord.objects.exists()
+
+
+def test_an_hour_reported_every_minute_bills_the_hour_rounded_once(org, owner, model_root):
+    """The orchestrator's loop reports at whatever fraction of a second it runs: the fractions
+    carry over to the next report, and the hour's cost is rounded once, not per report."""
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    start = datetime(2026, 6, 15, 12, 0, 0, 250_000, tzinfo=UTC)
+    price(
+        org=org,
+        deployment_id=deployment.pk,
+        unit=PriceUnit.GPU_SECOND,
+        micros_per_unit_hour=1_000_000,  # 277.7… µ$ a GPU-second: each minute rounds up
+        effective_from=start - timedelta(days=1),
+    )
+    replica = Replica.objects.create(
+        deployment=deployment, state=ReplicaState.READY, gpus=[0], started_at=start
+    )
+    for minute in range(1, 60):
+        replicas_uptime_report(now=start + timedelta(minutes=minute, milliseconds=300 * minute))
+    Replica.objects.filter(pk=replica.pk).update(
+        state=ReplicaState.STOPPED, stopped_at=start + timedelta(hours=1)
+    )
+    replicas_uptime_report(now=start + timedelta(hours=2))
+    assert _seconds_and_cost() == (3600, 1_000_000)
+    # 3,599.75 s fell in the first hour and 0.25 s in the next: whole seconds, 3,600 in all.
+    hours = UptimeRecord.objects.values_list("hour").annotate(s=Sum("seconds")).order_by("hour")
+    assert [seconds for _, seconds in hours] == [3599, 1]
