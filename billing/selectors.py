@@ -103,28 +103,38 @@ def key_month_to_date_spend(
     return _spend("api_key_id", org_ids, now or timezone.now())
 
 
+PACE_WINDOW = timedelta(days=7)
+
+
 def forecast_micros(
     *, org: Organisation, now: datetime | None = None, mtd: int | None = None
 ) -> int:
     """Month-to-date spend plus the last seven days' pace for the rest of the month.
 
+    The pace is the spend of the seven days to ``now`` (from the start of an hour, so whole
+    rollup hours and the records since, across the start of the month too) over that time.
     A caller that already has ``month_to_date_spend`` for ``now`` passes it as ``mtd``.
     """
     now = now or timezone.now()
     if mtd is None:
         mtd = month_to_date_spend([org.pk], now=now)[org.pk]
-    window_start = max(now - timedelta(days=7), month_start(now))
-    window_seconds = int((now - window_start).total_seconds())
-    if window_seconds <= 0:
-        return mtd
-    window_spend = (
-        UsageRollup.objects.filter(org=org, hour__gte=hour_floor(window_start), hour__lt=now)
+    window_start, start = hour_floor(now) - PACE_WINDOW, month_start(now)
+    # The window's spend is the month-to-date with the hours between the window's start and the
+    # month's start added (last month's) or taken away (this month's before the window): hours
+    # long past, so their rollups are complete.
+    earlier, later = sorted([window_start, start])
+    between = int(
+        UsageRollup.objects.filter(org=org, hour__gte=earlier, hour__lt=later)
         .aggregate(c=Sum("cost_micros"))
         .get("c")
         or 0
     )
-    remaining = int((next_month_start(now) - now).total_seconds())
-    return mtd + int(window_spend) * remaining // window_seconds
+    window_spend = mtd + between if window_start < start else mtd - between
+    window = now - window_start
+    remaining = next_month_start(now) - now
+    return mtd + window_spend * (remaining // timedelta(microseconds=1)) // (
+        window // timedelta(microseconds=1)
+    )
 
 
 def default_plan() -> Plan:

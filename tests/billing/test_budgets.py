@@ -65,6 +65,32 @@ def test_forecast_extends_the_last_weeks_pace_to_the_month_end(org):
     assert forecast_micros(org=org, now=now) == 7_000 + 20_000
 
 
+@pytest.mark.parametrize("first_hour_rolled_up", [False, True])
+def test_forecast_on_the_first_of_the_month_keeps_the_last_weeks_pace(org, first_hour_rolled_up):
+    """$2 an hour through the end of June, then $1 in July's first hour: an hour into July the
+    pace is still that of the last 168 hours, not of July's minutes."""
+    june = datetime(2026, 6, 24, 1, 0, tzinfo=UTC)
+    for hour in range(167):  # June 24th 01:00 to June 30th 23:00
+        spend(org, 2_000_000, 1, june + timedelta(hours=hour))
+    usage_rollup(now=datetime(2026, 7, 1, 0, 5, tzinfo=UTC))
+    spend(org, 1_000_000, 1, datetime(2026, 7, 1, 0, 30, tzinfo=UTC))
+    if first_hour_rolled_up:
+        usage_rollup(now=datetime(2026, 7, 1, 0, 55, tzinfo=UTC))
+    now = datetime(2026, 7, 1, 1, 0, tzinfo=UTC)
+    assert month_to_date_spend([org.pk], now=now)[org.pk] == 1_000_000
+    # $335 in the last 168 hours, for the 743 hours left in July.
+    assert forecast_micros(org=org, now=now) == 1_000_000 + 335_000_000 * 743 // 168
+
+
+def test_forecast_divides_by_the_time_it_summed(org):
+    spend(org, 1_000_000, 1, datetime(2026, 3, 5, 12, 0, tzinfo=UTC))
+    now = datetime(2026, 3, 12, 0, 30, tzinfo=UTC)
+    usage_rollup(now=now)
+    # The hours summed start at 03-05 00:00: 7 days and 30 minutes to now, 19 days 23.5 hours
+    # left; the $1 is in March's month-to-date too.
+    assert forecast_micros(org=org, now=now) == 1_000_000 + 1_000_000 * 959 // 337
+
+
 def test_free_plan_caps_at_its_credit_with_a_reason(org):
     limit = spend_limit_details([org.pk])[org.pk]
     assert limit.cap_micros == 5_000_000 and limit.reason == "free_credit"
