@@ -62,15 +62,25 @@ def _split_point(now: datetime) -> datetime:
 WRITTEN_AFTER_SERVED_MARGIN = timedelta(minutes=10)
 
 
-def _spend(group: str, org_ids: Iterable[int] | None, now: datetime) -> dict:
-    start, split = month_start(now), _split_point(now)
-    rollups = UsageRollup.objects.filter(hour__gte=start, hour__lt=split)
+def _spend(
+    group: str,
+    org_ids: Iterable[int] | None,
+    now: datetime,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict:
+    """Spend per ``group`` this month, or in the hours from ``start`` to ``end`` within it."""
+    start = max(start or month_start(now), month_start(now))
+    end = min(end or now, now)
+    split = max(_split_point(now), start)
+    rollups = UsageRollup.objects.filter(hour__gte=start, hour__lt=min(split, end))
     records = UsageRecord.objects.filter(
         served_at__gte=split,
-        served_at__lt=now,
+        served_at__lt=end,
         created_at__gte=split - WRITTEN_AFTER_SERVED_MARGIN,
     )
-    uptime = UptimeRecord.objects.filter(hour__gte=split, hour__lt=now)
+    uptime = UptimeRecord.objects.filter(hour__gte=split, hour__lt=end)
     ids = list(org_ids) if org_ids is not None else None
     if ids is not None:
         rollups = rollups.filter(org_id__in=ids)
@@ -101,6 +111,78 @@ def key_month_to_date_spend(
 ) -> dict[uuid.UUID, int]:
     """Micro-dollars spent this month per API key id."""
     return _spend("api_key_id", org_ids, now or timezone.now())
+
+
+def billable_span(account: BillingAccount) -> tuple[datetime, datetime | None] | None:
+    """The hours the org's subscription bills: from the first whole hour of it (the hour of the
+    upgrade was on the old plan) to the end of the hour it ended in, or None while it runs.
+    None without a subscription. ``billing.services.meters`` reports these hours to Stripe."""
+    if account.billable_from is None:
+        return None
+    first = hour_floor(account.billable_from)
+    if first < account.billable_from:
+        first += timedelta(hours=1)
+    if account.billable_until is None:
+        return first, None
+    return first, hour_floor(account.billable_until) + timedelta(hours=1)
+
+
+def billed_spend(account: BillingAccount, *, now: datetime | None = None) -> int:
+    """This month's spend in the hours the subscription bills (``billable_span``): what Stripe
+    invoices, and what the free credit does not cover."""
+    now = now or timezone.now()
+    span = billable_span(account)
+    if span is None:
+        return 0
+    first, until = span
+    if max(first, month_start(now)) >= min(until or now, now):
+        return 0
+    spend = _spend("org_id", [account.org_id], now, start=first, end=until)
+    return int(spend.get(account.org_id, 0))
+
+
+@dataclass(frozen=True)
+class InvoiceEstimate:
+    """This month's spend that an invoice will bill, and what the free credit covers of it."""
+
+    usage_micros: int
+    credit_micros: int = 0
+
+    @property
+    def due_micros(self) -> int:
+        return max(self.usage_micros - self.credit_micros, 0)
+
+
+def invoice_estimate(
+    *,
+    account: BillingAccount,
+    mtd: int | None = None,
+    now: datetime | None = None,
+) -> InvoiceEstimate:
+    """The invoice for this month so far.
+
+    With Stripe, the usage of the hours reported to it for the current subscription (the same as
+    ``billing.services.meters``: not the hours on the Free plan), and nothing once the
+    subscription ended (cancelling invoiced them). In local-ledger mode there is no invoice; the
+    estimate is the month-to-date less the free credit on the Free plan. A caller that already
+    has ``month_to_date_spend`` for ``now`` passes it as ``mtd``.
+    """
+    now = now or timezone.now()
+    if settings.STRIPE_API_KEY:
+        if account.billable_from is None or account.billable_until is not None:
+            return InvoiceEstimate(0)
+        return InvoiceEstimate(billed_spend(account, now=now))
+    if mtd is None:
+        mtd = month_to_date_spend([account.org_id], now=now)[account.org_id]
+    return InvoiceEstimate(mtd, free_credit_used(account, mtd=mtd, now=now))
+
+
+def free_credit_used(account: BillingAccount, *, mtd: int, now: datetime | None = None) -> int:
+    """How much of the Free plan's credit this month's spend (``mtd``) used: the spend on Free,
+    so not the hours a subscription billed before a return to Free. 0 on other plans."""
+    if account.plan.kind != PlanKind.FREE:
+        return 0
+    return min(max(mtd - billed_spend(account, now=now), 0), account.plan.monthly_credit_micros)
 
 
 PACE_WINDOW = timedelta(days=7)
@@ -159,12 +241,15 @@ class SpendLimit:
     message: str = ""
 
 
-def _limit_for(account: BillingAccount | None, plan: Plan, budget: Budget | None) -> SpendLimit:
+def _limit_for(
+    account: BillingAccount | None, plan: Plan, budget: Budget | None, billed: int = 0
+) -> SpendLimit:
     limits: list[SpendLimit] = []
     if plan.kind == PlanKind.FREE:
+        # The cap is on the month's spend, and the credit covers what no subscription billed.
         limits.append(
             SpendLimit(
-                plan.monthly_credit_micros,
+                plan.monthly_credit_micros + billed,
                 "free_credit",
                 f"The {plan.name} plan's monthly credit of "
                 f"{format_dollars(plan.monthly_credit_micros)} is used up. Add a payment method "
@@ -206,11 +291,15 @@ def spend_limit_details(org_ids: Iterable[int] | None = None) -> dict[int, Spend
     }
     budgets = {b.org_id: b for b in Budget.objects.filter(org_id__in=ids)}
     fallback = default_plan()
+    now = timezone.now()
     result = {}
     for org_id in ids:
         account = accounts.get(org_id)
         plan = account.plan if account else fallback
-        result[org_id] = _limit_for(account, plan, budgets.get(org_id))
+        billed = 0
+        if account is not None and plan.kind == PlanKind.FREE:
+            billed = billed_spend(account, now=now)
+        result[org_id] = _limit_for(account, plan, budgets.get(org_id), billed)
     return result
 
 

@@ -30,7 +30,7 @@ from billing.models import BillingAccount, MeterEvent, StripeMeter, UsageRollup
 from billing.models.ledger import RollupSource
 from billing.models.payments import MeterEventStatus
 from billing.rollups import hour_floor
-from billing.selectors import month_start
+from billing.selectors import billable_span, month_start
 from billing.stripe_client import (
     backoff_seconds,
     is_retryable,
@@ -125,15 +125,14 @@ def meter_identifier(*, org_public_id: object, meter_key: str, hour: datetime, s
 def _billable_hours(account: BillingAccount, now: datetime) -> tuple[datetime, datetime] | None:
     """[first, end) of whole hours to report: inside the subscription's life, already over (with
     a delay for stragglers) and young enough for Stripe."""
-    if account.billable_from is None:
+    span = billable_span(account)
+    if span is None:
         return None
-    first = hour_floor(account.billable_from)
-    if first < account.billable_from:
-        first += timedelta(hours=1)  # the hour of the upgrade was still on the old plan
+    first, until = span
     first = max(first, hour_floor(now - MAX_EVENT_AGE))
     end = hour_floor(now - timedelta(minutes=settings.BILLING_METER_REPORT_DELAY_MINUTES))
-    if account.billable_until is not None:
-        end = min(end, hour_floor(account.billable_until) + timedelta(hours=1))
+    if until is not None:
+        end = min(end, until)
     return (first, end) if first < end else None
 
 

@@ -6,6 +6,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing.forms import BudgetForm, KeyBudgetForm, PlanForm
@@ -14,6 +15,8 @@ from billing.money import format_dollars, micros_to_decimal
 from billing.selectors import (
     account_peek,
     forecast_micros,
+    free_credit_used,
+    invoice_estimate,
     key_month_to_date_spend,
     month_start,
     month_to_date_spend,
@@ -39,8 +42,9 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
     org = request.org
     account = account_peek(org)
     budget = Budget.objects.filter(org=org).first()
-    mtd = month_to_date_spend([org.pk])[org.pk]
-    key_spend = key_month_to_date_spend([org.pk])
+    now = timezone.now()
+    mtd = month_to_date_spend([org.pk], now=now)[org.pk]
+    key_spend = key_month_to_date_spend([org.pk], now=now)
     keys = list(org.api_keys.filter(revoked_at=None))
     for key in keys:
         key.mtd_micros = key_spend.get(key.pk, 0)  # type: ignore[attr-defined]
@@ -48,9 +52,7 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
     keys.sort(key=lambda key: (-key.mtd_micros, key.name))  # type: ignore[attr-defined]
     keys_page = Paginator(keys, KEYS_PER_PAGE).get_page(request.GET.get("keys_page"))
     limit = spend_limit_details([org.pk])[org.pk]
-    credit_used = 0
-    if account.plan.kind == "free":
-        credit_used = min(mtd, account.plan.monthly_credit_micros)
+    estimate = invoice_estimate(account=account, mtd=mtd, now=now)
     if budget_form is None:
         budget_form = BudgetForm(
             initial={
@@ -62,12 +64,14 @@ def _context(request: OrgRequest, budget_form: BudgetForm | None = None) -> dict
         "account": account,
         "plans": Plan.objects.all(),
         "stripe_enabled": stripe_enabled(),
-        "period_start": month_start(),
+        "period_start": month_start(now),
         "mtd": mtd,
-        "forecast": forecast_micros(org=org),
+        "forecast": forecast_micros(org=org, now=now, mtd=mtd),
         "limit": limit,
-        "credit_used": credit_used,
-        "estimate_due": max(mtd - credit_used, 0),
+        "credit_used": free_credit_used(account, mtd=mtd, now=now),
+        "estimate": estimate,
+        "estimate_due": estimate.due_micros,
+        "not_estimated": mtd - estimate.usage_micros,
         "budget": budget,
         "budget_form": budget_form,
         "keys": keys_page.object_list,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.core import mail
 
 from billing.ledger import usage_record_batch
@@ -116,6 +117,35 @@ def test_pay_as_you_go_has_no_cap_in_local_ledger_mode_but_needs_a_card_with_str
     settings.STRIPE_API_KEY = "sk_test_x"
     limit = spend_limit_details([org.pk])[org.pk]
     assert (limit.cap_micros, limit.reason) == (0, "payment_method_required")
+
+
+def test_after_a_return_to_free_the_credit_counts_only_the_usage_since(org, owner, settings):
+    """$20 on Pay as you go, invoiced when the subscription was cancelled on the 5th: back on
+    Free, the month's credit is still whole."""
+    settings.STRIPE_API_KEY = "sk_test_x"
+    BillingAccount.objects.create(
+        org=org,
+        plan=Plan.objects.get(code="free"),
+        stripe_customer_id="cus_acme",
+        subscription_status="canceled",
+        billable_from=datetime(2026, 2, 1, tzinfo=UTC),
+        billable_until=datetime(2026, 3, 5, 8, 20, tzinfo=UTC),
+    )
+    spend(org, 20_000_000, 1, datetime(2026, 3, 5, 8, 0, tzinfo=UTC))
+    spend(org, 1_000_000, 1, datetime(2026, 3, 5, 8, 40, tzinfo=UTC))  # in the hour billed
+    spend(org, 4_000_000, 1, datetime(2026, 3, 7, tzinfo=UTC))  # on Free
+    usage_rollup(now=NOW)
+    with time_machine.travel(NOW, tick=False):
+        limit = spend_limit_details([org.pk])[org.pk]
+        assert limit.reason == "free_credit"
+        # The cap is on the month's spend: $21 billed plus the $5 credit.
+        assert limit.cap_micros == 26_000_000
+        assert budget_alerts_check(now=NOW) == 1
+    alerts = BudgetAlert.objects.filter(subject="credit")
+    assert sorted(alerts.values_list("threshold", "spend_micros", "limit_micros")) == [
+        (50, 4_000_000, 5_000_000),
+        (80, 4_000_000, 5_000_000),
+    ]
 
 
 def test_budget_input_is_validated(org, owner):
