@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
 
 from django import forms
 from django.conf import settings
@@ -16,7 +15,6 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from billing.rollups import hour_floor
 from billing.selectors import (
     forecast_micros,
     month_start,
@@ -37,7 +35,7 @@ from console.services.mail import mail_unsent
 from console.services.orgs import org_update
 from inference.models import Deployment, ReplicaState, Runner
 from inference.selectors.deployments import deployments_for_org
-from inference.selectors.refusals import refusals_since
+from inference.selectors.refusals import last_day_start, refusals_since
 
 
 @requires(Action.ORG_VIEW)
@@ -84,7 +82,7 @@ def _spend_context(org: Organisation, *, with_billing: bool) -> dict[str, object
     now = timezone.now()
     mtd = month_to_date_spend([org.pk], now=now)[org.pk]
     # 24 whole hours and the current one so far: the rollups are hourly.
-    traffic_since = hour_floor(now) - timedelta(hours=24)
+    traffic_since = last_day_start(now)
     context: dict[str, object] = {
         "mtd": mtd,
         "period_start": month_start(now),

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
+from billing.rollups import hour_floor
 from console.models import ApiKey, Organisation
 from inference.models import RefusalCount
 
@@ -62,11 +63,15 @@ class RefusalGroup:
 class RefusalSummary:
     since: datetime | None  # None: from the first count kept
     until: datetime
-    groups: list[RefusalGroup]
+    groups: list[RefusalGroup]  # the MAX_GROUPS largest
+    total: int  # every refusal in the range, listed or not
 
-    @property
-    def total(self) -> int:
-        return sum(group.count for group in self.groups)
+
+def last_day_start(now: datetime) -> datetime:
+    """Where "the last 24 hours" start in the console: 24 whole hours before the current one,
+    as the Overview's traffic card counts them from the hourly rollups. The card's refusal count
+    and the Requests page it links to use it too, so both show the same number."""
+    return hour_floor(now) - timedelta(hours=24)
 
 
 def refusal_summary(
@@ -78,12 +83,13 @@ def refusal_summary(
     now: datetime | None = None,
 ) -> RefusalSummary:
     """The org's refusals between ``start`` and ``end`` (UTC days, both included), or over the
-    last 24 hours when neither is given, grouped by key, status and code, most first."""
+    last 24 hours (``last_day_start``) when neither is given, grouped by key, status and code,
+    most first (the ``MAX_GROUPS`` largest), with the total of all of them."""
     now = now or timezone.now()
     since = datetime.combine(start, time.min, UTC) if start else None
     until = datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None
     if since is None and until is None:
-        since, until = now - timedelta(hours=24), now
+        since, until = last_day_start(now), now
     rows = RefusalCount.objects.filter(org=org)
     if since is not None:
         rows = rows.filter(minute__gte=since)
@@ -113,6 +119,7 @@ def refusal_summary(
         since=since,
         until=until or now,
         groups=groups,
+        total=int(rows.aggregate(n=Sum("count"))["n"] or 0),
     )
 
 

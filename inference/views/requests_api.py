@@ -209,8 +209,12 @@ class RefusalGroupSerializer(serializers.Serializer):
 class RefusalSummarySerializer(serializers.Serializer):
     since = serializers.DateTimeField(allow_null=True)
     until = serializers.DateTimeField()
-    total = serializers.IntegerField()
-    refusals = RefusalGroupSerializer(many=True)
+    total = serializers.IntegerField(
+        help_text="Every refusal in the range, those of groups not listed included."
+    )
+    refusals = RefusalGroupSerializer(
+        many=True, help_text="The 200 largest groups by key, status and code, most first."
+    )
 
 
 class RefusalListView(OrgAPIView):

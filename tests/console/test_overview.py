@@ -251,3 +251,26 @@ def test_refused_requests_are_counted_beside_the_traffic_and_link_to_the_log(
     )
     html = _page(client_for, owner, org)
     assert f'<a href="/o/{org.slug}/requests/" data-testid="traffic-refused">15 refused</a>' in html
+
+
+def test_the_refused_count_is_what_the_requests_page_it_links_to_shows(client_for, org, owner):
+    import time_machine
+
+    from inference.models import RefusalCount
+
+    key = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).key
+    # 24 hours and 20 minutes before the pages are seen: in the 24 whole hours before the
+    # current one, which the traffic card counts.
+    RefusalCount.objects.create(
+        org=org,
+        api_key=key,
+        minute=datetime(2026, 6, 14, 12, 30, tzinfo=UTC),
+        status_code=429,
+        error_code="rate_limit_exceeded",
+        count=7,
+    )
+    browser = client_for(owner)
+    with time_machine.travel(datetime(2026, 6, 15, 12, 50, tzinfo=UTC), tick=False):
+        overview = browser.get(f"/o/{org.slug}/")
+        requests = browser.get(f"/o/{org.slug}/requests/")
+    assert overview.context["refused"] == requests.context["refusals"].total == 7

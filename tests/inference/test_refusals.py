@@ -181,3 +181,23 @@ def test_the_api_lists_them_and_checks_its_parameters(client, org, owner, key, o
     assert client.get(
         "/api/orgs/acme/refusals/", HTTP_AUTHORIZATION=f"Bearer {theirs}"
     ).status_code in (403, 404)
+
+
+def test_the_total_counts_every_refusal_not_only_the_groups_listed(
+    client_for, org, owner, key, monkeypatch
+):
+    from inference.selectors import refusals
+
+    monkeypatch.setattr(refusals, "MAX_GROUPS", 2)
+    now = datetime.now(UTC)
+    minute = int(now.timestamp()) // 60 * 60
+    refusals_add(
+        {(org.id, key.id, minute, 400 + n, f"code_{n}"): n + 1 for n in range(5)}
+    )  # 1 + 2 + 3 + 4 + 5 in five groups
+    summary = refusal_summary(org=org)
+    assert [g.count for g in summary.groups] == [5, 4]
+    assert summary.total == 15
+    browser = client_for(owner)
+    assert browser.get("/api/orgs/acme/refusals/").json()["total"] == 15
+    page = browser.get("/o/acme/requests/").content.decode()
+    assert "<strong>15</strong> requests refused before reaching a model" in page
