@@ -328,6 +328,7 @@ class UsageRow:
     route: str | None = None
     key_id: uuid.UUID | None = None
     key_name: str | None = None
+    key_prefix: str | None = None
     requests: int = 0
     errors: int = 0
     prompt_tokens: int = 0
@@ -420,9 +421,14 @@ def usage_series(
         rollups = rollups.filter(model=filters.model)
     rows = _rollup_sums(rollups, dims)
     if "key" in dims:
-        key_names = dict(org.api_keys.values_list("id", "name"))
+        keys = {
+            key: (name, prefix)
+            for key, name, prefix in org.api_keys.values_list("id", "name", "prefix")
+        }
         for row in rows:
-            row.key_name = key_names.get(row.key_id, "") if row.key_id else ""
+            row.key_name, row.key_prefix = (
+                keys.get(row.key_id, ("", "")) if row.key_id else ("", "")
+            )
     return sorted(
         rows,
         key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),

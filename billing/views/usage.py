@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.http import HttpResponse
 from django.shortcuts import render
 
 from billing.exports import usage_csv, usage_row_dict
 from billing.forms import UsageFilterForm
-from billing.selectors import UsageRow, usage_series, usage_totals
+from billing.selectors import UsageFilters, UsageRow, usage_series, usage_totals
 from console.decorators import requires
 from console.permissions import Action
 from console.requests import OrgRequest
@@ -13,31 +15,44 @@ from console.requests import OrgRequest
 
 def _label(row: UsageRow, group: str) -> str:
     if group == "key":
-        return row.key_name or ("(no key)" if row.key_id is None else str(row.key_id)[:8])
+        if row.key_id is None:
+            return "(no key)"
+        if not row.key_name:
+            return str(row.key_id)[:8]
+        # Names need not be unique (a rotated key keeps its name): the prefix tells them apart.
+        return f"{row.key_name} ({row.key_prefix}…)"
     return str(getattr(row, group) or "(none)")
 
 
-def _chart_data(rows: list[UsageRow], daily: list[UsageRow], group: str) -> dict:
-    days = [row.day.isoformat() for row in daily if row.day]
+def _chart_data(
+    rows: list[UsageRow], daily: list[UsageRow], group: str, filters: UsageFilters
+) -> dict:
+    """One point per day of the range (0, or no latency, on a day without usage) and one
+    series per model, route or key (by id: two keys may share a name)."""
+    count = (filters.end - filters.start).days + 1
+    days = [(filters.start + timedelta(days=n)).isoformat() for n in range(count)]
     index = {day: i for i, day in enumerate(days)}
-    series: dict[str, dict[str, list[int]]] = {}
+    series: dict[object, dict] = {}
     for row in rows:
         if row.day is None:
             continue
-        label = _label(row, group)
         entry = series.setdefault(
-            label, {metric: [0] * len(days) for metric in ("tokens", "requests", "cost_micros")}
+            row.key_id if group == "key" else getattr(row, group),
+            {
+                "label": _label(row, group),
+                **{metric: [0] * len(days) for metric in ("tokens", "requests", "cost_micros")},
+            },
         )
         i = index[row.day.isoformat()]
         entry["tokens"][i] += row.total_tokens
         entry["requests"][i] += row.requests
         entry["cost_micros"][i] += row.cost_micros
-    return {
-        "days": days,
-        "series": series,
-        "p50": [row.latency_p50_ms for row in daily],
-        "p95": [row.latency_p95_ms for row in daily],
-    }
+    latency: dict[str, list[int | None]] = {"p50": [None] * len(days), "p95": [None] * len(days)}
+    for row in daily:
+        if row.day is not None:
+            latency["p50"][index[row.day.isoformat()]] = row.latency_p50_ms
+            latency["p95"][index[row.day.isoformat()]] = row.latency_p95_ms
+    return {"days": days, "series": list(series.values()), **latency}
 
 
 @requires(Action.USAGE_VIEW)
@@ -61,10 +76,12 @@ def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
         "form": form,
         "filters": filters,
         "group": group,
-        "rows": [usage_row_dict(row, ["day", group]) for row in rows],
+        "rows": [
+            {**usage_row_dict(row, ["day", group]), "label": _label(row, group)} for row in rows
+        ],
         "daily": daily,
         "totals": usage_totals(daily),
-        "chart": _chart_data(rows, daily, group),
+        "chart": _chart_data(rows, daily, group, filters),
         "csv_query": request.GET.urlencode(),
         "invalid": invalid,
     }

@@ -387,3 +387,55 @@ def test_the_local_ledger_estimate_is_the_month_less_the_free_credit(
     page = client_for(owner).get(f"/o/{org.slug}/billing/")
     assert page.context["mtd"] == 10_000_000  # at the fallback $0.50/M input
     assert (page.context["credit_used"], page.context["estimate_due"]) == (5_000_000, 5_000_000)
+
+
+def test_keys_with_the_same_name_are_told_apart_on_the_usage_page(
+    client_for, owner, org, mid_month
+):
+    """A key rotated the usual way: a new "prod" created, the old "prod" revoked."""
+    from console.services.keys import api_key_revoke
+
+    old = api_key_create(org=org, actor=owner, name="prod", scopes=["inference"]).key
+    new = api_key_create(org=org, actor=owner, name="prod", scopes=["inference"]).key
+    api_key_revoke(key=old, actor=owner)
+    day = datetime(2026, 6, 14, 10, tzinfo=UTC)
+    usage_record_batch(
+        [
+            usage(org.pk, day, api_key_id=old.pk),
+            usage(org.pk, day, api_key_id=new.pk, prompt_tokens=3_000),
+            usage(org.pk, day),
+        ]
+    )
+    usage_rollup(now=mid_month)
+    page = client_for(owner).get(
+        f"/o/{org.slug}/usage/", {"start": "2026-06-14", "end": "2026-06-14", "group": "key"}
+    )
+    labels = {f"prod ({old.prefix}…)", f"prod ({new.prefix}…)", "(no key)"}
+    assert {row["label"] for row in page.context["rows"]} == labels
+    series = {entry["label"]: entry["tokens"] for entry in page.context["chart"]["series"]}
+    assert series == {
+        f"prod ({old.prefix}…)": [1_500],
+        f"prod ({new.prefix}…)": [3_500],
+        "(no key)": [1_500],
+    }
+    assert f"prod ({new.prefix}…)" in page.content.decode()
+
+
+def test_the_usage_charts_have_a_point_for_every_day_of_the_range(
+    client_for, owner, org, mid_month
+):
+    usage_record_batch(
+        [
+            usage(org.pk, datetime(2026, 6, 1, 10, tzinfo=UTC), latency_ms=80),
+            usage(org.pk, datetime(2026, 6, 4, 10, tzinfo=UTC), latency_ms=80),
+        ]
+    )
+    usage_rollup(now=mid_month)
+    page = client_for(owner).get(
+        f"/o/{org.slug}/usage/", {"start": "2026-06-01", "end": "2026-06-05"}
+    )
+    chart = page.context["chart"]
+    assert chart["days"] == [f"2026-06-0{day}" for day in range(1, 6)]
+    [series] = chart["series"]
+    assert series["requests"] == [1, 0, 0, 1, 0]
+    assert chart["p50"] == [100, None, None, 100, None]

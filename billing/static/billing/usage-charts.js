@@ -13,13 +13,12 @@
   function stacked(id, data, metric, format) {
     var el = document.getElementById(id);
     if (!el) return;
-    var names = Object.keys(data.series);
     charts.push(new Chart(el, {
       type: "bar",
       data: {
         labels: data.days,
-        datasets: names.map(function (name, i) {
-          return { label: name, data: data.series[name][metric], backgroundColor: palette[i % palette.length] };
+        datasets: data.series.map(function (entry, i) {
+          return { label: entry.label, data: entry[metric], backgroundColor: palette[i % palette.length] };
         })
       },
       options: {
