@@ -8,6 +8,7 @@ many rows they wrote.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections import defaultdict
@@ -30,7 +31,12 @@ from billing.pricing import (
     uptime_cost_micros,
 )
 
+logger = logging.getLogger(__name__)
+
 _CHUNK = 500
+# The largest value of the ledger's integer columns (``integer`` on PostgreSQL): one value
+# beyond it would make the database refuse the whole batch's INSERT.
+INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +92,22 @@ def _check_usage(event: UsageEvent) -> None:
     elif not event.model:
         problem = "model is required"
     else:
-        for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "latency_ms"):
+        for name in (
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "latency_ms",
+            "ttft_ms",
+        ):
             value = getattr(event, name)
+            if value is None and name == "ttft_ms":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problem = f"{name} must be a non-negative int, got {value!r}"
+                break
+            if value > INT_MAX and name.endswith("_tokens"):
+                # Not a count to bill: the event is set aside rather than rated at a guess.
+                problem = f"{name} must be at most {INT_MAX}, got {value}"
                 break
         else:
             if event.cached_tokens > event.prompt_tokens:
@@ -109,6 +127,21 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 def _usage_columns() -> list[Field[Any, Any]]:
     return [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+
+
+def _measured(name: str, value: int, event: UsageEvent) -> int:
+    """A time measured by the gateway, at most what its column holds: a wrong one is no reason
+    to lose the request's usage."""
+    if value <= INT_MAX:
+        return value
+    logger.warning(
+        "usage event %r: %s %d is more than the ledger holds; stored as %d",
+        event.request_id,
+        name,
+        value,
+        INT_MAX,
+    )
+    return INT_MAX
 
 
 def _usage_values(event: UsageEvent, table: PriceTable, stamp: datetime) -> dict[str, Any]:
@@ -136,8 +169,8 @@ def _usage_values(event: UsageEvent, table: PriceTable, stamp: datetime) -> dict
         "cached_tokens": event.cached_tokens,
         "status_code": event.status_code,
         "error_code": event.error_code[:40],
-        "latency_ms": event.latency_ms,
-        "ttft_ms": event.ttft_ms,
+        "latency_ms": _measured("latency_ms", event.latency_ms, event),
+        "ttft_ms": None if event.ttft_ms is None else _measured("ttft_ms", event.ttft_ms, event),
         "cost_micros": cost_micros(
             price, event.prompt_tokens, event.completion_tokens, event.cached_tokens
         ),

@@ -271,3 +271,35 @@ def test_uptime_split_at_an_hour_keeps_the_reports_whole_seconds(org):
         (T0 - timedelta(hours=1), 29),
         (T0, 31),
     ]
+
+
+def test_a_token_count_beyond_the_ledger_is_refused_and_the_rest_of_the_batch_written(
+    org, tmp_path
+):
+    """The ledger's count columns are 32-bit integers on PostgreSQL: one larger count made the
+    database refuse the whole batch, which the gateway then retried for ever."""
+    import json
+
+    from inference.gateway.metering import Meter
+
+    bad = usage(org.pk, T0, completion_tokens=2**31)
+    with pytest.raises(ValueError, match="completion_tokens must be at most 2147483647"):
+        usage_record_batch([bad])
+    good = [usage(org.pk, T0) for _ in range(3)]
+    meter = Meter(spill_dir=tmp_path, close_connections=False)
+    for event in [good[0], bad, *good[1:]]:
+        meter.record(event)
+    assert meter.flush() == 3
+    written = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert written == {event.request_id for event in good}
+    (spill,) = tmp_path.glob("unwritten-usage-*.jsonl")
+    assert json.loads(spill.read_text())["request_id"] == bad.request_id
+
+
+def test_a_time_beyond_the_ledger_is_stored_as_its_largest_value_with_a_warning(org, caplog):
+    slow = usage(org.pk, T0, latency_ms=2**31, ttft_ms=2**40)
+    assert usage_record_batch([slow, usage(org.pk, T0)]) == 2
+    record = UsageRecord.objects.get(request_id=slow.request_id)
+    assert (record.latency_ms, record.ttft_ms) == (2**31 - 1, 2**31 - 1)
+    assert record.cost_micros == 1_250  # its tokens are billed as ever (the fallback price)
+    assert "latency_ms 2147483648 is more than the ledger holds" in caplog.text
