@@ -3,6 +3,8 @@ reconciliation of Stripe's meter totals against the ledger."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, timedelta
+
 from django.db import models
 from django.utils import timezone
 
@@ -109,6 +111,17 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return self.number or self.stripe_invoice_id
+
+    @property
+    def period_last_day(self) -> date | None:
+        """The last day (UTC) of the period: Stripe's ``period_end`` is the moment it ended, so a
+        month's invoice ends at 00:00 on the next month's first day."""
+        if self.period_end is None:
+            return None
+        last = self.period_end - timedelta(microseconds=1)
+        if self.period_start is not None:
+            last = max(last, self.period_start)  # an invoice for no time at all
+        return last.astimezone(UTC).date()
 
 
 class ReconciliationResult(models.Model):

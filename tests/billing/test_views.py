@@ -439,3 +439,19 @@ def test_the_usage_charts_have_a_point_for_every_day_of_the_range(
     [series] = chart["series"]
     assert series["requests"] == [1, 0, 0, 1, 0]
     assert chart["p50"] == [100, None, None, 100, None]
+
+
+def test_invoices_show_the_last_day_of_their_period(client_for, owner, org, mid_month):
+    from billing.models import Invoice
+
+    month = {"period_start": datetime(2026, 5, 1, tzinfo=UTC)}
+    # Stripe's period_end is the moment the period ended: a month ends at 00:00 on the next 1st.
+    Invoice.objects.create(
+        org=org, stripe_invoice_id="in_may", period_end=datetime(2026, 6, 1, tzinfo=UTC), **month
+    )
+    # The invoice of a subscription's start covers no time at all.
+    start = datetime(2026, 6, 10, 10, 30, tzinfo=UTC)
+    Invoice.objects.create(org=org, stripe_invoice_id="in_0", period_start=start, period_end=start)
+    body = client_for(owner).get(f"/o/{org.slug}/billing/").content.decode()
+    assert "<td>2026-05-01 \u2013 2026-05-31</td>" in body
+    assert "<td>2026-06-10 \u2013 2026-06-10</td>" in body
