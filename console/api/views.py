@@ -199,6 +199,7 @@ class InvitationListView(Paginated, OrgAPIView):
         created = invitation_create(
             org=self.access.org,
             actor=self.access.user,
+            actor_key=self.access.key,
             email=data.validated_data["email"],
             role=data.validated_data["role"],
         )
@@ -218,7 +219,7 @@ class InvitationDetailView(OrgAPIView):
     @extend_schema(responses={204: None}, summary="Revoke a pending invitation")
     def delete(self, request: Request, org_slug: str, invitation_id: str) -> Response:
         invitation = get_object_or_404(self.access.org.invitations, id=invitation_id)
-        invitation_revoke(invitation=invitation, actor=self.access.user)
+        invitation_revoke(invitation=invitation, actor=self.access.user, actor_key=self.access.key)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from console.models import Invitation, Membership, Organisation, User
+from console.models import ApiKey, Invitation, Membership, Organisation, User
 from console.permissions import Role, role_may_assign
 from console.services.audit import audit_record
 from console.services.mail import mail_send
@@ -42,12 +42,18 @@ class CreatedInvitation:
 
 @transaction.atomic
 def invitation_create(
-    *, org: Organisation, actor: User | None, email: str, role: str
+    *,
+    org: Organisation,
+    actor: User | None,
+    email: str,
+    role: str,
+    actor_key: ApiKey | None = None,
 ) -> CreatedInvitation:
     """Invite ``email`` to ``org`` with ``role`` and email them a single-use link.
 
     A previous pending invitation to the same address is revoked (and recorded so, naming the one
-    that replaces it), so only the newest link works.
+    that replaces it), so only the newest link works. ``actor_key`` is the API key that asked,
+    when a program did.
     """
     email = (email or "").strip().lower()
     try:
@@ -81,19 +87,30 @@ def invitation_create(
             org=org,
             action="invitation.revoked",
             actor=actor,
+            actor_key=actor_key,
             target=replaced,
             data={"replaced_by": str(invitation.pk)},
         )
     audit_record(
-        org=org, action="member.invited", actor=actor, target=invitation, data={"role": role}
+        org=org,
+        action="member.invited",
+        actor=actor,
+        actor_key=actor_key,
+        target=invitation,
+        data={"role": role},
     )
-    inviter_name = actor.email if actor is not None else "An administrator"
+    # A key acts for the organisation, so the organisation is who invites.
+    invited = (
+        f"{actor.email} invited you to join {org.name}"
+        if actor is not None
+        else f"{org.name} invited you to join it"
+    )
     transaction.on_commit(
         lambda: mail_send(
             kind="invitation",
             subject=f"You are invited to {org.name}",
             message=(
-                f"{inviter_name} invited you to join {org.name} as {role}.\n\n"
+                f"{invited} as {role}.\n\n"
                 f"Accept the invitation: {created.accept_url}\n\n"
                 f"The link works once and expires in {settings.INVITATION_TTL_HOURS} hours."
             ),
@@ -146,7 +163,9 @@ def invitation_accept(*, token: str, user: User) -> Membership:
 
 
 @transaction.atomic
-def invitation_revoke(*, invitation: Invitation, actor: User | None) -> Invitation:
+def invitation_revoke(
+    *, invitation: Invitation, actor: User | None, actor_key: ApiKey | None = None
+) -> Invitation:
     """Cancel a pending invitation. One already revoked stays as it is (nothing recorded twice);
     one already accepted cannot be revoked: the person is a member now."""
     revoked = Invitation.objects.filter(pk=invitation.pk, revoked_at=None, accepted_at=None).update(
@@ -160,7 +179,13 @@ def invitation_revoke(*, invitation: Invitation, actor: User | None) -> Invitati
                 "members instead."
             )
         return invitation
-    audit_record(org=invitation.org, action="invitation.revoked", actor=actor, target=invitation)
+    audit_record(
+        org=invitation.org,
+        action="invitation.revoked",
+        actor=actor,
+        actor_key=actor_key,
+        target=invitation,
+    )
     return invitation
 
 

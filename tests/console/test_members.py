@@ -225,3 +225,29 @@ def test_the_members_page_says_when_an_invitation_email_could_not_be_sent(settin
     again = client.post(invite, {"email": "new@example.com", "role": "developer"})
     assert "Invitation sent to new@example.com" in again.content.decode()
     assert mail.outbox[-1].to == ["new@example.com"]
+
+
+def test_an_invitation_sent_and_revoked_by_a_key_is_audited_as_that_key(
+    org, owner, client, django_capture_on_commit_callbacks
+):
+    from console.services.keys import api_key_create
+
+    manage = api_key_create(org=org, actor=owner, name="ops", scopes=["manage"])
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {manage.secret}"}
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = client.post(
+            f"/api/orgs/{org.slug}/invitations/",
+            {"email": "new@example.com", "role": "viewer"},
+            content_type="application/json",
+            **auth,
+        )
+    assert sent.status_code == 201
+    # A key is no administrator: the mail says who invited, the organisation.
+    assert mail.outbox[-1].body.startswith(f"{org.name} invited you to join it as viewer.")
+    revoked = client.delete(f"/api/orgs/{org.slug}/invitations/{sent.json()['id']}/", **auth)
+    assert revoked.status_code == 204
+    events = AuditEvent.objects.filter(action__in=["member.invited", "invitation.revoked"])
+    assert {e.action: e.actor_label for e in events} == {
+        "member.invited": f"key {manage.key.prefix}…",
+        "invitation.revoked": f"key {manage.key.prefix}…",
+    }
