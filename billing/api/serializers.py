@@ -95,22 +95,29 @@ class BudgetSerializer(serializers.Serializer):
     )
 
 
+BILLING_ONLY = "Present only to those who may see billing (`billing.view`)."
+
+
 class KeySpendSerializer(serializers.Serializer):
     key_id = serializers.UUIDField()
     name = serializers.CharField()
     prefix = serializers.CharField()
     month_to_date_micros = serializers.IntegerField()
-    budget_micros = serializers.IntegerField(allow_null=True)
+    budget_micros = serializers.IntegerField(
+        allow_null=True, required=False, help_text=f"The key's monthly budget. {BILLING_ONLY}"
+    )
 
 
 class SpendSerializer(serializers.Serializer):
     period_start = serializers.DateTimeField()
-    plan = serializers.CharField()
+    plan = serializers.CharField(required=False, help_text=BILLING_ONLY)
     month_to_date_micros = serializers.IntegerField()
-    forecast_micros = serializers.IntegerField()
+    forecast_micros = serializers.IntegerField(required=False, help_text=BILLING_ONLY)
     limit_micros = serializers.IntegerField(
-        allow_null=True, help_text="The hard cap this month (null: none)."
+        allow_null=True,
+        required=False,
+        help_text=f"The hard cap this month (null: none). {BILLING_ONLY}",
     )
-    limit_reason = serializers.CharField(allow_blank=True)
-    budget = BudgetSerializer(allow_null=True)
+    limit_reason = serializers.CharField(allow_blank=True, required=False, help_text=BILLING_ONLY)
+    budget = BudgetSerializer(allow_null=True, required=False, help_text=BILLING_ONLY)
     keys = KeySpendSerializer(many=True)

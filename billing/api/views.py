@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.renderers import JSONRenderer
@@ -85,40 +86,48 @@ class UsageView(OrgAPIView):
 
 
 class SpendView(OrgAPIView):
+    """Month-to-date spend, in all and per active key, for everyone who may see usage. The plan,
+    the forecast, the hard cap and the budgets are billing: they are in the answer only for those
+    who may see billing (as on the console's overview)."""
+
     actions = {"GET": Action.USAGE_VIEW}
 
     @extend_schema(
         responses=SpendSerializer,
-        summary="Month-to-date spend, forecast, the hard cap and budgets (micro-dollars)",
+        summary="Month-to-date spend; with billing.view also the forecast, cap and budgets",
     )
     def get(self, request: Request, org_slug: str) -> Response:
         org = self.access.org
-        limit = spend_limit_details([org.pk])[org.pk]
-        budget = Budget.objects.filter(org=org).first()
+        with_billing = self.access.can(Action.BILLING_VIEW)
         key_spend = key_month_to_date_spend([org.pk])
-        return Response(
-            {
-                "period_start": month_start(),
+        keys: list[dict[str, Any]] = []
+        for key in org.api_keys.filter(revoked_at=None):
+            row: dict[str, Any] = {
+                "key_id": key.pk,
+                "name": key.name,
+                "prefix": key.prefix,
+                "month_to_date_micros": key_spend.get(key.pk, 0),
+            }
+            if with_billing:
+                row["budget_micros"] = key.monthly_budget_micros
+            keys.append(row)
+        now = timezone.now()
+        mtd = month_to_date_spend([org.pk], now=now)[org.pk]
+        body: dict[str, Any] = {"period_start": month_start(now), "month_to_date_micros": mtd}
+        if with_billing:
+            limit = spend_limit_details([org.pk])[org.pk]
+            budget = Budget.objects.filter(org=org).first()
+            body |= {
                 "plan": account_peek(org).plan.code,
-                "month_to_date_micros": month_to_date_spend([org.pk])[org.pk],
-                "forecast_micros": forecast_micros(org=org),
+                "forecast_micros": forecast_micros(org=org, now=now, mtd=mtd),
                 "limit_micros": limit.cap_micros,
                 "limit_reason": limit.reason,
                 "budget": None
                 if budget is None
                 else {"amount_micros": budget.amount_micros, "hard_limit": budget.hard_limit},
-                "keys": [
-                    {
-                        "key_id": key.pk,
-                        "name": key.name,
-                        "prefix": key.prefix,
-                        "month_to_date_micros": key_spend.get(key.pk, 0),
-                        "budget_micros": key.monthly_budget_micros,
-                    }
-                    for key in org.api_keys.filter(revoked_at=None)
-                ],
             }
-        )
+        body["keys"] = keys
+        return Response(body)
 
 
 class BudgetView(OrgAPIView):

@@ -222,7 +222,7 @@ def test_api_spend_and_budget(client_for, owner, viewer, org, used):
         content_type="application/json",
     )
     assert put.status_code == 200 and put.json()["amount_micros"] == 4_000_000
-    spend = client_for(viewer).get(f"/api/orgs/{org.slug}/spend/").json()
+    spend = client.get(f"/api/orgs/{org.slug}/spend/").json()
     assert spend["month_to_date_micros"] == 3_750
     assert (spend["limit_micros"], spend["limit_reason"]) == (4_000_000, "org_budget")
     assert spend["budget"] == {"amount_micros": 4_000_000, "hard_limit": True}
@@ -242,6 +242,49 @@ def test_api_spend_and_budget(client_for, owner, viewer, org, used):
         assert bad.status_code == 400
         assert list(bad.json()["error"]["fields"]) == ["amount_micros"]
     assert Budget.objects.get().amount_micros == 4_000_000
+
+
+def test_api_spend_shows_billing_only_to_those_who_may_see_it(
+    client, client_for, owner, viewer, org, used
+):
+    """Spend is usage (every role, `read` keys); the plan, forecast, cap and budgets are billing,
+    as on the console's overview."""
+    Budget.objects.create(org=org, amount_micros=4_000_000, hard_limit=True)
+    used.monthly_budget_micros = 1_000_000
+    used.save(update_fields=["monthly_budget_micros"])
+    billing = {"plan", "forecast_micros", "limit_micros", "limit_reason", "budget"}
+    read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    manage = api_key_create(org=org, actor=owner, name="m", scopes=["manage"]).secret
+    url = f"/api/orgs/{org.slug}/spend/"
+    for answer in (
+        client_for(viewer).get(url),
+        client.get(url, HTTP_AUTHORIZATION=f"Bearer {read}"),
+    ):
+        assert answer.status_code == 200
+        spend = answer.json()
+        assert spend["month_to_date_micros"] == 3_750 and not billing & set(spend)
+        prod = next(k for k in spend["keys"] if k["name"] == "prod")
+        assert prod == {
+            "key_id": str(used.pk),
+            "name": "prod",
+            "prefix": used.prefix,
+            "month_to_date_micros": 2_500,
+        }
+    for answer in (
+        client_for(owner).get(url),
+        client.get(url, HTTP_AUTHORIZATION=f"Bearer {manage}"),
+    ):
+        spend = answer.json()
+        assert billing <= set(spend) and spend["budget"]["amount_micros"] == 4_000_000
+        prod = next(k for k in spend["keys"] if k["name"] == "prod")
+        assert prod["budget_micros"] == 1_000_000
+
+
+def test_the_schema_marks_spend_billing_fields_as_optional(client_for, owner):
+    schema = client_for(owner).get("/api/schema/?format=json").json()["components"]["schemas"]
+    assert set(schema["Spend"]["required"]) == {"period_start", "month_to_date_micros", "keys"}
+    assert "budget_micros" not in schema["KeySpend"]["required"]
+    assert "billing.view" in schema["Spend"]["properties"]["forecast_micros"]["description"]
 
 
 def test_usage_endpoints_are_in_the_openapi_schema(client_for, owner):
