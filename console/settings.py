@@ -193,6 +193,9 @@ REST_FRAMEWORK = {
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
     ],
+    # Throttle by the connection's address: uvicorn takes it from X-Forwarded-For for trusted
+    # proxies only (--forwarded-allow-ips); DRF would otherwise believe any client's header.
+    "NUM_PROXIES": 0,
     "DEFAULT_THROTTLE_RATES": {
         "anon": env_str("API_THROTTLE_ANON", "60/min"),
         "user": env_str("API_THROTTLE_USER", "1200/min"),

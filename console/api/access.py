@@ -70,7 +70,27 @@ def resolve_org(request: Request, slug: str) -> OrgAccess:
     return OrgAccess(membership.org, membership=membership)
 
 
-class OrgAPIView(APIView):
+class AnonymousThrottled:
+    """For a DRF view: a caller with no credential, or a bad one, is counted by the throttles
+    (the anonymous rate, per client address) before it is told 401, and told 429 once over.
+
+    DRF authenticates and checks permissions before it throttles, so the anonymous rate would
+    never apply to views that need a caller: guessing keys would go unchecked. Only refused
+    requests take this path; the others pay nothing more."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed):
+            self.check_throttles(request)  # type: ignore[attr-defined]
+            raise
+
+
+class PlatformAPIView(AnonymousThrottled, APIView):
+    """Base of the REST API's views."""
+
+
+class OrgAPIView(PlatformAPIView):
     """Base for ``/api/orgs/<org_slug>/...`` endpoints. ``actions`` maps HTTP method to Action."""
 
     actions: dict[str, Action] = {}

@@ -1,13 +1,12 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from console.api import views
 
 org = "orgs/<slug:org_slug>/"
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("schema/", views.SchemaView.as_view(), name="api_schema"),
+    path("docs/", views.SchemaDocsView.as_view(url_name="api_schema"), name="api_docs"),
     path("me/", views.MeView.as_view(), name="api_me"),
     path("orgs/", views.OrgListView.as_view(), name="api_orgs"),
     path(org, views.OrgDetailView.as_view(), name="api_org"),

@@ -5,12 +5,18 @@ from typing import Any, cast
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from console.api.access import OrgAccess, OrgAPIView, Paginated
+from console.api.access import (
+    AnonymousThrottled,
+    OrgAccess,
+    OrgAPIView,
+    Paginated,
+    PlatformAPIView,
+)
 from console.api.authentication import KeyPrincipal
 from console.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -67,7 +73,15 @@ def _with_secret(created: CreatedKey, code: int) -> Response:
     return response
 
 
-class MeView(APIView):
+class SchemaView(AnonymousThrottled, SpectacularAPIView):
+    """The OpenAPI schema, open to all; a bad credential is throttled as everywhere else."""
+
+
+class SchemaDocsView(AnonymousThrottled, SpectacularSwaggerView):
+    """The schema's browsable page."""
+
+
+class MeView(PlatformAPIView):
     @extend_schema(responses=MeSerializer, summary="The caller and the orgs it can act in")
     def get(self, request: Request) -> Response:
         principal = request.user
@@ -88,7 +102,7 @@ class MeView(APIView):
         return Response(MeSerializer(me).data)
 
 
-class OrgListView(APIView):
+class OrgListView(PlatformAPIView):
     @extend_schema(
         responses=OrgSerializer(many=True), summary="Organisations the caller can act in"
     )

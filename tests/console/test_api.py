@@ -4,7 +4,9 @@ import json
 
 import pytest
 import yaml
+from django.core.cache import cache
 from openapi_spec_validator import validate
+from rest_framework.throttling import AnonRateThrottle
 
 from console.models import ApiKey, Invitation, Membership
 from console.permissions import Role
@@ -229,3 +231,27 @@ def test_a_failure_under_api_is_a_json_500(client_for, org, owner, monkeypatch):
     assert answer.status_code == 500
     assert answer.json()["error"]["code"] == "server_error"
     assert "boom" not in answer.content.decode()
+
+
+def test_callers_without_a_valid_credential_are_throttled_per_address(
+    client, org, owner, monkeypatch
+):
+    cache.clear()
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min"})
+    valid = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    answers = [
+        client.get("/api/me/"),
+        client.get("/api/orgs/acme/keys/", HTTP_AUTHORIZATION="Bearer sk-guess"),
+        client.get("/api/schema/", HTTP_AUTHORIZATION="Bearer sk-guess"),
+        client.get("/api/orgs/acme/keys/", HTTP_AUTHORIZATION="Bearer sk-guess"),
+    ]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    throttled = answers[-1]
+    assert throttled.json()["error"]["code"] == "throttled"
+    assert 0 < int(throttled["Retry-After"]) <= 60
+    # The address is the connection's (the server takes it from trusted proxies only), not an
+    # X-Forwarded-For a client made up.
+    assert client.get("/api/me/", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 429
+    # A valid key from the same address is counted by its own rate; another address by its own.
+    assert client.get("/api/me/", HTTP_AUTHORIZATION=f"Bearer {valid}").status_code == 200
+    assert client.get("/api/me/", REMOTE_ADDR="192.0.2.7").status_code == 401
