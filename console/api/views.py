@@ -38,7 +38,7 @@ from console.api.serializers import (
     WebhookDeliverySerializer,
     WebhookSerializer,
 )
-from console.models import User, WebhookDelivery, WebhookEndpoint
+from console.models import Organisation, User, WebhookDelivery, WebhookEndpoint
 from console.permissions import Action
 from console.services.audit import audit_events
 from console.services.keys import (
@@ -102,17 +102,17 @@ class MeView(PlatformAPIView):
         return Response(MeSerializer(me).data)
 
 
-class OrgListView(PlatformAPIView):
+class OrgListView(Paginated, PlatformAPIView):
     @extend_schema(
         responses=OrgSerializer(many=True), summary="Organisations the caller can act in"
     )
     def get(self, request: Request) -> Response:
         if isinstance(request.user, KeyPrincipal):
-            orgs = [request.user.auth.org]
+            orgs = Organisation.objects.filter(pk=request.user.auth.org.pk)
         else:
-            memberships = request.user.memberships.filter(org__closed_at=None)  # type: ignore[union-attr]
-            orgs = [m.org for m in memberships.select_related("org")]
-        return Response(OrgSerializer(orgs, many=True).data)
+            user = cast(User, request.user)
+            orgs = Organisation.objects.filter(memberships__user=user, closed_at=None)
+        return self.page(request, orgs.order_by("name", "id"), OrgSerializer)
 
     @extend_schema(
         request=OrgCreateSerializer,

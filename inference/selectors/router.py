@@ -42,7 +42,7 @@ def route_window(
 def route_requests(*, org: Organisation, route_name: str, limit: int = 50) -> QuerySet[UsageRecord]:
     """The request log: the route's latest requests with the router's decision."""
     records = UsageRecord.objects.filter(org=org, route=route_name).select_related("api_key")
-    return records.order_by("-served_at")[:limit]
+    return records.order_by("-served_at", "-id")[:limit]
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,10 +57,17 @@ class RequestLogQuery(DayRangeSerializer):
     before = serializers.CharField(
         required=False, max_length=100, help_text="The `next` value of the previous page."
     )
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_LIMIT, default=DEFAULT_LIMIT)
+    limit = serializers.IntegerField(
+        min_value=1,
+        default=DEFAULT_LIMIT,
+        help_text=f"At most {MAX_LIMIT}: a larger limit is served as {MAX_LIMIT}.",
+    )
 
     def validate_key(self, value: uuid.UUID) -> uuid.UUID:
         return _org_key(self, value)
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, MAX_LIMIT)
 
     def validate_before(self, value: str) -> Cursor:
         try:

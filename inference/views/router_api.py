@@ -25,8 +25,19 @@ class SavingsQuery(serializers.Serializer):
     days = serializers.IntegerField(min_value=1, max_value=366, default=30)
 
 
+ROUTE_REQUESTS_MAX = 500
+
+
 class RequestsQuery(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=500, default=50)
+    limit = serializers.IntegerField(
+        min_value=1,
+        default=50,
+        help_text=f"At most {ROUTE_REQUESTS_MAX}: a larger limit is served as "
+        f"{ROUTE_REQUESTS_MAX}. Older requests are in the request log (`route=`).",
+    )
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, ROUTE_REQUESTS_MAX)
 
 
 class SavingsDaySerializer(serializers.Serializer):

@@ -13,12 +13,14 @@ from typing import Any
 
 import jsonschema
 import pytest
+from django.utils import timezone
 
 from billing.models import Budget
 from console.api.access import Pages
 from console.models import Membership
 from console.services.keys import api_key_create
 from tests.console.test_isolation import object_ids
+from tests.factories import MembershipFactory, OrgFactory
 
 ORG_PREFIX = "/api/orgs/{org_slug}/"
 
@@ -82,6 +84,7 @@ def test_every_org_get_answers_what_the_schema_says(client, org, owner, publishe
 
 def test_lists_are_documented_as_pages_with_limit_and_offset(published):
     for path in [
+        "/api/orgs/",
         "/api/orgs/{org_slug}/members/",
         "/api/orgs/{org_slug}/invitations/",
         "/api/orgs/{org_slug}/keys/",
@@ -108,6 +111,26 @@ def test_a_larger_limit_than_allowed_is_served_as_the_largest_page(client, org, 
     body = page.json()
     assert body["count"] == 4 and len(body["results"]) == 2
     assert "limit=2" in body["next"] and "offset=2" in body["next"]
+
+
+def test_the_organisations_come_a_page_at_a_time(client, client_for, org, owner):
+    for name in ("Beta", "Gamma"):
+        MembershipFactory(org=OrgFactory(name=name, slug=name.lower()), user=owner)
+    closed = OrgFactory(name="Alpha", slug="alpha", closed_at=timezone.now())
+    MembershipFactory(org=closed, user=owner)
+    mine = client_for(owner)
+    first = mine.get("/api/orgs/?limit=2").json()
+    assert first["count"] == 3 and first["previous"] is None
+    assert [o["slug"] for o in first["results"]] == ["acme", "beta"]
+    second = mine.get(first["next"]).json()
+    assert [o["slug"] for o in second["results"]] == ["gamma"] and second["next"] is None
+    refused = mine.get("/api/orgs/?limit=abc")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == {"limit": ["Must be a whole number, at least 1."]}
+    # A key acts in its own organisation only.
+    key = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    page = client.get("/api/orgs/", HTTP_AUTHORIZATION=f"Bearer {key}").json()
+    assert page["count"] == 1 and [o["slug"] for o in page["results"]] == ["acme"]
 
 
 def test_paging_parameters_that_are_not_whole_numbers_are_refused(client, org, owner):

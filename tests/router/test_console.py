@@ -106,6 +106,9 @@ def test_the_savings_and_requests_api(org, owner, client_for):  # type: ignore[n
     assert body["days"][0]["requests"] == 2
     log = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/requests/?limit=1").json()
     assert len(log["requests"]) == 1
+    # As everywhere in the API, a larger limit than allowed is served as the largest.
+    log = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/requests/?limit=100000")
+    assert log.status_code == 200 and len(log.json()["requests"]) == 2
     bad = client.get(f"/api/orgs/{org.slug}/routes/{route.id}/savings/?days=0")
     assert bad.status_code == 400
 
