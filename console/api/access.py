@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from rest_framework import exceptions
-from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from console.api.authentication import KeyPrincipal
@@ -124,6 +129,99 @@ class Pages(LimitOffsetPagination):
         return _whole_number(request, self.offset_query_param, least=0) or 0
 
 
+_CURSOR_RE = re.compile(r"([0-9]{1,18})_([0-9a-f]{32})")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class NewestFirstPages(BasePagination):
+    """Pages of a log that grows while it is read (rows with ``created_at`` and a UUID id), newest
+    first: ``limit`` as for ``Pages``, and ``before``, a cursor on (created_at, id) that the
+    ``next`` link carries. Offsets would shift by one for every row written between two pages,
+    repeating a row on the next; a cursor does not move. The answer is ``{"next", "results"}``."""
+
+    default_limit = 50
+    max_limit = 500  # a larger ``limit`` is served as 500
+    cursor_query_param = "before"
+
+    def paginate_queryset(
+        self, queryset: QuerySet[Any], request: Request, view: APIView | None = None
+    ) -> list[Any]:
+        self.request = request
+        if request.query_params.get("offset"):
+            raise exceptions.ValidationError(
+                {"offset": ["This list pages by cursor: follow the `next` link of a page."]}
+            )
+        limit = _whole_number(request, "limit", least=1)
+        limit = self.default_limit if limit is None else min(limit, self.max_limit)
+        raw = request.query_params.get(self.cursor_query_param)
+        if raw:
+            created_at, pk = self._decode(raw)
+            queryset = queryset.filter(
+                Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk)
+            )
+        rows = list(queryset.order_by("-created_at", "-pk")[: limit + 1])
+        self.next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            micros = (last.created_at - EPOCH) // timedelta(microseconds=1)
+            self.next_cursor = f"{micros}_{last.pk.hex}"
+        return rows[:limit]
+
+    def _decode(self, raw: str) -> tuple[datetime, uuid.UUID]:
+        match = _CURSOR_RE.fullmatch(raw)
+        if match is not None:
+            try:
+                return EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(match[2])
+            except OverflowError:  # past the last date Python can hold: never one of ours
+                pass
+        raise exceptions.ValidationError(
+            {self.cursor_query_param: ["Not a cursor of this list: follow the `next` link."]}
+        )
+
+    def get_next_link(self) -> str | None:
+        if self.next_cursor is None:
+            return None
+        url = self.request.build_absolute_uri()
+        return replace_query_param(url, self.cursor_query_param, self.next_cursor)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"next": self.get_next_link(), "results": data})
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["next", "results"],
+            "properties": {
+                "next": {
+                    "type": "string",
+                    "nullable": True,
+                    "format": "uri",
+                    "description": "The next, older page (null after the oldest).",
+                },
+                "results": schema,
+            },
+        }
+
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "limit",
+                "required": False,
+                "in": "query",
+                "description": f"Rows a page: {self.default_limit} by default, at most "
+                f"{self.max_limit} (a larger limit is served as {self.max_limit}).",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Where the page starts; set by the previous page's `next` link.",
+                "schema": {"type": "string"},
+            },
+        ]
+
+
 def _whole_number(request: Request, name: str, *, least: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -138,7 +236,7 @@ class Paginated:
     page, and the answer is ``{"count", "next", "previous", "results"}``. The OpenAPI schema says
     so too (drf-spectacular reads ``pagination_class`` on views that answer a list)."""
 
-    pagination_class: type[LimitOffsetPagination] = Pages
+    pagination_class: type[BasePagination] = Pages
 
     def page(self, request: Request, queryset: Any, serializer: type[Serializer]) -> Response:
         paginator = self.pagination_class()

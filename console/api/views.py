@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from console.api.access import (
     AnonymousThrottled,
+    NewestFirstPages,
     OrgAccess,
     OrgAPIView,
     Paginated,
@@ -322,7 +323,11 @@ class KeyRevokeView(OrgAPIView):
 
 
 class AuditListView(Paginated, OrgAPIView):
+    """The audit log, newest first, a page at a time: follow each page's `next` link (a cursor,
+    so that events written meanwhile neither repeat nor hide one)."""
+
     actions = {"GET": Action.AUDIT_VIEW}
+    pagination_class = NewestFirstPages
 
     @extend_schema(parameters=[AuditQuerySerializer], responses=AuditEventSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:

@@ -114,3 +114,44 @@ def test_events_made_in_a_request_carry_the_clients_address(client_for, org, own
     assert (
         AuditEvent.objects.get(action="key.created", target_repr__contains="ops").ip_address is None
     )
+
+
+def test_rest_pages_neither_repeat_nor_skip_an_event_while_new_ones_are_written(org, owner, events):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {events.secret}")
+    # Three more events at one instant: the cursor splits them by id.
+    same = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    for n in range(3):
+        made = audit_record(org=org, action=f"test.same{n}", actor=owner)
+        AuditEvent.objects.filter(pk=made.pk).update(created_at=same)
+    expected = list(
+        AuditEvent.objects.filter(org=org)
+        .order_by("-created_at", "-id")
+        .values_list("id", flat=True)
+    )
+    page = client.get(f"/api/orgs/{org.slug}/audit/?limit=2").json()
+    assert set(page) == {"next", "results"}
+    seen = [e["id"] for e in page["results"]]
+    audit_record(org=org, action="test.meanwhile", actor=owner)  # newer than every page
+    while page["next"]:
+        assert "limit=2" in page["next"] and "before=" in page["next"]
+        page = client.get(page["next"]).json()
+        seen += [e["id"] for e in page["results"]]
+    assert seen == [str(pk) for pk in expected]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("before=garbage", "before"),
+        ("before=1_not-a-uuid", "before"),
+        ("before=999999999999999999_0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", "before"),
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("offset=50", "offset"),
+    ],
+)
+def test_rest_paging_parameters_that_are_not_ours_are_refused(org, events, query, field):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {events.secret}")
+    answer = client.get(f"/api/orgs/{org.slug}/audit/?{query}")
+    assert answer.status_code == 400
+    assert list(answer.json()["error"]["fields"]) == [field]
