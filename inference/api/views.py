@@ -96,14 +96,19 @@ class DeploymentDetailView(_DeploymentView):
         )
         return self._detail(deployment)
 
-    @extend_schema(responses={202: None}, summary="Delete: replicas drain and stop, then it goes")
+    @extend_schema(
+        responses={202: DeploymentSerializer},
+        summary="Delete: replicas drain and stop, then it goes",
+        description="Answers with the deployment, `deleting` true. Asking again while it is "
+        "being deleted gets the same answer; once it is gone, 404.",
+    )
     def delete(self, request: Request, org_slug: str, deployment_id: str) -> Response:
-        deployment_delete(
+        deployment = deployment_delete(
             deployment=self._deployment(deployment_id),
             actor=self.access.user,
             actor_key=self.access.key,
         )
-        return Response(status=status.HTTP_202_ACCEPTED)
+        return self._detail(deployment, status.HTTP_202_ACCEPTED)
 
 
 class DeploymentScaleView(_DeploymentView):

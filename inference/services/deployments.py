@@ -400,12 +400,15 @@ def deployment_resume(
 @transaction.atomic
 def deployment_delete(
     *, deployment: Deployment, actor: User | None, actor_key: ApiKey | None = None
-) -> None:
+) -> Deployment:
     """Mark for deletion: the orchestrator drains and stops the replicas, then removes the row.
 
-    The name and served model name are free again at once.
+    The name and served model name are free again at once. Deleting one already being deleted
+    changes and records nothing (a client retrying a delete gets the same answer).
     """
-    current = _live(deployment)
+    current = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if current.deleted_at is not None:
+        return current
     users = routes_sending_to(current.org, f"deployment:{current.name}")
     if users:
         raise ValidationError(
@@ -423,6 +426,7 @@ def deployment_delete(
         target=current,
     )
     snapshot_bump(keys=False)
+    return current
 
 
 def deployment_signal_demand(*, deployment_id: Any) -> None:

@@ -82,8 +82,13 @@ def test_patch_scale_pause_resume_delete(org, owner, client_for, model_root):
     assert both.status_code == 400
     assert client.post(one + "pause/").json()["paused"] is True
     assert client.post(one + "resume/").json()["paused"] is False
-    assert client.delete(one).status_code == 202
+    deleted = client.delete(one)
+    assert deleted.status_code == 202 and deleted.json()["deleting"] is True
     assert client.get(one).json()["deleting"] is True
+    # Asking again (a retry after a lost answer) is answered alike, and recorded once.
+    again = client.delete(one)
+    assert again.status_code == 202 and again.json() == client.get(one).json()
+    assert AuditEvent.objects.filter(action="deployment.deleted").count() == 1
     refused = client.patch(one, {"target_concurrency": 2}, content_type="application/json")
     assert refused.status_code == 400
 

@@ -215,6 +215,10 @@ def test_delete_frees_the_names_and_leaves_stopping_to_the_orchestrator(org, own
     deployment_delete(deployment=deployment, actor=owner)
     deployment.refresh_from_db()
     assert deployment.deleted_at is not None
+    # A second delete changes and records nothing more.
+    deployment_delete(deployment=deployment, actor=owner)
+    assert Deployment.objects.get(pk=deployment.pk).deleted_at == deployment.deleted_at
+    assert AuditEvent.objects.filter(action="deployment.deleted").count() == 1
     with pytest.raises(ValidationError, match="being deleted"):
         deployment_pause(deployment=deployment, actor=owner)
     again = make_deployment(org=org, actor=owner, model_root=model_root)
