@@ -24,7 +24,8 @@ class KeyPrincipal:
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer sk-...`` with a key of the ``manage`` or ``read`` scope."""
+    """``Authorization: Bearer sk-...`` with a key of the ``manage`` or ``read`` scope. The scheme
+    is taken in any case (RFC 9110), as the gateway takes it."""
 
     keyword = "Bearer"
 
@@ -33,7 +34,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         parts = header.split()
-        if len(parts) != 2 or parts[0] != self.keyword or not parts[1].startswith(KEY_PREFIX):
+        if len(parts) != 2 or not parts[1].startswith(KEY_PREFIX):
+            return None
+        if parts[0].lower() != self.keyword.lower():
             return None
         try:
             auth = api_key_authenticate(parts[1], client_ip=request.META.get("REMOTE_ADDR"))

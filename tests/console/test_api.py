@@ -255,3 +255,10 @@ def test_callers_without_a_valid_credential_are_throttled_per_address(
     # A valid key from the same address is counted by its own rate; another address by its own.
     assert client.get("/api/me/", HTTP_AUTHORIZATION=f"Bearer {valid}").status_code == 200
     assert client.get("/api/me/", REMOTE_ADDR="192.0.2.7").status_code == 401
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_the_bearer_scheme_is_taken_in_any_case(client, org, owner, scheme):
+    read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    answer = client.get("/api/me/", HTTP_AUTHORIZATION=f"{scheme} {read}")
+    assert answer.status_code == 200 and answer.json()["key_prefix"]
