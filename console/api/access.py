@@ -105,6 +105,8 @@ class OrgAPIView(PlatformAPIView):
         super().initial(request, *args, **kwargs)
         self.access = resolve_org(request, kwargs["org_slug"])
         method = request.method or "GET"
+        if method == "OPTIONS":
+            return  # what the endpoint takes, for anyone who may see the org (DRF's metadata)
         action = self.actions.get("GET" if method == "HEAD" else method)
         if action is None and getattr(self, method.lower(), None) is None:
             raise exceptions.MethodNotAllowed(method)  # not a 403: nobody may, whatever the role

@@ -262,3 +262,20 @@ def test_the_bearer_scheme_is_taken_in_any_case(client, org, owner, scheme):
     read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
     answer = client.get("/api/me/", HTTP_AUTHORIZATION=f"{scheme} {read}")
     assert answer.status_code == 200 and answer.json()["key_prefix"]
+
+
+def test_options_answers_anyone_who_may_see_the_organisation(
+    client, client_for, org, owner, viewer, outsider
+):
+    read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    url = f"/api/orgs/{org.slug}/webhooks/"  # viewers and read keys may not use it otherwise
+    for answer in (
+        client_for(owner).options(url),
+        client_for(viewer).options(url),
+        client.options(url, HTTP_AUTHORIZATION=f"Bearer {read}"),
+    ):
+        assert answer.status_code == 200, answer.content
+        assert "OPTIONS" in answer["Allow"] and answer.json()["name"] == "Webhook List"
+    assert client_for(viewer).get(url).status_code == 403
+    assert client_for(outsider).options(url).status_code == 404
+    assert client.options(url).status_code == 401
