@@ -55,7 +55,13 @@ class UsageView(OrgAPIView):
                 "format", OpenApiTypes.STR, enum=["json", "csv"], description="json (default)"
             ),
         ],
-        responses={200: UsageResponseSerializer},
+        responses={
+            (200, "application/json"): UsageResponseSerializer,
+            (200, "text/csv"): OpenApiResponse(
+                response=OpenApiTypes.STR,
+                description="With `format=csv`: the rows as CSV, a header line first.",
+            ),
+        },
         summary="Usage and cost over a date range, grouped by day, model, route and/or key",
     )
     def get(self, request: Request, org_slug: str) -> Response:
@@ -133,7 +139,9 @@ class SpendView(OrgAPIView):
 class BudgetView(OrgAPIView):
     actions = {"GET": Action.BILLING_VIEW, "PUT": Action.BILLING_MANAGE}
 
-    @extend_schema(responses={200: BudgetSerializer, 404: OpenApiResponse(description="None set")})
+    @extend_schema(
+        responses={200: BudgetSerializer, 404: OpenApiResponse(description="No budget is set.")}
+    )
     def get(self, request: Request, org_slug: str) -> Response:
         budget = Budget.objects.filter(org=self.access.org).first()
         if budget is None:

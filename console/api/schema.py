@@ -92,14 +92,13 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             # A delete can be refused too (the last owner; a route another route falls back to).
             if method in ("post", "put", "patch", "delete") or has_query:
                 codes.append("400")
+            responses = operation["responses"]
             for code in sorted(codes):
-                operation["responses"].setdefault(
-                    code,
-                    {
-                        "description": _ERRORS[code],
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    },
+                responses.setdefault(code, {"description": _ERRORS[code]})
+            # An error a view documents itself (its own words) has the one shape too.
+            for code in sorted(c for c in responses if c.startswith("4")):
+                responses[code].setdefault(
+                    "content",
+                    {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 )
     return result

@@ -300,6 +300,21 @@ def test_usage_endpoints_are_in_the_openapi_schema(client_for, owner):
     assert {"start", "end", "group_by", "key", "route", "model", "format"} <= params
 
 
+def test_the_schema_documents_the_budget_404_and_the_usage_csv(client_for, owner, org):
+    schema = client_for(owner).get("/api/schema/?format=json").json()
+    missing = schema["paths"]["/api/orgs/{org_slug}/budget/"]["get"]["responses"]["404"]
+    assert missing["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert "No budget is set" in missing["description"]
+    answer = client_for(owner).get(f"/api/orgs/{org.slug}/budget/")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"] == "No budget is set."
+    usage = schema["paths"]["/api/orgs/{org_slug}/usage/"]["get"]["responses"]["200"]["content"]
+    assert usage["application/json"]["schema"] == {"$ref": "#/components/schemas/UsageResponse"}
+    assert usage["text/csv"]["schema"] == {"type": "string"}
+
+
 def test_the_day_boundaries_are_utc(client_for, owner, org):
     late = datetime.now(UTC).replace(hour=23, minute=59) - timedelta(days=2)
     usage_record_batch([usage(org.pk, late)])
