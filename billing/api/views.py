@@ -6,6 +6,7 @@ from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -150,7 +151,10 @@ class BudgetView(OrgAPIView):
 
     @extend_schema(
         request=BudgetSerializer,
-        responses={200: BudgetSerializer},
+        responses={
+            200: BudgetSerializer,
+            204: OpenApiResponse(description="`amount_micros` was null: no budget is set now."),
+        },
         summary="Set the monthly budget (amount_micros null removes it)",
     )
     def put(self, request: Request, org_slug: str) -> Response:
@@ -163,5 +167,5 @@ class BudgetView(OrgAPIView):
             hard_limit=data.validated_data["hard_limit"],
         )
         if budget is None:
-            return Response({"amount_micros": None, "hard_limit": False})
+            return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(BudgetSerializer(budget).data)

@@ -287,6 +287,25 @@ def test_the_schema_marks_spend_billing_fields_as_optional(client_for, owner):
     assert "billing.view" in schema["Spend"]["properties"]["forecast_micros"]["description"]
 
 
+def test_api_removing_the_budget_answers_no_content(client_for, owner, org):
+    client = client_for(owner)
+    url = f"/api/orgs/{org.slug}/budget/"
+    client.put(url, {"amount_micros": 4_000_000}, content_type="application/json")
+    removed = client.put(
+        url, {"amount_micros": None, "hard_limit": True}, content_type="application/json"
+    )
+    assert removed.status_code == 204 and removed.content == b""
+    assert not Budget.objects.filter(org=org).exists()
+    assert client.get(url).status_code == 404
+    # Removing none is as good as removing one.
+    assert (
+        client.put(url, {"amount_micros": None}, content_type="application/json").status_code == 204
+    )
+    schema = client.get("/api/schema/?format=json").json()
+    responses = schema["paths"]["/api/orgs/{org_slug}/budget/"]["put"]["responses"]
+    assert "content" not in responses["204"] and "200" in responses
+
+
 def test_usage_endpoints_are_in_the_openapi_schema(client_for, owner):
     schema = client_for(owner).get("/api/schema/", HTTP_ACCEPT="application/json").json()
     assert {
