@@ -16,7 +16,7 @@ class Role(models.TextChoices):
 
 
 class Action(models.TextChoices):
-    ORG_VIEW = "org.view", "See the organisation and its overview"
+    ORG_VIEW = "org.view", "See the organisation, its overview and its gateway rate limits"
     ORG_UPDATE = "org.update", "Rename the organisation"
     ORG_CLOSE = "org.close", "Close the organisation"
     MEMBERS_VIEW = "members.view", "See members and pending invitations"

@@ -123,15 +123,17 @@ def org_settings(request: OrgRequest, org_slug: str) -> HttpResponse:
             else:
                 messages.success(request, "Saved.")
                 return redirect("org_settings", org_slug=org.slug)
+    # The gateway's limits for the org, set by platform staff: every member's programs live by
+    # them, so every member sees them (as over the REST API).
+    rpm_limit, tpm_limit = org_rate_limits(org)
     context: dict[str, object] = {
         "form": form,
         "can_rename": member_can(request, Action.ORG_UPDATE),
         "can_close": member_can(request, Action.ORG_CLOSE),
         "close_form": OrgCloseForm(request.user),
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
     }
-    if role_can(request.membership.role, Action.ORG_UPDATE):
-        # Owners and admins see the gateway's limits for the org (set by platform staff).
-        context["rpm_limit"], context["tpm_limit"] = org_rate_limits(org)
     return render(request, "console/settings.html", context)
 
 

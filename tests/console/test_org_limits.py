@@ -1,5 +1,6 @@
 """An organisation's gateway rate limits: set by platform staff in the admin (audited, and
-announced to gateways), shown read-only to the org's owners and admins and over the REST API."""
+announced to gateways), shown read-only to the org's members (programs of developers need to
+know them) on the Settings page and over the REST API."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from django.urls import reverse
 
 from console.models import AuditEvent, Organisation
 from console.permissions import Role
+from console.services.keys import api_key_create
 from console.snapshot import snapshot_version
 from tests.factories import UserFactory
 
@@ -46,12 +48,9 @@ def test_staff_set_an_orgs_limits_in_the_admin_and_gateways_are_told(
     assert snapshot_version() > before
 
 
-@pytest.mark.parametrize(
-    ("role", "sees"),
-    [(Role.OWNER, True), (Role.ADMIN, True), (Role.DEVELOPER, False), (Role.VIEWER, False)],
-)
-def test_owners_and_admins_see_the_limits_on_the_settings_page(
-    client_for, make_member, org, settings, role, sees
+@pytest.mark.parametrize("role", list(Role))
+def test_every_member_sees_the_limits_on_the_settings_page(
+    client_for, make_member, org, settings, role
 ):
     settings.GATEWAY_ORG_RPM_LIMIT = 300
     settings.GATEWAY_ORG_TPM_LIMIT = 0
@@ -59,10 +58,9 @@ def test_owners_and_admins_see_the_limits_on_the_settings_page(
     page = client_for(make_member(role).user).get(f"/o/{org.slug}/settings/")
     assert page.status_code == 200
     html = page.content.decode()
-    assert ("Rate limits" in html) is sees
-    if sees:
-        assert "<td>300</td><td><small>platform default" in html
-        assert "<td>50000</td><td><small>set for this organisation" in html
+    assert "Rate limits" in html
+    assert "<td>300</td><td><small>platform default" in html
+    assert "<td>50000</td><td><small>set for this organisation" in html
 
 
 def test_an_orgs_zero_limit_reads_no_limit(client_for, org, owner, settings):
@@ -94,3 +92,13 @@ def test_rest_api_shows_the_limits_in_force_and_does_not_change_them(
     assert (patched.json()["rpm_limit"], patched.json()["tpm_limit"]) == (300, 50000)
     org.refresh_from_db()
     assert (org.name, org.rpm_limit, org.tpm_limit) == ("Acme 2", None, 50000)
+
+
+def test_every_member_and_key_reads_the_limits_over_rest(client, client_for, org, owner, viewer):
+    Organisation.objects.filter(pk=org.pk).update(rpm_limit=100, tpm_limit=5000)
+    read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
+    for answer in (
+        client_for(viewer).get(f"/api/orgs/{org.slug}/"),
+        client.get(f"/api/orgs/{org.slug}/", HTTP_AUTHORIZATION=f"Bearer {read}"),
+    ):
+        assert (answer.json()["rpm_limit"], answer.json()["tpm_limit"]) == (100, 5000)
