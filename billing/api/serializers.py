@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ from rest_framework import serializers
 from billing.forms import MAX_RANGE_DAYS
 from billing.selectors import DIMENSIONS
 from billing.services.accounts import MAX_BUDGET_MICROS
+from console.api.serializers import org_key_id
 from console.days import day_validators
 
 
@@ -31,6 +33,9 @@ class UsageQuerySerializer(serializers.Serializer):
     key = serializers.UUIDField(required=False, help_text="Only this API key's usage.")
     route = serializers.CharField(required=False, max_length=200)
     model = serializers.CharField(required=False, max_length=200)
+
+    def validate_key(self, value: uuid.UUID) -> uuid.UUID:
+        return org_key_id(self, value)
 
     def validate_group_by(self, value: str) -> list[str]:
         dims = [d.strip() for d in value.split(",") if d.strip()]

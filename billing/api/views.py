@@ -66,7 +66,7 @@ class UsageView(OrgAPIView):
         summary="Usage and cost over a date range, grouped by day, model, route and/or key",
     )
     def get(self, request: Request, org_slug: str) -> Response:
-        query = UsageQuerySerializer(data=request.query_params)
+        query = UsageQuerySerializer(data=request.query_params, context={"org": self.access.org})
         query.is_valid(raise_exception=True)
         data = query.validated_data
         dims = data["group_by"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -183,6 +184,15 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
         read_only_fields = fields
+
+
+def org_key_id(query: serializers.Serializer[Any], value: uuid.UUID) -> uuid.UUID:
+    """A query's ``key``: the id of one of the organisation's keys (``context["org"]``); any
+    other id is a 400, not an empty answer."""
+    org: Organisation = query.context["org"]
+    if not org.api_keys.filter(id=value).exists():
+        raise serializers.ValidationError("No API key with this id in this organisation.")
+    return value
 
 
 class DayRangeSerializer(serializers.Serializer[None]):

@@ -18,8 +18,7 @@ from rest_framework.response import Response
 
 from billing.models import UsageRecord
 from console.api.access import OrgAPIView
-from console.api.serializers import DayRangeSerializer
-from console.models import Organisation
+from console.api.serializers import DayRangeSerializer, org_key_id
 from console.permissions import Action
 from inference.selectors.refusals import refusal_summary
 from inference.selectors.requests import (
@@ -32,13 +31,6 @@ from inference.selectors.requests import (
     request_get,
     request_log,
 )
-
-
-def _org_key(query: serializers.Serializer, value: uuid.UUID) -> uuid.UUID:
-    org: Organisation = query.context["org"]
-    if not org.api_keys.filter(id=value).exists():
-        raise serializers.ValidationError("No API key with this id in this organisation.")
-    return value
 
 
 class RequestLogQuery(DayRangeSerializer):
@@ -64,7 +56,7 @@ class RequestLogQuery(DayRangeSerializer):
     )
 
     def validate_key(self, value: uuid.UUID) -> uuid.UUID:
-        return _org_key(self, value)
+        return org_key_id(self, value)
 
     def validate_limit(self, value: int) -> int:
         return min(value, MAX_LIMIT)
@@ -198,7 +190,7 @@ class RefusalQuery(DayRangeSerializer):
     key = serializers.UUIDField(required=False, help_text="An API key's id.")
 
     def validate_key(self, value: uuid.UUID) -> uuid.UUID:
-        return _org_key(self, value)
+        return org_key_id(self, value)
 
 
 class RefusalGroupSerializer(serializers.Serializer):

@@ -214,6 +214,22 @@ def test_api_usage_rejects_bad_parameters(client_for, owner, org):
     assert as_csv.json() == response.json()
 
 
+def test_api_usage_refuses_a_key_of_no_key_of_the_org(client, client_for, owner, outsider, org):
+    theirs = api_key_create(
+        org=outsider.memberships.get().org, actor=outsider, name="theirs", scopes=["read"]
+    ).key
+    reader = api_key_create(org=org, actor=owner, name="reader", scopes=["read"]).secret
+    url = f"/api/orgs/{org.slug}/usage/"
+    for key_id in (theirs.pk, "00000000-0000-0000-0000-000000000000"):
+        answer = client.get(url, {"key": str(key_id)}, HTTP_AUTHORIZATION=f"Bearer {reader}")
+        assert answer.status_code == 400
+        assert answer.json()["error"]["fields"] == {
+            "key": ["No API key with this id in this organisation."]
+        }
+    mine = api_key_create(org=org, actor=owner, name="mine", scopes=["inference"]).key
+    assert client_for(owner).get(url, {"key": str(mine.pk)}).status_code == 200
+
+
 def test_api_spend_and_budget(client_for, owner, viewer, org, used):
     client = client_for(owner)
     put = client.put(
