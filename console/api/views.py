@@ -160,7 +160,7 @@ class MemberListView(Paginated, OrgAPIView):
 
     @extend_schema(responses=MemberSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
-        members = self.access.org.memberships.select_related("user").order_by("created_at")
+        members = self.access.org.memberships.select_related("user").order_by("created_at", "id")
         return self.page(request, members, MemberSerializer)
 
 
@@ -205,7 +205,7 @@ class InvitationListView(Paginated, OrgAPIView):
         pending = self.access.org.invitations.filter(
             accepted_at=None, revoked_at=None, expires_at__gt=timezone.now()
         )
-        return self.page(request, pending, InvitationSerializer)
+        return self.page(request, pending.order_by("-created_at", "-id"), InvitationSerializer)
 
     @extend_schema(request=InvitationSerializer, responses={201: InvitationSerializer})
     def post(self, request: Request, org_slug: str) -> Response:
@@ -243,7 +243,8 @@ class KeyListView(Paginated, OrgAPIView):
 
     @extend_schema(responses=ApiKeySerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
-        return self.page(request, self.access.org.api_keys.all(), ApiKeySerializer)
+        keys = self.access.org.api_keys.order_by("-created_at", "-id")
+        return self.page(request, keys, ApiKeySerializer)
 
     @extend_schema(
         request=ApiKeyCreateSerializer,
@@ -343,7 +344,7 @@ class WebhookListView(Paginated, OrgAPIView):
     @extend_schema(responses=WebhookSerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
         endpoints = WebhookEndpoint.objects.filter(org=self.access.org, disabled_at=None)
-        return self.page(request, endpoints, WebhookSerializer)
+        return self.page(request, endpoints.order_by("created_at", "id"), WebhookSerializer)
 
     @extend_schema(
         request=WebhookCreateSerializer,
@@ -403,7 +404,7 @@ class WebhookDeliveryListView(Paginated, OrgAPIView):
     @extend_schema(responses=WebhookDeliverySerializer(many=True))
     def get(self, request: Request, org_slug: str) -> Response:
         deliveries = WebhookDelivery.objects.filter(endpoint__org=self.access.org).order_by(
-            "-created_at"
+            "-created_at", "-id"
         )
         return self.page(request, deliveries, WebhookDeliverySerializer)
 

@@ -26,7 +26,7 @@ def deployments_for_org(*, org: Organisation) -> QuerySet[Deployment]:
     return (
         Deployment.objects.filter(org=org)
         .prefetch_related(Prefetch("replicas", queryset=live, to_attr="live_replicas"))
-        .order_by("name")
+        .order_by("name", "id")  # one being deleted and its successor may share a name
     )
 
 

@@ -148,3 +148,21 @@ def test_numbers_out_of_range_are_refused_and_their_ranges_published(
     )
     scale = schema["ScaleRequest"]["properties"]
     assert (scale["replicas"]["minimum"], scale["replicas"]["maximum"]) == (0, 64)
+
+
+def test_a_deleting_deployment_and_its_successor_of_one_name_each_come_once(
+    org, owner, client_for, model_root
+):
+    """The list is in name order; one being deleted frees its name, so two can share it and
+    only their ids tell pages apart."""
+    client = client_for(owner)
+    first = client.post(api(org), body(model_root), content_type="application/json").json()
+    client.delete(api(org) + first["id"] + "/")
+    second = client.post(api(org), body(model_root), content_type="application/json").json()
+    # The successor gets the smaller id: the order rows were written in is not the ids'.
+    Deployment.objects.filter(pk=second["id"]).update(id="00000000-0000-0000-0000-000000000001")
+    pages = [client.get(api(org) + f"?limit=1&offset={n}").json() for n in (0, 1)]
+    assert [p["results"][0]["id"] for p in pages] == [
+        "00000000-0000-0000-0000-000000000001",
+        first["id"],
+    ]
