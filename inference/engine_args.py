@@ -87,15 +87,22 @@ REASONING_PARSERS = (
     "seed_oss", "step3", "step3p5",
 )  # fmt: skip
 
+# The quantization methods the serving engine (vLLM 0.32) accepts; any other name stops the engine
+# at start-up. A method also has to match how the model's weights were quantized.
+QUANTIZATION_METHODS = (
+    "awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4",
+    "modelopt_mxfp8", "modelopt_mixed", "auto_gptq", "gptq", "gptq_marlin", "awq_marlin",
+    "humming", "compressed-tensors", "experts_int8", "quark", "moe_wna16", "torchao", "inc",
+    "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8", "online", "fp8_per_tensor", "fp8_per_block",
+    "fp8_per_channel", "int8_per_channel_weight_only", "nvfp4_per_token", "mxfp8",
+)  # fmt: skip
+
 ALLOWED: dict[str, Arg] = {
     "max_model_len": IntArg(16, 1_048_576, "Longest prompt plus output, in tokens."),
     "dtype": ChoiceArg(
         ("auto", "float16", "bfloat16", "float32"), "Weight and activation precision."
     ),
-    "quantization": ChoiceArg(
-        ("awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"),
-        "Weight quantization method.",
-    ),
+    "quantization": ChoiceArg(QUANTIZATION_METHODS, "Weight quantization method."),
     "kv_cache_dtype": ChoiceArg(("auto", "fp8", "bfloat16", "float16"), "KV-cache precision."),
     "tensor_parallel_size": IntArg(1, 8, "GPUs one replica spreads the model over."),
     "gpu_memory_utilization": FloatArg(0.1, 0.98, "Share of each GPU's memory the engine takes."),

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 from django.core.exceptions import ValidationError
 
-from inference.engine_args import ALLOWED, engine_args_argv, engine_args_validate
+from inference.engine_args import (
+    ALLOWED,
+    QUANTIZATION_METHODS,
+    REASONING_PARSERS,
+    TOOL_CALL_PARSERS,
+    engine_args_argv,
+    engine_args_validate,
+)
 
 
 def refusal(raw):  # type: ignore[no-untyped-def]
@@ -45,6 +55,10 @@ def test_dashes_are_accepted_as_underscores():
         ({"port": 80}, "port cannot be set"),
         ({"tool_call_parser": "llama9"}, "tool_call_parser must be one of"),
         ({"reasoning_parser": True}, "reasoning_parser must be one of"),
+        # Names vLLM 0.32 does not know: it would refuse them at every start of the engine.
+        ({"quantization": "marlin"}, "quantization must be one of"),
+        ({"quantization": "gguf"}, "quantization must be one of"),
+        ({"quantization": "bitsandbytes"}, "quantization must be one of"),
         ({"enable_auto_tool_choice": True}, "enable_auto_tool_choice needs tool_call_parser"),
     ],
 )
@@ -100,3 +114,21 @@ def test_tool_calling_and_reasoning_become_the_engines_flags():
     }
     message = refusal({"enable_auto_tool_choice": True, "tool_call_parser": "llama9"})
     assert "needs tool_call_parser" not in message
+
+
+def test_the_choices_are_exactly_those_of_the_installed_engine():
+    # The control plane does not import vLLM; its lists are copies, checked here against it.
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vLLM is not installed: pip install -e '.[cpu]' (see docs/deployments.md)"
+        if os.environ.get("REQUIRE_VLLM") == "1":
+            pytest.fail(reason + " -- REQUIRE_VLLM=1 makes this a failure")
+        pytest.skip(reason)
+    from vllm.model_executor.layers.quantization import (
+        QUANTIZATION_METHODS as ENGINE_QUANTIZATION_METHODS,
+    )
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    assert sorted(QUANTIZATION_METHODS) == sorted(ENGINE_QUANTIZATION_METHODS)
+    assert sorted(TOOL_CALL_PARSERS) == sorted(ToolParserManager.list_registered())
+    assert sorted(REASONING_PARSERS) == sorted(ReasoningParserManager.list_registered())
