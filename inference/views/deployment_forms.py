@@ -50,6 +50,9 @@ class DeploymentForm(forms.Form):
             raise forms.ValidationError(f"Not valid JSON: {error.msg}.") from None
         except RecursionError:
             raise forms.ValidationError("This JSON is nested too deeply.") from None
+        except ValueError:
+            # Python refuses to convert an integer of more than 4300 digits.
+            raise forms.ValidationError("A number in this JSON has too many digits.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Write a JSON object, like {"max_model_len": 4096}.')
         return value

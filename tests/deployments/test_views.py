@@ -55,7 +55,11 @@ def test_form_errors_are_shown_beside_their_fields(org, member, client_for, mode
 
 @pytest.mark.parametrize(
     ("engine_args", "message"),
-    [("{oops", "Not valid JSON"), ("[" * 100_000, "This JSON is nested too deeply.")],
+    [
+        ("{oops", "Not valid JSON"),
+        ("[" * 100_000, "This JSON is nested too deeply."),
+        ('{"seed": 1' + "0" * 5000 + "}", "A number in this JSON has too many digits."),
+    ],
 )
 def test_malformed_json_is_an_error_on_engine_args(
     org, member, client_for, model_root, engine_args, message
