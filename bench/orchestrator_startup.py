@@ -101,6 +101,7 @@ def main() -> None:
         gpus_per_replica=0,
         min_replicas=0,
         max_replicas=1,
+        scale_down_delay_s=0,
     )
     os.environ["ORCHESTRATOR_PORTS"] = "19300-19399"
     config = OrchestratorConfig.from_env()
@@ -148,7 +149,7 @@ def main() -> None:
             recover.append(time.monotonic() - killed_at)
 
             deployment = deployment_scale(
-                deployment=deployment, actor=owner, min_replicas=0, max_replicas=0
+                deployment=deployment, actor=owner, min_replicas=0, max_replicas=1
             )
             wait(lambda: replica() is None, "scale to zero")
             print(

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from inference.engine_args import ALLOWED
 from inference.models import Deployment, ModelSource, Replica, Runner
-from inference.services.deployments import NUMBER_RANGES
+from inference.services.deployments import NO_REPLICAS_MESSAGE, NUMBER_RANGES
 
 
 class ReplicaSerializer(serializers.ModelSerializer[Replica]):
@@ -89,17 +89,25 @@ class DeploymentWriteSerializer(serializers.Serializer[None]):
     engine_args = serializers.DictField(required=False, help_text=ENGINE_ARGS_HELP)
     gpus_per_replica = _ranged("gpus_per_replica")
     min_replicas = _ranged("min_replicas")
-    max_replicas = _ranged("max_replicas")
+    max_replicas = _ranged(
+        "max_replicas",
+        error_messages={"min_value": NO_REPLICAS_MESSAGE.format(field="max_replicas")},
+    )
     target_concurrency = _ranged("target_concurrency")
     scale_down_delay_s = _ranged("scale_down_delay_s")
 
 
 class ScaleSerializer(serializers.Serializer[None]):
     replicas = _ranged(
-        "max_replicas", help_text="Pin the count: the same as min_replicas = max_replicas."
+        "max_replicas",
+        help_text="Pin the count: the same as min_replicas = max_replicas.",
+        error_messages={"min_value": NO_REPLICAS_MESSAGE.format(field="replicas")},
     )
     min_replicas = _ranged("min_replicas")
-    max_replicas = _ranged("max_replicas")
+    max_replicas = _ranged(
+        "max_replicas",
+        error_messages={"min_value": NO_REPLICAS_MESSAGE.format(field="max_replicas")},
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "replicas" in attrs:

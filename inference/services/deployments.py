@@ -44,6 +44,12 @@ EDITABLE = (
     "scale_down_delay_s",
 )
 DEMAND_MIN_INTERVAL = timedelta(seconds=1)
+# A deployment allowed no replicas would look asleep, yet nothing would ever start one: sleeping
+# between requests is min_replicas 0, and stopping is Pause.
+NO_REPLICAS_MESSAGE = (
+    "{field} must be at least 1: with min_replicas 0 the deployment scales to zero between "
+    "requests (the next request starts a replica), and Pause stops it."
+)
 
 
 # Each number a deployment takes and its range, both ends allowed (the REST API's schema
@@ -51,7 +57,7 @@ DEMAND_MIN_INTERVAL = timedelta(seconds=1)
 NUMBER_RANGES = {
     "gpus_per_replica": (0, MAX_GPUS_PER_REPLICA),
     "min_replicas": (0, MAX_REPLICAS),
-    "max_replicas": (0, MAX_REPLICAS),
+    "max_replicas": (1, MAX_REPLICAS),
     "target_concurrency": (1, 10_000),
     "scale_down_delay_s": (0, 86_400),
 }
@@ -129,6 +135,8 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         errors["engine_args"] = f"tensor_parallel_size ({tp}) must equal gpus_per_replica ({gpus})."
     low = _int(errors, "min_replicas", values.get("min_replicas"))
     high = _int(errors, "max_replicas", values.get("max_replicas"))
+    if high == 0:
+        errors["max_replicas"] = NO_REPLICAS_MESSAGE.format(field="max_replicas")
     if "min_replicas" not in errors and "max_replicas" not in errors and low > high:
         errors["max_replicas"] = "max_replicas must be at least min_replicas."
     _int(errors, "target_concurrency", values.get("target_concurrency"))

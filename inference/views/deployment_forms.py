@@ -7,6 +7,10 @@ from django import forms
 
 from inference.engine_args import ALLOWED
 from inference.models import Deployment, ModelSource, Runner
+from inference.services.deployments import NO_REPLICAS_MESSAGE
+
+# The service says why too; the form's own bound keeps the browser from offering 0.
+MAX_REPLICAS_ERRORS = {"min_value": NO_REPLICAS_MESSAGE.format(field="max_replicas")}
 
 
 class DeploymentForm(forms.Form):
@@ -34,7 +38,7 @@ class DeploymentForm(forms.Form):
     min_replicas = forms.IntegerField(
         min_value=0, initial=1, help_text="0 lets the deployment scale to zero when idle."
     )
-    max_replicas = forms.IntegerField(min_value=0, initial=1)
+    max_replicas = forms.IntegerField(min_value=1, initial=1, error_messages=MAX_REPLICAS_ERRORS)
     target_concurrency = forms.IntegerField(
         min_value=1, initial=8, help_text="Requests one replica should carry before adding one."
     )
@@ -67,4 +71,4 @@ class DeploymentForm(forms.Form):
 
 class ScaleForm(forms.Form):
     min_replicas = forms.IntegerField(min_value=0)
-    max_replicas = forms.IntegerField(min_value=0)
+    max_replicas = forms.IntegerField(min_value=1, error_messages=MAX_REPLICAS_ERRORS)

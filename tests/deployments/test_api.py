@@ -80,6 +80,11 @@ def test_patch_scale_pause_resume_delete(org, owner, client_for, model_root):
         one + "scale/", {"replicas": 1, "min_replicas": 1}, content_type="application/json"
     )
     assert both.status_code == 400
+    for zero in [{"replicas": 0}, {"min_replicas": 0, "max_replicas": 0}]:
+        refused = client.post(one + "scale/", zero, content_type="application/json")
+        assert refused.status_code == 400
+        ((field, (message,)),) = refused.json()["error"]["fields"].items()
+        assert field in zero and "min_replicas 0" in message and "Pause" in message
     assert client.post(one + "pause/").json()["paused"] is True
     assert client.post(one + "resume/").json()["paused"] is False
     deleted = client.delete(one)
@@ -141,13 +146,13 @@ def test_numbers_out_of_range_are_refused_and_their_ranges_published(
     assert not Deployment.objects.exists()
     schema = client.get("/api/schema/?format=json").json()["components"]["schemas"]
     write = schema["DeploymentWriteRequest"]["properties"]
-    assert (write["max_replicas"]["minimum"], write["max_replicas"]["maximum"]) == (0, 64)
+    assert (write["max_replicas"]["minimum"], write["max_replicas"]["maximum"]) == (1, 64)
     assert (write["target_concurrency"]["minimum"], write["target_concurrency"]["maximum"]) == (
         1,
         10_000,
     )
     scale = schema["ScaleRequest"]["properties"]
-    assert (scale["replicas"]["minimum"], scale["replicas"]["maximum"]) == (0, 64)
+    assert (scale["replicas"]["minimum"], scale["replicas"]["maximum"]) == (1, 64)
 
 
 def test_a_deleting_deployment_and_its_successor_of_one_name_each_come_once(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
 
 import pytest
@@ -188,9 +189,42 @@ def test_scale_within_quota(org, owner, model_root):
     )
     assert "max_replicas" in errors
     deployment = deployment_scale(
-        deployment=deployment, actor=owner, min_replicas=0, max_replicas=0
+        deployment=deployment, actor=owner, min_replicas=0, max_replicas=1
     )
-    assert deployment.desired_replicas == 0
+    assert (deployment.min_replicas, deployment.max_replicas) == (0, 1)
+
+
+def test_a_deployment_allowed_no_replicas_is_refused_naming_scale_to_zero_and_pause(
+    org, owner, model_root
+):
+    # Nothing would ever start it, yet it would look asleep until the next request.
+    errors = errors_of(
+        make_deployment, org=org, actor=owner, model_root=model_root, min_replicas=0, max_replicas=0
+    )
+    (message,) = errors["max_replicas"]
+    assert "at least 1" in message and "min_replicas 0" in message and "Pause" in message
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    for call, kwargs in [(deployment_scale, {"min_replicas": 0}), (deployment_update, {})]:
+        errors = errors_of(call, deployment=deployment, actor=owner, max_replicas=0, **kwargs)
+        assert errors["max_replicas"] == [message]
+    deployment.refresh_from_db()
+    assert deployment.max_replicas == 2
+
+
+def test_rows_allowed_no_replicas_are_migrated_to_paused_with_one(org, owner, model_root):
+    from django.apps import apps
+
+    migration = importlib.import_module("inference.migrations.0006_deployment_max_replicas_zero")
+    pinned = make_deployment(org=org, actor=owner, model_root=model_root, min_replicas=0)
+    Deployment.objects.filter(pk=pinned.pk).update(max_replicas=0, desired_replicas=0)
+    other = make_deployment(
+        org=org, actor=owner, model_root=model_root, name="other", served_model_name="other"
+    )
+    migration.pause_deployments_allowed_no_replicas(apps, None)
+    pinned.refresh_from_db()
+    assert (pinned.paused, pinned.min_replicas, pinned.max_replicas) == (True, 0, 1)
+    other.refresh_from_db()
+    assert (other.paused, other.max_replicas) == (False, 2)
 
 
 def test_pause_and_resume(org, owner, model_root):

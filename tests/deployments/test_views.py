@@ -175,6 +175,11 @@ def test_scale_pause_resume_and_delete_from_the_page(org, member, client_for, mo
     )
     assert bad.status_code == 400
     assert "max_replicas must be at least min_replicas" in bad.content.decode()
+    zero = client.post(
+        reverse("deployment_scale", args=args), {"min_replicas": "0", "max_replicas": "0"}
+    )
+    assert zero.status_code == 400
+    assert "min_replicas 0 the deployment scales to zero" in zero.content.decode()
 
     client.post(reverse("deployment_pause", args=args))
     deployment.refresh_from_db()

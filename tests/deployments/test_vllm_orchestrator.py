@@ -36,6 +36,7 @@ from inference.orchestrator.runtime import local_backend
 from inference.services.deployments import (
     deployment_create,
     deployment_delete,
+    deployment_pause,
     deployment_scale,
     deployment_signal_demand,
     deployment_update,
@@ -281,7 +282,9 @@ def test_a_restarted_orchestrator_adopts_running_replicas(w):
 
 def test_scaling_to_zero_stops_every_process(w):
     pids = [r.pid for r in _ensure_ready(w, 2)]
-    _scale(w, 0)
+    w.deployment = deployment_update(
+        deployment=w.deployment, actor=w.owner, min_replicas=0, scale_down_delay_s=0
+    )
     w.until(lambda: not w.live(), "every replica to stop", timeout=120)
     assert not any(_alive(pid) for pid in pids)
     w.deployment.refresh_from_db()
@@ -369,7 +372,7 @@ def test_the_embedding_model_serves_vectors(w):
     link = w.root / "all-minilm-l6-v2"
     if not link.exists():
         link.symlink_to(source)
-    _scale(w, 0)
+    w.deployment = deployment_pause(deployment=w.deployment, actor=w.owner)
     embedder = deployment_create(
         org=w.org,
         actor=w.owner,

@@ -40,6 +40,7 @@ from inference.services.deployments import (
     deployment_pause,
     deployment_resume,
     deployment_scale,
+    deployment_update,
 )
 from tests.k8s.conftest import wait_until
 
@@ -220,7 +221,7 @@ def test_scale_one_three_zero_and_pause(
     hosts = sorted(r.host for r in ready_rows(deployment))
     assert hosts == endpoint_ips(core, namespace, name) and len(set(hosts)) == 3
 
-    deployment_scale(deployment=deployment, actor=owner, min_replicas=0, max_replicas=0)
+    deployment_update(deployment=deployment, actor=owner, min_replicas=0, scale_down_delay_s=0)
     deployment = converge(
         orchestrator,
         deployment,
