@@ -371,12 +371,17 @@ def _set_paused(
 ) -> Deployment:
     current = _live(deployment)
     if current.paused == paused:
-        return current
+        # Resuming a deployment that is not paused retries it after a failure, as a change or
+        # a scale does; otherwise there is nothing to do.
+        failed = current.replicas.filter(state=ReplicaState.FAILED)
+        if paused or not failed.exists():
+            return current
+    elif not paused:
+        current.desired_replicas = current.min_replicas
+        current.low_load_since = None
     current.paused = paused
     current.updated_at = timezone.now()
     if not paused:
-        current.desired_replicas = current.min_replicas
-        current.low_load_since = None
         _clear_failures(current)
     current.save()
     audit_record(
@@ -402,6 +407,7 @@ def deployment_pause(
 def deployment_resume(
     *, deployment: Deployment, actor: User | None, actor_key: ApiKey | None = None
 ) -> Deployment:
+    """Run replicas again; a failed deployment, paused or not, is retried."""
     return _set_paused(deployment=deployment, actor=actor, actor_key=actor_key, paused=False)
 
 

@@ -244,6 +244,23 @@ def test_changes_clear_a_failure_so_the_orchestrator_retries(org, owner, model_r
     assert failed.state == ReplicaState.STOPPED
 
 
+def test_resume_clears_the_failure_of_a_deployment_that_is_not_paused(org, owner, model_root):
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    failed = Replica.objects.create(
+        deployment=deployment, state=ReplicaState.FAILED, spec_version=deployment.spec_version
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(state="failed")
+    before = deployment.updated_at
+    deployment = deployment_resume(deployment=deployment, actor=owner)
+    failed.refresh_from_db()
+    assert failed.state == ReplicaState.STOPPED
+    assert deployment.updated_at > before  # the orchestrator wakes at once
+    assert AuditEvent.objects.filter(action="deployment.resumed").count() == 1
+    # With nothing to resume or retry it is a no-op, and says nothing.
+    deployment_resume(deployment=deployment, actor=owner)
+    assert AuditEvent.objects.filter(action="deployment.resumed").count() == 1
+
+
 def test_delete_frees_the_names_and_leaves_stopping_to_the_orchestrator(org, owner, model_root):
     deployment = make_deployment(org=org, actor=owner, model_root=model_root)
     deployment_delete(deployment=deployment, actor=owner)

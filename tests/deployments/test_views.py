@@ -107,6 +107,9 @@ def test_a_failed_deployment_shows_its_cause_in_the_list_and_its_log_on_the_page
     assert "x.py" not in listing
     detail = client.get(reverse("deployment_detail", args=[org.slug, deployment.pk]))
     assert "x.py" in detail.content.decode()
+    # Retrying without a change: resuming a deployment that is not paused clears the failure.
+    retry = reverse("deployment_resume", args=[org.slug, deployment.pk])
+    assert f'action="{retry}"' in detail.content.decode()
 
 
 def test_outsider_gets_404_for_the_deployment(org, owner, outsider, client_for, model_root):
