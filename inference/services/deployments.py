@@ -147,15 +147,23 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_quota(*, org: Organisation, values: dict[str, Any], exclude: Deployment | None) -> None:
-    """The org's deployments together may allow at most max_replicas and max_gpus."""
+    """The org's deployments together may allow at most max_replicas and max_gpus.
+
+    ``exclude`` is the deployment being changed, as it is now. Only a change that adds to the
+    org's use is held to the quota: staff may have lowered it under what the org already uses,
+    and a change that keeps or lowers the use (a fix, a shrink) must still pass.
+    """
     others = Deployment.objects.filter(org=org, deleted_at__isnull=True)
+    had_replicas = had_gpus = 0
     if exclude is not None:
         others = others.exclude(pk=exclude.pk)
+        had_replicas = exclude.max_replicas
+        had_gpus = exclude.max_replicas * exclude.gpus_per_replica
     rows = list(others.values_list("max_replicas", "gpus_per_replica"))
     replicas_used = sum(r for r, _ in rows)
     gpus_used = sum(r * g for r, g in rows)
     want = values["max_replicas"]
-    if replicas_used + want > org.max_replicas:
+    if replicas_used + want > org.max_replicas and want > had_replicas:
         left = max(0, org.max_replicas - replicas_used)
         raise ValidationError(
             {
@@ -164,7 +172,7 @@ def _check_quota(*, org: Organisation, values: dict[str, Any], exclude: Deployme
             }
         )
     want_gpus = want * values["gpus_per_replica"]
-    if gpus_used + want_gpus > org.max_gpus:
+    if gpus_used + want_gpus > org.max_gpus and want_gpus > had_gpus:
         left = max(0, org.max_gpus - gpus_used)
         raise ValidationError(
             {

@@ -146,6 +146,33 @@ def test_gpu_quota_counts_gpus_per_replica_times_replicas(org, owner, model_root
     assert "4 GPUs in all" in errors["gpus_per_replica"][0]
 
 
+def test_over_a_lowered_quota_only_changes_that_add_to_the_use_are_refused(org, owner, model_root):
+    org.max_replicas, org.max_gpus = 8, 8
+    org.save()
+    deployment = make_deployment(
+        org=org, actor=owner, model_root=model_root, gpus_per_replica=1, max_replicas=4
+    )
+    org.max_replicas, org.max_gpus = 2, 2  # staff lower the quotas under what it uses
+    org.save()
+    # Fixing the engine arguments, or shrinking, keeps the org's use or lowers it.
+    deployment = deployment_update(
+        deployment=deployment, actor=owner, engine_args={"max_model_len": 256}
+    )
+    deployment = deployment_scale(
+        deployment=deployment, actor=owner, min_replicas=1, max_replicas=3
+    )
+    assert (deployment.max_replicas, deployment.engine_args) == (3, {"max_model_len": 256})
+    # Growing is refused while the org is over its quota, on either count.
+    errors = errors_of(
+        deployment_scale, deployment=deployment, actor=owner, min_replicas=1, max_replicas=4
+    )
+    assert "may run 2 replicas in all" in errors["max_replicas"][0]
+    errors = errors_of(
+        deployment_update, deployment=deployment, actor=owner, max_replicas=1, gpus_per_replica=4
+    )
+    assert "may use 2 GPUs in all" in errors["gpus_per_replica"][0]
+
+
 def test_editing_the_model_replaces_replicas_but_scaling_does_not(org, owner, model_root):
     deployment = make_deployment(org=org, actor=owner, model_root=model_root)
     assert deployment.spec_version == 1
