@@ -24,7 +24,14 @@ from django.utils import timezone
 from console.snapshot import snapshot_bump, snapshot_version
 from inference.conf import OrchestratorConfig
 from inference.models import LIVE_REPLICA_STATES, Deployment, Replica, ReplicaState
-from inference.orchestrator.backends import Backend, CannotStart, Capacity, Liveness, ReplicaSpec
+from inference.orchestrator.backends import (
+    Backend,
+    CannotStart,
+    Capacity,
+    Liveness,
+    NoCapacity,
+    ReplicaSpec,
+)
 from inference.orchestrator.gpus import gpus_pack
 from inference.orchestrator.probe import EngineMetrics, EngineProbe, metrics_reading
 from inference.orchestrator.scaling import deployment_desired_replicas
@@ -418,6 +425,10 @@ class Orchestrator:
         now = timezone.now()
         try:
             launched = self.backend.start(spec, gpus=gpus)
+        except NoCapacity as error:
+            # A shortage on this host, like too few free GPUs: the replica waits for the next pass.
+            self._waiting[deployment.pk] = str(error)
+            return
         except (CannotStart, OSError) as error:
             # OSError: the engine could not even be spawned (a missing interpreter, no memory).
             replica.state = replica_next_state(replica.state, "gave_up")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
 
-from inference.orchestrator.backends import CannotStart, ReplicaSpec
+from inference.conf import OrchestratorConfig
+from inference.models import Deployment, DeploymentState, Replica, ReplicaState
+from inference.orchestrator.backends import CannotStart, NoCapacity, ReplicaSpec
 from inference.orchestrator.backends.local import LocalBackend, LocalConfig, log_file_tail
+from inference.orchestrator.reconcile import Orchestrator
+from inference.orchestrator.runtime import local_backend
+from inference.services.deployments import deployment_create
 
 
 def spec(**overrides):  # type: ignore[no-untyped-def]
@@ -100,3 +107,34 @@ def test_log_tail_reads_the_end_of_a_large_log(tmp_path):
     log.write_text("".join(f"line {i}\n" for i in range(100_000)) + "\n\nlast words\n")
     assert log_file_tail(log, lines=2) == ["line 99999", "last words"]
     assert log_file_tail(tmp_path / "missing.log", lines=5) == []
+
+
+def test_a_host_out_of_ports_waits_for_capacity_and_fails_nothing(tmp_path, org, owner, mailoutbox):
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = OrchestratorConfig(run_dir=tmp_path, ports=(port, port))
+        with pytest.raises(NoCapacity, match=f"no free port between {port} and {port}"):
+            local_backend(config, gpus=[]).start(spec(model=str(model)), gpus=[])
+        with override_settings(MODEL_ROOTS=[str(tmp_path / "models")]):
+            deployment_create(
+                org=org,
+                actor=owner,
+                name="tiny",
+                source="local",
+                model=str(model),
+                gpus_per_replica=0,
+            )
+            orchestrator = Orchestrator(backend=local_backend(config, gpus=[]), config=config)
+            orchestrator.reconcile_once()
+            orchestrator.reconcile_once()
+    deployment = Deployment.objects.get()
+    assert deployment.state == DeploymentState.PENDING
+    assert deployment.state_reason.endswith(
+        f"Waiting for capacity: no free port between {port} and {port} on this host."
+    )
+    assert list(Replica.objects.values_list("state", flat=True)) == [ReplicaState.PENDING]
+    assert mailoutbox == []

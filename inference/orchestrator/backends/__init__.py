@@ -5,6 +5,7 @@ from inference.orchestrator.backends.base import (
     Inspection,
     Launched,
     Liveness,
+    NoCapacity,
     ReplicaSpec,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "Inspection",
     "Launched",
     "Liveness",
+    "NoCapacity",
     "ReplicaSpec",
 ]

@@ -69,13 +69,18 @@ class CannotStart(Exception):
     """The replica cannot be started as specified; the message says why (shown to the tenant)."""
 
 
+class NoCapacity(Exception):
+    """The host has no room for the replica now (no free port): it waits and is tried again.
+    The message says what is short, as in "no free port between 18000 and 18999 on this host"."""
+
+
 class Backend(Protocol):
     name: str
 
     def capacity(self) -> Capacity: ...
 
     def start(self, spec: ReplicaSpec, *, gpus: list[int]) -> Launched:
-        """Start a replica on the given accelerators, or raise CannotStart."""
+        """Start a replica on the given accelerators, or raise CannotStart or NoCapacity."""
         ...
 
     def inspect(self, *, handle: str) -> Inspection: ...

@@ -31,6 +31,7 @@ from inference.orchestrator.backends.base import (
     Inspection,
     Launched,
     Liveness,
+    NoCapacity,
     ReplicaSpec,
 )
 
@@ -103,7 +104,7 @@ class LocalBackend:
                     continue
             self._handed_out.add(port)
             return port
-        raise CannotStart(f"No free port between {low} and {high} on this host.")
+        raise NoCapacity(f"no free port between {low} and {high} on this host")
 
     def command(self, spec: ReplicaSpec, *, port: int, gpus: list[int]) -> list[str]:
         """The engine's argument list: every value is its own item, nothing is parsed by a shell."""
