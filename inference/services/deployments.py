@@ -131,7 +131,7 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
 
     gpus = _int(errors, "gpus_per_replica", values.get("gpus_per_replica"))
     tp = engine_args.get("tensor_parallel_size")
-    if tp is not None and gpus and tp != gpus and "gpus_per_replica" not in errors:
+    if tp is not None and tp != gpus and "gpus_per_replica" not in errors:
         errors["engine_args"] = f"tensor_parallel_size ({tp}) must equal gpus_per_replica ({gpus})."
     low = _int(errors, "min_replicas", values.get("min_replicas"))
     high = _int(errors, "max_replicas", values.get("max_replicas"))

@@ -72,6 +72,30 @@ def test_bad_input_names_the_field_and_creates_nothing(org, owner, model_root, o
     assert not AuditEvent.objects.filter(action="deployment.created").exists()
 
 
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_tensor_parallel_size_must_equal_gpus_per_replica(org, owner, model_root, gpus):
+    # A CPU replica (no GPUs) spreads over nothing: any tensor_parallel_size is a mistake.
+    errors = errors_of(
+        make_deployment,
+        org=org,
+        actor=owner,
+        model_root=model_root,
+        gpus_per_replica=gpus,
+        engine_args={"tensor_parallel_size": 2},
+    )
+    assert errors["engine_args"] == [
+        f"tensor_parallel_size (2) must equal gpus_per_replica ({gpus})."
+    ]
+    deployment = make_deployment(
+        org=org,
+        actor=owner,
+        model_root=model_root,
+        gpus_per_replica=2,
+        engine_args={"tensor_parallel_size": 2},
+    )
+    assert deployment.engine_args == {"tensor_parallel_size": 2}
+
+
 def test_path_tricks_cannot_leave_the_model_roots(org, owner, model_root):
     errors = errors_of(
         make_deployment,
