@@ -138,3 +138,34 @@ def test_a_host_out_of_ports_waits_for_capacity_and_fails_nothing(tmp_path, org,
     )
     assert list(Replica.objects.values_list("state", flat=True)) == [ReplicaState.PENDING]
     assert mailoutbox == []
+
+
+def test_stored_engine_arguments_the_allow_list_now_refuses_fail_the_deployment_clearly(
+    tmp_path, org, owner, mailoutbox
+):
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    config = OrchestratorConfig(run_dir=tmp_path, ports=(18960, 18969))
+    with override_settings(MODEL_ROOTS=[str(tmp_path / "models")]):
+        deployment = deployment_create(
+            org=org, actor=owner, name="tiny", source="local", model=str(model), gpus_per_replica=0
+        )
+    # Saved under an older allow-list, which took what this one refuses.
+    Deployment.objects.filter(pk=deployment.pk).update(engine_args={"enable_lora": True})
+    with pytest.raises(CannotStart, match="enable_lora is not an allowed engine argument"):
+        local_backend(config, gpus=[]).start(
+            spec(model=str(model), engine_args={"enable_lora": True}), gpus=[]
+        )
+    orchestrator = Orchestrator(backend=local_backend(config, gpus=[]), config=config)
+    orchestrator.reconcile_once()
+    orchestrator.reconcile_once()
+    deployment.refresh_from_db()
+    assert deployment.state == DeploymentState.FAILED
+    first = deployment.state_reason.splitlines()[0]
+    assert first.startswith(
+        "A replica failed and will not be restarted: Engine arguments refused (edit the "
+        "deployment to change them): enable_lora is not an allowed engine argument"
+    )
+    assert [r.state for r in Replica.objects.all()] == [ReplicaState.FAILED]
+    [mail] = mailoutbox
+    assert "enable_lora" in mail.body

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from inference.engine_args import engine_args_argv
+from inference.engine_args import engine_args_argv, engine_args_validate
 from inference.orchestrator.backends.base import (
     CannotStart,
     Capacity,
@@ -154,6 +155,16 @@ class LocalBackend:
     def start(self, spec: ReplicaSpec, *, gpus: list[int]) -> Launched:
         if spec.source == "local" and not Path(spec.model).is_dir():
             raise CannotStart(f"Model directory {spec.model} does not exist on this host.")
+        try:
+            # Checked again: the row may have been saved under an older allow-list.
+            engine_args_validate(dict(spec.engine_args))
+        except ValidationError as error:
+            # The fix first: the allowed names that may follow make a long line, cut short in
+            # places that quote it.
+            raise CannotStart(
+                "Engine arguments refused (edit the deployment to change them): "
+                + " ".join(error.messages)
+            ) from None
         port = self._free_port()
         log_dir = self.config.run_dir / "replicas"
         log_dir.mkdir(parents=True, exist_ok=True)
