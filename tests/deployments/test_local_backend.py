@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import socket
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from django.test import override_settings
 
 from inference.conf import OrchestratorConfig
 from inference.models import Deployment, DeploymentState, Replica, ReplicaState
-from inference.orchestrator.backends import CannotStart, NoCapacity, ReplicaSpec
+from inference.orchestrator.backends import CannotStart, Liveness, NoCapacity, ReplicaSpec
 from inference.orchestrator.backends.local import LocalBackend, LocalConfig, log_file_tail
 from inference.orchestrator.reconcile import Orchestrator
 from inference.orchestrator.runtime import local_backend
@@ -169,3 +171,44 @@ def test_stored_engine_arguments_the_allow_list_now_refuses_fail_the_deployment_
     assert [r.state for r in Replica.objects.all()] == [ReplicaState.FAILED]
     [mail] = mailoutbox
     assert "enable_lora" in mail.body
+
+
+def _engine(tmp_path: Path, script: str) -> str:
+    engine = tmp_path / "engine"
+    engine.write_text("#!/bin/sh\n" + script + "\n")
+    engine.chmod(engine.stat().st_mode | stat.S_IXUSR)
+    return str(engine)
+
+
+def _one_free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_stopped_replicas_port_is_handed_out_again(tmp_path):
+    port = _one_free_port()
+    config = LocalConfig(
+        run_dir=tmp_path, ports=(port, port), python=_engine(tmp_path, "exec sleep 300"), gpus=[]
+    )
+    local = LocalBackend(config)
+    for attempt in range(3):  # restarts, or scaling 0 -> 1 -> 0, for as long as it runs
+        launched = local.start(spec(replica_id=f"r{attempt}", model=str(tmp_path)), gpus=[])
+        assert launched.port == port
+        local.stop(handle=launched.handle, grace_s=1)
+
+
+def test_an_exited_replicas_port_is_handed_out_again(tmp_path):
+    port = _one_free_port()
+    config = LocalConfig(
+        run_dir=tmp_path, ports=(port, port), python=_engine(tmp_path, "exit 3"), gpus=[]
+    )
+    local = LocalBackend(config)
+    launched = local.start(spec(model=str(tmp_path)), gpus=[])
+    deadline = time.monotonic() + 10
+    while local.inspect(handle=launched.handle).liveness is Liveness.RUNNING:
+        assert time.monotonic() < deadline, "the engine did not exit"
+        time.sleep(0.05)
+    again = local.start(spec(replica_id="r-2", model=str(tmp_path)), gpus=[])
+    assert again.port == port
+    local.stop(handle=again.handle, grace_s=1)

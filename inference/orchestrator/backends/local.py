@@ -80,7 +80,10 @@ class LocalBackend:
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # A starting engine binds its port only once it has loaded, so a bind test alone would
+        # hand the port out twice: ports stay taken until their replica is stopped or exits.
         self._handed_out: set[int] = set()
+        self._port_of: dict[str, int] = {}
         if config.gpus is None:
             from inference.orchestrator.gpus import gpus_discover
 
@@ -170,25 +173,31 @@ class LocalBackend:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{spec.replica_id}.log"
         argv = self.command(spec, port=port, gpus=gpus)
-        with open(log_path, "ab") as log:
-            log.write(f"=== {timezone.now().isoformat()} starting on port {port}\n".encode())
-            log.flush()
-            process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.environment(spec, gpus=gpus),
-                cwd=self.config.run_dir,
-                start_new_session=True,
-                close_fds=True,
-            )
+        try:
+            with open(log_path, "ab") as log:
+                log.write(f"=== {timezone.now().isoformat()} starting on port {port}\n".encode())
+                log.flush()
+                process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(spec, gpus=gpus),
+                    cwd=self.config.run_dir,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError:
+            self._handed_out.discard(port)
+            raise
         self._children[process.pid] = process
         stat = _proc_stat(process.pid)
         started = stat[1] if stat else "0"
+        handle = f"pid:{process.pid}:{started}"
+        self._port_of[handle] = port
         logger.info("started replica %s as pid %s on port %s", spec.replica_id, process.pid, port)
         return Launched(
-            handle=f"pid:{process.pid}:{started}",
+            handle=handle,
             host=self.config.host,
             port=port,
             gpus=list(gpus),
@@ -197,6 +206,11 @@ class LocalBackend:
         )
 
     # Watching and stopping
+
+    def _release_port(self, handle: str) -> None:
+        port = self._port_of.pop(handle, None)
+        if port is not None:
+            self._handed_out.discard(port)
 
     def inspect(self, *, handle: str) -> Inspection:
         parsed = _parse_handle(handle)
@@ -208,10 +222,12 @@ class LocalBackend:
             code = child.poll()
             if code is None:
                 return Inspection(Liveness.RUNNING)
+            self._release_port(handle)
             # Kept until stop(): asking again must give the same answer, exit code included.
             return Inspection(Liveness.EXITED, _describe_exit(code))
         stat = _proc_stat(pid)
         if stat is None or stat[1] != started:
+            self._release_port(handle)
             return Inspection(Liveness.GONE, "the process is gone")
         if stat[0] in ("Z", "X"):
             # A child of this process that a previous orchestrator object started: reap it.
@@ -229,12 +245,15 @@ class LocalBackend:
         pid, started = parsed
         stat = _proc_stat(pid)
         if stat is not None and stat[1] != started:
+            self._release_port(handle)
             return  # the id now belongs to some other process
         # The engine runs helper processes in the same process group: signal them all.
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
             if self._wait_gone(pid, wait_s):
+                # Nothing of it can hold the port now (a survivor keeps it until it is seen gone).
+                self._release_port(handle)
                 break
         self._children.pop(pid, None)
 
