@@ -85,8 +85,12 @@ def _check_local_path(path: str) -> str:
     return normal
 
 
-def _validated(values: dict[str, Any]) -> dict[str, Any]:
-    """Check a complete set of deployment fields; raise ValidationError naming each bad field."""
+def _validated(values: dict[str, Any], *, runner_given: bool = False) -> dict[str, Any]:
+    """Check a complete set of deployment fields; raise ValidationError naming each bad field.
+
+    ``runner_given``: whether ``values["runner"]`` is what the caller asked for (and so may
+    contradict a runner in the engine arguments), rather than the deployment's current one.
+    """
     errors: dict[str, str] = {}
     clean = dict(values)
     name = str(values.get("name") or "").strip()
@@ -124,9 +128,15 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         errors["engine_args"] = " ".join(error.message_dict["engine_args"])
         engine_args = {}
-    runner = engine_args.pop("runner", None) or values.get("runner") or Runner.GENERATE
+    in_args = engine_args.pop("runner", None)
+    field_runner = values.get("runner")
+    runner = in_args or field_runner or Runner.GENERATE
     if runner not in Runner.values:
         errors["runner"] = f"runner must be one of {', '.join(Runner.values)}."
+    elif runner_given and in_args and field_runner and in_args != field_runner:
+        errors["runner"] = (
+            f"runner is “{field_runner}” but engine_args sets runner “{in_args}”; set it once."
+        )
     clean["runner"], clean["engine_args"] = runner, engine_args
 
     gpus = _int(errors, "gpus_per_replica", values.get("gpus_per_replica"))
@@ -225,7 +235,7 @@ def deployment_create(
     model: str,
     served_model_name: str = "",
     revision: str = "",
-    runner: str = Runner.GENERATE,
+    runner: str = "",
     engine_args: dict[str, Any] | None = None,
     gpus_per_replica: int = 1,
     min_replicas: int = 1,
@@ -248,7 +258,8 @@ def deployment_create(
             "max_replicas": max_replicas,
             "target_concurrency": target_concurrency,
             "scale_down_delay_s": scale_down_delay_s,
-        }
+        },
+        runner_given=True,
     )
     org = _lock_org(org)
     _check_unique(org=org, values=values, exclude=None)
@@ -298,7 +309,7 @@ def deployment_update(
     org = _lock_org(deployment.org)
     current = _live(deployment)
     before = {field: getattr(current, field) for field in EDITABLE}
-    values = _validated({**before, **changes})
+    values = _validated({**before, **changes}, runner_given="runner" in changes)
     _check_unique(org=org, values=values, exclude=current)
     _check_quota(org=org, values=values, exclude=current)
     changed = [field for field in EDITABLE if values[field] != before[field]]

@@ -125,6 +125,36 @@ def test_runner_in_engine_args_becomes_the_runner_field(org, owner, model_root):
     )
     assert deployment.runner == "pooling"
     assert "runner" not in deployment.engine_args
+    # Given the same way twice is fine, and so is changing it through the engine arguments.
+    deployment = deployment_update(
+        deployment=deployment, actor=owner, runner="pooling", engine_args={"runner": "pooling"}
+    )
+    deployment = deployment_update(
+        deployment=deployment, actor=owner, engine_args={"runner": "generate"}
+    )
+    assert deployment.runner == "generate"
+
+
+def test_a_runner_that_the_engine_arguments_contradict_is_refused(org, owner, model_root):
+    errors = errors_of(
+        make_deployment,
+        org=org,
+        actor=owner,
+        model_root=model_root,
+        runner="generate",
+        engine_args={"runner": "pooling"},
+    )
+    message = "runner is “generate” but engine_args sets runner “pooling”; set it once."
+    assert errors["runner"] == [message]
+    deployment = make_deployment(org=org, actor=owner, model_root=model_root)
+    errors = errors_of(
+        deployment_update,
+        deployment=deployment,
+        actor=owner,
+        runner="generate",
+        engine_args={"runner": "pooling"},
+    )
+    assert errors["runner"] == [message]
 
 
 def test_names_are_unique_in_an_org_but_not_across_orgs(org, owner, outsider, model_root):
