@@ -66,10 +66,16 @@ def deployment_summary(
     ready = sum(1 for s in states if s == S.READY)
     if deleting:
         return DeploymentSummary(DeploymentState.DELETING, "Stopping replicas before removal.")
+    if paused:
+        # Paused is what the tenant asked for last; resuming clears the failure and tries again.
+        if failure:
+            return DeploymentSummary(
+                DeploymentState.PAUSED,
+                "Paused after a failure (resuming tries again): " + failure.splitlines()[0],
+            )
+        return DeploymentSummary(DeploymentState.PAUSED, "Paused; no replicas run.")
     if failure:
         return DeploymentSummary(DeploymentState.FAILED, failure)
-    if paused:
-        return DeploymentSummary(DeploymentState.PAUSED, "Paused; no replicas run.")
     if desired == 0:
         if ready:
             return DeploymentSummary(DeploymentState.READY, "Scaling to zero.")

@@ -82,6 +82,17 @@ def test_summary_states():
     assert summary(deleting=True, paused=True).state == DeploymentState.DELETING
 
 
+def test_a_failed_deployment_once_paused_shows_as_paused_with_its_failure():
+    failure = "A replica failed and will not be restarted: out of memory.\nlast log lines"
+    paused = summary(paused=True, failure=failure)
+    assert paused.state == DeploymentState.PAUSED
+    assert paused.reason == (
+        "Paused after a failure (resuming tries again): A replica failed and will not be "
+        "restarted: out of memory."
+    )
+    assert summary(failure=failure).state == DeploymentState.FAILED
+
+
 def test_failure_wins_and_carries_its_reason():
     result = summary(replica_states=[S.READY], failure="boom: last lines")
     assert result.state == DeploymentState.FAILED
