@@ -134,3 +134,7 @@ class LogQuerySerializer(serializers.Serializer[None]):
 class LogTailSerializer(serializers.Serializer[None]):
     replica = serializers.UUIDField(allow_null=True)
     lines = serializers.ListField(child=serializers.CharField())
+    note = serializers.CharField(
+        allow_blank=True,
+        help_text="Where the log is, when the platform cannot read it (a Kubernetes pod).",
+    )

@@ -20,6 +20,7 @@ from inference.api.serializers import (
 from inference.models import Deployment
 from inference.selectors.deployments import (
     deployments_for_org,
+    replica_log_note,
     replica_log_tail,
     replicas_for_deployment,
 )
@@ -175,4 +176,5 @@ class DeploymentLogsView(_DeploymentView):
         replica = get_object_or_404(replicas, id=wanted) if wanted else replicas.first()
         lines = query.validated_data["lines"]
         tail = replica_log_tail(replica=replica, lines=lines) if replica is not None else []
-        return Response({"replica": replica.pk if replica else None, "lines": tail})
+        note = replica_log_note(replica=replica) if replica is not None else ""
+        return Response({"replica": replica.pk if replica else None, "lines": tail, "note": note})

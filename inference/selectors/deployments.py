@@ -48,6 +48,19 @@ def replica_log_tail(*, replica: Replica, lines: int = 100) -> list[str]:
     return log_file_tail(Path(replica.log_path), lines=max(1, min(lines, 1000)))
 
 
+def replica_log_note(*, replica: Replica) -> str:
+    """Where a replica's engine log is, when ``replica_log_tail`` cannot read it; else ""."""
+    if replica.backend == "local":
+        return ""
+    if replica.backend == "kubernetes" and replica.handle:
+        # The engine logs to its pod's output, which only the cluster keeps.
+        return (
+            f"This replica runs on Kubernetes, in pod {replica.handle}; the console does not "
+            f"read pod logs. Its engine log: kubectl logs {replica.handle}"
+        )
+    return f"The console does not read the logs of the {replica.backend} backend."
+
+
 @dataclass(frozen=True)
 class PlatformDeployments:
     """Every organisation's deployments at a glance, for staff."""

@@ -17,6 +17,7 @@ from console.requests import OrgRequest
 from inference.models import Deployment
 from inference.selectors.deployments import (
     deployments_for_org,
+    replica_log_note,
     replica_log_tail,
     replicas_for_deployment,
 )
@@ -70,6 +71,7 @@ def _detail_context(request: OrgRequest, deployment: Deployment) -> dict[str, An
         "replicas": replicas,
         "log_replica": log_replica,
         "log_lines": replica_log_tail(replica=log_replica, lines=60) if log_replica else [],
+        "log_note": replica_log_note(replica=log_replica) if log_replica else "",
         "can_manage": _can_manage(request),
         "scale_form": ScaleForm(
             initial={

@@ -106,6 +106,16 @@ def test_logs_endpoint_returns_the_tail(org, owner, client_for, model_root, tmp_
     Replica.objects.create(deployment_id=created["id"], log_path=str(log))
     response = client.get(api(org) + created["id"] + "/logs/?lines=1")
     assert response.json()["lines"] == ["line two"]
+    assert response.json()["note"] == ""
+
+
+def test_logs_endpoint_names_the_pod_of_a_kubernetes_replica(org, owner, client_for, model_root):
+    client = client_for(owner)
+    created = client.post(api(org), body(model_root), content_type="application/json").json()
+    Replica.objects.create(deployment_id=created["id"], backend="kubernetes", handle="tiny-7f9c-x2")
+    answer = client.get(api(org) + created["id"] + "/logs/").json()
+    assert answer["lines"] == []
+    assert "kubectl logs tiny-7f9c-x2" in answer["note"]
 
 
 def test_read_key_cannot_create(org, owner, client, model_root):

@@ -226,6 +226,13 @@ def test_logs_fragment_for_a_chosen_replica(org, owner, client_for, model_root, 
     )
     assert response.status_code == 200
     assert b"hello from the engine" in response.content
+    # The console cannot read a Kubernetes pod's output: it says where the log is instead.
+    pod = Replica.objects.create(deployment=deployment, backend="kubernetes", handle="tiny-7f9c-x2")
+    response = client_for(owner).get(
+        reverse("deployment_logs", args=[org.slug, deployment.pk]) + f"?replica={pod.pk}"
+    )
+    assert "kubectl logs tiny-7f9c-x2" in response.content.decode()
+    assert "nothing logged yet" not in response.content.decode()
 
 
 def test_scaling_with_htmx_keeps_the_form_out_of_the_polled_status(
