@@ -1,16 +1,20 @@
 """Resolves the organisation from the URL and checks membership before any view runs, gives a
-console address that only takes a form's submission a page of its own when it is opened, and
-tells the audit log which client a request came from."""
+console address that only takes a form's submission a page of its own when it is opened, sends
+the whole page to sign-in when a panel's request finds the session ended, and tells the audit
+log which client a request came from."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import render, resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from console.models import Membership
 from console.services.audit import client_address
@@ -105,3 +109,32 @@ class FormOnlyAddressPage:
             page["Allow"] = response.get("Allow", "")
             return page
         return response
+
+
+class HtmxSignIn:
+    """A panel's request (htmx: a poll, a form) made after the session ended is redirected to
+    sign-in like any other, but htmx follows that redirect itself and would swap the whole
+    sign-in page into the panel. The browser is sent to sign-in instead (``HX-Redirect``), to
+    come back afterwards to the page it was on rather than to the panel's own address."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code not in (301, 302, 303) or "HX-Request" not in request.headers:
+            return response
+        login = resolve_url(settings.LOGIN_URL)
+        if urlsplit(response.get("Location", "")).path != login:
+            return response
+        target = login
+        current = request.headers.get("HX-Current-URL", "")
+        if current and url_has_allowed_host_and_scheme(
+            current, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            parts = urlsplit(current)
+            page = parts.path + (f"?{parts.query}" if parts.query else "")
+            target = f"{login}?{urlencode({'next': page})}"
+        redirect = HttpResponse(status=200)
+        redirect["HX-Redirect"] = target
+        return redirect

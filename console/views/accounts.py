@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
@@ -21,7 +23,7 @@ from console.forms import (
     SignupForm,
     apply_service_error,
 )
-from console.models import User
+from console.models import Invitation, User
 from console.requests import AuthedRequest
 from console.services.mail import mail_unsent
 from console.services.members import invitation_accept, invitation_lookup
@@ -59,17 +61,28 @@ class PasswordResetView(auth_views.PasswordResetView):
         return response
 
 
+def _invitation_of(next_url: str) -> Invitation | None:
+    """The pending invitation a sign-up came from (``?next=/invitations/<token>/``), if any."""
+    match = re.fullmatch(r"/invitations/([^/]+)/", next_url)
+    invitation = invitation_lookup(match.group(1)) if match else None
+    return invitation if invitation is not None and invitation.is_pending else None
+
+
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("home")
-    form = SignupForm(request.POST or None)
+    next_url = request.GET.get("next", "")
+    invitation = _invitation_of(next_url)
+    form = SignupForm(
+        request.POST or None, initial={"email": invitation.email} if invitation else None
+    )
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        next_url = request.GET.get("next", "")
-        if not next_url.startswith("/invitations/"):
-            # Accepting an invitation confirms the address by itself (its link went there).
+        if invitation is None or invitation.email.lower() != user.email.lower():
+            # Accepting an invitation confirms the address it was sent to by itself (its link
+            # went there); any other address gets its own link.
             try:
                 email_verification_send(user=user)
             except ValidationError:

@@ -34,7 +34,9 @@ class DeploymentForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"max_model_len": 4096}'}),
         help_text="A JSON object. Allowed keys: " + ", ".join(sorted(ALLOWED)) + ".",
     )
-    gpus_per_replica = forms.IntegerField(min_value=0, max_value=8, initial=1)
+    gpus_per_replica = forms.IntegerField(
+        label="GPUs per replica", min_value=0, max_value=8, initial=1
+    )
     min_replicas = forms.IntegerField(
         min_value=0, initial=1, help_text="0 lets the deployment scale to zero when idle."
     )

@@ -89,6 +89,11 @@ class EndpointForm(forms.Form):
         help_text="Stored encrypted; never shown again.",
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # It shares the routes page with the route form: ids of its own, so labels find it.
+        kwargs.setdefault("auto_id", "endpoint_%s")
+        super().__init__(*args, **kwargs)
+
 
 class EndpointEditForm(forms.Form):
     base_url = forms.CharField(max_length=300, help_text="e.g. https://api.example.com/v1")
@@ -119,6 +124,7 @@ class TryForm(forms.Form):
     max_tokens = forms.IntegerField(min_value=1, max_value=1024, initial=64)
 
     def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "try_%s")  # on the routes page, like the endpoint form
         super().__init__(*args, **kwargs)
         field = self.fields["model"]
         assert isinstance(field, forms.ChoiceField)

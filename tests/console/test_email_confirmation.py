@@ -149,6 +149,19 @@ def test_accepting_an_invitation_confirms_the_address(client, org, owner, mailou
     assert user.email_verified_at is not None
 
 
+def test_an_invitee_signing_up_with_another_address_gets_that_address_confirmed(
+    client, org, owner, mailoutbox
+):
+    created = invitation_create(org=org, actor=owner, email="mate@example.com", role=Role.VIEWER)
+    mailoutbox.clear()
+    invitation_path = f"/invitations/{created.token}/"
+    form = client.get(f"/signup/?next={invitation_path}").context["form"]
+    assert form["email"].value() == "mate@example.com"  # the invited address, to start from
+    _signup(client, "mate.personal@example.com", next_url=invitation_path)
+    # The banner says a link was sent there: one was.
+    assert [m.to for m in mailoutbox] == [["mate.personal@example.com"]]
+
+
 def test_people_who_signed_up_before_confirmation_existed_keep_their_access(db):
     before = UserFactory(email_verified_at=None)
     migration = importlib.import_module("console.migrations.0003_user_email_verified_at")

@@ -214,3 +214,26 @@ def test_a_password_reset_email_that_cannot_be_sent_is_said(client, owner, mail_
     response = client.post("/password-reset/", {"email": owner.email})
     assert response.status_code == 200
     assert "could not be sent just now" in response.content.decode()
+
+
+def test_every_field_on_the_routes_page_has_an_id_of_its_own(client_for, org, owner):
+    """The route form, the endpoint form and the try box share the page: each label must name
+    its own field."""
+    import re
+
+    from tests.gateway.conftest import make_deployment
+
+    make_deployment(org, "tiny", [1])  # the try box appears once there is a chat model
+    html = client_for(owner).get(f"/o/{org.slug}/routes/").content.decode()
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert sorted({i for i in ids if ids.count(i) > 1}) == []
+    for field_id in re.findall(r'<label for="([^"]*)"', html):
+        assert field_id and f'id="{field_id}"' in html
+
+
+def test_a_group_of_checkboxes_is_named_by_a_legend_and_gpus_are_spelt_so(client_for, org, owner):
+    keys = client_for(owner).get(f"/o/{org.slug}/keys/").content.decode()
+    assert '<label for="">' not in keys
+    assert "<legend>Scopes</legend>" in keys
+    deploy = client_for(owner).get(f"/o/{org.slug}/deployments/new/").content.decode()
+    assert "GPUs per replica" in deploy and "Gpus" not in deploy

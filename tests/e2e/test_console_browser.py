@@ -243,3 +243,47 @@ def test_a_scale_error_and_a_filter_error_stay_on_screen(page, transactional_db)
     errors = page.locator("#requests-panel [data-testid=filter-errors]")
     errors.wait_for()
     assert "The start must not be after the end." in errors.inner_text()
+
+
+def _sign_in(page, email: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/login/")
+    page.fill("input[name=username]", email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+
+
+def test_a_panel_that_finds_the_session_ended_takes_the_page_to_sign_in(page, transactional_db):
+    """The deployment page polls its status; signed out in another tab, the next poll must not
+    swap a sign-in page into the panel, and signing in comes back to the deployment."""
+    from inference.services.deployments import deployment_create
+
+    org = OrganisationFactory(name="Shop", slug="shop")
+    member = MembershipFactory(org=org, role=Role.DEVELOPER)
+    deployment = deployment_create(
+        org=org, actor=None, name="chat", source="huggingface", model="acme/chat"
+    )
+    _sign_in(page, member.user.email)
+    page.wait_for_url("**/o/shop/")
+    page.goto(f"/o/shop/deployments/{deployment.pk}/")
+    page.context.clear_cookies()
+    page.wait_for_url("**/login/?next=*")
+    assert page.locator("main").count() == 1
+    page.fill("input[name=username]", member.user.email)
+    page.fill("input[name=password]", FACTORY_PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"**/o/shop/deployments/{deployment.pk}/")
+    assert page.locator("main").count() == 1
+
+
+def test_the_quick_start_fits_a_phone(page, transactional_db):
+    migration_rows()
+    org = OrganisationFactory(name="Shop", slug="shop")
+    owner = MembershipFactory(org=org, role=Role.OWNER).user
+    page.set_viewport_size({"width": 375, "height": 800})
+    _sign_in(page, owner.email)
+    page.wait_for_url("**/o/shop/")
+    widths = page.evaluate(
+        "(() => { const m = document.querySelector('main');"
+        " return [m.scrollWidth, m.clientWidth]; })()"
+    )
+    assert widths[0] <= widths[1], widths

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from billing.models import UsageRecord
+from billing.money import format_dollars
 from console.models import AuditEvent
 from console.services.keys import api_key_create
 from inference.models import ExternalEndpoint, Route
@@ -138,7 +139,7 @@ def test_try_it_shows_which_target_answered_and_what_it_cost(client_for, owner, 
     record = UsageRecord.objects.get()
     assert record.api_key_id is None
     assert (record.route, record.target) == ("chat", "deployment:tiny")
-    assert f"{record.cost_micros} µ$" in html
+    assert format_dollars(record.cost_micros) in html
     assert record.cost_micros > 0
 
 
