@@ -100,7 +100,7 @@ def test_the_logs_endpoint_names_the_bad_parameter(client_for, org, owner, tmp_p
         assert response.status_code == 400
         assert response.json()["error"]["fields"] == {"lines": [message]}
     fine = client.get(url + "?lines=5")
-    assert fine.status_code == 200 and fine.json() == {"replica": None, "lines": []}
+    assert fine.status_code == 200 and fine.json() == {"replica": None, "lines": [], "note": ""}
 
 
 def test_not_found_keeps_the_views_own_words(client_for, org, owner):
