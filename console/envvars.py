@@ -26,14 +26,28 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """An integer, refused unless ``minimum <= value <= maximum`` (where they are given)."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    too_low = minimum is not None and value < minimum
+    too_high = maximum is not None and value > maximum
+    if too_low or too_high:
+        if maximum is None:
+            allowed = f"at least {minimum}"
+        elif minimum is None:
+            allowed = f"at most {maximum}"
+        else:
+            allowed = f"between {minimum} and {maximum}"
+        raise ImproperlyConfigured(f"{name} must be {allowed}, got {value}")
+    return value
 
 
 def comma_list(raw: str) -> list[str]:

@@ -301,6 +301,7 @@ class Gateway:
         await asyncio.to_thread(self.refusals.flush, force=True)
         self.pool.close()
         self.router.close()
+        self.health.database.close()
         await self.limiter.close()
 
     def install(self, snapshot: Snapshot) -> None:

@@ -9,6 +9,11 @@ unready: with the database away every gateway keeps serving from its snapshot an
 disk until the database is back (docs/gateway.md, "Metering"), and taking every gateway out of
 the load balancer at once would turn a database blip into an outage. Both answers are JSON and
 carry no tenant's data. Checks are cached for a second, so probes cannot load the database.
+
+The database check runs in a thread of its own, one check at a time, and closes its connection
+when done: a database that accepts connections and never answers blocks that one thread (until
+``DATABASE_CONNECT_TIMEOUT_S``), never the event loop's default executor, which the gateway's
+DNS lookups and demand signals need.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db import close_old_connections, connection
+from django.db import connection
 
 if TYPE_CHECKING:
     from inference.gateway.app import Gateway
 
 CHECK_TIMEOUT_S = 2.0
 CACHE_S = 1.0
+T = TypeVar("T")
 
 
 def _database() -> str:
@@ -37,7 +45,37 @@ def _database() -> str:
         # The class only: a driver's message may name hosts and users.
         return f"error: {type(error).__name__}"
     finally:
-        close_old_connections()
+        # Probes come every few seconds: a connection kept for the next one would sit idle.
+        connection.close()
+
+
+class DatabaseCheck:
+    """Runs the database check in one thread of its own, one check at a time."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: Future[str] | None = None
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()`` in the check's thread, waited for (tests look at that thread's state)."""
+        return self._pool().submit(call).result()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="readyz-database")
+        return self._executor
+
+    async def __call__(self) -> str:
+        if self._running is not None and not self._running.done():
+            # The last check is still waiting: queueing another behind it would tell nothing.
+            return f"error: no answer from the database in {CHECK_TIMEOUT_S:g} s"
+        self._running = self._pool().submit(_database)
+        # Shielded: a timed-out wait must not try to cancel the check, which goes on running.
+        return await _bounded(asyncio.shield(asyncio.wrap_future(self._running)), "the database")
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _bounded(check: Any, what: str) -> str:
@@ -53,6 +91,7 @@ class Health:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._cached: tuple[float, int, bytes] | None = None
+        self.database = DatabaseCheck()
 
     @staticmethod
     def live() -> tuple[int, bytes]:
@@ -82,7 +121,7 @@ class Health:
             redis = await _bounded(ping(), "Redis")
             if redis != "ok":
                 problems.append("Redis: " + redis)
-        database = await _bounded(asyncio.to_thread(_database), "the database")
+        database = await self.database()
         body: dict[str, Any] = {
             "status": "not ready" if problems else "ready",
             "problems": problems,

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECURE_"))}
+
+
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECURE_"))}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env={**base, **env},
+        env={**_base_env(), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -46,3 +51,42 @@ def test_a_malformed_boolean_is_refused():
     result = _run("check", DJANGO_DEBUG="maybe")
     assert result.returncode != 0
     assert "DJANGO_DEBUG must be a boolean" in result.stderr
+
+
+def test_connecting_to_a_database_that_never_answers_gives_up_after_the_connect_timeout():
+    # A hung server or pooler: it accepts the connection and says nothing.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    connect = (
+        "import django; django.setup(); from django.db import connection; "
+        "connection.ensure_connection()"
+    )
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", connect],
+            cwd=ROOT,
+            env={
+                **_base_env(),
+                "DJANGO_DEBUG": "1",
+                "DJANGO_SETTINGS_MODULE": "console.settings",
+                "DATABASE_URL": f"postgres://app@127.0.0.1:{port}/app",
+                "DATABASE_CONNECT_TIMEOUT_S": "2",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        silent.close()
+    assert result.returncode != 0
+    assert "OperationalError" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_connect_timeout_below_one_second_is_refused():
+    result = _run("check", DJANGO_DEBUG="1", DATABASE_CONNECT_TIMEOUT_S="0")
+    assert result.returncode != 0
+    assert "DATABASE_CONNECT_TIMEOUT_S must be at least 1, got 0" in result.stderr
