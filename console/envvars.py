@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -60,3 +61,18 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return comma_list(raw)
+
+
+def env_fernet_keys(name: str) -> list[str]:
+    """Comma-separated Fernet keys (32 url-safe base64-encoded bytes each); none when unset.
+    A malformed one is refused by its place in the list, never echoed: it is a secret."""
+    keys = comma_list(os.environ.get(name, ""))
+    for place, key in enumerate(keys, 1):
+        try:
+            Fernet(key.encode())
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated Fernet keys (32 url-safe base64-encoded bytes "
+                f"each, as Fernet.generate_key() makes them); key {place} is not one"
+            ) from None
+    return keys

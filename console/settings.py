@@ -13,7 +13,7 @@ import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
-from console.envvars import env_bool, env_int, env_list, env_str
+from console.envvars import env_bool, env_fernet_keys, env_int, env_list, env_str
 
 # Lets runtime code subscript Django's generic classes (admin.ModelAdmin[Model]) as the types do.
 django_stubs_ext.monkeypatch()
@@ -31,6 +31,17 @@ if not SECRET_KEY:
         SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"  # noqa: S105
     else:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+# Earlier secret keys: what they signed stays valid, and secrets sealed with keys derived from
+# them stay readable (console/crypto.py), until they are dropped from here.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
+# Keys of secrets stored encrypted, read by console/crypto.py where they are used; read here as
+# well so that a malformed one stops start-up instead of the first request that needs it.
+for _variable in (
+    "ENDPOINT_KEY_ENCRYPTION_KEY",
+    "WEBHOOK_ENCRYPTION_KEY",
+    "TWO_FACTOR_ENCRYPTION_KEY",
+):
+    env_fernet_keys(_variable)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console import totp
-from console.crypto import Sealer
+from console.crypto import Resealed, Sealer, rows_reseal
 from console.models import Organisation, RecoveryCode, User
 from console.services.audit import audit_record
 from console.services.mail import mail_send
@@ -208,3 +208,8 @@ def _notify(user: User, what: str) -> None:
             to=[email],
         )
     )
+
+
+def two_factor_secrets_reseal() -> Resealed:
+    """Encrypt everyone's two-factor secret again with the current key."""
+    return rows_reseal(_SECRETS, User.objects.all(), "totp_secret_encrypted", "two-factor secrets")

@@ -35,7 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from console.crypto import Sealer
+from console.crypto import Resealed, Sealer, rows_reseal
 from console.models import (
     ApiKey,
     AuditEvent,
@@ -360,3 +360,10 @@ def deliveries_prune(*, now: Any = None) -> int:
         status__in=[DeliveryStatus.DELIVERED, DeliveryStatus.FAILED], finished_at__lt=before
     ).delete()
     return removed
+
+
+def webhook_secrets_reseal() -> Resealed:
+    """Encrypt every webhook's signing secret again with the current key."""
+    return rows_reseal(
+        _SECRETS, WebhookEndpoint.objects.all(), "secret_encrypted", "webhook signing secrets"
+    )

@@ -90,3 +90,22 @@ def test_a_connect_timeout_below_one_second_is_refused():
     result = _run("check", DJANGO_DEBUG="1", DATABASE_CONNECT_TIMEOUT_S="0")
     assert result.returncode != 0
     assert "DATABASE_CONNECT_TIMEOUT_S must be at least 1, got 0" in result.stderr
+
+
+def test_a_malformed_encryption_key_stops_start_up_naming_its_variable():
+    result = _run("check", DJANGO_DEBUG="1", WEBHOOK_ENCRYPTION_KEY="not-a-fernet-key")
+    assert result.returncode != 0
+    assert "WEBHOOK_ENCRYPTION_KEY must be comma-separated Fernet keys" in result.stderr
+    assert "not-a-fernet-key" not in result.stderr
+
+
+def test_earlier_secret_keys_are_read_from_django_secret_key_fallbacks():
+    result = _run(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.SECRET_KEY_FALLBACKS)",
+        DJANGO_DEBUG="1",
+        DJANGO_SECRET_KEY_FALLBACKS="first-old-key, second-old-key",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "['first-old-key', 'second-old-key']"
