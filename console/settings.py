@@ -6,6 +6,7 @@ rate limiter, a filesystem Celery broker, console email and billing in local-led
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -310,7 +311,12 @@ CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "schedule": 600.0,
 }
 
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ImproperlyConfigured(
+        "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR or CRITICAL (in any case), "
+        f"got {env_str('LOG_LEVEL')!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

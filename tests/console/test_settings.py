@@ -109,3 +109,21 @@ def test_earlier_secret_keys_are_read_from_django_secret_key_fallbacks():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "['first-old-key', 'second-old-key']"
+
+
+def test_log_level_is_accepted_in_any_case():
+    result = _run(
+        "shell",
+        "-c",
+        "import logging; print(logging.getLevelName(logging.getLogger().level))",
+        DJANGO_DEBUG="1",
+        LOG_LEVEL="debug",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "DEBUG"
+
+
+def test_an_unknown_log_level_is_refused_naming_log_level():
+    result = _run("check", DJANGO_DEBUG="1", LOG_LEVEL="verbose")
+    assert result.returncode != 0
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR or CRITICAL" in result.stderr
