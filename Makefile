@@ -44,7 +44,6 @@ run: export DJANGO_DEBUG ?= 1
 run: export SITE_URL ?= http://127.0.0.1:$(PORT)
 run: export PORT := $(PORT)
 run: $(VENV)/.installed-run $(VENV)/.installed-engine
-	@mkdir -p .run/broker/processed .run/broker/control
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py deployments_demo
