@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# What Django REST framework's throttles read: a count, a slash, a unit it knows by its first
+# letter (second, minute, hour, day).
+_RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -76,3 +80,14 @@ def env_fernet_keys(name: str) -> list[str]:
                 f"each, as Fernet.generate_key() makes them); key {place} is not one"
             ) from None
     return keys
+
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate for Django REST framework's throttles, such as ``1200/min``."""
+    raw = os.environ.get(name, default)
+    if not _RATE.fullmatch(raw):
+        raise ImproperlyConfigured(
+            f"{name} must look like 1200/min (a number of requests, then /second, /min, /hour "
+            f"or /day), got {raw!r}"
+        )
+    return raw

@@ -14,7 +14,14 @@ import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
-from console.envvars import env_bool, env_fernet_keys, env_int, env_list, env_str
+from console.envvars import (
+    env_bool,
+    env_fernet_keys,
+    env_int,
+    env_list,
+    env_rate,
+    env_str,
+)
 
 # Lets runtime code subscript Django's generic classes (admin.ModelAdmin[Model]) as the types do.
 django_stubs_ext.monkeypatch()
@@ -217,8 +224,8 @@ REST_FRAMEWORK = {
     # proxies only (--forwarded-allow-ips); DRF would otherwise believe any client's header.
     "NUM_PROXIES": 0,
     "DEFAULT_THROTTLE_RATES": {
-        "anon": env_str("API_THROTTLE_ANON", "60/min"),
-        "user": env_str("API_THROTTLE_USER", "1200/min"),
+        "anon": env_rate("API_THROTTLE_ANON", "60/min"),
+        "user": env_rate("API_THROTTLE_USER", "1200/min"),
     },
 }
 SPECTACULAR_SETTINGS = {

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -127,3 +129,17 @@ def test_an_unknown_log_level_is_refused_naming_log_level():
     result = _run("check", DJANGO_DEBUG="1", LOG_LEVEL="verbose")
     assert result.returncode != 0
     assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR or CRITICAL" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["API_THROTTLE_USER", "API_THROTTLE_ANON"])
+def test_a_throttle_rate_drf_cannot_read_stops_start_up_naming_its_variable(name):
+    result = _run("check", DJANGO_DEBUG="1", **{name: "100 per minute"})
+    assert result.returncode != 0
+    assert f"{name} must look like 1200/min" in result.stderr
+
+
+def test_throttle_rates_in_every_unit_drf_reads_are_accepted():
+    result = _run(
+        "check", DJANGO_DEBUG="1", API_THROTTLE_USER="5/second", API_THROTTLE_ANON="1000/day"
+    )
+    assert result.returncode == 0, result.stderr
