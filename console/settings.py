@@ -297,8 +297,8 @@ CELERY_BEAT_SCHEDULE.update(
 )
 # The gateway's rate limits for an organisation that has none of its own (0: none). Read here
 # because the console shows them too; inference.gateway.config reads the rest of its settings.
-GATEWAY_ORG_RPM_LIMIT = env_int("GATEWAY_ORG_RPM_LIMIT", 0)
-GATEWAY_ORG_TPM_LIMIT = env_int("GATEWAY_ORG_TPM_LIMIT", 0)
+GATEWAY_ORG_RPM_LIMIT = env_int("GATEWAY_ORG_RPM_LIMIT", 0, minimum=0)
+GATEWAY_ORG_TPM_LIMIT = env_int("GATEWAY_ORG_TPM_LIMIT", 0, minimum=0)
 # Hosts, addresses and CIDR ranges of the platform's own network that tenants' external
 # endpoints may nevertheless point at (inference.routing.egress); empty: public addresses only.
 GATEWAY_EXTERNAL_ALLOW = env_list("GATEWAY_EXTERNAL_ALLOW")

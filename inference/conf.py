@@ -52,16 +52,23 @@ class OrchestratorConfig:
 
     @classmethod
     def from_env(cls) -> OrchestratorConfig:
+        backoff_base_s = env_int("ORCHESTRATOR_BACKOFF_BASE_S", 2, minimum=1)
+        backoff_cap_s = env_int("ORCHESTRATOR_BACKOFF_CAP_S", 60, minimum=1)
+        if backoff_cap_s < backoff_base_s:
+            raise ImproperlyConfigured(
+                f"ORCHESTRATOR_BACKOFF_CAP_S must be at least ORCHESTRATOR_BACKOFF_BASE_S "
+                f"({backoff_base_s}), got {backoff_cap_s}"
+            )
         return cls(
             run_dir=Path(settings.RUN_DIR),
             host=env_str("ORCHESTRATOR_HOST", "127.0.0.1"),
             ports=_port_range(env_str("ORCHESTRATOR_PORTS", "18000-18999")),
-            interval_s=env_int("ORCHESTRATOR_INTERVAL_S", 2),
-            restart_limit=env_int("ORCHESTRATOR_RESTART_LIMIT", 5),
-            backoff_base_s=env_int("ORCHESTRATOR_BACKOFF_BASE_S", 2),
-            backoff_cap_s=env_int("ORCHESTRATOR_BACKOFF_CAP_S", 60),
-            start_timeout_s=env_int("ORCHESTRATOR_START_TIMEOUT_S", 900),
-            drain_timeout_s=env_int("ORCHESTRATOR_DRAIN_TIMEOUT_S", 30),
-            cpu_kvcache_gib=env_int("VLLM_CPU_KVCACHE_GIB", 1),
+            interval_s=env_int("ORCHESTRATOR_INTERVAL_S", 2, minimum=1),
+            restart_limit=env_int("ORCHESTRATOR_RESTART_LIMIT", 5, minimum=1),
+            backoff_base_s=backoff_base_s,
+            backoff_cap_s=backoff_cap_s,
+            start_timeout_s=env_int("ORCHESTRATOR_START_TIMEOUT_S", 900, minimum=1),
+            drain_timeout_s=env_int("ORCHESTRATOR_DRAIN_TIMEOUT_S", 30, minimum=0),
+            cpu_kvcache_gib=env_int("VLLM_CPU_KVCACHE_GIB", 1, minimum=1),
             engine_python=env_str("ORCHESTRATOR_ENGINE_PYTHON", sys.executable),
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.core.exceptions import ImproperlyConfigured
+
 from console.envvars import env_bool, env_int, env_str
 
 
@@ -45,46 +47,45 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
+        """The configuration the environment gives; ImproperlyConfigured naming the variable and
+        what it allows for a value out of range (a flush interval of 0 would spin a thread)."""
         from django.conf import settings
 
         balance = env_str("GATEWAY_BALANCE", "affinity")
         if balance not in {"affinity", "least", "round_robin"}:
-            from django.core.exceptions import ImproperlyConfigured
-
             raise ImproperlyConfigured(
                 f"GATEWAY_BALANCE must be affinity, least or round_robin, got {balance!r}"
             )
-        redis_timeout_ms = env_int("GATEWAY_REDIS_TIMEOUT_MS", 500)
-        if redis_timeout_ms < 1:
-            from django.core.exceptions import ImproperlyConfigured
-
+        inflight_publish_ms = env_int("GATEWAY_INFLIGHT_PUBLISH_MS", 1000, minimum=0)
+        if 0 < inflight_publish_ms < 100:
             raise ImproperlyConfigured(
-                f"GATEWAY_REDIS_TIMEOUT_MS must be at least 1, got {redis_timeout_ms}"
+                "GATEWAY_INFLIGHT_PUBLISH_MS must be 0 (never) or at least 100, "
+                f"got {inflight_publish_ms}"
             )
         return cls(
-            snapshot_poll_s=env_int("GATEWAY_SNAPSHOT_POLL_MS", 500) / 1000,
-            snapshot_ttl_s=float(env_int("GATEWAY_SNAPSHOT_TTL_S", 30)),
-            max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024),
-            connect_timeout_s=float(env_int("GATEWAY_CONNECT_TIMEOUT_S", 5)),
-            read_timeout_s=float(env_int("GATEWAY_READ_TIMEOUT_S", 600)),
-            cold_start_wait_s=float(env_int("GATEWAY_COLD_START_WAIT_S", 120)),
-            eject_s=float(env_int("GATEWAY_EJECT_S", 10)),
-            meter_flush_s=env_int("GATEWAY_METER_FLUSH_MS", 1000) / 1000,
-            meter_batch=env_int("GATEWAY_METER_BATCH", 500),
+            snapshot_poll_s=env_int("GATEWAY_SNAPSHOT_POLL_MS", 500, minimum=10) / 1000,
+            snapshot_ttl_s=float(env_int("GATEWAY_SNAPSHOT_TTL_S", 30, minimum=1)),
+            max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
+            connect_timeout_s=float(env_int("GATEWAY_CONNECT_TIMEOUT_S", 5, minimum=1)),
+            read_timeout_s=float(env_int("GATEWAY_READ_TIMEOUT_S", 600, minimum=1)),
+            cold_start_wait_s=float(env_int("GATEWAY_COLD_START_WAIT_S", 120, minimum=0)),
+            eject_s=float(env_int("GATEWAY_EJECT_S", 10, minimum=0)),
+            meter_flush_s=env_int("GATEWAY_METER_FLUSH_MS", 1000, minimum=10) / 1000,
+            meter_batch=env_int("GATEWAY_METER_BATCH", 500, minimum=1),
             metering=env_bool("GATEWAY_METERING", True),
             meter_process=env_bool("GATEWAY_METER_PROCESS", True),
             # Read by settings.py, because the console shows or checks them too.
             org_rpm_limit=settings.GATEWAY_ORG_RPM_LIMIT,
             org_tpm_limit=settings.GATEWAY_ORG_TPM_LIMIT,
             external_allow=tuple(settings.GATEWAY_EXTERNAL_ALLOW),
-            default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096),
-            affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256),
+            default_max_tokens=env_int("GATEWAY_DEFAULT_MAX_TOKENS", 4096, minimum=1),
+            affinity_prefix_chars=env_int("GATEWAY_AFFINITY_PREFIX_CHARS", 256, minimum=0),
             balance=balance,
             access_log=env_bool("GATEWAY_ACCESS_LOG", True),
             cors=env_bool("GATEWAY_CORS", True),
             redis_url=env_str("REDIS_URL"),
-            redis_timeout_s=redis_timeout_ms / 1000,
+            redis_timeout_s=env_int("GATEWAY_REDIS_TIMEOUT_MS", 500, minimum=1) / 1000,
             limits_fail_open=env_bool("GATEWAY_LIMITS_FAIL_OPEN", False),
             metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
-            inflight_publish_s=env_int("GATEWAY_INFLIGHT_PUBLISH_MS", 1000) / 1000,
+            inflight_publish_s=inflight_publish_ms / 1000,
         )

@@ -1,8 +1,10 @@
-"""Production-like configuration passes Django's deployment checks."""
+"""Start-up configuration: production-like variables pass Django's deployment checks, and a value
+that cannot work stops start-up with a message naming its variable."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from inference.conf import OrchestratorConfig
+from inference.gateway.config import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,3 +149,67 @@ def test_throttle_rates_in_every_unit_drf_reads_are_accepted():
         "check", DJANGO_DEBUG="1", API_THROTTLE_USER="5/second", API_THROTTLE_ANON="1000/day"
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("GATEWAY_METER_FLUSH_MS", "0", "at least 10"),
+        ("GATEWAY_METER_FLUSH_MS", "-1", "at least 10"),
+        ("GATEWAY_METER_BATCH", "0", "at least 1"),
+        ("GATEWAY_SNAPSHOT_POLL_MS", "-500", "at least 10"),
+        ("GATEWAY_SNAPSHOT_TTL_S", "0", "at least 1"),
+        ("GATEWAY_MAX_BODY_BYTES", "-1", "at least 1024"),
+        ("GATEWAY_CONNECT_TIMEOUT_S", "0", "at least 1"),
+        ("GATEWAY_READ_TIMEOUT_S", "-1", "at least 1"),
+        ("GATEWAY_COLD_START_WAIT_S", "-1", "at least 0"),
+        ("GATEWAY_EJECT_S", "-1", "at least 0"),
+        ("GATEWAY_DEFAULT_MAX_TOKENS", "-1", "at least 1"),
+        ("GATEWAY_AFFINITY_PREFIX_CHARS", "-1", "at least 0"),
+        ("GATEWAY_REDIS_TIMEOUT_MS", "0", "at least 1"),
+        ("GATEWAY_INFLIGHT_PUBLISH_MS", "5", "0 (never) or at least 100"),
+    ],
+)
+def test_a_gateway_setting_out_of_range_is_refused_naming_it_and_its_range(
+    monkeypatch, name, value, allowed
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(
+        ImproperlyConfigured, match=re.escape(f"{name} must be {allowed}, got {value}")
+    ):
+        GatewayConfig.from_env()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("ORCHESTRATOR_INTERVAL_S", "0", "at least 1"),
+        ("ORCHESTRATOR_RESTART_LIMIT", "0", "at least 1"),
+        ("ORCHESTRATOR_BACKOFF_BASE_S", "0", "at least 1"),
+        ("ORCHESTRATOR_BACKOFF_CAP_S", "1", "at least ORCHESTRATOR_BACKOFF_BASE_S (2)"),
+        ("ORCHESTRATOR_START_TIMEOUT_S", "-5", "at least 1"),
+        ("ORCHESTRATOR_DRAIN_TIMEOUT_S", "-1", "at least 0"),
+        ("VLLM_CPU_KVCACHE_GIB", "0", "at least 1"),
+    ],
+)
+def test_an_orchestrator_setting_out_of_range_is_refused_naming_it_and_its_range(
+    monkeypatch, name, value, allowed
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(
+        ImproperlyConfigured, match=re.escape(f"{name} must be {allowed}, got {value}")
+    ):
+        OrchestratorConfig.from_env()
+
+
+def test_the_documented_defaults_and_edges_are_accepted(monkeypatch):
+    for name, value in {
+        "GATEWAY_METER_FLUSH_MS": "10",
+        "GATEWAY_INFLIGHT_PUBLISH_MS": "0",
+        "GATEWAY_COLD_START_WAIT_S": "0",
+        "ORCHESTRATOR_DRAIN_TIMEOUT_S": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = GatewayConfig.from_env()
+    assert (config.meter_flush_s, config.inflight_publish_s) == (0.01, 0)
+    assert OrchestratorConfig.from_env().drain_timeout_s == 0
