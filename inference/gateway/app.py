@@ -28,7 +28,7 @@ from django.db import close_old_connections
 
 from billing.money import format_dollars
 from inference.gateway import bodies
-from inference.gateway.accounting import Finished, request_account
+from inference.gateway.accounting import Finished, access_logger, request_account
 from inference.gateway.admission import admission_build, reservation_micros
 from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
@@ -418,6 +418,7 @@ class Gateway:
                 return
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         path, method = scope["path"], scope["method"]
         kind = _KINDS.get(path)
         request_id = "req-" + os.urandom(16).hex()
@@ -428,7 +429,7 @@ class Gateway:
             if kind is not None:
                 if method != "POST":
                     raise GatewayError(405, f"Use POST for {path}.", "method_not_allowed")
-                await self.handle_inference(kind, request_id, scope, receive, send)
+                await self.handle_inference(kind, request_id, scope, receive, send, started)
             elif path == "/v1/models":
                 if method != "GET":
                     raise GatewayError(405, "Use GET for /v1/models.", "method_not_allowed")
@@ -456,6 +457,8 @@ class Gateway:
                 raise GatewayError(404, f"No such endpoint: {method} {path}.", "unknown_url")
         except GatewayError as error:
             self.metrics.refused.inc((str(error.status), error.code))
+            if self.config.access_log:
+                _log_refusal(request_id, path, error, started)
             await _respond_error(send, error, request_id, extra=self.cors_headers)
         except _ClientGone:
             return
@@ -469,6 +472,8 @@ class Gateway:
                 f"The gateway failed on this request; quote {request_id} to support.",
                 "internal_error",
             )
+            if self.config.access_log:
+                _log_refusal(request_id, path, failure, started)
             try:
                 await _respond_error(send, failure, request_id, extra=self.cors_headers)
             except Exception:  # the answer had already started: the server closes the connection
@@ -526,6 +531,7 @@ class Gateway:
             org = self._key_check(key, snapshot, scope)
         except GatewayError as error:
             self.refusals.add(key.org_id, key.id, error.status, error.code)
+            error.key_prefix = key.prefix
             raise
         self._keys_used.add(key.id)
         return key, org
@@ -748,9 +754,14 @@ class Gateway:
         return route, plan, usable
 
     async def handle_inference(
-        self, kind: str, request_id: str, scope: Scope, receive: Receive, send: Send
+        self,
+        kind: str,
+        request_id: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        started: float,
     ) -> None:
-        started = time.perf_counter()
         key, org = await self.authenticate_fresh(scope)
         try:
             raw = await self._read_body(scope, receive)
@@ -762,6 +773,7 @@ class Gateway:
         except GatewayError as error:
             # Refused before reaching a model (failures after that are usage records).
             self.refusals.add(org.id, key.id, error.status, error.code)
+            error.org, error.key_prefix = org.slug, key.prefix
             raise
 
     async def serve(
@@ -780,6 +792,24 @@ class Gateway:
         parsed = bodies.request_parse(
             kind, raw, tag=tag, affinity_chars=self.config.affinity_prefix_chars
         )
+        try:
+            await self.serve_parsed(request_id, key, org, parsed, raw, receive, send, started)
+        except GatewayError as error:
+            error.model = parsed.model
+            raise
+
+    async def serve_parsed(
+        self,
+        request_id: str,
+        key: KeyEntry,
+        org: OrgEntry,
+        parsed: bodies.ParsedRequest,
+        raw: bytes,
+        receive: Receive,
+        send: Send,
+        started: float,
+    ) -> None:
+        """``serve``, once the body is read: refusals raise, everything else is answered here."""
         if key.allowed_models and parsed.model not in key.allowed_models:
             raise GatewayError(
                 403,
@@ -870,6 +900,24 @@ class Gateway:
         if error is not None and not outcome.disconnected:
             await _respond_error(send, error, request_id, route, outcome, exchange.extra_headers)
         account(outcome, error.code if error is not None else "")
+
+
+def _log_refusal(request_id: str, path: str, error: GatewayError, started: float) -> None:
+    """The access log line of a request answered with an error before reaching a model (those
+    that did are logged with their usage). Never the key or the body."""
+    access_logger.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "path": path,
+            "org": error.org,
+            "key": error.key_prefix,
+            "model": error.model,
+            "status": error.status,
+            "code": error.code,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
 
 
 async def _watch_disconnect(receive: Receive, exchange: Exchange) -> None:

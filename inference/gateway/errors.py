@@ -40,6 +40,10 @@ class GatewayError(Exception):
         self.param = param
         self.retry_after = retry_after
         self.headers = headers  # more response headers (a 429's rate limit headers)
+        # What the access log line of a refusal names, as far as the request got.
+        self.org = ""
+        self.key_prefix = ""
+        self.model = ""
 
     def body(self) -> bytes:
         return error_body(self.status, self.message, self.code, self.param)

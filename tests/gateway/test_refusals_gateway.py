@@ -3,12 +3,15 @@ and the counts reach the database from the gateway's own thread."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import httpx
 import openai
 import pytest
 
+from console.jsonlog import JsonFormatter
 from console.permissions import Role
 from console.services.keys import api_key_create, api_key_revoke
 from inference.models import RefusalCount
@@ -109,3 +112,42 @@ def test_shutting_down_writes_what_was_counted(gw, served, org, owner):
     assert gw.gateway.refusals.pending() == 1
     gw.server.stop()  # SIGTERM does the same: the ASGI lifespan's shutdown
     assert counts(org) == {("app", 404, "model_not_found"): 1}
+
+
+def test_refused_requests_get_an_access_log_line_without_the_key_or_the_prompt(
+    start_gateway, engine, org, owner, caplog
+):
+    _, server = engine
+    make_deployment(org, "tiny", [server.port], served="tiny-chat")
+    created = api_key_create(org=org, actor=owner, name="k", scopes=["inference"], rpm_limit=1)
+    gw = start_gateway(access_log=True)
+    gw.refresh()
+    caplog.set_level(logging.INFO, logger="inference.gateway.access")
+    secret_prompt = [{"role": "user", "content": "TOP-SECRET-PROMPT"}]
+
+    def refused(key: str, model: str) -> str:
+        with pytest.raises(openai.APIStatusError) as caught:
+            gw.client(key).chat.completions.create(model=model, messages=secret_prompt)
+        return caught.value.response.headers["x-request-id"]
+
+    unknown_model = refused(created.secret, "nope")
+    unknown_key = refused("sk-made-up-key-0123456789abcdef", "tiny-chat")
+    assert ask(gw.client(created.secret))
+    rate_limited = refused(created.secret, "tiny-chat")
+
+    lines = {
+        record.request_id: json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "inference.gateway.access"
+    }
+    assert {unknown_model, unknown_key, rate_limited} <= set(lines)
+    assert lines[unknown_model]["status"] == 404
+    assert lines[unknown_model]["code"] == "model_not_found"
+    assert (lines[unknown_model]["org"], lines[unknown_model]["model"]) == ("acme", "nope")
+    assert lines[unknown_model]["key"] == created.key.prefix
+    assert (lines[unknown_key]["status"], lines[unknown_key]["code"]) == (401, "invalid_api_key")
+    assert lines[rate_limited]["code"] == "rate_limit_exceeded"
+    assert all(line["latency_ms"] >= 0 for line in lines.values())
+    text = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "TOP-SECRET-PROMPT" not in text
+    assert created.secret not in text and "sk-made-up-key" not in text
