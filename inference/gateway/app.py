@@ -190,6 +190,7 @@ class Gateway:
     ) -> None:
         self.config = config = config or GatewayConfig.from_env()
         self.cors_headers = list(CORS_HEADERS) if config.cors else []
+        self.hsts_header = (b"strict-transport-security", config.hsts.encode())
         self.snapshot: Snapshot = empty_snapshot()
         self.balancer = Balancer(mode=config.balance, eject_s=config.eject_s)
         self.pool = Pool(
@@ -422,10 +423,25 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         kind = _KINDS.get(path)
         request_id = "req-" + os.urandom(16).hex()
-        if method == "OPTIONS" and self.cors_headers and path.startswith("/v1/"):
-            await self.preflight(scope, send)
-            return
+        secure = True
+        if self.config.https_only or self.config.hsts:
+            secure = _is_https(scope, self.config.trust_forwarded_proto)
+            if secure and self.config.hsts:
+                send = _with_header(send, self.hsts_header)
         try:
+            if not secure and self.config.https_only and path.startswith("/v1/"):
+                # Refused, not redirected: the key has already crossed the network in clear,
+                # and a redirected POST loses its body. Probes and /metrics stay on http.
+                raise GatewayError(
+                    403,
+                    "This API answers over https only: send the request to https://. The API "
+                    "key in this request was sent unencrypted; roll it if the network may be "
+                    "watched.",
+                    "https_required",
+                )
+            if method == "OPTIONS" and self.cors_headers and path.startswith("/v1/"):
+                await self.preflight(scope, send)
+                return
             if kind is not None:
                 if method != "POST":
                     raise GatewayError(405, f"Use POST for {path}.", "method_not_allowed")
@@ -900,6 +916,28 @@ class Gateway:
         if error is not None and not outcome.disconnected:
             await _respond_error(send, error, request_id, route, outcome, exchange.extra_headers)
         account(outcome, error.code if error is not None else "")
+
+
+def _is_https(scope: Scope, trust_forwarded_proto: bool) -> bool:
+    """Whether a request came over https: the server's word (uvicorn already takes a trusted
+    proxy's ``X-Forwarded-Proto``), or, with ``TRUST_X_FORWARDED_PROTO``, the proxy's header as
+    Django reads it for the console."""
+    if scope.get("scheme") == "https":
+        return True
+    if trust_forwarded_proto:
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-proto":
+                return value.split(b",", 1)[0].strip() == b"https"
+    return False
+
+
+def _with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
+    async def send_with_header(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return send_with_header
 
 
 def _log_refusal(request_id: str, path: str, error: GatewayError, started: float) -> None:

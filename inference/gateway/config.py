@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -44,6 +45,12 @@ class GatewayConfig:
     inflight_publish_s: float = 1.0
     # Answer browsers' CORS preflights and let pages on any origin read /v1 responses.
     cors: bool = True
+    # Refuse /v1 over plain http (SECURE_SSL_REDIRECT); a request is https when the server
+    # says so or, with trust_forwarded_proto (TRUST_X_FORWARDED_PROTO), when its proxy does.
+    https_only: bool = False
+    trust_forwarded_proto: bool = False
+    # Strict-Transport-Security for responses over https (SECURE_HSTS_*); empty: none.
+    hsts: str = ""
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -88,4 +95,20 @@ class GatewayConfig:
             limits_fail_open=env_bool("GATEWAY_LIMITS_FAIL_OPEN", False),
             metrics_token=env_str("GATEWAY_METRICS_TOKEN"),
             inflight_publish_s=inflight_publish_ms / 1000,
+            # The console's security settings (settings.py), so that /v1 gets what it gets.
+            https_only=settings.SECURE_SSL_REDIRECT,
+            trust_forwarded_proto=settings.SECURE_PROXY_SSL_HEADER is not None,
+            hsts=_hsts(settings),
         )
+
+
+def _hsts(settings: Any) -> str:
+    """The header Django's SecurityMiddleware gives the console's responses over https."""
+    if settings.SECURE_HSTS_SECONDS <= 0:
+        return ""
+    value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+    if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+        value += "; includeSubDomains"
+    if settings.SECURE_HSTS_PRELOAD:
+        value += "; preload"
+    return value

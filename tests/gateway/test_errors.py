@@ -3,8 +3,10 @@ never reaching the engine."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import openai
@@ -13,8 +15,11 @@ from django.utils import timezone
 
 from console.services.closing import org_close
 from console.services.keys import api_key_create, api_key_revoke, api_key_update
+from inference.gateway.app import Gateway
+from inference.gateway.config import GatewayConfig
+from inference.gateway.limits import LocalLimiter
 from inference.services.routes import route_create
-from tests.gateway.conftest import TOOLS_ARGS, make_deployment
+from tests.gateway.conftest import TEST_CONFIG, TOOLS_ARGS, make_deployment
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -362,3 +367,76 @@ def test_a_failure_inside_the_gateway_is_a_500_in_openais_shape_with_the_request
     assert request_id in error.message
     assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
     assert served.requests == []
+
+
+HSTS = "max-age=31536000; includeSubDomains; preload"
+
+
+def _secure_gateway(**overrides: object) -> Gateway:
+    config = replace(TEST_CONFIG, https_only=True, hsts=HSTS, **overrides)  # type: ignore[arg-type]
+    return Gateway(config, limiter=LocalLimiter(), poll=False)
+
+
+def _call(gateway: Gateway, base_url: str, path: str, **headers: str) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway, client=("203.0.113.9", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            if path.startswith("/v1/chat"):
+                return await client.post(path, json=CHAT, headers=headers)
+            return await client.get(path, headers=headers)
+
+    return asyncio.run(call())
+
+
+def test_with_https_required_plain_http_is_refused_before_the_key_is_looked_at():
+    gateway = _secure_gateway()
+    response = _call(
+        gateway, "http://gw.example.com", "/v1/chat/completions", authorization="Bearer sk-x"
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "https_required"
+    assert "https" in response.json()["error"]["message"]
+    assert "location" not in response.headers  # a redirected POST would lose its body
+
+
+def test_with_https_required_https_is_served_with_hsts():
+    response = _call(
+        _secure_gateway(),
+        "https://gw.example.com",
+        "/v1/chat/completions",
+        authorization="Bearer sk-x",
+    )
+    assert response.status_code == 401  # an unknown key: past the https check
+    assert response.headers["strict-transport-security"] == HSTS
+
+
+def test_a_trusted_proxys_forwarded_proto_counts_as_https_and_an_untrusted_one_does_not():
+    trusting = _secure_gateway(trust_forwarded_proto=True)
+    forwarded = {"x-forwarded-proto": "https", "authorization": "Bearer sk-x"}
+    assert _call(trusting, "http://gw", "/v1/chat/completions", **forwarded).status_code == 401
+    assert (
+        _call(_secure_gateway(), "http://gw", "/v1/chat/completions", **forwarded).status_code
+        == 403
+    )
+
+
+def test_probes_and_metrics_answer_over_plain_http_with_https_required():
+    gateway = _secure_gateway()
+    assert _call(gateway, "http://gw", "/healthz").status_code == 200
+    response = _call(gateway, "http://gw", "/metrics")
+    assert response.json()["error"]["code"] == "metrics_auth"  # not https_required
+    assert "strict-transport-security" not in response.headers
+
+
+def test_the_gateway_follows_djangos_ssl_redirect_and_hsts_settings(settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    settings.SECURE_HSTS_PRELOAD = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    config = GatewayConfig.from_env()
+    assert (config.https_only, config.hsts, config.trust_forwarded_proto) == (True, HSTS, True)
+    settings.SECURE_SSL_REDIRECT, settings.SECURE_HSTS_SECONDS = False, 0
+    settings.SECURE_PROXY_SSL_HEADER = None
+    config = GatewayConfig.from_env()
+    assert (config.https_only, config.hsts, config.trust_forwarded_proto) == (False, "", False)
