@@ -9,7 +9,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -125,3 +125,9 @@ def test_nothing_to_replay_says_so(tmp_path: Path, db):  # type: ignore[no-untyp
     (tmp_path / "unwritten-usage-1.refused.jsonl").write_text("{}\n")
     out, _ = replay(tmp_path)
     assert "No spill files" in out
+
+
+def test_a_folder_that_does_not_exist_is_an_error_not_nothing_to_replay(tmp_path: Path, db):  # type: ignore[no-untyped-def]
+    missing = tmp_path / "mistyped" / "run"
+    with pytest.raises(CommandError, match=f"{missing} is not a folder"):
+        replay(missing)

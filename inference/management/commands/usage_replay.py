@@ -31,6 +31,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         directory = Path(options["dir"] or settings.RUN_DIR)
         dry_run = bool(options["dry_run"])
+        if not directory.is_dir():
+            # A mistyped or unmounted folder must not read as "nothing is owed".
+            raise CommandError(f"{directory} is not a folder: no spill files can be read there.")
         paths = spill_files(directory)
         if not paths:
             self.stdout.write(f"No spill files (unwritten-usage-<pid>.jsonl) in {directory}.")
