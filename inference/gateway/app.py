@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -519,7 +520,8 @@ class Gateway:
         token = self.config.metrics_token
         if token:
             expected = b"Bearer " + token.encode()
-            if not any(n == b"authorization" and v == expected for n, v in scope["headers"]):
+            sent = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
+            if not hmac.compare_digest(sent, expected):
                 raise GatewayError(401, "Send the metrics token as a bearer token.", "metrics_auth")
             return
         client = scope.get("client") or ("", 0)

@@ -187,6 +187,8 @@ def test_metrics_count_requests_by_route_and_status(gw, served, inference_key):
 def test_metrics_need_the_token_when_one_is_set(start_gateway):
     gw = start_gateway(metrics_token="scrape-me")
     assert httpx.get(gw.url + "/metrics").status_code == 401
+    for wrong in ("Bearer scrape-m", "Bearer scrape-me-too", "bearer scrape-me"):
+        assert httpx.get(gw.url + "/metrics", headers={"Authorization": wrong}).status_code == 401
     response = httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert response.status_code == 200
     assert "gateway_requests_total" in response.text
