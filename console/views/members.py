@@ -73,10 +73,16 @@ def invitation_revoke_view(request: OrgRequest, org_slug: str, invitation_id: st
     invitation = get_object_or_404(request.org.invitations, id=invitation_id)
     try:
         invitation_revoke(invitation=invitation, actor=request.user)
-    except ValidationError as error:
-        messages.error(request, " ".join(error.messages))
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+        if request.htmx:  # the swapped panel shows it; a message would wait for another page
+            return _render_panel(request, InviteForm(), status=400, member_error=error)
+        messages.error(request, error)
+        return redirect("member_list", org_slug=org_slug)
+    done = f"The invitation to {invitation.email} is revoked."
     if request.htmx:
-        return _render_panel(request, InviteForm())
+        return _render_panel(request, InviteForm(), member_done=done)
+    messages.success(request, done)
     return redirect("member_list", org_slug=org_slug)
 
 
@@ -97,12 +103,19 @@ def member_role(request: OrgRequest, org_slug: str, member_id: str) -> HttpRespo
             error = " ".join(exc.messages)
     else:
         error = "Choose a valid role."
-    if error and not request.htmx:
-        messages.error(request, error)
+    done = None if error else f"{membership.user.email} is now {form.cleaned_data['role']}."
     if request.htmx:
         return _render_panel(
-            request, InviteForm(), status=400 if error else 200, member_error=error
+            request,
+            InviteForm(),
+            status=400 if error else 200,
+            member_error=error,
+            member_done=done,
         )
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, str(done))
     return redirect("member_list", org_slug=org_slug)
 
 
@@ -118,8 +131,10 @@ def member_remove(request: OrgRequest, org_slug: str, member_id: str) -> HttpRes
             return _render_panel(request, InviteForm(), status=400, member_error=error)
         messages.error(request, error)
         return redirect("member_list", org_slug=org_slug)
+    done = f"{membership.user.email} is no longer a member."
     if request.htmx:
-        return _render_panel(request, InviteForm())
+        return _render_panel(request, InviteForm(), member_done=done)
+    messages.success(request, done)
     return redirect("member_list", org_slug=org_slug)
 
 

@@ -78,12 +78,33 @@ def test_invite_and_change_role_and_remove_in_place(client_for, org, owner, memb
     )
     assert response.status_code == 200 and "new@example.com" in response.content.decode()
     assert Invitation.objects.filter(email="new@example.com").exists()
+    invitation = Invitation.objects.get(email="new@example.com")
+    revoked = client.post(f"/o/{org.slug}/invitations/{invitation.pk}/revoke/", **HTMX)
+    assert "The invitation to new@example.com is revoked." in revoked.content.decode()
     target = Membership.objects.get(user=member)
-    client.post(f"/o/{org.slug}/members/{target.pk}/role/", {"role": "admin"}, **HTMX)
+    changed = client.post(f"/o/{org.slug}/members/{target.pk}/role/", {"role": "admin"}, **HTMX)
     target.refresh_from_db()
     assert target.role == Role.ADMIN
-    client.post(f"/o/{org.slug}/members/{target.pk}/remove/", **HTMX)
+    assert f"{member.email} is now admin." in changed.content.decode()
+    removed = client.post(f"/o/{org.slug}/members/{target.pk}/remove/", **HTMX)
     assert not Membership.objects.filter(pk=target.pk).exists()
+    assert f"{member.email} is no longer a member." in removed.content.decode()
+
+
+def test_a_refused_revocation_is_said_in_the_panel(client_for, org, owner, member):
+    from django.utils import timezone
+
+    invitation = Invitation.objects.create(
+        org=org,
+        email="done@example.com",
+        role=Role.VIEWER,
+        token_digest="x" * 64,
+        expires_at=timezone.now(),
+        accepted_at=timezone.now(),
+    )
+    answer = client_for(owner).post(f"/o/{org.slug}/invitations/{invitation.pk}/revoke/", **HTMX)
+    assert answer.status_code == 400
+    assert 'role="alert"' in answer.content.decode()
 
 
 def test_last_owner_demotion_is_refused_with_a_message(client_for, org, owner):
