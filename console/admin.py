@@ -185,6 +185,8 @@ class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    """Read-only: the tenant's delivery history (old ones are pruned daily, by age)."""
+
     list_display = ["event_type", "endpoint", "status", "attempts", "response_status", "created_at"]
     list_filter = ["status"]
     search_fields = ["event_type", "endpoint__url", "endpoint__org__slug"]
@@ -202,6 +204,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: WebhookDelivery | None = None
+    ) -> bool:
         return False
 
 

@@ -388,6 +388,11 @@ def test_staff_cannot_delete_a_tenants_webhook(staff_client, org, owner):
     listing = staff_client.get(reverse("admin:console_webhookendpoint_changelist"))
     assert "delete_selected" not in listing.content.decode()
     assert WebhookEndpoint.objects.filter(pk=endpoint.pk, disabled_at=None).exists()
+    # Nor a single delivery of its history.
+    delivery = endpoint.deliveries.create(event_type="webhook.test", payload={"id": "evt"})
+    gone = reverse("admin:console_webhookdelivery_delete", args=[delivery.pk])
+    assert staff_client.post(gone, {"post": "yes"}).status_code == 403
+    assert endpoint.deliveries.filter(pk=delivery.pk).exists()
 
 
 def test_staff_cannot_give_an_account_another_accounts_address_in_other_case(staff_client, owner):
