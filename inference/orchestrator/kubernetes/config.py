@@ -74,7 +74,7 @@ class KubernetesConfig:
             context=env_str("K8S_CONTEXT"),
             image=env_str("K8S_ENGINE_IMAGE", DEFAULT_IMAGE),
             image_pull_secret=env_str("K8S_IMAGE_PULL_SECRET"),
-            engine_port=env_int("K8S_ENGINE_PORT", 8000),
+            engine_port=env_int("K8S_ENGINE_PORT", 8000, minimum=1, maximum=65535),
             model_cache_pvc=env_str("K8S_MODEL_CACHE_PVC"),
             model_cache_path=env_str("K8S_MODEL_CACHE_PATH", "/models"),
             hf_token_secret=env_str("K8S_HF_TOKEN_SECRET"),
@@ -84,7 +84,7 @@ class KubernetesConfig:
             memory_request=env_str("K8S_MEMORY_REQUEST"),
             memory_limit=env_str("K8S_MEMORY_LIMIT"),
             shm_size=env_str("K8S_SHM_SIZE", "2Gi"),
-            startup_timeout_s=env_int("K8S_STARTUP_TIMEOUT_S", 1800),
+            startup_timeout_s=env_int("K8S_STARTUP_TIMEOUT_S", 1800, minimum=10),
         )
 
     def api_client(self) -> ApiClient:
