@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from console.models import ApiKey, Invitation, Membership, Organisation, User
-from console.permissions import Role, role_may_assign
+from console.permissions import MATRIX, SCOPE_MATRIX, Role, role_may_assign
 from console.services.audit import audit_record
 from console.services.mail import mail_send
 from console.services.users import user_email_verified
@@ -63,6 +63,17 @@ def invitation_create(
     if len(email) > 254:  # the column's length; the validator allows up to 320
         raise ValidationError({"email": "Use an address of at most 254 characters."})
     role = _clean_role(role)
+    if actor_key is not None:
+        # A key's invitee gets a person's powers: no more than the key itself carries, or a
+        # leaked key would make its holder an admin (member and billing changes need a person).
+        carried = frozenset().union(*(SCOPE_MATRIX.get(s, frozenset()) for s in actor_key.scopes))
+        beyond = MATRIX.get(role, frozenset()) - carried
+        if beyond:
+            allows = ", ".join(sorted(str(action) for action in beyond))
+            raise PermissionDenied(
+                f"A key cannot invite an {role}: the role allows {allows}, which the key may "
+                "not do. Ask an owner or admin to invite them."
+            )
     if role == Role.OWNER:
         inviter = org.memberships.filter(user=actor).first() if actor is not None else None
         if inviter is None or inviter.role != Role.OWNER:

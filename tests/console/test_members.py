@@ -251,3 +251,28 @@ def test_an_invitation_sent_and_revoked_by_a_key_is_audited_as_that_key(
         "member.invited": f"key {manage.key.prefix}…",
         "invitation.revoked": f"key {manage.key.prefix}…",
     }
+
+
+@pytest.mark.parametrize("role", ["admin", "owner"])
+def test_a_key_cannot_invite_a_role_with_powers_it_lacks(client, org, owner, role):
+    """An invitee gets a person's powers; a leaked manage key must not make its holder an admin."""
+    from console.services.keys import api_key_create
+
+    secret = api_key_create(org=org, actor=owner, name="ops", scopes=["manage"]).secret
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    refused = client.post(
+        f"/api/orgs/{org.slug}/invitations/",
+        {"email": "attacker@example.com", "role": role},
+        content_type="application/json",
+        **auth,
+    )
+    assert refused.status_code == 403
+    assert "members.change_role" in refused.json()["error"]["message"]
+    assert not Invitation.objects.filter(email="attacker@example.com").exists()
+    fine = client.post(
+        f"/api/orgs/{org.slug}/invitations/",
+        {"email": "dev@example.com", "role": "developer"},
+        content_type="application/json",
+        **auth,
+    )
+    assert fine.status_code == 201
