@@ -58,6 +58,10 @@ async def _run(gateway: Gateway, org_id: int, body: bytes, request_id: str) -> d
     org = gateway.snapshot.orgs[org_id]
     key = replace(CONSOLE_KEY, org_id=org_id)
     try:
+        if org.suspended_reason is not None:  # as the gateway refuses the org's keys
+            raise GatewayError(
+                402, f"This organisation is suspended: {org.suspended_reason}.", "org_suspended"
+            )
         await gateway.serve(
             CHAT, request_id, key, org, body, None, receive, send, time.perf_counter()
         )

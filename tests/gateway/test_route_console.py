@@ -156,6 +156,22 @@ def test_try_it_reports_a_failing_target(client_for, owner, org, engine):
     assert "scripted failure 500" in html
 
 
+def test_try_it_refuses_a_suspended_organisation_as_the_gateway_does(
+    client_for, owner, org, tiny, engine
+):
+    from console.services.orgs import org_suspend
+
+    fake, _ = engine
+    org_suspend(org=org, reason="unpaid invoices")
+    html = (
+        client_for(owner)
+        .post(f"/o/{org.slug}/routes/try/", {"model": "tiny", "prompt": "x", "max_tokens": 3})
+        .content.decode()
+    )
+    assert "HTTP 402: This organisation is suspended: unpaid invoices." in html
+    assert not UsageRecord.objects.exists() and not fake.requests
+
+
 def test_try_it_offers_only_models_that_can_chat(client_for, owner, org, tiny):
     make_deployment(org, "minilm", [1], served="all-minilm", runner="pooling")
     page = client_for(owner).get(f"/o/{org.slug}/routes/").content.decode()
