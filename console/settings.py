@@ -199,6 +199,8 @@ SESSION_COOKIE_HTTPONLY = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
 
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72)
+# Password-reset emails an hour: per address (its inbox is not flooded), per client address.
+PASSWORD_RESET_EMAILS_PER_HOUR = (5, 20)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

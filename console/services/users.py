@@ -343,3 +343,26 @@ def sign_in_failed(*, email: str, client: str) -> None:
 
 def sign_in_succeeded(*, email: str, client: str) -> None:
     cache.delete(_sign_in_key(email, client))
+
+
+# Password-reset emails ---------------------------------------------------------------------------
+
+# Anyone may ask for a reset link for any address, so the emails are limited: per address (its
+# inbox is not flooded) and per client address (one client cannot mail many inboxes). Over
+# either, the page answers as usual and nothing is sent.
+# The limits are settings.PASSWORD_RESET_EMAILS_PER_HOUR: (per address, per client address).
+RESET_WINDOW_S = 60 * 60
+
+
+def password_reset_allowed(*, email: str, client: str) -> bool:
+    """Count one request for a reset link; whether its email may go."""
+    per_address, per_client = settings.PASSWORD_RESET_EMAILS_PER_HOUR
+    address = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    keys = [(f"reset-emails:{address}", per_address)]
+    if client:
+        keys.append((f"reset-clients:{client}", per_client))
+    if any(failures(key) >= limit for key, limit in keys):
+        return False
+    for key, _ in keys:
+        failure_add(key, RESET_WINDOW_S)
+    return True

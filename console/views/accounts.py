@@ -8,7 +8,7 @@ from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -34,6 +34,7 @@ from console.services.users import (
     email_change_request,
     email_verification_send,
     email_verify,
+    password_reset_allowed,
     sessions_end,
     user_password_change,
     user_update,
@@ -52,6 +53,11 @@ class PasswordResetView(auth_views.PasswordResetView):
         return {"site_url": settings.SITE_URL}
 
     def form_valid(self, form: ResetPasswordForm) -> HttpResponse:
+        if not password_reset_allowed(
+            email=form.cleaned_data["email"], client=self.request.META.get("REMOTE_ADDR", "")
+        ):
+            # The same answer as when an email went, whether the address has an account or not.
+            return HttpResponseRedirect(self.get_success_url())
         response = super().form_valid(form)
         if form.unsent:
             form.add_error(

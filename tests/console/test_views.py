@@ -258,3 +258,30 @@ def test_a_group_of_checkboxes_is_named_by_a_legend_and_gpus_are_spelt_so(client
     assert "<legend>Scopes</legend>" in keys
     deploy = client_for(owner).get(f"/o/{org.slug}/deployments/new/").content.decode()
     assert "GPUs per replica" in deploy and "Gpus" not in deploy
+
+
+def test_password_reset_emails_are_limited_per_address_and_per_client(
+    client, db, settings, mailoutbox
+):
+    import uuid
+
+    from tests.factories import UserFactory
+
+    settings.PASSWORD_RESET_EMAILS_PER_HOUR = (5, 20)
+    run = uuid.uuid4().hex[:8]  # the counts outlive the test in a shared cache
+    here = f"198.18.{int(run[:2], 16)}.{int(run[2:4], 16)}"
+    elsewhere = f"198.19.{int(run[:2], 16)}.{int(run[2:4], 16)}"
+    person = UserFactory(email=f"reset-{run}@example.com")
+    for _ in range(8):
+        answer = client.post("/password-reset/", {"email": person.email}, REMOTE_ADDR=here)
+        assert answer.status_code == 302  # the same answer whether or not an email went
+    assert len(mailoutbox) == 5
+    # From one client, across many addresses: at most 20 an hour.
+    for n in range(20):
+        client.post("/password-reset/", {"email": f"x{n}-{run}@example.com"}, REMOTE_ADDR=here)
+    other = UserFactory(email=f"late-{run}@example.com")
+    client.post("/password-reset/", {"email": other.email}, REMOTE_ADDR=here)
+    assert not [m for m in mailoutbox if m.to == [other.email]]
+    # Another client may still ask for that address.
+    client.post("/password-reset/", {"email": other.email}, REMOTE_ADDR=elsewhere)
+    assert [m for m in mailoutbox if m.to == [other.email]]
