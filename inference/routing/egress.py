@@ -38,6 +38,8 @@ _CLASSES = (
     ("is_private", "a private address"),
 )
 ALLOW_SETTING = "GATEWAY_EXTERNAL_ALLOW"
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 class EgressRefused(Exception):
@@ -47,9 +49,15 @@ class EgressRefused(Exception):
 def address_class(address: Address) -> str | None:
     """Why ``address`` is not a public one ("a loopback address", ...), or None if it is.
 
-    IPv4 addresses carried inside IPv6 ones (``::ffff:127.0.0.1``, 6to4) are judged as IPv4."""
+    IPv4 addresses carried inside IPv6 ones (``::ffff:127.0.0.1``, 6to4, NAT64's well-known
+    prefix ``64:ff9b::/96``, where a translator reaches the IPv4 address) are judged as IPv4;
+    NAT64's local-use prefix ``64:ff9b:1::/48`` is a private network's."""
     if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return "a private address"
         embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             address = embedded
     for attribute, words in _CLASSES:

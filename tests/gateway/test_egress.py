@@ -58,6 +58,10 @@ def create(org, owner, base_url: str) -> ExternalEndpoint:  # type: ignore[no-un
         ("http://0.0.0.0:8000/v1", "0.0.0.0 is an unspecified address"),
         ("http://[::ffff:10.0.0.1]/v1", "::ffff:10.0.0.1 is a private address"),
         ("http://100.64.0.1/v1", "100.64.0.1 is not a public address"),
+        # NAT64: a translator would reach the IPv4 address inside.
+        ("http://[64:ff9b::a00:5]/v1", "64:ff9b::a00:5 is a private address"),
+        ("http://[64:ff9b::7f00:1]/v1", "64:ff9b::7f00:1 is a loopback address"),
+        ("http://[64:ff9b:1::a00:5]/v1", "64:ff9b:1::a00:5 is a private address"),
         (
             "http://internal.example/v1",
             "internal.example resolves to a private or internal address",
@@ -98,6 +102,8 @@ def test_public_addresses_and_names_not_resolvable_yet_are_accepted(dns, org, ow
     assert create(org, owner, "https://api.partner.example/v1")
     ExternalEndpoint.objects.all().delete()
     assert create(org, owner, "https://8.8.8.8/v1")
+    ExternalEndpoint.objects.all().delete()
+    assert create(org, owner, "https://[64:ff9b::808:808]/v1")  # 8.8.8.8 through NAT64
     ExternalEndpoint.objects.all().delete()
     # Not registered yet: accepted, and checked again when the gateway connects.
     assert create(org, owner, "https://later.partner.example/v1")
