@@ -1,7 +1,7 @@
 """Billing's tables: prices and plans, the usage ledger and its rollups, accounts and budgets,
 and the Stripe side (meter events, webhooks, invoices, reconciliation)."""
 
-from billing.models.accounts import BillingAccount, Budget, BudgetAlert
+from billing.models.accounts import BilledSpan, BillingAccount, Budget, BudgetAlert
 from billing.models.ledger import RollupCursor, UptimeRecord, UsageRecord, UsageRollup
 from billing.models.payments import (
     Invoice,
@@ -13,6 +13,7 @@ from billing.models.payments import (
 from billing.models.prices import Plan, PlanKind, Price, PriceUnit
 
 __all__ = [
+    "BilledSpan",
     "BillingAccount",
     "Budget",
     "BudgetAlert",

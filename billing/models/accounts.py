@@ -56,6 +56,30 @@ class BillingAccount(models.Model):
         return self.subscription_status in {"active", "trialing", "past_due"}
 
 
+class BilledSpan(models.Model):
+    """The whole hours an ended subscription billed, kept when a new subscription replaces it
+    on the account (``billing.services.accounts.subscription_ensure``), so that the month's
+    usage in them is known as billed (not the Free plan's) after a later return to Free.
+
+    The hours from ``start`` up to ``end`` (both on the hour, ``end`` excluded), as
+    ``billing.selectors.billable_span`` gave them for that subscription."""
+
+    org = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="billed_spans")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org", "start"], name="billed_span_once"),
+            models.CheckConstraint(
+                condition=models.Q(end__gt=models.F("start")), name="billed_span_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.org}: billed {self.start:%Y-%m-%d %H:00} to {self.end:%Y-%m-%d %H:00}"
+
+
 class Budget(models.Model):
     """An org's monthly spending budget. Alerts at 50, 80 and 100 percent; a hard cap if set."""
 

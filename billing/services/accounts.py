@@ -12,8 +12,8 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.models import BillingAccount, Budget, Plan, PlanKind, StripeMeter
-from billing.selectors import default_plan
+from billing.models import BilledSpan, BillingAccount, Budget, Plan, PlanKind, StripeMeter
+from billing.selectors import billable_span, default_plan
 from billing.stripe_client import stripe_client, stripe_enabled, with_retries
 from console.models import ApiKey, Membership, Organisation, User
 from console.permissions import Role
@@ -202,15 +202,23 @@ def subscription_ensure(*, account: BillingAccount) -> str:
         )
     )
     # Usage is billable from the first subscription on, unless an earlier one ended: then from
-    # now, as what was used in between was on the Free plan.
+    # now, as what was used in between was on the Free plan. The ended one's hours are kept, as
+    # this month's spend in them was billed too (``billing.selectors.billed_spend``).
     ongoing = account.billable_from is not None and account.billable_until is None
-    BillingAccount.objects.filter(pk=account.pk).update(
-        stripe_subscription_id=subscription.id,
-        subscription_status=subscription.status,
-        subscription_generation=generation,
-        billable_from=account.billable_from if ongoing else timezone.now(),
-        billable_until=None,
-    )
+    ended = None if ongoing else billable_span(account)
+    with transaction.atomic():
+        if ended is not None and ended[1] is not None and ended[0] < ended[1]:
+            BilledSpan.objects.bulk_create(
+                [BilledSpan(org_id=account.org_id, start=ended[0], end=ended[1])],
+                ignore_conflicts=True,  # kept already by a concurrent call
+            )
+        BillingAccount.objects.filter(pk=account.pk).update(
+            stripe_subscription_id=subscription.id,
+            subscription_status=subscription.status,
+            subscription_generation=generation,
+            billable_from=account.billable_from if ongoing else timezone.now(),
+            billable_until=None,
+        )
     account.refresh_from_db()
     return account.stripe_subscription_id
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 import time_machine
@@ -10,12 +11,15 @@ from billing.ledger import usage_record_batch
 from billing.models import BillingAccount, Budget, BudgetAlert, Plan
 from billing.rollups import usage_rollup
 from billing.selectors import (
+    billed_spend,
     forecast_micros,
+    free_credit_used,
     key_month_to_date_spend,
     month_to_date_spend,
     spend_limit_details,
     spend_limits,
 )
+from billing.services import accounts as account_services
 from billing.services.accounts import MAX_BUDGET_MICROS, budget_set, key_budget_set
 from billing.services.alerts import budget_alerts_check
 from console.models import AuditEvent, ControlPlaneVersion, User
@@ -146,6 +150,46 @@ def test_after_a_return_to_free_the_credit_counts_only_the_usage_since(org, owne
         (50, 4_000_000, 5_000_000),
         (80, 4_000_000, 5_000_000),
     ]
+
+
+def test_every_subscription_this_month_counts_as_billed_after_a_return_to_free(
+    org, settings, meters, monkeypatch
+):
+    """Pay as you go from the 1st to the 5th ($20, invoiced on cancelling), Free, Pay as you go
+    again from the 7th to the 8th ($1), Free since: both subscriptions' hours are billed, the
+    $2 used on Free between them and the $1 since use the credit."""
+    settings.STRIPE_API_KEY = "sk_test_x"
+    monkeypatch.setattr(
+        account_services, "with_retries", lambda call: SimpleNamespace(id="sub_x", status="active")
+    )
+    free, payg = Plan.objects.get(code="free"), Plan.objects.get(code="payg")
+    account = BillingAccount.objects.create(org=org, plan=payg, stripe_customer_id="cus_acme")
+    for start, used, end in [
+        (datetime(2026, 3, 1, 0, 0, 30, tzinfo=UTC), 20_000_000, datetime(2026, 3, 5, 8, 20)),
+        (datetime(2026, 3, 7, 0, 0, 30, tzinfo=UTC), 1_000_000, datetime(2026, 3, 8, 8, 20)),
+    ]:
+        BillingAccount.objects.filter(pk=account.pk).update(plan=payg)
+        account.refresh_from_db()
+        with time_machine.travel(start, tick=False):
+            account_services.subscription_ensure(account=account)
+        spend(org, used, 1, start + timedelta(hours=9))
+        with time_machine.travel(end.replace(tzinfo=UTC), tick=False):
+            account_services.subscription_cancel(account=account)
+        BillingAccount.objects.filter(pk=account.pk).update(plan=free)
+    spend(org, 2_000_000, 1, datetime(2026, 3, 6, 9, tzinfo=UTC))  # on Free, between them
+    spend(org, 1_000_000, 1, datetime(2026, 3, 9, 9, tzinfo=UTC))  # on Free since
+    usage_rollup(now=NOW)
+    account.refresh_from_db()
+    assert billed_spend(account, now=NOW) == 21_000_000
+    with time_machine.travel(NOW, tick=False):
+        limit = spend_limit_details([org.pk])[org.pk]
+        assert (limit.reason, limit.cap_micros) == ("free_credit", 21_000_000 + 5_000_000)
+        assert budget_alerts_check(now=NOW) == 1
+    alerts = BudgetAlert.objects.filter(subject="credit")
+    assert sorted(alerts.values_list("threshold", "spend_micros")) == [(50, 3_000_000)]
+    assert free_credit_used(account, mtd=24_000_000, now=NOW) == 3_000_000
+    # Next month, the spans of March bill nothing.
+    assert billed_spend(account, now=datetime(2026, 4, 2, tzinfo=UTC)) == 0
 
 
 def test_budget_input_is_validated(org, owner):

@@ -14,6 +14,7 @@ from billing.ledger import usage_record_batch
 from billing.models import BillingAccount, MeterEvent, StripeMeter, UsageRecord, UsageRollup
 from billing.models.payments import MeterEventStatus
 from billing.rollups import usage_rollup
+from billing.selectors import billed_spend, invoice_estimate
 from billing.services.accounts import (
     account_for,
     checkout_session_create,
@@ -264,6 +265,12 @@ def test_usage_on_free_between_two_subscriptions_is_not_billed(stripe_fake, mete
     meter_events_prepare(now=later)
     hours = sorted({event.hour for event in MeterEvent.objects.all()})
     assert hours == [T0 + timedelta(hours=h) for h in (0, 4, 5)]
+    # Both subscriptions' hours count as billed (the first's to the end of the hour it ended
+    # in), not the gap's; the estimate is the running subscription's.
+    cost = dict(UsageRollup.objects.values_list("hour").annotate(c=Sum("cost_micros")))
+    billed = [cost[T0 + timedelta(hours=h)] for h in (0, 1, 4, 5)]
+    assert billed_spend(account, now=later) == sum(billed)
+    assert invoice_estimate(account=account, now=later).usage_micros == sum(billed[2:])
 
 
 def test_429_and_500_are_retried_with_backoff_under_one_idempotency_key(stripe_fake, meters, org):
