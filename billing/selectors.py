@@ -161,7 +161,8 @@ def billed_spends(
 ) -> dict[int, int]:
     """This month's spend per org id in the hours its subscriptions billed: what Stripe
     invoices (or invoiced, for a subscription that ended this month), and what the free credit
-    does not cover. A fixed number of queries however many accounts."""
+    does not cover. A fixed number of queries however many accounts: the gateway's snapshot
+    (``spend_limit_details``) and the alerts read it for every org on Free."""
     now = now or timezone.now()
     start, split = month_start(now), _split_point(now)
     accounts = list(accounts)
@@ -346,15 +347,12 @@ def spend_limit_details(org_ids: Iterable[int] | None = None) -> dict[int, Spend
     }
     budgets = {b.org_id: b for b in Budget.objects.filter(org_id__in=ids)}
     fallback = default_plan()
-    now = timezone.now()
+    billed = billed_spends(a for a in accounts.values() if a.plan.kind == PlanKind.FREE)
     result = {}
     for org_id in ids:
         account = accounts.get(org_id)
         plan = account.plan if account else fallback
-        billed = 0
-        if account is not None and plan.kind == PlanKind.FREE:
-            billed = billed_spend(account, now=now)
-        result[org_id] = _limit_for(account, plan, budgets.get(org_id), billed)
+        result[org_id] = _limit_for(account, plan, budgets.get(org_id), billed.get(org_id, 0))
     return result
 
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from billing.models import BillingAccount, Budget, BudgetAlert, PlanKind
 from billing.money import format_dollars
 from billing.selectors import (
-    billed_spend,
+    billed_spends,
     default_plan,
     key_month_to_date_spend,
     month_start,
@@ -60,19 +60,19 @@ def _watches(now: datetime) -> list[_Watch]:
         )
     fallback = default_plan()
     accounts = {a.org_id: a for a in BillingAccount.objects.select_related("plan")}
+    billed = billed_spends((a for a in accounts.values() if a.plan.kind == PlanKind.FREE), now=now)
     for org_id, org_spend in spend.items():
         account = accounts.get(org_id)
         plan = account.plan if account else fallback
         if plan.kind == PlanKind.FREE and plan.monthly_credit_micros > 0:
             # The credit covers the spend on Free, not what a subscription billed this month.
-            billed = billed_spend(account, now=now) if account else 0
             watches.append(
                 _Watch(
                     org_id,
                     "credit",
                     f"the {plan.name} plan's monthly credit",
                     plan.monthly_credit_micros,
-                    max(org_spend - billed, 0),
+                    max(org_spend - billed.get(org_id, 0), 0),
                 )
             )
     for key in ApiKey.objects.filter(monthly_budget_micros__gt=0, revoked_at__isnull=True):

@@ -6,9 +6,11 @@ from types import SimpleNamespace
 import pytest
 import time_machine
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from billing.ledger import usage_record_batch
-from billing.models import BillingAccount, Budget, BudgetAlert, Plan
+from billing.models import BilledSpan, BillingAccount, Budget, BudgetAlert, Plan
 from billing.rollups import usage_rollup
 from billing.selectors import (
     billed_spend,
@@ -26,7 +28,7 @@ from console.models import AuditEvent, ControlPlaneVersion, User
 from console.permissions import Role
 from console.services.keys import api_key_create
 from tests.billing.factories import usage
-from tests.factories import MembershipFactory
+from tests.factories import MembershipFactory, OrgFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -190,6 +192,43 @@ def test_every_subscription_this_month_counts_as_billed_after_a_return_to_free(
     assert free_credit_used(account, mtd=24_000_000, now=NOW) == 3_000_000
     # Next month, the spans of March bill nothing.
     assert billed_spend(account, now=datetime(2026, 4, 2, tzinfo=UTC)) == 0
+
+
+def _back_on_free(n: int) -> None:
+    """``n`` orgs on Free, each after two subscriptions this month, with usage in both."""
+    for _ in range(n):
+        org = OrgFactory()
+        BillingAccount.objects.create(
+            org=org,
+            plan=Plan.objects.get(code="free"),
+            subscription_status="canceled",
+            billable_from=datetime(2026, 3, 7, 0, 30, tzinfo=UTC),
+            billable_until=datetime(2026, 3, 8, 8, 20, tzinfo=UTC),
+        )
+        BilledSpan.objects.create(
+            org=org, start=datetime(2026, 2, 1, tzinfo=UTC), end=datetime(2026, 3, 5, tzinfo=UTC)
+        )
+        spend(org, 1_000, 1, datetime(2026, 3, 2, tzinfo=UTC))
+        spend(org, 2_000, 1, datetime(2026, 3, 7, 9, tzinfo=UTC))
+        spend(org, 4_000, 1, NOW - timedelta(minutes=5))  # on Free, not rolled up yet
+
+
+def test_the_credit_of_orgs_back_on_free_is_read_in_queries_that_do_not_grow_with_them(
+    django_capture_on_commit_callbacks,
+):
+    def queries() -> int:
+        usage_rollup(now=NOW - timedelta(hours=2))
+        with time_machine.travel(NOW, tick=False), CaptureQueriesContext(connection) as read:
+            limits = spend_limit_details()
+            with django_capture_on_commit_callbacks():
+                budget_alerts_check(now=NOW)
+        assert {limit.cap_micros for limit in limits.values()} == {5_003_000}
+        return len(read.captured_queries)
+
+    _back_on_free(1)
+    one = queries()
+    _back_on_free(20)
+    assert queries() == one
 
 
 def test_budget_input_is_validated(org, owner):
