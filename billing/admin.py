@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from billing.models import (
+    BilledSpan,
     BillingAccount,
     Budget,
     BudgetAlert,
@@ -141,6 +142,14 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         snapshot_bump()
+
+
+@admin.register(BilledSpan)
+class BilledSpanAdmin(ReadOnlyAdmin):
+    """The hours ended subscriptions billed: kept by the billing code, read here."""
+
+    list_display = ["org", "start", "end"]
+    search_fields = ["org__slug"]
 
 
 @admin.register(BudgetAlert)
