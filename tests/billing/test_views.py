@@ -388,6 +388,19 @@ def test_key_budgets_come_50_a_page_the_most_spent_first(client_for, owner, org,
     assert saved["Location"] == f"/o/{org.slug}/billing/?keys_page=2"
 
 
+def _used(org, served_at, prompt_tokens: int, completion_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    usage_record_batch(
+        [
+            usage(
+                org.pk,
+                served_at,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+        ]
+    )
+
+
 def test_the_estimated_invoice_is_the_usage_reported_to_stripe(
     client_for, owner, org, settings, mid_month
 ):
@@ -399,27 +412,9 @@ def test_the_estimated_invoice_is_the_usage_reported_to_stripe(
     settings.STRIPE_API_KEY = "sk_test_estimate"
     price(effective_from=datetime(2026, 6, 1, tzinfo=UTC))  # $1/M input, $2/M output
     # $1.50 on the Free plan on the 5th; Pay as you go from the 10th, then $2.00 on the 12th.
-    usage_record_batch(
-        [
-            usage(
-                org.pk,
-                datetime(2026, 6, 5, 9, tzinfo=UTC),
-                prompt_tokens=1_000_000,
-                completion_tokens=250_000,
-            )
-        ]
-    )
+    _used(org, datetime(2026, 6, 5, 9, tzinfo=UTC), 1_000_000, 250_000)
     subscribe(org, since=datetime(2026, 6, 10, 10, 30, tzinfo=UTC))
-    usage_record_batch(
-        [
-            usage(
-                org.pk,
-                datetime(2026, 6, 12, 9, tzinfo=UTC),
-                prompt_tokens=2_000_000,
-                completion_tokens=0,
-            )
-        ]
-    )
+    _used(org, datetime(2026, 6, 12, 9, tzinfo=UTC), 2_000_000, 0)
     usage_rollup(now=mid_month)
     meter_events_prepare(now=mid_month)
     assert sum(MeterEvent.objects.values_list("value", flat=True)) == 2_000_000
@@ -439,16 +434,7 @@ def test_nothing_more_is_estimated_once_a_subscription_ended_with_its_invoice(
 
     settings.STRIPE_API_KEY = "sk_test_estimate"
     subscribe(org, since=datetime(2026, 5, 1, tzinfo=UTC))
-    usage_record_batch(
-        [
-            usage(
-                org.pk,
-                datetime(2026, 6, 5, 9, tzinfo=UTC),
-                prompt_tokens=20_000_000,
-                completion_tokens=0,
-            )
-        ]
-    )
+    _used(org, datetime(2026, 6, 5, 9, tzinfo=UTC), 20_000_000, 0)
     # Back to Free on the 10th: cancelling invoiced the Pay-as-you-go usage.
     BillingAccount.objects.filter(org=org).update(
         plan=Plan.objects.get(code="free"),
@@ -466,16 +452,7 @@ def test_nothing_more_is_estimated_once_a_subscription_ended_with_its_invoice(
 def test_the_local_ledger_estimate_is_the_month_less_the_free_credit(
     client_for, owner, org, mid_month
 ):
-    usage_record_batch(
-        [
-            usage(
-                org.pk,
-                datetime(2026, 6, 5, 9, tzinfo=UTC),
-                prompt_tokens=20_000_000,
-                completion_tokens=0,
-            )
-        ]
-    )
+    _used(org, datetime(2026, 6, 5, 9, tzinfo=UTC), 20_000_000, 0)
     usage_rollup(now=mid_month)
     page = client_for(owner).get(f"/o/{org.slug}/billing/")
     assert page.context["mtd"] == 10_000_000  # at the fallback $0.50/M input

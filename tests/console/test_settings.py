@@ -152,54 +152,44 @@ def test_throttle_rates_in_every_unit_drf_reads_are_accepted():
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "allowed"),
+    ("config", "name", "value", "allowed"),
     [
-        ("GATEWAY_METER_FLUSH_MS", "0", "at least 10"),
-        ("GATEWAY_METER_FLUSH_MS", "-1", "at least 10"),
-        ("GATEWAY_METER_BATCH", "0", "at least 1"),
-        ("GATEWAY_SNAPSHOT_POLL_MS", "-500", "at least 10"),
-        ("GATEWAY_SNAPSHOT_TTL_S", "0", "at least 1"),
-        ("GATEWAY_MAX_BODY_BYTES", "-1", "at least 1024"),
-        ("GATEWAY_CONNECT_TIMEOUT_S", "0", "at least 1"),
-        ("GATEWAY_READ_TIMEOUT_S", "-1", "at least 1"),
-        ("GATEWAY_COLD_START_WAIT_S", "-1", "at least 0"),
-        ("GATEWAY_EJECT_S", "-1", "at least 0"),
-        ("GATEWAY_DEFAULT_MAX_TOKENS", "-1", "at least 1"),
-        ("GATEWAY_AFFINITY_PREFIX_CHARS", "-1", "at least 0"),
-        ("GATEWAY_REDIS_TIMEOUT_MS", "0", "at least 1"),
-        ("GATEWAY_INFLIGHT_PUBLISH_MS", "5", "0 (never) or at least 100"),
+        (GatewayConfig, "GATEWAY_METER_FLUSH_MS", "0", "at least 10"),
+        (GatewayConfig, "GATEWAY_METER_FLUSH_MS", "-1", "at least 10"),
+        (GatewayConfig, "GATEWAY_METER_BATCH", "0", "at least 1"),
+        (GatewayConfig, "GATEWAY_SNAPSHOT_POLL_MS", "-500", "at least 10"),
+        (GatewayConfig, "GATEWAY_SNAPSHOT_TTL_S", "0", "at least 1"),
+        (GatewayConfig, "GATEWAY_MAX_BODY_BYTES", "-1", "at least 1024"),
+        (GatewayConfig, "GATEWAY_CONNECT_TIMEOUT_S", "0", "at least 1"),
+        (GatewayConfig, "GATEWAY_READ_TIMEOUT_S", "-1", "at least 1"),
+        (GatewayConfig, "GATEWAY_COLD_START_WAIT_S", "-1", "at least 0"),
+        (GatewayConfig, "GATEWAY_EJECT_S", "-1", "at least 0"),
+        (GatewayConfig, "GATEWAY_DEFAULT_MAX_TOKENS", "-1", "at least 1"),
+        (GatewayConfig, "GATEWAY_AFFINITY_PREFIX_CHARS", "-1", "at least 0"),
+        (GatewayConfig, "GATEWAY_REDIS_TIMEOUT_MS", "0", "at least 1"),
+        (GatewayConfig, "GATEWAY_INFLIGHT_PUBLISH_MS", "5", "0 (never) or at least 100"),
+        (OrchestratorConfig, "ORCHESTRATOR_INTERVAL_S", "0", "at least 1"),
+        (OrchestratorConfig, "ORCHESTRATOR_RESTART_LIMIT", "0", "at least 1"),
+        (OrchestratorConfig, "ORCHESTRATOR_BACKOFF_BASE_S", "0", "at least 1"),
+        (
+            OrchestratorConfig,
+            "ORCHESTRATOR_BACKOFF_CAP_S",
+            "1",
+            "at least ORCHESTRATOR_BACKOFF_BASE_S (2)",
+        ),
+        (OrchestratorConfig, "ORCHESTRATOR_START_TIMEOUT_S", "-5", "at least 1"),
+        (OrchestratorConfig, "ORCHESTRATOR_DRAIN_TIMEOUT_S", "-1", "at least 0"),
+        (OrchestratorConfig, "VLLM_CPU_KVCACHE_GIB", "0", "at least 1"),
     ],
 )
-def test_a_gateway_setting_out_of_range_is_refused_naming_it_and_its_range(
-    monkeypatch, name, value, allowed
+def test_a_gateway_or_orchestrator_setting_out_of_range_is_refused_naming_it_and_its_range(
+    monkeypatch, config, name, value, allowed
 ):
     monkeypatch.setenv(name, value)
     with pytest.raises(
         ImproperlyConfigured, match=re.escape(f"{name} must be {allowed}, got {value}")
     ):
-        GatewayConfig.from_env()
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "allowed"),
-    [
-        ("ORCHESTRATOR_INTERVAL_S", "0", "at least 1"),
-        ("ORCHESTRATOR_RESTART_LIMIT", "0", "at least 1"),
-        ("ORCHESTRATOR_BACKOFF_BASE_S", "0", "at least 1"),
-        ("ORCHESTRATOR_BACKOFF_CAP_S", "1", "at least ORCHESTRATOR_BACKOFF_BASE_S (2)"),
-        ("ORCHESTRATOR_START_TIMEOUT_S", "-5", "at least 1"),
-        ("ORCHESTRATOR_DRAIN_TIMEOUT_S", "-1", "at least 0"),
-        ("VLLM_CPU_KVCACHE_GIB", "0", "at least 1"),
-    ],
-)
-def test_an_orchestrator_setting_out_of_range_is_refused_naming_it_and_its_range(
-    monkeypatch, name, value, allowed
-):
-    monkeypatch.setenv(name, value)
-    with pytest.raises(
-        ImproperlyConfigured, match=re.escape(f"{name} must be {allowed}, got {value}")
-    ):
-        OrchestratorConfig.from_env()
+        config.from_env()
 
 
 def test_the_documented_defaults_and_edges_are_accepted(monkeypatch):
