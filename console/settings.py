@@ -199,6 +199,10 @@ SESSION_COOKIE_HTTPONLY = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
 
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72)
+# So that an organisation (or its key) cannot mail any number of addresses: pending invitations
+# at once, and invitation emails an hour (a replacing invitation is one more email).
+INVITATIONS_PENDING_PER_ORG = env_int("INVITATIONS_PENDING_PER_ORG", 50, minimum=1)
+INVITATION_EMAILS_PER_HOUR = env_int("INVITATION_EMAILS_PER_HOUR", 20, minimum=1)
 # Password-reset emails an hour: per address (its inbox is not flooded), per client address.
 PASSWORD_RESET_EMAILS_PER_HOUR = (5, 20)
 

@@ -16,6 +16,7 @@ from console.models import ApiKey, Invitation, Membership, Organisation, User
 from console.permissions import MATRIX, SCOPE_MATRIX, Role, role_may_assign
 from console.services.audit import audit_record
 from console.services.mail import mail_send
+from console.services.throttle import failure_add, failures
 from console.services.users import user_email_verified
 
 
@@ -28,6 +29,15 @@ def _clean_role(role: str) -> str:
         choices = ", ".join(Role.values)
         raise ValidationError({"role": f"Unknown role “{role}”; choose one of {choices}."})
     return role
+
+
+# Invitation emails an organisation sent in the hour since its first one; the limit is
+# settings.INVITATION_EMAILS_PER_HOUR. Keyed by the public id, which no other organisation reuses.
+INVITATION_EMAIL_WINDOW_S = 60 * 60
+
+
+def _emails_key(org: Organisation) -> str:
+    return f"invitation-emails:{org.public_id}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,9 @@ def invitation_create(
 
     A previous pending invitation to the same address is revoked (and recorded so, naming the one
     that replaces it), so only the newest link works. ``actor_key`` is the API key that asked,
-    when a program did.
+    when a program did. An organisation has at most ``INVITATIONS_PENDING_PER_ORG`` pending
+    invitations and sends at most ``INVITATION_EMAILS_PER_HOUR`` of them an hour; beyond either,
+    nothing is created or sent.
     """
     email = (email or "").strip().lower()
     try:
@@ -80,7 +92,22 @@ def invitation_create(
             raise PermissionDenied("Only an owner can invite another owner.")
     if org.memberships.filter(user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member."})
+    # Lock the organisation's row so that two invitations at once cannot both pass the count.
+    Organisation.objects.select_for_update().filter(pk=org.pk).first()
     now = timezone.now()
+    pending = org.invitations.filter(accepted_at=None, revoked_at=None, expires_at__gt=now)
+    cap = settings.INVITATIONS_PENDING_PER_ORG
+    if pending.exclude(email=email).count() >= cap:  # one to this address is replaced
+        raise ValidationError(
+            f"An organisation has at most {cap} pending invitations. Revoke one, or wait until "
+            "one is accepted or expires."
+        )
+    per_hour = settings.INVITATION_EMAILS_PER_HOUR
+    if failures(_emails_key(org)) >= per_hour:
+        raise ValidationError(
+            f"An organisation sends at most {per_hour} invitation emails an hour. Try again later."
+        )
+    failure_add(_emails_key(org), INVITATION_EMAIL_WINDOW_S)
     earlier = list(org.invitations.filter(email=email, accepted_at=None, revoked_at=None))
     org.invitations.filter(pk__in=[e.pk for e in earlier]).update(revoked_at=now)
     token = secrets.token_urlsafe(32)

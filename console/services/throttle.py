@@ -1,5 +1,6 @@
-"""Failures counted in the cache over a fixed window: the two sign-in steps (passwords and
-two-factor codes) each refuse further tries once their count is reached."""
+"""Counts kept in the cache over a fixed window: failures of the two sign-in steps (passwords and
+two-factor codes), and emails sent (password resets, invitations); each refuses more once its
+count is reached."""
 
 from __future__ import annotations
 

@@ -276,3 +276,97 @@ def test_a_key_cannot_invite_a_role_with_powers_it_lacks(client, org, owner, rol
         **auth,
     )
     assert fine.status_code == 201
+
+
+def test_an_organisation_has_a_limited_number_of_pending_invitations(
+    org, owner, settings, django_capture_on_commit_callbacks
+):
+    settings.INVITATIONS_PENDING_PER_ORG = 3
+    for n in range(3):
+        invitation_create(org=org, actor=owner, email=f"p{n}@example.com", role=Role.VIEWER)
+    with django_capture_on_commit_callbacks(execute=True) as sent:
+        with pytest.raises(ValidationError, match="at most 3 pending invitations"):
+            invitation_create(org=org, actor=owner, email="p3@example.com", role=Role.VIEWER)
+    assert not sent and not Invitation.objects.filter(email="p3@example.com").exists()
+    assert AuditEvent.objects.filter(org=org, action="member.invited").count() == 3
+    # Inviting a pending address again replaces its invitation: still three pending.
+    again = invitation_create(org=org, actor=owner, email="p0@example.com", role=Role.DEVELOPER)
+    assert again.invitation.role == Role.DEVELOPER
+    # Revoked and expired invitations are not pending: each frees a place.
+    invitation_revoke(invitation=again.invitation, actor=owner)
+    invitation_create(org=org, actor=owner, email="p3@example.com", role=Role.VIEWER)
+    Invitation.objects.filter(email="p1@example.com").update(expires_at=timezone.now())
+    invitation_create(org=org, actor=owner, email="p4@example.com", role=Role.VIEWER)
+    # Another organisation has its own places.
+    other = OrgFactory()
+    MembershipFactory(org=other, user=owner, role=Role.OWNER)
+    invitation_create(org=other, actor=owner, email="p5@example.com", role=Role.VIEWER)
+
+
+def test_an_organisation_sends_a_limited_number_of_invitation_emails_an_hour(
+    org, owner, settings, django_capture_on_commit_callbacks
+):
+    settings.INVITATION_EMAILS_PER_HOUR = 3
+    with django_capture_on_commit_callbacks(execute=True):
+        invitation_create(org=org, actor=owner, email="a@example.com", role=Role.VIEWER)
+        invitation_create(org=org, actor=owner, email="b@example.com", role=Role.VIEWER)
+        # Sending an address a new invitation is one more email.
+        invitation_create(org=org, actor=owner, email="a@example.com", role=Role.VIEWER)
+    assert len(mail.outbox) == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        for email in ("c@example.com", "a@example.com"):
+            with pytest.raises(ValidationError, match="at most 3 invitation emails an hour"):
+                invitation_create(org=org, actor=owner, email=email, role=Role.VIEWER)
+    assert len(mail.outbox) == 3
+    assert not Invitation.objects.filter(email="c@example.com").exists()
+    assert Invitation.objects.filter(email="a@example.com", revoked_at=None).count() == 1
+    # Another organisation sends its own.
+    other = OrgFactory()
+    MembershipFactory(org=other, user=owner, role=Role.OWNER)
+    invitation_create(org=other, actor=owner, email="c@example.com", role=Role.VIEWER)
+
+
+def test_invitations_over_the_limits_are_refused_in_the_panel_and_over_rest(
+    org, owner, client, client_for, settings, django_capture_on_commit_callbacks
+):
+    from console.services.keys import api_key_create
+
+    settings.INVITATIONS_PENDING_PER_ORG = 1
+    secret = api_key_create(org=org, actor=owner, name="ops", scopes=["manage"]).secret
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    invite = f"/o/{org.slug}/members/invite/"
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for(owner).post(invite, {"email": "one@example.com", "role": "viewer"})
+        panel = client_for(owner).post(
+            invite, {"email": "two@example.com", "role": "viewer"}, HTTP_HX_REQUEST="true"
+        )
+        refused = client.post(
+            f"/api/orgs/{org.slug}/invitations/",
+            {"email": "three@example.com", "role": "viewer"},
+            content_type="application/json",
+            **auth,
+        )
+    assert panel.status_code == 400
+    assert "at most 1 pending invitations" in panel.content.decode()
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "invalid" and "at most 1 pending invitations" in error["message"]
+    assert [m.to for m in mail.outbox] == [["one@example.com"]]
+    assert list(Invitation.objects.values_list("email", flat=True)) == ["one@example.com"]
+    # The hourly emails are refused alike.
+    settings.INVITATIONS_PENDING_PER_ORG = 50
+    settings.INVITATION_EMAILS_PER_HOUR = 1
+    refused = client.post(
+        f"/api/orgs/{org.slug}/invitations/",
+        {"email": "three@example.com", "role": "viewer"},
+        content_type="application/json",
+        **auth,
+    )
+    assert refused.status_code == 400
+    assert "at most 1 invitation emails an hour" in refused.json()["error"]["message"]
+    panel = client_for(owner).post(
+        invite, {"email": "two@example.com", "role": "viewer"}, HTTP_HX_REQUEST="true"
+    )
+    assert panel.status_code == 400
+    assert "at most 1 invitation emails an hour" in panel.content.decode()
+    assert Invitation.objects.count() == 1

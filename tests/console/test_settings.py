@@ -100,6 +100,13 @@ def test_a_connect_timeout_below_one_second_is_refused():
     assert "DATABASE_CONNECT_TIMEOUT_S must be at least 1, got 0" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["INVITATIONS_PENDING_PER_ORG", "INVITATION_EMAILS_PER_HOUR"])
+def test_an_invitation_limit_below_one_is_refused(name):
+    result = _run("check", DJANGO_DEBUG="1", **{name: "0"})
+    assert result.returncode != 0
+    assert f"{name} must be at least 1, got 0" in result.stderr
+
+
 def test_a_malformed_encryption_key_stops_start_up_naming_its_variable():
     result = _run("check", DJANGO_DEBUG="1", WEBHOOK_ENCRYPTION_KEY="not-a-fernet-key")
     assert result.returncode != 0
