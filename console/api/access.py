@@ -17,7 +17,7 @@ from rest_framework.serializers import Serializer
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from console.api.authentication import KeyPrincipal
+from console.api.authentication import KeyPrincipal, KeyRefused
 from console.models import ApiKey, Membership, Organisation, User
 from console.permissions import (
     UNCONFIRMED_EMAIL_MESSAGE,
@@ -77,7 +77,9 @@ def resolve_org(request: Request, slug: str) -> OrgAccess:
 
 class AnonymousThrottled:
     """For a DRF view: a caller with no credential, or a bad one, is counted by the throttles
-    (the anonymous rate, per client address) before it is told 401, and told 429 once over.
+    (the anonymous rate, per client address) before it is told 401, and told 429 once over. So
+    is a key refused here although it exists (403: from outside its allowed networks, or without
+    a REST API scope), which authenticates nothing either.
 
     DRF authenticates and checks permissions before it throttles, so the anonymous rate would
     never apply to views that need a caller: guessing keys would go unchecked. Only refused
@@ -86,7 +88,7 @@ class AnonymousThrottled:
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         try:
             super().initial(request, *args, **kwargs)  # type: ignore[misc]
-        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed):
+        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, KeyRefused):
             self.check_throttles(request)  # type: ignore[attr-defined]
             raise
 

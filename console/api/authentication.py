@@ -23,6 +23,12 @@ class KeyPrincipal:
         return f"key:{self.auth.key.pk}"
 
 
+class KeyRefused(exceptions.PermissionDenied):
+    """A real key refused here (403, not 401): from outside its allowed networks, or without a
+    REST API scope. Its caller is counted like one without a valid credential
+    (``console.api.access.AnonymousThrottled``)."""
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer sk-...`` with a key of the ``manage`` or ``read`` scope. The scheme
     is taken in any case (RFC 9110), as the gateway takes it."""
@@ -42,10 +48,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             auth = api_key_authenticate(parts[1], client_ip=request.META.get("REMOTE_ADDR"))
         except KeyAuthError as error:
             if error.reason == "ip_not_allowed":
-                raise exceptions.PermissionDenied(str(error)) from None
+                raise KeyRefused(str(error)) from None
             raise exceptions.AuthenticationFailed(str(error)) from None
         if not {"manage", "read"} & set(auth.scopes):
-            raise exceptions.PermissionDenied(
+            raise KeyRefused(
                 "This key has no REST API scope; it needs the 'manage' or 'read' scope."
             )
         return KeyPrincipal(auth=auth), auth

@@ -257,6 +257,54 @@ def test_callers_without_a_valid_credential_are_throttled_per_address(
     assert client.get("/api/me/", REMOTE_ADDR="192.0.2.7").status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [
+        ("revoked", 401),
+        ("expired", 401),
+        ("suspended", 401),
+        ("ip_not_allowed", 403),
+        ("no_rest_scope", 403),
+    ],
+)
+def test_a_refused_key_is_throttled_per_address_like_a_missing_one(
+    client, org, owner, monkeypatch, refusal, status
+):
+    """Every key the REST API refuses counts, so one cannot be tried without limit (from outside
+    its networks, say)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from console.services.orgs import org_suspend
+
+    cache.clear()
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min"})
+    created = api_key_create(
+        org=org,
+        actor=owner,
+        name="r",
+        scopes=["inference"] if refusal == "no_rest_scope" else ["read"],
+        allowed_ips=["10.0.0.0/8"] if refusal == "ip_not_allowed" else [],
+    )
+    keys = ApiKey.objects.filter(pk=created.key.pk)
+    if refusal == "revoked":
+        keys.update(revoked_at=timezone.now())
+    elif refusal == "expired":
+        keys.update(expires_at=timezone.now() - timedelta(minutes=1))
+    elif refusal == "suspended":
+        org_suspend(org=org, reason="payment failed")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {created.secret}", "REMOTE_ADDR": "192.0.2.9"}
+    answers = [client.get(f"/api/orgs/{org.slug}/", **auth) for _ in range(4)]
+    assert [a.status_code for a in answers] == [status, status, status, 429]
+    assert answers[-1].json()["error"]["code"] == "throttled"
+    # Another address is counted by its own.
+    assert (
+        client.get(f"/api/orgs/{org.slug}/", **{**auth, "REMOTE_ADDR": "192.0.2.10"}).status_code
+        == status
+    )
+
+
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
 def test_the_bearer_scheme_is_taken_in_any_case(client, org, owner, scheme):
     read = api_key_create(org=org, actor=owner, name="r", scopes=["read"]).secret
