@@ -125,4 +125,13 @@ class SpendSerializer(serializers.Serializer):
     )
     limit_reason = serializers.CharField(allow_blank=True, required=False, help_text=BILLING_ONLY)
     budget = BudgetSerializer(allow_null=True, required=False, help_text=BILLING_ONLY)
-    keys = KeySpendSerializer(many=True)
+    keys_count = serializers.IntegerField(help_text="The organisation's active keys, all pages.")
+    next = serializers.URLField(
+        allow_null=True, help_text="The next page of keys (null after the last)."
+    )
+    previous = serializers.URLField(
+        allow_null=True, help_text="The previous page of keys (null on the first)."
+    )
+    keys = KeySpendSerializer(
+        many=True, help_text="A page of the active keys, newest first (`limit`, `offset`)."
+    )

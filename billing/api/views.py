@@ -32,7 +32,7 @@ from billing.selectors import (
     usage_totals,
 )
 from billing.services.accounts import budget_set
-from console.api.access import OrgAPIView
+from console.api.access import OrgAPIView, Pages
 from console.permissions import Action
 
 
@@ -95,20 +95,37 @@ class UsageView(OrgAPIView):
 class SpendView(OrgAPIView):
     """Month-to-date spend, in all and per active key, for everyone who may see usage. The plan,
     the forecast, the hard cap and the budgets are billing: they are in the answer only for those
-    who may see billing (as on the console's overview)."""
+    who may see billing (as on the console's overview). The keys come a page at a time, newest
+    first as in the key list: ``limit`` (50 by default, at most 500) and ``offset``, with
+    ``keys_count``, ``next`` and ``previous`` beside them."""
 
     actions = {"GET": Action.USAGE_VIEW}
 
     @extend_schema(
         responses=SpendSerializer,
+        parameters=[
+            OpenApiParameter(
+                "limit",
+                OpenApiTypes.INT,
+                description="Keys a page: 50 by default, at most 500 (a larger limit is served "
+                "as 500).",
+            ),
+            OpenApiParameter(
+                "offset", OpenApiTypes.INT, description="How many keys to skip, newest first."
+            ),
+        ],
         summary="Month-to-date spend; with billing.view also the forecast, cap and budgets",
     )
     def get(self, request: Request, org_slug: str) -> Response:
         org = self.access.org
         with_billing = self.access.can(Action.BILLING_VIEW)
+        pages = Pages()
+        page = pages.paginate_queryset(
+            org.api_keys.filter(revoked_at=None).order_by("-created_at", "-id"), request, self
+        )
         key_spend = key_month_to_date_spend([org.pk])
         keys: list[dict[str, Any]] = []
-        for key in org.api_keys.filter(revoked_at=None):
+        for key in page or []:
             row: dict[str, Any] = {
                 "key_id": key.pk,
                 "name": key.name,
@@ -133,7 +150,12 @@ class SpendView(OrgAPIView):
                 if budget is None
                 else {"amount_micros": budget.amount_micros, "hard_limit": budget.hard_limit},
             }
-        body["keys"] = keys
+        body |= {
+            "keys_count": pages.count,
+            "next": pages.get_next_link(),
+            "previous": pages.get_previous_link(),
+            "keys": keys,
+        }
         return Response(body)
 
 

@@ -296,9 +296,56 @@ def test_api_spend_shows_billing_only_to_those_who_may_see_it(
         assert prod["budget_micros"] == 1_000_000
 
 
+def test_api_spend_pages_the_keys(client_for, owner, org, used, monkeypatch):
+    """An organisation may have thousands of keys: the answer holds a page of them, and the
+    totals on every page."""
+    from console.models import ApiKey
+
+    ApiKey.objects.bulk_create(
+        ApiKey(org=org, name=f"k{n}", prefix=f"sk-k{n:04}", digest=f"{n:064x}", scopes=["read"])
+        for n in range(52)
+    )
+    ApiKey.objects.filter(name="k0").update(revoked_at=timezone.now())  # not listed
+    active = list(
+        ApiKey.objects.filter(org=org, revoked_at=None)
+        .order_by("-created_at", "-id")
+        .values_list("pk", flat=True)
+    )
+    assert len(active) == 52
+    client = client_for(owner)
+    url = f"/api/orgs/{org.slug}/spend/"
+    first = client.get(url).json()
+    assert first["keys_count"] == 52 and first["previous"] is None
+    assert [k["key_id"] for k in first["keys"]] == [str(pk) for pk in active[:50]]
+    assert first["month_to_date_micros"] == 3_750 and "budget" in first
+    second = client.get(first["next"]).json()
+    assert [k["key_id"] for k in second["keys"]] == [str(pk) for pk in active[50:]]
+    assert second["next"] is None and second["previous"] and second["keys_count"] == 52
+    assert second["month_to_date_micros"] == 3_750
+    prod = next(k for k in first["keys"] + second["keys"] if k["name"] == "prod")
+    assert prod["month_to_date_micros"] == 2_500
+    small = client.get(url, {"limit": 20, "offset": 40}).json()
+    assert [k["key_id"] for k in small["keys"]] == [str(pk) for pk in active[40:52]]
+    assert "limit=20" in small["previous"] and small["next"] is None
+    from console.api.access import Pages
+
+    monkeypatch.setattr(Pages, "max_limit", 30)
+    assert len(client.get(url, {"limit": 10_000}).json()["keys"]) == 30
+    for bad in ({"limit": "0"}, {"offset": "-1"}, {"limit": "many"}):
+        answer = client.get(url, bad)
+        assert answer.status_code == 400 and list(answer.json()["error"]["fields"]) == list(bad)
+
+
 def test_the_schema_marks_spend_billing_fields_as_optional(client_for, owner):
     schema = client_for(owner).get("/api/schema/?format=json").json()["components"]["schemas"]
-    assert set(schema["Spend"]["required"]) == {"period_start", "month_to_date_micros", "keys"}
+    assert set(schema["Spend"]["required"]) == {
+        "period_start",
+        "month_to_date_micros",
+        "keys_count",
+        "next",
+        "previous",
+        "keys",
+    }
     assert "budget_micros" not in schema["KeySpend"]["required"]
     assert "billing.view" in schema["Spend"]["properties"]["forecast_micros"]["description"]
 
@@ -333,6 +380,9 @@ def test_usage_endpoints_are_in_the_openapi_schema(client_for, owner):
         p["name"] for p in schema["paths"]["/api/orgs/{org_slug}/usage/"]["get"]["parameters"]
     }
     assert {"start", "end", "group_by", "key", "route", "model", "format"} <= params
+    spend = schema["paths"]["/api/orgs/{org_slug}/spend/"]["get"]
+    assert {p["name"] for p in spend["parameters"]} >= {"limit", "offset"}
+    assert "400" in spend["responses"]
 
 
 def test_the_schema_documents_the_budget_404_and_the_usage_csv(client_for, owner, org):
