@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -47,9 +48,23 @@ class DeploymentAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Resume selected deployments")
     def resume(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        for deployment in queryset.filter(deleted_at=None):
-            deployment_resume(deployment=deployment, actor=request.user)  # type: ignore[arg-type]
-        self.message_user(request, "Resumed.", messages.SUCCESS)
+        selected = list(queryset.filter(deleted_at=None).select_related("org"))
+        refused = 0
+        for deployment in selected:
+            try:
+                deployment_resume(deployment=deployment, actor=request.user)  # type: ignore[arg-type]
+            except ValidationError as error:  # a suspended organisation's, say
+                refused += 1
+                self.message_user(
+                    request,
+                    f"Not resumed: {deployment.name} ({deployment.org.slug}). "
+                    + " ".join(error.messages),
+                    messages.ERROR,
+                )
+        if not refused:
+            self.message_user(request, "Resumed.", messages.SUCCESS)
+        elif refused < len(selected):
+            self.message_user(request, "The others were resumed.", messages.SUCCESS)
 
 
 @admin.register(Replica)

@@ -12,6 +12,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from console.services.orgs import OrgSuspendedError
+
 
 def _flatten(detail: Any) -> str:
     if isinstance(detail, list):
@@ -37,7 +39,10 @@ def _messages(detail: Any) -> list[str]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, OrgSuspendedError):
+        # Not a fault in the request: the organisation may not do this now.
+        exc = exceptions.PermissionDenied(" ".join(exc.messages), code="org_suspended")
+    elif isinstance(exc, DjangoValidationError):
         detail = (
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )

@@ -69,7 +69,8 @@ _ERRORS = {
     "400": "The request is not valid: `fields` names what is wrong. Nothing was changed.",
     "401": "No credentials, or a key that is unknown, revoked, expired or of a suspended "
     "organisation.",
-    "403": "Your role or key scope does not allow this (the message says why).",
+    "403": "Your role or key scope does not allow this, or the organisation is suspended and "
+    "this would start or add to its deployments (`org_suspended`); the message says why.",
     "404": "No such organisation, or no such object in it (another tenant's is not found either).",
     "429": "Too many requests: slow down (`Retry-After` says when to try again).",
 }

@@ -13,6 +13,20 @@ from console.snapshot import snapshot_bump
 RESERVED_SLUGS = frozenset({"new", "admin", "api", "v1", "static", "settings", "login"})
 
 
+class OrgSuspendedError(ValidationError):
+    """A change refused because the organisation is suspended: one that would start replicas or
+    let its deployments use more. The console shows it as it shows a validation error; the REST
+    API answers 403 with the code ``org_suspended``.
+    """
+
+    def __init__(self, org: Organisation, refused: str) -> None:
+        # The gateway's words for the same state, then what cannot be done.
+        reason = org.suspended_reason or "no reason given"
+        super().__init__(
+            f"This organisation is suspended: {reason}. {refused}", code="org_suspended"
+        )
+
+
 def _clean_name(name: str) -> str:
     name = (name or "").strip()
     if not name:

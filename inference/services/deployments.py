@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from console.models import ApiKey, Organisation, User
 from console.services.audit import audit_record
+from console.services.orgs import OrgSuspendedError
 from console.snapshot import snapshot_bump
 from inference.conf import model_roots
 from inference.engine_args import engine_args_validate
@@ -43,6 +44,9 @@ EDITABLE = (
     "target_concurrency",
     "scale_down_delay_s",
 )
+# What would let a deployment use more GPUs: refused while the organisation is suspended.
+GROWTH_FIELDS = ("min_replicas", "max_replicas", "gpus_per_replica")
+CUTS_ALLOWED = "Pausing, scaling down and deleting deployments still work."
 DEMAND_MIN_INTERVAL = timedelta(seconds=1)
 # A deployment allowed no replicas would look asleep, yet nothing would ever start one: sleeping
 # between requests is min_replicas 0, and stopping is Pause.
@@ -217,6 +221,29 @@ def _lock_org(org: Organisation) -> Organisation:
     return Organisation.objects.select_for_update().get(pk=org.pk)
 
 
+def _check_suspended_growth(
+    *, org: Organisation, current: Deployment, before: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """A suspended organisation keeps what it runs and may cut it, but not add to it: no higher
+    replica bounds or GPUs, and no new engine version beside the running one (a spec change
+    starts the new replicas before the old ones stop)."""
+    if not org.is_suspended:
+        return
+    raised = [field for field in GROWTH_FIELDS if values[field] > before[field]]
+    if raised:
+        raise OrgSuspendedError(
+            org, f"{' and '.join(raised)} cannot be raised while it is suspended. {CUTS_ALLOWED}"
+        )
+    respec = [field for field in SPEC_FIELDS if values[field] != before[field]]
+    if respec and not current.paused and current.desired_replicas > 0:
+        raise OrgSuspendedError(
+            org,
+            f"{' and '.join(respec)} cannot be changed on a running deployment while it is "
+            "suspended: new replicas would start beside the old ones. Pause it first. "
+            + CUTS_ALLOWED,
+        )
+
+
 def _clear_failures(deployment: Deployment) -> None:
     """Forget failed replicas so the orchestrator tries again (after an edit, scale or resume)."""
     deployment.replicas.filter(state=ReplicaState.FAILED).update(
@@ -244,6 +271,11 @@ def deployment_create(
     scale_down_delay_s: int = 300,
 ) -> Deployment:
     """Create a deployment; the orchestrator starts ``min_replicas`` replicas for it."""
+    org = _lock_org(org)
+    if org.is_suspended:
+        raise OrgSuspendedError(
+            org, f"No deployment can be created while it is suspended. {CUTS_ALLOWED}"
+        )
     values = _validated(
         {
             "name": name,
@@ -261,7 +293,6 @@ def deployment_create(
         },
         runner_given=True,
     )
-    org = _lock_org(org)
     _check_unique(org=org, values=values, exclude=None)
     _check_quota(org=org, values=values, exclude=None)
     try:
@@ -310,6 +341,7 @@ def deployment_update(
     current = _live(deployment)
     before = {field: getattr(current, field) for field in EDITABLE}
     values = _validated({**before, **changes}, runner_given="runner" in changes)
+    _check_suspended_growth(org=org, current=current, before=before, values=values)
     _check_unique(org=org, values=values, exclude=current)
     _check_quota(org=org, values=values, exclude=current)
     changed = [field for field in EDITABLE if values[field] != before[field]]
@@ -337,7 +369,8 @@ def deployment_update(
     current.save()
     if "runner" in changed:
         routes_check_deployment_runner(org, current.name)  # raising undoes the save
-    _clear_failures(current)
+    if not org.is_suspended:  # retrying would start replicas
+        _clear_failures(current)
     audit_record(
         org=org,
         action="deployment.updated",
@@ -364,6 +397,7 @@ def deployment_scale(
     current = _live(deployment)
     before = {field: getattr(current, field) for field in EDITABLE}
     values = _validated({**before, "min_replicas": min_replicas, "max_replicas": max_replicas})
+    _check_suspended_growth(org=org, current=current, before=before, values=values)
     _check_quota(org=org, values=values, exclude=current)
     current.min_replicas, current.max_replicas = values["min_replicas"], values["max_replicas"]
     current.desired_replicas = min(
@@ -372,7 +406,8 @@ def deployment_scale(
     current.low_load_since = None
     current.updated_at = timezone.now()
     current.save()
-    _clear_failures(current)
+    if not org.is_suspended:  # retrying would start replicas
+        _clear_failures(current)
     audit_record(
         org=org,
         action="deployment.scaled",
@@ -386,8 +421,14 @@ def deployment_scale(
 
 
 def _set_paused(
-    *, deployment: Deployment, actor: User | None, actor_key: ApiKey | None, paused: bool
+    *,
+    deployment: Deployment,
+    actor: User | None,
+    actor_key: ApiKey | None,
+    paused: bool,
+    org: Organisation | None = None,
 ) -> Deployment:
+    """``org``: the deployment's org, locked, when resuming."""
     current = _live(deployment)
     if current.paused == paused:
         # Resuming a deployment that is not paused retries it after a failure, as a change or
@@ -395,7 +436,11 @@ def _set_paused(
         failed = current.replicas.filter(state=ReplicaState.FAILED)
         if paused or not failed.exists():
             return current
-    elif not paused:
+    if not paused and org is not None and org.is_suspended:
+        raise OrgSuspendedError(
+            org, f"Deployments cannot be resumed or retried while it is suspended. {CUTS_ALLOWED}"
+        )
+    if current.paused and not paused:
         current.desired_replicas = current.min_replicas
         current.low_load_since = None
     current.paused = paused
@@ -426,8 +471,12 @@ def deployment_pause(
 def deployment_resume(
     *, deployment: Deployment, actor: User | None, actor_key: ApiKey | None = None
 ) -> Deployment:
-    """Run replicas again; a failed deployment, paused or not, is retried."""
-    return _set_paused(deployment=deployment, actor=actor, actor_key=actor_key, paused=False)
+    """Run replicas again; a failed deployment, paused or not, is retried. Refused while the
+    organisation is suspended."""
+    org = _lock_org(deployment.org)  # the org before the deployment, as every change locks them
+    return _set_paused(
+        deployment=deployment, actor=actor, actor_key=actor_key, paused=False, org=org
+    )
 
 
 @transaction.atomic

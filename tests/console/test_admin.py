@@ -420,3 +420,23 @@ def test_an_organisations_slug_is_shown_not_edited_in_the_admin(staff_client, or
     staff_client.post(change, data)
     org.refresh_from_db()
     assert org.slug == "acme"
+
+
+def test_staff_cannot_resume_a_suspended_organisations_deployment(staff_client, org, owner):
+    from console.services.orgs import org_suspend
+    from inference.models import Deployment
+    from inference.services.deployments import deployment_pause
+
+    deployment = deployment_create(
+        org=org, actor=owner, name="llm", source="huggingface", model="acme/llm"
+    )
+    deployment_pause(deployment=deployment, actor=owner)
+    org_suspend(org=org, reason="unpaid invoices")
+    changelist = reverse("admin:inference_deployment_changelist")
+    page = staff_client.post(
+        changelist, {"action": "resume", "_selected_action": [deployment.pk]}, follow=True
+    ).content.decode()
+    assert "Not resumed: llm (acme). This organisation is suspended: unpaid invoices." in page
+    assert "Resumed." not in page
+    assert Deployment.objects.get(pk=deployment.pk).paused
+    assert not AuditEvent.objects.filter(action="deployment.resumed").exists()
