@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from inference.gateway.inflight import gateway_inflight_read
 from inference.models import Deployment
-from inference.orchestrator.autoscale import ScaleInput, scale_decide
+from inference.orchestrator.autoscale import ScaleDecision, ScaleInput, scale_decide
 
 
 def deployment_desired_replicas(
@@ -23,7 +23,9 @@ def deployment_desired_replicas(
     """Decide how many replicas ``deployment`` should have now, and store the decision.
 
     ``load`` is each ready replica's measured load (requests running plus waiting). A stopped
-    (paused or deleted) deployment wants none. The row is written only when something changed.
+    (paused or deleted) deployment wants none. A suspended organisation's deployment keeps what
+    it has and may shrink, but does not grow: neither a waiting request nor load wakes or widens
+    it. The row is written only when something changed.
     """
     if stopped or deployment.paused:
         if deployment.desired_replicas:
@@ -33,8 +35,11 @@ def deployment_desired_replicas(
     now = timezone.now()
     # Requests every gateway process has sent to its replicas and not yet seen answered.
     inflight = gateway_inflight_read(deployment.pk)
-    demand = deployment.demand_at is not None and deployment.demand_at > now - timedelta(
-        seconds=demand_ttl_s
+    suspended = deployment.org.is_suspended
+    demand = (
+        not suspended
+        and deployment.demand_at is not None
+        and deployment.demand_at > now - timedelta(seconds=demand_ttl_s)
     )
     decision = scale_decide(
         ScaleInput(
@@ -50,6 +55,10 @@ def deployment_desired_replicas(
             scale_down_delay_s=deployment.scale_down_delay_s,
         )
     )
+    if suspended and decision.desired > deployment.desired_replicas:
+        decision = ScaleDecision(
+            deployment.desired_replicas, None, "the organisation is suspended: no scaling up"
+        )
     if (decision.desired, decision.low_load_since) != (
         deployment.desired_replicas,
         deployment.low_load_since,

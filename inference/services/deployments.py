@@ -515,7 +515,8 @@ def deployment_signal_demand(*, deployment_id: Any) -> None:
     """A request is waiting for a deployment with no ready replica: ask for one.
 
     One conditional UPDATE, at most about once a second per deployment, so that a burst of
-    requests to a sleeping model costs the database next to nothing.
+    requests to a sleeping model costs the database next to nothing. A suspended organisation's
+    deployments are not woken (a request the gateway let in just before the suspension).
     """
     now = timezone.now()
     Deployment.objects.filter(
@@ -523,6 +524,7 @@ def deployment_signal_demand(*, deployment_id: Any) -> None:
         pk=deployment_id,
         deleted_at__isnull=True,
         paused=False,
+        org__suspended_at__isnull=True,
     ).update(demand_at=now)
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from console.models import AuditEvent
 from console.services.orgs import OrgSuspendedError, org_reactivate, org_suspend
 from inference.models import Deployment, Replica, ReplicaState
+from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.services.deployments import (
     deployment_delete,
     deployment_pause,
     deployment_resume,
     deployment_scale,
+    deployment_signal_demand,
     deployment_update,
 )
 from tests.deployments.factories import make_deployment
@@ -162,6 +167,63 @@ def test_after_reactivation_growth_and_resume_work_again(org, owner, running):
     assert (running.paused, running.min_replicas, running.max_replicas) == (False, 2, 3)
 
 
+# The orchestrator
+
+
+def _fresh(deployment: Deployment) -> Deployment:
+    """The row and its org as the orchestrator reads them."""
+    return Deployment.objects.select_related("org").get(pk=deployment.pk)
+
+
+def _quiet(deployment: Deployment, said: str) -> None:
+    pass
+
+
+def test_a_request_does_not_wake_a_suspended_organisations_deployment(org, owner, model_root):
+    sleeping = make_deployment(org=org, actor=owner, model_root=model_root, min_replicas=0)
+    Deployment.objects.filter(pk=sleeping.pk).update(desired_replicas=0)
+    org_suspend(org=org, reason="unpaid invoices")
+    deployment_signal_demand(deployment_id=sleeping.pk)
+    assert Deployment.objects.get(pk=sleeping.pk).demand_at is None
+    # Nor does a request that signalled just before the suspension.
+    Deployment.objects.filter(pk=sleeping.pk).update(demand_at=timezone.now())
+    sleeping = _fresh(sleeping)
+    said: list[str] = []
+    desired = deployment_desired_replicas(
+        deployment=sleeping, load=[], demand_ttl_s=300, say=lambda d, s: said.append(s)
+    )
+    assert desired == 0 and said == []
+    org_reactivate(org=org)
+    desired = deployment_desired_replicas(
+        deployment=_fresh(sleeping), load=[], demand_ttl_s=300, say=_quiet
+    )
+    assert desired == 1
+    assert Deployment.objects.get(pk=sleeping.pk).desired_replicas == 1
+
+
+def test_load_does_not_scale_a_suspended_organisations_deployment_up(owner, running):
+    said: list[str] = []
+    running = _fresh(running)
+    # 20 requests at 8 per replica would want 2 (the maximum); it keeps its 1.
+    assert (
+        deployment_desired_replicas(
+            deployment=running, load=[20], demand_ttl_s=300, say=lambda d, s: said.append(s)
+        )
+        == 1
+    )
+    assert said == [] and Deployment.objects.get(pk=running.pk).desired_replicas == 1
+    # Scaling down still happens after the delay.
+    deployment_scale(deployment=running, actor=owner, min_replicas=0, max_replicas=2)
+    Deployment.objects.filter(pk=running.pk).update(
+        low_load_since=timezone.now() - timedelta(seconds=running.scale_down_delay_s + 1)
+    )
+    running = _fresh(running)
+    assert running.desired_replicas == 1
+    assert (
+        deployment_desired_replicas(deployment=running, load=[0], demand_ttl_s=300, say=_quiet) == 0
+    )
+
+
 # Console
 
 
@@ -239,6 +301,16 @@ def test_console_resume_is_refused_with_a_message_and_pause_and_delete_work(
         "deployment.paused",
         "deployment.deleted",
     ]
+
+
+def test_the_page_of_a_sleeping_deployment_does_not_promise_a_start(
+    org, member, client_for, running
+):
+    Deployment.objects.filter(pk=running.pk).update(state="idle", desired_replicas=0)
+    page = client_for(member).get(reverse("deployment_detail", args=[org.slug, running.pk]))
+    html = page.content.decode()
+    assert "while the organisation is suspended, requests do not start one" in html
+    assert "the next request starts one" not in html
 
 
 # REST API
