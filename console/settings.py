@@ -7,7 +7,6 @@ rate limiter, a filesystem Celery broker, console email and billing in local-led
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import dj_database_url
@@ -30,7 +29,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(env_str("RUN_DIR", str(BASE_DIR / ".run")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-TESTING = "pytest" in sys.modules
+# Set by the test suite's settings (tests/settings.py), never in production: the defaults relax
+# as under DJANGO_DEBUG, without its debug pages.
+TESTING = env_bool("DJANGO_TESTING", False)
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
@@ -182,7 +183,8 @@ EMAIL_BACKEND = (
 )
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "noreply@localhost")
 
-# Security. Defaults are strict unless DJANGO_DEBUG is on (or the test suite runs on plain http).
+# Security. Defaults are strict unless DJANGO_DEBUG is on (or DJANGO_TESTING: the test suite runs
+# on plain http).
 _RELAXED = DEBUG or TESTING
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None

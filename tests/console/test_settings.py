@@ -55,6 +55,59 @@ def test_missing_secret_key_fails_loudly_in_production():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+_STRICT = (
+    "SECURE_SSL_REDIRECT",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+)
+
+
+def _settings_with_pytest_imported(**env: str) -> subprocess.CompletedProcess[str]:
+    """Loads console.settings in a process that has imported pytest (as a plugin, a shell or a
+    command importing test helpers would) and prints the security settings."""
+    code = (
+        "import pytest, django; django.setup(); from django.conf import settings; "
+        f"print([getattr(settings, name) for name in {_STRICT!r}])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**_base_env(), "DJANGO_SETTINGS_MODULE": "console.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_importing_pytest_does_not_spare_production_its_secret_key():
+    result = _settings_with_pytest_imported(DJANGO_DEBUG="0")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_importing_pytest_keeps_the_strict_security_defaults():
+    result = _settings_with_pytest_imported(
+        DJANGO_DEBUG="0", DJANGO_SECRET_KEY="x7!Kp2mQ9zR4vL8wN3bT6yH1cF5jD0sG-aE_uI+oP*lZ&kX@eV"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[True, True, True, 31536000, True, True]"
+
+
+def test_django_testing_relaxes_the_defaults_as_the_test_suite_needs():
+    result = _settings_with_pytest_imported(DJANGO_DEBUG="0", DJANGO_TESTING="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[False, False, False, 0, False, False]"
+
+
+def test_the_test_suite_and_the_processes_it_starts_run_with_django_testing(settings):
+    # In the environment, so that gateway and manage.py processes started by tests inherit it.
+    assert os.environ["DJANGO_TESTING"] == "1"
+    assert settings.TESTING is True
+
+
 def test_a_malformed_boolean_is_refused():
     result = _run("check", DJANGO_DEBUG="maybe")
     assert result.returncode != 0
