@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from inference.conf import OrchestratorConfig
 from inference.gateway.config import GatewayConfig
+from inference.orchestrator.kubernetes.config import KubernetesConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,11 +241,17 @@ def test_throttle_rates_in_every_unit_drf_reads_are_accepted():
         (OrchestratorConfig, "ORCHESTRATOR_START_TIMEOUT_S", "-5", "at least 1"),
         (OrchestratorConfig, "ORCHESTRATOR_DRAIN_TIMEOUT_S", "-1", "at least 0"),
         (OrchestratorConfig, "VLLM_CPU_KVCACHE_GIB", "0", "at least 1"),
+        (KubernetesConfig, "K8S_ENGINE_PORT", "0", "between 1 and 65535"),
+        (KubernetesConfig, "K8S_ENGINE_PORT", "-1", "between 1 and 65535"),
+        (KubernetesConfig, "K8S_ENGINE_PORT", "65536", "between 1 and 65535"),
+        (KubernetesConfig, "K8S_STARTUP_TIMEOUT_S", "0", "at least 10"),
+        (KubernetesConfig, "K8S_STARTUP_TIMEOUT_S", "-30", "at least 10"),
     ],
 )
 def test_a_gateway_or_orchestrator_setting_out_of_range_is_refused_naming_it_and_its_range(
     monkeypatch, config, name, value, allowed
 ):
+    monkeypatch.setenv("K8S_NAMESPACE", "inference")  # the Kubernetes backend needs one
     monkeypatch.setenv(name, value)
     with pytest.raises(
         ImproperlyConfigured, match=re.escape(f"{name} must be {allowed}, got {value}")
@@ -263,3 +270,11 @@ def test_the_documented_defaults_and_edges_are_accepted(monkeypatch):
     config = GatewayConfig.from_env()
     assert (config.meter_flush_s, config.inflight_publish_s) == (0.01, 0)
     assert OrchestratorConfig.from_env().drain_timeout_s == 0
+    for name, value in {
+        "K8S_NAMESPACE": "inference",
+        "K8S_ENGINE_PORT": "65535",
+        "K8S_STARTUP_TIMEOUT_S": "10",
+    }.items():
+        monkeypatch.setenv(name, value)
+    kube = KubernetesConfig.from_env()
+    assert (kube.engine_port, kube.startup_timeout_s) == (65535, 10)

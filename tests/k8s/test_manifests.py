@@ -166,20 +166,3 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("K8S_NODE_SELECTOR", "pool")
     with pytest.raises(ImproperlyConfigured, match="K8S_NODE_SELECTOR"):
         KubernetesConfig.from_env()
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "allowed"),
-    [
-        ("K8S_ENGINE_PORT", "0", "between 1 and 65535"),
-        ("K8S_ENGINE_PORT", "70000", "between 1 and 65535"),
-        ("K8S_STARTUP_TIMEOUT_S", "0", "at least 10"),
-    ],
-)
-def test_numbers_out_of_range_stop_start_up_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str, allowed: str
-) -> None:
-    monkeypatch.setenv("K8S_NAMESPACE", "inference")
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ImproperlyConfigured, match=f"{name} must be {allowed}, got {value}"):
-        KubernetesConfig.from_env()
