@@ -34,7 +34,13 @@ from inference.gateway.admission import admission_build, reservation_micros
 from inference.gateway.balancer import Balancer
 from inference.gateway.config import GatewayConfig
 from inference.gateway.errors import GatewayError
-from inference.gateway.exchange import Exchange, Outcome, Target, target_label
+from inference.gateway.exchange import (
+    Exchange,
+    Outcome,
+    Target,
+    deployment_unavailable,
+    target_label,
+)
 from inference.gateway.health import Health
 from inference.gateway.inflight import InflightPublisher, inflight_store
 from inference.gateway.ledger import usage_write
@@ -576,9 +582,11 @@ class Gateway:
         return org
 
     def visible_models(self, key: KeyEntry, org: OrgEntry) -> list[str]:
-        """The model names this key may call: the org's routes and served deployments."""
+        """The model names this key may call: the org's routes and served deployments, less the
+        deployments no request can be served by (paused, or failed with no replica left)."""
         cat = self.snapshot.catalogue(org.id)
-        names = sorted(set(cat.routes) | set(cat.served))
+        served = {n for n, dep in cat.served.items() if deployment_unavailable(dep) is None}
+        names = sorted(set(cat.routes) | served)
         if key.allowed_models:
             names = [n for n in names if n in key.allowed_models]
         return names
@@ -618,6 +626,12 @@ class Gateway:
     async def handle_model(self, scope: Scope, send: Send, request_id: str, name: str) -> None:
         key, org = await self.authenticate_fresh(scope)
         if name not in self.visible_models(key, org):
+            deployment = self.snapshot.catalogue(org.id).served.get(name)
+            if deployment is not None and (not key.allowed_models or name in key.allowed_models):
+                # Not listed, but the key's own: the answer a request for it gets, saying why.
+                unavailable = deployment_unavailable(deployment)
+                if unavailable is not None:
+                    raise unavailable
             # As for inference: another org's model, or one the key may not use, is not found.
             raise GatewayError(
                 404,

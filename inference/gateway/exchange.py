@@ -68,6 +68,17 @@ def _failed(deployment: DeploymentEntry) -> GatewayError:
     )
 
 
+def deployment_unavailable(deployment: DeploymentEntry) -> GatewayError | None:
+    """The error every request for the deployment gets, even after waiting for a cold start: it
+    is paused, or it failed with no replica left; each waits on the tenant. None where a request
+    can be served (a scaled-to-zero deployment starts a replica for it)."""
+    if deployment.paused:
+        return GatewayError(503, "The deployment is paused or gone.", "no_capacity")
+    if deployment.failure and not deployment.replicas:
+        return _failed(deployment)
+    return None
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the client got, and what the engine reported, for metering and headers."""

@@ -174,6 +174,38 @@ def test_a_model_can_be_retrieved_by_name_as_the_list_shows_it(gw, served, org, 
     assert httpx.delete(gw.url + "/v1/models/tiny-chat").status_code == 405
 
 
+def test_models_lists_only_what_a_request_can_be_served_by(gw, served, org, engine, owner):
+    from console.services.keys import api_key_create
+
+    _, server = engine
+    make_deployment(org, "sleepy", [], min_replicas=0)  # scaled to zero: a request wakes it
+    make_deployment(org, "paused", [server.port], paused=True)
+    make_deployment(org, "broken", [], state="failed", state_reason="Not ready within 900 s.")
+    # Failed, yet a replica still serves: requests to it are answered.
+    make_deployment(org, "limping", [server.port], state="failed", state_reason="Out of memory.")
+    secret = api_key_create(org=org, actor=owner, name="a", scopes=["inference"]).secret
+    gw.refresh()
+    client = gw.client(secret)
+    assert [m.id for m in client.models.list()] == ["limping", "sleepy", "tiny-chat"]
+    message = [{"role": "user", "content": "hi"}]
+    assert client.chat.completions.create(model="limping", messages=message).choices
+    assert client.models.retrieve("sleepy").id == "sleepy"
+
+    # Retrieving one that is not listed answers as a request for it would, saying why.
+    for name, code, reason in [
+        ("broken", "deployment_failed", "Not ready within 900 s."),
+        ("paused", "no_capacity", "paused"),
+    ]:
+        with pytest.raises(openai.InternalServerError) as retrieved:
+            client.models.retrieve(name)
+        with pytest.raises(openai.InternalServerError) as requested:
+            client.chat.completions.create(model=name, messages=message)
+        for caught in (retrieved, requested):
+            assert caught.value.status_code == 503
+            assert caught.value.code == code
+            assert reason in caught.value.message
+
+
 def test_metrics_count_requests_by_route_and_status(gw, served, inference_key):
     gw.client(inference_key).chat.completions.create(
         model="tiny-chat", messages=[{"role": "user", "content": "x"}]
