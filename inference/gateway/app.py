@@ -183,6 +183,11 @@ class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+class _AccountedFault(Exception):
+    """A fault of the gateway's own (the cause) in a request already settled, metered, counted
+    and logged as a 500: it is answered without being counted or logged as a refusal too."""
+
+
 class Gateway:
     """Process-wide gateway state and the ASGI entry point."""
 
@@ -485,18 +490,19 @@ class Gateway:
             await _respond_error(send, error, request_id, extra=self.cors_headers)
         except _ClientGone:
             return
-        except Exception:
+        except Exception as fault:
             # A bug, not the client's fault: logged with the request id, and answered in
             # OpenAI's shape (with the id to quote) rather than as the server's bare text.
             logger.exception("request %s failed inside the gateway", request_id)
-            self.metrics.refused.inc(("500", "internal_error"))
             failure = GatewayError(
                 500,
                 f"The gateway failed on this request; quote {request_id} to support.",
                 "internal_error",
             )
-            if self.config.access_log:
-                _log_refusal(request_id, path, failure, started)
+            if not isinstance(fault, _AccountedFault):  # one access log line per request
+                self.metrics.refused.inc(("500", "internal_error"))
+                if self.config.access_log:
+                    _log_refusal(request_id, path, failure, started)
             try:
                 await _respond_error(send, failure, request_id, extra=self.cors_headers)
             except Exception:  # the answer had already started: the server closes the connection
@@ -919,14 +925,14 @@ class Gateway:
                 # paused deployment): there is no usage record, so it is counted with the
                 # refusals, by key and reason, above the request log.
                 self.refusals.add(org.id, key.id, caught.status, caught.code)
-        except Exception:
+        except Exception as fault:
             # A fault of the gateway's own once the limits admitted the request: settle it (the
             # budget reservation falls back to what was metered, usually nothing) and record
-            # it, then let the caller log it and answer 500. Unsettled, the reservation would
-            # stay counted against the budget until the month ends.
+            # it, then let the caller log the fault and answer 500. Unsettled, the reservation
+            # would stay counted against the budget until the month ends.
             exchange.outcome.status = 500
             account(exchange.outcome, "internal_error")
-            raise
+            raise _AccountedFault from fault
         finally:
             watcher.cancel()
         if error is not None and not outcome.disconnected:

@@ -151,3 +151,45 @@ def test_refused_requests_get_an_access_log_line_without_the_key_or_the_prompt(
     text = "\n".join(JsonFormatter().format(record) for record in caplog.records)
     assert "TOP-SECRET-PROMPT" not in text
     assert created.secret not in text and "sk-made-up-key" not in text
+
+
+def test_a_fault_inside_the_gateway_gets_exactly_one_access_log_line(
+    start_gateway, engine, org, inference_key, monkeypatch, caplog
+):
+    """Once admitted, a request is logged with its usage; a fault after that (here: building the
+    upstream body raises) is not logged again as a refusal. One before it gets the refusal line."""
+    from inference.gateway import exchange as exchange_module
+
+    _, server = engine
+    make_deployment(org, "tiny", [server.port], served="tiny-chat")
+    gw = start_gateway(access_log=True)
+    gw.refresh()
+    caplog.set_level(logging.INFO, logger="inference.gateway.access")
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a planted bug")
+
+    def fails() -> str:
+        with pytest.raises(openai.InternalServerError) as caught:
+            ask(gw.client(inference_key))
+        assert caught.value.code == "internal_error"
+        return caught.value.response.headers["x-request-id"]
+
+    monkeypatch.setattr(exchange_module, "_upstream_body", broken)
+    admitted = fails()
+    monkeypatch.undo()
+    monkeypatch.setattr(gw.gateway, "plan_for", broken)
+    before_admission = fails()
+
+    lines = [
+        json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "inference.gateway.access"
+    ]
+    assert [line["request_id"] for line in lines] == [admitted, before_admission]
+    assert lines[0]["status"] == lines[1]["status"] == 500
+    assert "attempts" in lines[0] and "code" not in lines[0]  # the usage line
+    assert lines[1]["code"] == "internal_error"  # the refusal line
+    # Counted once as well: as a request that reached a target, then as a refusal.
+    assert gw.gateway.metrics.requests.values == {("tiny-chat", "500"): 1}
+    assert gw.gateway.metrics.refused.values == {("500", "internal_error"): 1}
