@@ -42,9 +42,9 @@ def reservation_micros(
         elif parsed.max_tokens is not None:
             completion = parsed.max_tokens
         elif isinstance(target, DeploymentEntry) and target.max_model_len:
-            completion = target.max_model_len
+            completion = target.max_model_len * parsed.sequences
         else:
-            completion = config.default_max_tokens
+            completion = config.default_max_tokens * parsed.sequences
         price = snapshot.price(org.id, target)
         worst = max(worst, cost_micros(price, parsed.prompt_tokens_bound, completion, 0))
     return worst

@@ -46,6 +46,8 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     continuous_usage: bool
+    # The completion tokens the request may generate in all (max_tokens for each answer it asks
+    # for), or None when it sets no bound.
     max_tokens: int | None
     prompt_tokens_estimate: int
     # An upper bound on prompt tokens for byte-level tokenizers (never more tokens than bytes),
@@ -53,6 +55,9 @@ class ParsedRequest:
     prompt_tokens_bound: int
     affinity_text: str
     features: RequestFeatures
+    # How many answers the engine generates: ``n``, times the number of prompts in a legacy
+    # completions request (each prompt gets its own ``n``).
+    sequences: int = 1
 
 
 # A \uD800-\uDFFF escape: half of a UTF-16 pair. JSON.stringify writes a lone one for a string
@@ -126,17 +131,18 @@ def _chat_text(body: dict[str, Any]) -> tuple[str, int]:
     return "\n".join(texts), 4 * len(messages)
 
 
-def _prompt_text(value: object, name: str) -> tuple[str, int]:
-    """Text (or token count) of a completions prompt or an embeddings input."""
+def _prompt_text(value: object, name: str) -> tuple[str, int, int]:
+    """Text (or token count) of a completions prompt or an embeddings input, and how many
+    prompts or inputs it holds."""
     if isinstance(value, str):
-        return value, 0
+        return value, 0, 1
     if _is_token_list(value):
-        return "", len(value)  # type: ignore[arg-type]
+        return "", len(value), 1  # type: ignore[arg-type]
     if isinstance(value, list) and value:
         if all(isinstance(v, str) for v in value):
-            return "\n".join(value), 0
+            return "\n".join(value), 0, len(value)
         if all(_is_token_list(v) for v in value):
-            return "", sum(len(v) for v in value)
+            return "", sum(len(v) for v in value), len(value)
     raise _bad(f"'{name}' must be a string, a list of strings, or a list of token ids.", name)
 
 
@@ -189,14 +195,16 @@ def request_parse(
             raise _bad("'logprobs' must be true or false.", "logprobs")
     if kind == RESPONSES:
         return _responses_parse(body, model, stream, tag, affinity_chars)
-    max_tokens = None
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if value is None:
-            continue
-        if not _is_int(value) or value < 0:
+        if value is not None and (not _is_int(value) or value < 0):
             raise _bad(f"'{name}' must be a whole number of at least 0.", name)
-        max_tokens = value if max_tokens is None else min(max_tokens, value)
+    # The bound the engine applies: in a chat request max_completion_tokens wherever it is set
+    # (max_tokens is its deprecated name), in a legacy completions request max_tokens alone
+    # (that API has no max_completion_tokens; engines ignore it there).
+    max_tokens = body.get("max_tokens")
+    if kind == CHAT and body.get("max_completion_tokens") is not None:
+        max_tokens = body["max_completion_tokens"]
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("'tools' must be a list.", "tools")
@@ -209,16 +217,17 @@ def request_parse(
     ):
         raise _bad("'stop' must be a string or a list of strings.", "stop")
 
+    prompts = 1
     if kind == CHAT:
         text, extra_tokens = _chat_text(body)
     elif kind == COMPLETION:
-        text, extra_tokens = _prompt_text(body.get("prompt"), "prompt")
+        text, extra_tokens, prompts = _prompt_text(body.get("prompt"), "prompt")
     else:
-        text, extra_tokens = _prompt_text(body.get("input"), "input")
+        text, extra_tokens, _ = _prompt_text(body.get("input"), "input")
         if stream:
             raise _bad("Embeddings cannot be streamed.", "stream")
 
-    n = body.get("n") or 1
+    sequences = max(1, body.get("n") or 1) * prompts
     return _parsed(
         kind,
         body,
@@ -227,13 +236,14 @@ def request_parse(
         text,
         extra_tokens,
         max_tokens=max_tokens,
-        total_max_tokens=None if max_tokens is None else max_tokens * max(1, n),
+        total_max_tokens=None if max_tokens is None else max_tokens * sequences,
         has_tools=bool(tools),
         has_response_format=response_format is not None,
         tag=tag,
         affinity_chars=affinity_chars,
         include_usage=include_usage,
         continuous_usage=continuous,
+        sequences=sequences,
     )
 
 
@@ -253,6 +263,7 @@ def _parsed(
     affinity_chars: int,
     include_usage: bool = False,
     continuous_usage: bool = False,
+    sequences: int = 1,
 ) -> ParsedRequest:
     """A checked body with its prompt's text: the token estimate and bound, what routing rules
     look at, the affinity key."""
@@ -277,6 +288,7 @@ def _parsed(
         prompt_tokens_bound=len(text.encode()) + extra_tokens + 16,
         affinity_text=text[:affinity_chars],
         features=features,
+        sequences=sequences,
     )
 
 

@@ -87,11 +87,11 @@ class FakeEngine:
             self.prompt_tokens_total += prompt
             await self._json(send, 200, self._embedding(body, prompt))
             return
-        max_tokens = (
-            body.get("max_tokens")
-            or body.get("max_completion_tokens")
-            or body.get("max_output_tokens")
-        )
+        # As vLLM reads them: a chat request's max_completion_tokens wins over max_tokens, and
+        # the completions API has no max_completion_tokens.
+        max_tokens = body.get("max_tokens") or body.get("max_output_tokens")
+        if path == "/v1/chat/completions" and body.get("max_completion_tokens") is not None:
+            max_tokens = body["max_completion_tokens"]
         if prompt + (max_tokens or 0) > self.max_model_len:
             message = (
                 f"This model's maximum context length is {self.max_model_len} tokens. However,"
@@ -104,7 +104,7 @@ class FakeEngine:
             if path == "/v1/responses":
                 await self._stream_response(body, prompt, max_tokens, receive, send)
             else:
-                await self._stream(body, prompt, receive, send)
+                await self._stream(body, prompt, max_tokens, receive, send)
             return
         if self.answer_delay_s:
             await asyncio.sleep(self.answer_delay_s)
@@ -151,11 +151,13 @@ class FakeEngine:
         answer = {"object": "list", "data": data, "model": body["model"], "usage": usage}
         return json.dumps(answer).encode()
 
-    async def _stream(self, body: dict[str, Any], prompt: int, receive: Any, send: Any) -> None:
+    async def _stream(
+        self, body: dict[str, Any], prompt: int, max_tokens: int | None, receive: Any, send: Any
+    ) -> None:
         options = body.get("stream_options") or {}
         include = options.get("include_usage") is True
         continuous = options.get("continuous_usage_stats") is True
-        limit = body.get("max_tokens") or self.stream_tokens
+        limit = max_tokens or self.stream_tokens
         gone = asyncio.Event()
 
         async def watch() -> None:

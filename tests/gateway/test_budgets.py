@@ -12,10 +12,11 @@ import pytest
 from django.db.models import Sum
 
 from billing.models import UsageRecord
+from billing.money import format_dollars
 from billing.pricing import cost_micros
 from console.models import ApiKey
 from console.services.keys import api_key_create
-from inference.gateway.bodies import CHAT, request_parse
+from inference.gateway.bodies import CHAT, COMPLETION, request_parse
 from inference.gateway.limits import LocalLimiter, RedisLimiter
 from tests.gateway.conftest import make_deployment
 
@@ -132,3 +133,61 @@ def test_a_request_bigger_than_what_is_left_says_what_it_could_cost(
     assert "This request could cost up to $" in message
     assert "a lower max_tokens may fit what is left" in message
     assert fake.requests == []
+
+
+MAX_MODEL_LEN = 100
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "completion"),
+    [
+        # The engine reads max_completion_tokens, not the deprecated max_tokens beside it.
+        ("/v1/chat/completions", {"max_tokens": 5, "max_completion_tokens": 50}, 50),
+        # Without max_tokens each of the n answers may fill the model's context.
+        ("/v1/chat/completions", {"n": 3}, 3 * MAX_MODEL_LEN),
+        # Each prompt of a list gets its own n answers.
+        ("/v1/completions", {"prompt": ["a", "b", "c"], "max_tokens": 20, "n": 2}, 120),
+        # The completions API has no max_completion_tokens: the engine ignores it.
+        ("/v1/completions", {"prompt": "a", "max_completion_tokens": 5}, MAX_MODEL_LEN),
+    ],
+)
+def test_the_reservation_covers_every_answer_the_engine_may_generate(
+    start_gateway, engine, org, owner, path, body, completion
+):
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port], engine_args={"max_model_len": MAX_MODEL_LEN})
+    created = api_key_create(org=org, actor=owner, name="capped", scopes=["inference"])
+    gw = start_gateway()
+    gw.refresh()
+    if path == "/v1/chat/completions":
+        body = {"messages": [{"role": "user", "content": "one two"}], **body}
+    body = {"model": "tiny", **body}
+    kind = CHAT if path == "/v1/chat/completions" else COMPLETION
+    bound = request_parse(kind, json.dumps(body).encode()).prompt_tokens_bound
+    snapshot = gw.gateway.snapshot
+    price = snapshot.price(org.id, snapshot.catalogue(org.id).served["tiny"])
+    reservation = cost_micros(price, bound, completion)
+    headers = {"Authorization": f"Bearer {created.secret}"}
+
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=reservation - 1)
+    gw.refresh()
+    refused = httpx.post(gw.url + path, json=body, headers=headers, timeout=30)
+    assert refused.status_code == 402, refused.text
+    assert f"could cost up to {format_dollars(reservation)} " in refused.json()["error"]["message"]
+    assert fake.requests == []
+
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=reservation)
+    gw.refresh()
+    served = httpx.post(gw.url + path, json=body, headers=headers, timeout=30)
+    assert served.status_code == 200, served.text
+
+
+def test_routing_rules_see_the_max_tokens_the_engine_applies():
+    chat = request_parse(
+        CHAT,
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5,'
+        b' "max_completion_tokens": 50}',
+    )
+    assert chat.features.max_tokens == 50
+    text = request_parse(COMPLETION, b'{"model": "m", "prompt": "x", "max_completion_tokens": 5}')
+    assert text.features.max_tokens is None
