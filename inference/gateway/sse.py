@@ -35,7 +35,12 @@ def _has_usage(data: bytes) -> bool:
 
 
 class _Events:
-    """Cuts a byte stream into complete events (ending with a blank line), keeping the rest."""
+    """Cuts a byte stream into complete events (ending with a blank line), keeping the rest.
+
+    Lines may end with LF, CRLF or CR (the SSE format allows all three; servers built on
+    sse-starlette, say, send CRLF): they are forwarded ending with LF. A raw CR never occurs
+    inside an event's JSON, so the common LF-only stream pays one scan for it and nothing else.
+    """
 
     def __init__(self) -> None:
         self._pending = b""
@@ -43,17 +48,23 @@ class _Events:
     def _complete(self, data: bytes) -> bytes:
         """Every event completed by ``data``, b"" while none is."""
         buffer = self._pending + data if self._pending else data
+        cut_cr = b""
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):
+                # Perhaps the first half of a CRLF whose LF comes with the next bytes.
+                buffer, cut_cr = buffer[:-1], b"\r"
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         end = buffer.rfind(b"\n\n")
         if end < 0:
-            self._pending = buffer
+            self._pending = buffer + cut_cr
             return b""
-        complete, self._pending = buffer[: end + 2], buffer[end + 2 :]
+        complete, self._pending = buffer[: end + 2], buffer[end + 2 :] + cut_cr
         return complete
 
     def finish(self) -> bytes:
-        """Whatever trailing bytes never ended with a blank line, passed through as they are."""
+        """Whatever trailing bytes never ended with a blank line, their line ends as LF."""
         rest, self._pending = self._pending, b""
-        return rest
+        return rest.replace(b"\r", b"\n") if rest.endswith(b"\r") else rest
 
 
 class StreamFilter(_Events):

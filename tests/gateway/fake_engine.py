@@ -41,6 +41,8 @@ class FakeEngine:
         self.disconnected = threading.Event()
         self.fixed_body: bytes | None = None
         self.answer_delay_s = 0.0
+        # How a streamed line ends: "\n" as vLLM writes it, "\r\n" as sse-starlette does.
+        self.line_end = b"\n"
 
     # One word, one token: simple, and enough to check that counts travel unchanged.
     @staticmethod
@@ -158,6 +160,7 @@ class FakeEngine:
         include = options.get("include_usage") is True
         continuous = options.get("continuous_usage_stats") is True
         limit = max_tokens or self.stream_tokens
+        end = self.line_end * 2
         gone = asyncio.Event()
 
         async def watch() -> None:
@@ -196,7 +199,7 @@ class FakeEngine:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                        "body": b"data: " + json.dumps(chunk).encode() + end,
                         "more_body": True,
                     }
                 )
@@ -215,11 +218,11 @@ class FakeEngine:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": b"data: " + json.dumps(final).encode() + b"\n\n",
+                        "body": b"data: " + json.dumps(final).encode() + end,
                         "more_body": True,
                     }
                 )
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            await send({"type": "http.response.body", "body": b"data: [DONE]" + end})
         finally:
             watcher.cancel()
 

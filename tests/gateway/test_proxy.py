@@ -10,7 +10,9 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
+from inference.gateway.sse import StreamFilter
 from inference.models import Deployment
+from inference.services.routes import external_endpoint_create, route_create
 from tests.gateway.conftest import make_deployment
 
 
@@ -84,6 +86,57 @@ def test_stream_with_include_usage_keeps_the_final_usage_chunk(gw, served, infer
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == 8
     assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_a_stream_with_crlf_line_ends_is_forwarded_as_it_comes_and_metered(
+    start_gateway, settings, engine, org, owner, inference_key
+):
+    """A server built on sse-starlette (an external endpoint, say) ends its lines with CRLF:
+    its events still reach the client one by one, without the usage chunk the client did not
+    ask for, and the request is metered on the server's usage."""
+    settings.GATEWAY_EXTERNAL_ALLOW = ["127.0.0.1"]
+    gw = start_gateway(external_allow=("127.0.0.1",))
+    fake, server = engine
+    fake.line_end = b"\r\n"
+    fake.stream_delay_s = 0.2
+    external_endpoint_create(
+        org=org, actor=owner, name="crlf", base_url=server.url + "/v1", model="m", api_key=""
+    )
+    route_create(
+        org=org, actor=owner, name="outside", policy="single", config={"target": "external:crlf"}
+    )
+    gw.refresh()
+    stream = gw.client(inference_key).chat.completions.create(
+        model="outside", messages=[{"role": "user", "content": "a b c"}], stream=True
+    )
+    first = next(iter(stream))
+    assert first.choices[0].delta.content == "tok0 "
+    # The first event arrived while the engine was still generating (0.2 s a token).
+    assert fake.generation_tokens_total < fake.stream_tokens
+    rest = list(stream)
+    assert len(rest) == fake.stream_tokens - 1
+    assert all(c.choices and c.usage is None for c in rest)
+    gw.wait_for_records(1)
+    record = UsageRecord.objects.get()
+    assert (record.prompt_tokens, record.completion_tokens) == (3, fake.stream_tokens)
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\r", b"\n"])
+def test_stream_filter_reads_any_line_end_cut_anywhere(line_end):
+    events = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":2}}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}',
+        b"data: [DONE]",
+    ]
+    wire = b"".join(event + line_end * 2 for event in events)
+    for cut in range(1, len(wire)):
+        stream = StreamFilter(keep_final_usage=True, keep_inline_usage=False)
+        out = stream.feed(wire[:cut]) + stream.feed(wire[cut:]) + stream.finish()
+        assert out == (
+            b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+            + b"".join(event + b"\n\n" for event in events[1:])
+        )
+        assert stream.usage() == {"prompt_tokens": 2, "completion_tokens": 1}
 
 
 def test_completions_and_embeddings(gw, served, org, engine, inference_key):
