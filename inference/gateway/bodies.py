@@ -36,6 +36,9 @@ _NOT_STORED = (
 )
 # Rough tokens-per-character for English text; routing rules and TPM use this estimate.
 CHARS_PER_TOKEN = 4
+# Tokens a chat template may write around the tool definitions it puts in the prompt (how to
+# call them, in what format): some templates spend well over a hundred.
+TOOLS_TEMPLATE_TOKENS = 256
 
 
 @dataclass(slots=True)
@@ -237,7 +240,7 @@ def request_parse(
         extra_tokens,
         max_tokens=max_tokens,
         total_max_tokens=None if max_tokens is None else max_tokens * sequences,
-        has_tools=bool(tools),
+        tools=tools if kind == CHAT else None,
         has_response_format=response_format is not None,
         tag=tag,
         affinity_chars=affinity_chars,
@@ -257,7 +260,7 @@ def _parsed(
     *,
     max_tokens: int | None,
     total_max_tokens: int | None,
-    has_tools: bool,
+    tools: list[Any] | None,
     has_response_format: bool,
     tag: str | None,
     affinity_chars: int,
@@ -266,12 +269,18 @@ def _parsed(
     sequences: int = 1,
 ) -> ParsedRequest:
     """A checked body with its prompt's text: the token estimate and bound, what routing rules
-    look at, the affinity key."""
-    estimate = len(text) // CHARS_PER_TOKEN + extra_tokens + 1
+    look at, the affinity key. Tool definitions are part of the prompt too: the chat template
+    writes them in as JSON (often indented four spaces a level), with its own words around."""
+    tools_chars = tools_bytes = 0
+    if tools:
+        written = json.dumps(tools, ensure_ascii=False, indent=4)
+        tools_chars = len(written)
+        tools_bytes = len(written.encode()) + TOOLS_TEMPLATE_TOKENS
+    estimate = (len(text) + tools_chars) // CHARS_PER_TOKEN + extra_tokens + 1
     features = RequestFeatures(
         prompt_tokens=estimate,
         max_tokens=max_tokens,
-        has_tools=has_tools,
+        has_tools=bool(tools),
         has_response_format=has_response_format,
         tag=tag,
         prompt_text=text,
@@ -285,7 +294,7 @@ def _parsed(
         continuous_usage=continuous_usage,
         max_tokens=total_max_tokens,
         prompt_tokens_estimate=estimate,
-        prompt_tokens_bound=len(text.encode()) + extra_tokens + 16,
+        prompt_tokens_bound=len(text.encode()) + tools_bytes + extra_tokens + 16,
         affinity_text=text[:affinity_chars],
         features=features,
         sequences=sequences,
@@ -383,7 +392,7 @@ def _responses_parse(
         extra_tokens,
         max_tokens=max_tokens,
         total_max_tokens=max_tokens,
-        has_tools=bool(tools),
+        tools=tools,
         has_response_format=response_format is not None,
         tag=tag,
         affinity_chars=affinity_chars,

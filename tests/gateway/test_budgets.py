@@ -191,3 +191,47 @@ def test_routing_rules_see_the_max_tokens_the_engine_applies():
     assert chat.features.max_tokens == 50
     text = request_parse(COMPLETION, b'{"model": "m", "prompt": "x", "max_completion_tokens": 5}')
     assert text.features.max_tokens is None
+
+
+def test_the_reservation_counts_the_tools_a_chat_template_writes_into_the_prompt(
+    start_gateway, engine, org, owner
+):
+    """Tool definitions reach the engine inside the prompt (as indented JSON, with the
+    template's instructions around them): a request that offers them may cost far more than
+    its messages' text, and must reserve that."""
+    fake, server = engine
+    make_deployment(org, "tiny", [server.port])
+    created = api_key_create(org=org, actor=owner, name="capped", scopes=["inference"])
+    gw = start_gateway()
+    gw.refresh()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": "Weather. " * 10,
+                "parameters": schema,
+            },
+        }
+        for i in range(10)
+    ]
+    with_tools = {**body, "tools": tools, "tool_choice": "none"}
+    parsed = request_parse(CHAT, json.dumps(with_tools).encode())
+    plain = request_parse(CHAT, json.dumps(body).encode())
+    written = len(json.dumps(tools, indent=4).encode())
+    assert parsed.prompt_tokens_bound >= plain.prompt_tokens_bound + written
+    assert parsed.prompt_tokens_estimate >= plain.prompt_tokens_estimate + written // 4 // 2
+    snapshot = gw.gateway.snapshot
+    price = snapshot.price(org.id, snapshot.catalogue(org.id).served["tiny"])
+    # Room for the plain request twice over, not for its tools.
+    budget = 2 * cost_micros(price, plain.prompt_tokens_bound, 5)
+    ApiKey.objects.filter(pk=created.key.pk).update(monthly_budget_micros=budget)
+    gw.refresh()
+    headers = {"Authorization": f"Bearer {created.secret}"}
+    url = gw.url + "/v1/chat/completions"
+    assert httpx.post(url, json=body, headers=headers, timeout=30).status_code == 200
+    refused = httpx.post(url, json=with_tools, headers=headers, timeout=30)
+    assert refused.status_code == 402, refused.text
+    assert len(fake.requests) == 1
