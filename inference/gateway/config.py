@@ -27,7 +27,8 @@ class GatewayConfig:
     meter_process: bool = True
     org_rpm_limit: int = 0
     org_tpm_limit: int = 0
-    # Completion tokens a budget reservation assumes when a request sets no max_tokens.
+    # Completion tokens a budget reservation assumes for each answer when a request sets no
+    # max_tokens and the deployment no max_model_len.
     default_max_tokens: int = 4096
     affinity_prefix_chars: int = 256
     balance: str = "affinity"  # affinity | least | round_robin
