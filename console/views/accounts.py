@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import SetPasswordForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -36,6 +37,7 @@ from console.services.users import (
     email_verify,
     password_reset_allowed,
     sessions_end,
+    sign_in_succeeded,
     user_password_change,
     user_update,
 )
@@ -64,6 +66,17 @@ class PasswordResetView(auth_views.PasswordResetView):
                 None, "The email could not be sent just now; try again in a few minutes."
             )
             return self.form_invalid(form)
+        return response
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """Django's, and a new password set from the emailed link ends the wrong-password refusal for
+    the address from this client: the sign-in page says to wait or reset the password, and the
+    one who opened the link reads the mailbox."""
+
+    def form_valid(self, form: SetPasswordForm[User]) -> HttpResponse:
+        response = super().form_valid(form)
+        sign_in_succeeded(email=form.user.email, client=self.request.META.get("REMOTE_ADDR", ""))
         return response
 
 

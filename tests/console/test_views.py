@@ -196,6 +196,33 @@ def test_wrong_passwords_from_one_place_are_stopped_for_a_while(client, owner):
     cache.clear()
 
 
+def test_a_new_password_from_the_reset_link_lifts_the_refusal_there(client, owner, mailoutbox):
+    """The refusal says to wait or reset the password: a reset from that client lets the new
+    password in there at once. Another client's count is its own."""
+    import re
+
+    from django.core.cache import cache
+
+    from console.services.users import MAX_SIGN_IN_FAILURES, sign_in_throttled
+
+    cache.clear()
+    for address in ("127.0.0.1", "198.51.100.9"):
+        for _ in range(MAX_SIGN_IN_FAILURES):
+            client.post(
+                "/login/", {"username": owner.email, "password": "guess"}, REMOTE_ADDR=address
+            )
+    client.post("/password-reset/", {"email": owner.email})
+    [link] = re.findall(r"http://\S+(/password-reset/\S+/)", mailoutbox[0].body)
+    form = client.get(link, follow=True).redirect_chain[-1][0]
+    new_password = "Another-pass-2468"
+    done = client.post(form, {"new_password1": new_password, "new_password2": new_password})
+    assert done.status_code == 302 and done["Location"] == "/password-reset/done/"
+    signed_in = client.post("/login/", {"username": owner.email, "password": new_password})
+    assert signed_in.status_code == 302 and "_auth_user_id" in client.session
+    assert sign_in_throttled(email=owner.email, client="198.51.100.9")
+    cache.clear()
+
+
 def test_password_reset_sends_an_email(client, owner, mailoutbox):
     client.post("/password-reset/", {"email": owner.email})
     assert len(mailoutbox) == 1 and "/password-reset/" in mailoutbox[0].body
