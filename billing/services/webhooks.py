@@ -127,6 +127,15 @@ def _checkout_completed(event: StripeEvent) -> None:
     if account is None:
         logger.warning("checkout session %s for an unknown customer", session.get("id"))
         return
+    if account.org.closed_at is not None:
+        # Started before the org closed and finished after: closing ended its subscription,
+        # and nothing may start a new one or change the plan of an org nobody can open.
+        logger.warning(
+            "checkout session %s finished after its org closed; ignored",
+            session.get("id"),
+            extra={"org": account.org.slug},
+        )
+        return
     setup_intent_id = session.get("setup_intent")
     if isinstance(setup_intent_id, dict):
         setup_intent_id = setup_intent_id.get("id")

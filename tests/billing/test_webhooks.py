@@ -264,6 +264,43 @@ def test_checkout_completion_saves_the_payment_method_and_starts_pay_as_you_go(
     assert len(stripe_fake.requests) == 3
 
 
+def test_a_checkout_finished_after_the_org_closed_starts_no_subscription(
+    stripe_fake, post, meters, org, owner
+):
+    """The owner opened Checkout for Pay as you go, then closed the organisation, then finished
+    Checkout: the closed org stays on Free, with no subscription for Stripe to bill each month."""
+    from console.services.closing import org_close
+
+    BillingAccount.objects.create(
+        org=org, plan=Plan.objects.get(code="free"), stripe_customer_id="cus_acme"
+    )
+    org_close(org=org, actor=owner, confirm=org.slug)
+    stripe_fake.answer(
+        "GET",
+        "/v1/setup_intents/seti_1",
+        stripe_fake.obj("setup_intent", id="seti_1", payment_method="pm_visa"),
+    )
+    stripe_fake.answer("POST", "/v1/customers/cus_acme", stripe_fake.obj("customer", id="cus_acme"))
+    stripe_fake.answer(
+        "POST", "/v1/subscriptions", stripe_fake.obj("subscription", id="sub_1", status="active")
+    )
+    session = stripe_fake.obj(
+        "checkout.session",
+        mode="setup",
+        customer="cus_acme",
+        setup_intent="seti_1",
+        metadata={"org_id": str(org.public_id), "plan": "payg"},
+    )
+    body = event(stripe_fake, "checkout.session.completed", session, created=int(time.time()))
+    assert post(body).status_code == 200
+    assert stripe_fake.requests == []
+    account = BillingAccount.objects.get(org=org)
+    assert account.plan.code == "free" and account.stripe_subscription_id == ""
+    assert account.payment_method_id == ""
+    stored = StripeEvent.objects.get()
+    assert stored.processed_at is not None and stored.error == ""
+
+
 def test_a_handler_failure_is_kept_for_a_retry(stripe_fake, post, org):
     BillingAccount.objects.create(
         org=org, plan=Plan.objects.get(code="free"), stripe_customer_id="cus_acme"
