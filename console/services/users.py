@@ -260,10 +260,11 @@ def account_delete(*, user: User) -> str:
 
     The row stays, anonymised, so that the audit trails of the organisations the person acted in
     keep pointing at one actor: the address becomes ``deleted-<id>@deleted.invalid`` (freeing the
-    real one), the names are cleared, the password becomes unusable (every session and every
-    emailed link stops working) and the account is deactivated. Memberships are removed, each
-    recorded in its organisation's audit log. Refused while the person is the only owner of an
-    open organisation: another owner must be added, or the organisation closed, first."""
+    real one), the names and any address change waiting for its link are cleared, the password
+    becomes unusable (every session and every emailed link stops working) and the account is
+    deactivated. Memberships are removed, each recorded in its organisation's audit log. Refused
+    while the person is the only owner of an open organisation: another owner must be added, or
+    the organisation closed, first."""
     if user.is_staff or user.is_superuser:
         raise ValidationError(
             "Staff accounts are removed by another member of staff, in the admin."
@@ -293,6 +294,7 @@ def account_delete(*, user: User) -> str:
             )
         locked.memberships.all().delete()
         locked.email = f"deleted-{locked.public_id.hex[:12]}@{DELETED_DOMAIN}"
+        locked.email_change_to = ""  # an address asked for and not yet confirmed is theirs too
         locked.first_name = ""
         locked.last_name = ""
         locked.is_active = False

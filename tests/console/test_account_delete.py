@@ -3,6 +3,8 @@ the organisations keep what the person made there and an audit trail without the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth import SESSION_KEY
 from django.test import Client
@@ -12,7 +14,7 @@ from console.models import ApiKey, AuditEvent, Membership, User
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.mail import mail_unsent
-from console.services.users import account_delete
+from console.services.users import account_delete, email_change_request
 from tests.factories import PASSWORD, MembershipFactory
 
 pytestmark = pytest.mark.django_db
@@ -120,3 +122,18 @@ def test_an_account_is_deleted_when_the_notice_cannot_be_sent(
     assert unsent == ["account deleted"]
     member.refresh_from_db()
     assert member.is_deleted
+
+
+def test_an_address_change_waiting_for_its_link_is_not_kept(member, client_for, mailoutbox):
+    """The anonymised row keeps no real address: neither the one the person had nor the one they
+    asked to move to."""
+    old_email = member.email
+    email_change_request(user=member, new_email="next-home@example.com")
+    [link] = re.findall(r"http://\S+(/account/email/confirm/\S+/)", mailoutbox[0].body)
+    assert _delete(client_for(member), member).status_code == 302
+    row = User.objects.filter(pk=member.pk).values().get()
+    kept = " ".join(str(value) for value in row.values())
+    assert "next-home@example.com" not in kept and old_email not in kept
+    # The link sent there does not move the deleted account either.
+    assert Client().get(link).status_code == 400
+    assert not User.objects.filter(email="next-home@example.com").exists()
