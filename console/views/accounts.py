@@ -118,15 +118,18 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def home(request: AuthedRequest) -> HttpResponse:
-    membership = (
+    """The first organisation the person joined, of those that let them in: one that requires
+    two-factor authentication they lack is passed over while another opens (else its refusal
+    says why)."""
+    memberships = list(
         request.user.memberships.filter(org__closed_at=None)
         .select_related("org")
         .order_by("created_at")
-        .first()
     )
-    if membership is None:
+    if not memberships:
         return redirect("org_create")
-    return redirect("org_overview", org_slug=membership.org.slug)
+    opens = [m for m in memberships if request.user.has_two_factor or not m.org.require_two_factor]
+    return redirect("org_overview", org_slug=(opens or memberships)[0].org.slug)
 
 
 @login_required

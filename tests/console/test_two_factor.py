@@ -13,12 +13,13 @@ from django.test import Client
 from django.urls import reverse
 
 from console import totp
-from console.models import AuditEvent, RecoveryCode, User
+from console.models import AuditEvent, Organisation, RecoveryCode, User
+from console.permissions import Role
 from console.services import two_factor
 from console.services.keys import api_key_create
 from console.services.mail import mail_unsent
 from console.services.two_factor import secret_unseal, two_factor_enable
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD, MembershipFactory, OrgFactory, UserFactory
 
 # RFC 6238, appendix B: the SHA-1 seed "12345678901234567890" in base32, eight digits.
 RFC_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
@@ -325,6 +326,25 @@ def test_an_org_can_require_it_and_members_without_it_are_kept_out(org, owner, m
     # Once the member turns it on, they are let in.
     enable(member)
     assert developer.get(reverse("org_overview", args=[org.slug])).status_code == 200
+
+
+def test_a_member_without_it_lands_on_an_organisation_that_lets_them_in(
+    org, owner, member, client_for
+):
+    """The console's home opens the first organisation joined; one that requires two-factor
+    authentication the person lacks is passed over while another opens."""
+    Organisation.objects.filter(pk=org.pk).update(require_two_factor=True)
+    client = client_for(member)
+    # Only that organisation: its refusal says why.
+    alone = client.get(reverse("home"))
+    assert alone["Location"] == reverse("org_overview", args=[org.slug])
+    MembershipFactory(org=OrgFactory(name="Zed", slug="zed"), user=member, role=Role.VIEWER)
+    landed = client.get(reverse("home"), follow=True)
+    assert landed.redirect_chain == [(reverse("org_overview", args=["zed"]), 302)]
+    assert landed.status_code == 200
+    # With two-factor on, the first organisation joined again.
+    enable(member)
+    assert client.get(reverse("home"))["Location"] == reverse("org_overview", args=[org.slug])
 
 
 def test_the_rest_api_turns_the_requirement_on_and_off(org, owner, client_for):
