@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render, resolve_url
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -81,7 +80,19 @@ class OrgMiddleware:
         if membership is None:
             raise Http404("No such organisation")
         if membership.org.require_two_factor and not request.user.has_two_factor:
-            raise PermissionDenied(two_factor_missing_message(membership.org))
+            # Leaving needs no second factor: it only gives up access, which a password alone
+            # may do anyway (deleting the account). The refusal offers it.
+            match = request.resolver_match
+            if match is None or match.url_name != "org_leave":
+                return render(
+                    request,
+                    "403.html",
+                    {
+                        "exception": two_factor_missing_message(membership.org),
+                        "leave_membership": membership,
+                    },
+                    status=403,
+                )
         request.org = membership.org  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         return None

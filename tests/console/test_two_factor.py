@@ -347,6 +347,32 @@ def test_a_member_without_it_lands_on_an_organisation_that_lets_them_in(
     assert client.get(reverse("home"))["Location"] == reverse("org_overview", args=[org.slug])
 
 
+def test_a_member_without_it_may_still_leave_the_organisation(org, owner, member, client_for):
+    """Leaving only gives up access: the refusal offers it, and it is the one thing a member
+    without two-factor authentication may do in an organisation that requires it."""
+    Organisation.objects.filter(pk=org.pk).update(require_two_factor=True)
+    client = client_for(member)
+    leave_url = reverse("org_leave", args=[org.slug])
+    refused = client.get(reverse("org_overview", args=[org.slug]))
+    assert refused.status_code == 403
+    page = refused.content.decode()
+    assert "requires two-factor authentication" in page and f'action="{leave_url}"' in page
+    # Nothing else gets through.
+    rename = client.post(reverse("org_settings", args=[org.slug]), {"name": "Mine now"})
+    assert rename.status_code == 403
+    org.refresh_from_db()
+    assert org.name == "Acme"
+    left = client.post(leave_url)
+    assert left.status_code == 302 and left["Location"] == reverse("home")
+    assert not org.memberships.filter(user=member).exists()
+    event = AuditEvent.objects.get(org=org, action="member.removed")
+    assert event.actor == member
+    # The last owner still cannot leave, two-factor or not.
+    User.objects.filter(pk=owner.pk).update(totp_enabled_at=None)
+    assert client_for(owner).post(leave_url).status_code == 302
+    assert org.memberships.filter(user=owner).exists()
+
+
 def test_the_rest_api_turns_the_requirement_on_and_off(org, owner, client_for):
     client = client_for(owner)
     refused = client.patch(
