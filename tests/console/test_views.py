@@ -91,6 +91,26 @@ def test_invite_and_change_role_and_remove_in_place(client_for, org, owner, memb
     assert f"{member.email} is no longer a member." in removed.content.decode()
 
 
+def test_a_member_removed_while_signed_in_is_told_why_by_the_next_panel_request(
+    client_for, org, owner, member
+):
+    """A panel's poll after the removal gets 404; the console shows the page's alert above the
+    page (static/js/console.js), which says the organisation is not theirs, not "try again"."""
+    import re
+
+    client = client_for(member)
+    assert client.get(f"/o/{org.slug}/deployments/", **HTMX).status_code == 200
+    Membership.objects.filter(org=org, user=member).delete()
+    poll = client.get(f"/o/{org.slug}/deployments/", **HTMX)
+    assert poll.status_code == 404
+    main = poll.content.decode().split("<main>", 1)[1]
+    alert = re.search(r'<p[^>]*role="alert"[^>]*>([^<]*)</p>', main)
+    assert alert is not None
+    assert alert.group(1) == (
+        "There is nothing at this address, or it belongs to an organisation you are not in."
+    )
+
+
 def test_a_refused_revocation_is_said_in_the_panel(client_for, org, owner, member):
     from django.utils import timezone
 
