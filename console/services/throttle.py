@@ -1,6 +1,6 @@
 """Counts kept in the cache over a fixed window: failures of the two sign-in steps (passwords and
-two-factor codes), and emails sent (password resets, invitations); each refuses more once its
-count is reached."""
+two-factor codes), and emails sent (password resets, invitations, address changes); each refuses
+more once its count is reached."""
 
 from __future__ import annotations
 

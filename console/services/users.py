@@ -142,6 +142,10 @@ def user_email_verified(*, user: User) -> User:
 # Changing one's email address ---------------------------------------------------------------------
 
 EMAIL_CHANGE_SALT = "console.email-change"
+# Each request emails a link to any address the person types and a notice to their own: at most
+# this many an hour per account, so that neither inbox can be flooded through the platform.
+EMAIL_CHANGE_LINKS_PER_HOUR = 5
+EMAIL_CHANGE_WINDOW_S = 60 * 60
 
 
 def _address_taken(email: str, user: User) -> bool:
@@ -164,6 +168,14 @@ def email_change_request(*, user: User, new_email: str) -> str:
         raise ValidationError({"email": "This is already your address."})
     if _address_taken(new_email, user):
         raise ValidationError({"email": "Another account uses this address."})
+    sent_key = f"email-change-links:{user.public_id}"
+    if failures(sent_key) >= EMAIL_CHANGE_LINKS_PER_HOUR:
+        raise ValidationError(
+            {
+                "email": f"You asked for {EMAIL_CHANGE_LINKS_PER_HOUR} address changes in the "
+                "last hour; try again later. The last link sent still works."
+            }
+        )
     # Only the newest request's link works: asking again (say, after a typo) voids the others.
     previous = user.email_change_to
     User.objects.filter(pk=user.pk).update(email_change_to=new_email)
@@ -191,6 +203,7 @@ def email_change_request(*, user: User, new_email: str) -> str:
                 "few minutes."
             }
         )
+    failure_add(sent_key, EMAIL_CHANGE_WINDOW_S)
     mail_send(
         kind="email change notice",
         subject="Your email address is being changed",

@@ -153,3 +153,21 @@ def test_a_link_that_cannot_be_sent_changes_nothing_and_can_be_asked_for_again(
         "We sent a link to second@example.com"
         in _ask(client, "second@example.com").content.decode()
     )
+
+
+def test_at_most_five_address_changes_an_hour_are_sent(client, person, mailoutbox):
+    """Each request mails the address typed and the person's own: past the limit nothing is
+    sent or changed, and the last link sent still works."""
+    for n in range(5):
+        assert _ask(client, f"try{n}@example.com").status_code == 200
+    assert len(mailoutbox) == 10
+    refused = _ask(client, "victim@example.com")
+    assert refused.status_code == 400
+    assert "You asked for 5 address changes in the last hour" in refused.content.decode()
+    assert len(mailoutbox) == 10
+    person.refresh_from_db()
+    assert person.email_change_to == "try4@example.com"
+    link = LINK.search(mailoutbox[-2].body)
+    assert link is not None and client.get(link.group(0)).status_code == 200
+    person.refresh_from_db()
+    assert person.email == "try4@example.com"
