@@ -273,7 +273,8 @@ def account_delete(*, user: User) -> str:
 
     The row stays, anonymised, so that the audit trails of the organisations the person acted in
     keep pointing at one actor: the address becomes ``deleted-<id>@deleted.invalid`` (freeing the
-    real one), the names and any address change waiting for its link are cleared, the password
+    real one), the names, any address change waiting for its link and the second factor (its secret
+    and recovery codes) are cleared, the password
     becomes unusable (every session and every emailed link stops working) and the account is
     deactivated. Memberships are removed, each recorded in its organisation's audit log. Refused
     while the person is the only owner of an open organisation: another owner must be added, or
@@ -313,6 +314,11 @@ def account_delete(*, user: User) -> str:
         locked.is_active = False
         locked.email_verified_at = None
         locked.set_unusable_password()
+        # Nothing of the person's second factor stays either: the secret and the recovery codes.
+        locked.totp_secret_encrypted = ""
+        locked.totp_enabled_at = None
+        locked.totp_last_step = 0
+        locked.recovery_codes.all().delete()
         locked.save()
         transaction.on_commit(
             lambda: mail_send(

@@ -10,10 +10,12 @@ from django.contrib.auth import SESSION_KEY
 from django.test import Client
 from django.urls import reverse
 
-from console.models import ApiKey, AuditEvent, Membership, User
+from console import totp
+from console.models import ApiKey, AuditEvent, Membership, RecoveryCode, User
 from console.permissions import Role
 from console.services.keys import api_key_create
 from console.services.mail import mail_unsent
+from console.services.two_factor import two_factor_enable
 from console.services.users import account_delete, email_change_request
 from tests.factories import PASSWORD, MembershipFactory
 
@@ -137,3 +139,18 @@ def test_an_address_change_waiting_for_its_link_is_not_kept(member, client_for, 
     # The link sent there does not move the deleted account either.
     assert Client().get(link).status_code == 400
     assert not User.objects.filter(email="next-home@example.com").exists()
+
+
+def test_the_second_factor_is_not_kept(member, client_for):
+    """Nothing of the person's second factor stays on the anonymised row: neither the sealed
+    secret nor the recovery codes' digests."""
+    secret = totp.new_secret()
+    codes = two_factor_enable(user=member, secret=secret, code=totp.code_at(secret, totp.step_at()))
+    assert codes and RecoveryCode.objects.filter(user=member).exists()
+    member.refresh_from_db()
+    assert member.totp_secret_encrypted
+    assert account_delete(user=member)
+    member.refresh_from_db()
+    assert member.totp_secret_encrypted == "" and member.totp_enabled_at is None
+    assert member.totp_last_step == 0 and not member.has_two_factor
+    assert not RecoveryCode.objects.filter(user=member).exists()
