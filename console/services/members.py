@@ -178,6 +178,13 @@ def invitation_accept(*, token: str, user: User) -> Membership:
         raise ValidationError(
             f"This invitation was sent to {invitation.email}; sign in with that address."
         )
+    existing = Membership.objects.filter(org=invitation.org, user=user).only("role").first()
+    if existing is not None:
+        # Left unused: it would neither add a member nor change a role (admins do that).
+        raise ValidationError(
+            f"You are already a member of {invitation.org.name}, as {existing.role}. This "
+            f"invitation (as {invitation.role}) is left unused; an admin can change your role."
+        )
     # Claim the invitation with a conditional update so that two tabs cannot both use it.
     claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at=None).update(
         accepted_at=timezone.now(), accepted_by=user

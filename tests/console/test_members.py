@@ -102,6 +102,27 @@ def test_inviting_an_existing_member_is_refused(org, owner, member):
         invitation_create(org=org, actor=owner, email=member.email, role=Role.VIEWER)
 
 
+def test_an_invitation_opened_by_someone_already_a_member_stays_unused(org, owner):
+    """Possible after an address change: the invitation went to the address the member now has.
+    It adds no member and changes no role, and says so rather than "You joined"."""
+    created = invitation_create(org=org, actor=owner, email="later@example.com", role=Role.ADMIN)
+    person = UserFactory(email="earlier@example.com")
+    MembershipFactory(org=org, user=person, role=Role.VIEWER)
+    person.email = "later@example.com"
+    person.save(update_fields=["email"])
+    with pytest.raises(ValidationError, match=r"already a member of .*, as viewer"):
+        invitation_accept(token=created.token, user=person)
+    created.invitation.refresh_from_db()
+    assert created.invitation.accepted_at is None
+    assert Membership.objects.get(org=org, user=person).role == Role.VIEWER
+    assert not AuditEvent.objects.filter(org=org, action="member.joined").exists()
+    client = Client()
+    client.force_login(person)
+    page = client.post(f"/invitations/{created.token}/", follow=True)
+    assert "already a member" in page.content.decode()
+    assert "You joined" not in page.content.decode()
+
+
 def test_only_an_owner_invites_an_owner(org, make_member):
     admin = make_member(Role.ADMIN)
     with pytest.raises(PermissionDenied):
