@@ -582,6 +582,8 @@ class Exchange:
         except asyncio.CancelledError:
             response.abort()
             raise
+        if stream.error_status is not None and outcome.status == 200:
+            outcome.status = stream.error_status  # the engine's error event ended the answer
         usage = stream.usage()
         if usage is not None:
             (_responses_usage_from if responses else _usage_from)(usage, outcome)

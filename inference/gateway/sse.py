@@ -28,6 +28,28 @@ _RESPONSE_DONE_TYPES = {name.decode() for name in _RESPONSE_DONE}
 # A delta event's type ("response.output_text.delta", "response.function_call_arguments.delta",
 # ...): a string's own text cannot hold it, as its quotes would be escaped.
 _DELTA_TYPE = re.compile(rb'"type":\s?"response\.[a-z_.]+\.delta"')
+# The events that say a Responses API stream failed: an error, or the response failed.
+_RESPONSE_ERROR = re.compile(rb'"type":\s?"(?:error|response\.failed)"')
+
+
+# An error the engine sends in place of the rest of a stream (vLLM: ``{"error": {"message", "type",
+# "param", "code"}}`` as a data event). A string's own text cannot hold it: its quotes are escaped.
+_ERROR_EVENT = (b'data: {"error"', b'data:{"error"')
+
+
+def _error_status(events: bytes) -> int:
+    """The status an error event reports (its ``code`` where that is an HTTP error status), or
+    500."""
+    for line in events.split(b"\n"):
+        if line.startswith(_ERROR_EVENT):
+            try:
+                code = json.loads(line[5:])["error"].get("code")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return 500
+            if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+                return code
+            return 500
+    return 500
 
 
 def _has_usage(data: bytes) -> bool:
@@ -74,6 +96,10 @@ class StreamFilter(_Events):
         self.keep_inline_usage = keep_inline_usage
         self._usage_event: bytes | None = None
         self.data_events = 0
+        # The status of the first error event the engine sent mid-stream, or None: the client
+        # got a 200 and then the error (the openai client raises on it), so that is what is
+        # recorded.
+        self.error_status: int | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward now: every complete event so far, filtered."""
@@ -81,6 +107,10 @@ class StreamFilter(_Events):
         if not complete:
             return b""
         self.data_events += complete.count(b"data:")
+        if self.error_status is None and (
+            _ERROR_EVENT[0] in complete or _ERROR_EVENT[1] in complete
+        ):
+            self.error_status = _error_status(complete)
         if not _has_usage(complete):
             return complete
         kept = []
@@ -123,6 +153,7 @@ class ResponsesStreamFilter(_Events):
         super().__init__()
         self._final_event: bytes | None = None
         self.delta_events = 0
+        self.error_status: int | None = None  # 500 once an error or failed event came
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward now: every complete event so far."""
@@ -130,6 +161,8 @@ class ResponsesStreamFilter(_Events):
         if not complete:
             return b""
         self.delta_events += len(_DELTA_TYPE.findall(complete))
+        if self.error_status is None and _RESPONSE_ERROR.search(complete):
+            self.error_status = 500
         if _has_usage(complete):
             for event in complete.split(b"\n\n"):
                 if _has_usage(event) and any(name in event for name in _RESPONSE_DONE):

@@ -43,6 +43,9 @@ class FakeEngine:
         self.answer_delay_s = 0.0
         # How a streamed line ends: "\n" as vLLM writes it, "\r\n" as sse-starlette does.
         self.line_end = b"\n"
+        # An error to send after the tokens, in place of the rest of a stream, as vLLM does
+        # when generation fails mid-answer ({"error": {...}}, then [DONE]).
+        self.stream_error: dict[str, Any] | None = None
 
     # One word, one token: simple, and enough to check that counts travel unchanged.
     @staticmethod
@@ -208,7 +211,15 @@ class FakeEngine:
                         await asyncio.wait_for(gone.wait(), self.stream_delay_s)
                     except TimeoutError:
                         pass
-            if include:
+            if self.stream_error is not None:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + json.dumps(self.stream_error).encode() + end,
+                        "more_body": True,
+                    }
+                )
+            elif include:
                 usage = {
                     "prompt_tokens": prompt,
                     "completion_tokens": generated,

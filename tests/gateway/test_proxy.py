@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
-from inference.gateway.sse import StreamFilter
+from inference.gateway.sse import ResponsesStreamFilter, StreamFilter
 from inference.models import Deployment
 from inference.services.routes import external_endpoint_create, route_create
 from tests.gateway.conftest import make_deployment
@@ -86,6 +86,54 @@ def test_stream_with_include_usage_keeps_the_final_usage_chunk(gw, served, infer
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == 8
     assert all(c.usage is None for c in chunks[:-1])
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error_code"),
+    [
+        (500, 500, "upstream_error"),
+        (400, 400, "upstream_rejected"),
+        ("boom", 500, "upstream_error"),
+    ],
+)
+def test_an_error_the_engine_sends_mid_stream_is_recorded_as_that_error(
+    gw, served, inference_key, code, status, error_code
+):
+    """vLLM ends a stream whose generation failed with an error event: the client raises on it,
+    and the request log says the request failed (not 200), with the tokens generated before."""
+    fake, _ = served
+    fake.stream_tokens = 3
+    fake.stream_error = {
+        "error": {"message": "generation failed", "type": "InternalServerError", "code": code}
+    }
+    stream = gw.client(inference_key).chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "a b c"}], stream=True
+    )
+    got = []
+    with pytest.raises(openai.APIError, match="generation failed"):
+        got.extend(stream)
+    assert [c.choices[0].delta.content for c in got] == ["tok0 ", "tok1 ", "tok2 "]
+    gw.wait_for_records(1)
+    record = UsageRecord.objects.get()
+    assert (record.status_code, record.error_code) == (status, error_code)
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 3)
+
+
+def test_stream_filter_notes_the_first_error_event_only_where_it_is_an_event():
+    quiet = StreamFilter(keep_final_usage=False, keep_inline_usage=False)
+    # An error's words inside an answer are escaped JSON, not an error event.
+    text = {"choices": [{"index": 0, "delta": {"content": '{"error": {"code": 400}}'}}]}
+    assert quiet.feed(b"data: " + json.dumps(text).encode() + b"\n\n")
+    assert quiet.error_status is None
+    failing = StreamFilter(keep_final_usage=False, keep_inline_usage=False)
+    failing.feed(b'data:{"error":{"message":"m","code":503}}\n\n')
+    failing.feed(b'data: {"error": {"message": "m", "code": 400}}\n\n')
+    assert failing.error_status == 503
+    responses = ResponsesStreamFilter()
+    responses.feed(b'event: response.created\ndata: {"type": "response.created"}\n\n')
+    assert responses.error_status is None
+    responses.feed(b'event: response.failed\ndata: {"type": "response.failed"}\n\n')
+    assert responses.error_status == 500
 
 
 def test_a_stream_with_crlf_line_ends_is_forwarded_as_it_comes_and_metered(
