@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from console.models import ApiKey, Invitation, Membership, Organisation, User
-from console.permissions import MATRIX, SCOPE_MATRIX, Role, role_may_assign
+from console.permissions import MATRIX, SCOPE_MATRIX, Action, Role, role_may_assign
 from console.services.audit import audit_record
 from console.services.mail import mail_send
 from console.services.throttle import failure_add, failures
@@ -234,6 +234,32 @@ def invitation_revoke(
     return invitation
 
 
+def invitations_revoke_sent_by(
+    *, membership: Membership, role: str | None, actor: User | None, reason: str
+) -> None:
+    """Revoke the pending invitations ``membership``'s person sent that their new ``role`` (None:
+    they are no longer a member) could not send, so that a pending link does not bring back
+    access, or a role, taken from the person who sent it."""
+    pending = membership.org.invitations.filter(
+        invited_by=membership.user_id, accepted_at=None, revoked_at=None
+    )
+    for invitation in pending:
+        if role is not None and Action.MEMBERS_INVITE in MATRIX.get(role, frozenset()):
+            if invitation.role != Role.OWNER or role == Role.OWNER:
+                continue
+        revoked = Invitation.objects.filter(pk=invitation.pk, revoked_at=None).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            audit_record(
+                org=membership.org,
+                action="invitation.revoked",
+                actor=actor,
+                target=invitation,
+                data={"reason": reason},
+            )
+
+
 def _owner_count(org: Organisation) -> int:
     # Lock the owners' rows so that two concurrent demotions cannot both pass the check.
     owners = org.memberships.select_for_update().filter(role=Role.OWNER)
@@ -258,6 +284,9 @@ def membership_change_role(*, membership: Membership, actor: Membership, role: s
         target=membership,
         data={"from": old, "to": role},
     )
+    invitations_revoke_sent_by(
+        membership=membership, role=role, actor=actor.user, reason="inviter's role changed"
+    )
     return membership
 
 
@@ -277,5 +306,11 @@ def membership_remove(*, membership: Membership, actor: Membership) -> None:
         actor=actor.user,
         target=membership,
         data={"email": membership.user.email},
+    )
+    invitations_revoke_sent_by(
+        membership=membership,
+        role=None,
+        actor=actor.user,
+        reason="inviter left" if membership.pk == actor.pk else "inviter removed",
     )
     membership.delete()

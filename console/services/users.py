@@ -294,7 +294,12 @@ def account_delete(*, user: User) -> str:
     with transaction.atomic():
         locked = User.objects.select_for_update().get(pk=user.pk)
         old_email = locked.email
+        from console.services.members import invitations_revoke_sent_by  # it imports this
+
         for membership in locked.memberships.select_related("org"):
+            invitations_revoke_sent_by(
+                membership=membership, role=None, actor=locked, reason="inviter left"
+            )
             # No target: a membership's text names the address, which is going away.
             audit_record(
                 org=membership.org,

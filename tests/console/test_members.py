@@ -18,6 +18,7 @@ from console.services.members import (
     membership_change_role,
     membership_remove,
 )
+from console.services.users import account_delete
 from tests.factories import MembershipFactory, OrgFactory, UserFactory
 
 
@@ -391,3 +392,48 @@ def test_invitations_over_the_limits_are_refused_in_the_panel_and_over_rest(
     assert panel.status_code == 400
     assert "at most 1 invitation emails an hour" in panel.content.decode()
     assert Invitation.objects.count() == 1
+
+
+def _pending(org, email):  # type: ignore[no-untyped-def]
+    return Invitation.objects.get(org=org, email=email).revoked_at is None
+
+
+def test_a_demoted_owner_s_owner_invitations_stop_working_and_the_rest_stay(org, owner):
+    """A pending link must not give back a role taken from the person who sent it."""
+    second = MembershipFactory(org=org, role=Role.OWNER)
+    owner_link = invitation_create(
+        org=org, actor=second.user, email="o@example.com", role=Role.OWNER
+    )
+    invitation_create(org=org, actor=second.user, email="d@example.com", role=Role.DEVELOPER)
+    invitation_create(org=org, actor=owner, email="mine@example.com", role=Role.OWNER)
+    by_owner = Membership.objects.get(org=org, user=owner)
+    membership_change_role(membership=second, actor=by_owner, role=Role.ADMIN)
+    assert not _pending(org, "o@example.com")
+    assert _pending(org, "d@example.com") and _pending(org, "mine@example.com")
+    event = AuditEvent.objects.get(org=org, action="invitation.revoked")
+    assert event.target_id == str(owner_link.invitation.pk) and event.actor == owner
+    assert event.data == {"reason": "inviter's role changed"}
+    with pytest.raises(ValidationError, match="not valid"):
+        invitation_accept(token=owner_link.token, user=UserFactory(email="o@example.com"))
+    # Demoted to a role that invites no one, the rest go too.
+    membership_change_role(membership=second, actor=by_owner, role=Role.DEVELOPER)
+    assert not _pending(org, "d@example.com") and _pending(org, "mine@example.com")
+
+
+@pytest.mark.parametrize("leaves", [True, False])
+def test_the_invitations_of_someone_removed_or_leaving_stop_working(org, owner, leaves):
+    admin = MembershipFactory(org=org, role=Role.ADMIN)
+    invitation_create(org=org, actor=admin.user, email="alt@example.com", role=Role.DEVELOPER)
+    invitation_create(org=org, actor=owner, email="kept@example.com", role=Role.VIEWER)
+    by = admin if leaves else Membership.objects.get(org=org, user=owner)
+    membership_remove(membership=admin, actor=by)
+    assert not _pending(org, "alt@example.com") and _pending(org, "kept@example.com")
+    event = AuditEvent.objects.get(org=org, action="invitation.revoked")
+    assert event.data == {"reason": "inviter left" if leaves else "inviter removed"}
+
+
+def test_the_invitations_of_someone_who_deletes_their_account_stop_working(org, owner):
+    admin = MembershipFactory(org=org, role=Role.ADMIN)
+    invitation_create(org=org, actor=admin.user, email="alt@example.com", role=Role.DEVELOPER)
+    account_delete(user=admin.user)
+    assert not _pending(org, "alt@example.com")
