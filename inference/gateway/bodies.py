@@ -41,6 +41,11 @@ CHARS_PER_TOKEN = 4
 TOOLS_TEMPLATE_TOKENS = 256
 
 
+# Completion tokens an answer of the legacy completions API gets when the request sets no
+# max_tokens.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
 @dataclass(slots=True)
 class ParsedRequest:
     kind: str
@@ -208,6 +213,10 @@ def request_parse(
     max_tokens = body.get("max_tokens")
     if kind == CHAT and body.get("max_completion_tokens") is not None:
         max_tokens = body["max_completion_tokens"]
+    elif kind == COMPLETION and "max_tokens" not in body:
+        # The completions API's own default, OpenAI's and vLLM's alike (an explicit null asks
+        # for the rest of the context instead).
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("'tools' must be a list.", "tools")

@@ -147,8 +147,12 @@ MAX_MODEL_LEN = 100
         ("/v1/chat/completions", {"n": 3}, 3 * MAX_MODEL_LEN),
         # Each prompt of a list gets its own n answers.
         ("/v1/completions", {"prompt": ["a", "b", "c"], "max_tokens": 20, "n": 2}, 120),
-        # The completions API has no max_completion_tokens: the engine ignores it.
-        ("/v1/completions", {"prompt": "a", "max_completion_tokens": 5}, MAX_MODEL_LEN),
+        # The completions API has no max_completion_tokens: the engine ignores it, and an
+        # answer without max_tokens gets that API's 16 tokens...
+        ("/v1/completions", {"prompt": "a", "max_completion_tokens": 5}, 16),
+        ("/v1/completions", {"prompt": ["a", "b"], "n": 2}, 4 * 16),
+        # ...unless max_tokens is null: then the rest of the context.
+        ("/v1/completions", {"prompt": "a", "max_tokens": None}, MAX_MODEL_LEN),
     ],
 )
 def test_the_reservation_covers_every_answer_the_engine_may_generate(
@@ -190,7 +194,9 @@ def test_routing_rules_see_the_max_tokens_the_engine_applies():
     )
     assert chat.features.max_tokens == 50
     text = request_parse(COMPLETION, b'{"model": "m", "prompt": "x", "max_completion_tokens": 5}')
-    assert text.features.max_tokens is None
+    assert text.features.max_tokens == 16  # the completions API's default
+    unbounded = request_parse(COMPLETION, b'{"model": "m", "prompt": "x", "max_tokens": null}')
+    assert unbounded.features.max_tokens is None
 
 
 def test_the_reservation_counts_the_tools_a_chat_template_writes_into_the_prompt(
