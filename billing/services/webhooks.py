@@ -22,6 +22,7 @@ from django.utils import timezone
 from billing.models import BillingAccount, Invoice, StripeEvent
 from billing.services.accounts import billing_contacts, plan_apply_after_checkout
 from billing.stripe_client import stripe_client, with_retries
+from console.models import Organisation
 from console.services.mail import mail_send
 from console.services.orgs import org_reactivate, org_suspend
 from console.snapshot import snapshot_bump
@@ -323,25 +324,32 @@ HANDLERS: dict[str, Callable[[StripeEvent], None]] = {
 
 
 def grace_enforce(*, now: datetime | None = None) -> int:
-    """Suspend orgs whose grace period after a failed payment is over and still unpaid."""
+    """Suspend orgs whose grace period after a failed payment is over and still unpaid.
+
+    Each account is locked and read again before anything changes: an invoice paid meanwhile
+    clears the grace period under the same lock (``_invoice_paid``), so its org is not suspended
+    after paying. An org that staff suspended is left alone: recording their suspension as the
+    payment's would let the paid invoice lift it. Its grace period stays over, so the payment
+    suspension follows if staff lift theirs before the invoice is paid."""
     now = now or timezone.now()
     suspended = 0
-    due = BillingAccount.objects.select_related("org").filter(
-        grace_until__lte=now, suspended_for_payment=False
-    )
-    for account in due:
-        if not _unpaid_failed(account):
-            BillingAccount.objects.filter(pk=account.pk).update(
-                payment_failed_at=None, grace_until=None
-            )
-            continue
+    due = BillingAccount.objects.filter(grace_until__lte=now, suspended_for_payment=False)
+    for pk in list(due.order_by("pk").values_list("pk", flat=True)):
         with transaction.atomic():
-            claimed = BillingAccount.objects.filter(
-                pk=account.pk, suspended_for_payment=False
-            ).update(suspended_for_payment=True)
-            if claimed:
-                org_suspend(org=account.org, reason=SUSPENSION_REASON)
-                suspended += 1
+            account = due.select_for_update(no_key=True).filter(pk=pk).first()
+            if account is None:
+                continue  # paid, or suspended by a concurrent run, since the list was read
+            if not _unpaid_failed(account):
+                BillingAccount.objects.filter(pk=pk).update(
+                    payment_failed_at=None, grace_until=None
+                )
+                continue
+            org = Organisation.objects.select_for_update(no_key=True).get(pk=account.org_id)
+            if org.suspended_at is not None:
+                continue
+            BillingAccount.objects.filter(pk=pk).update(suspended_for_payment=True)
+            org_suspend(org=org, reason=SUSPENSION_REASON)
+            suspended += 1
     return suspended
 
 

@@ -148,6 +148,47 @@ def test_a_staff_suspension_is_not_lifted_by_a_paid_invoice(stripe_fake, post, o
     assert org.is_suspended and org.suspended_reason == "abuse"
 
 
+def test_the_grace_period_ending_keeps_a_staff_suspension_that_payment_cannot_lift(
+    stripe_fake, post, org
+):
+    subscribe(org, since=T0)
+    Organisation.objects.filter(pk=org.pk).update(
+        suspended_at=timezone.now(), suspended_reason="abuse"
+    )
+    now = int(time.time())
+    post(event(stripe_fake, "invoice.payment_failed", invoice(stripe_fake, "open"), created=now))
+    account = BillingAccount.objects.get(org=org)
+    assert grace_enforce(now=account.grace_until + timedelta(seconds=1)) == 0
+    account.refresh_from_db()
+    assert not account.suspended_for_payment
+    post(event(stripe_fake, "invoice.paid", invoice(stripe_fake, "paid"), created=now + 60))
+    org.refresh_from_db()
+    assert org.is_suspended and org.suspended_reason == "abuse"
+
+
+def test_a_payment_suspension_follows_when_staff_lift_theirs_before_the_invoice_is_paid(
+    stripe_fake, post, org
+):
+    subscribe(org, since=T0)
+    Organisation.objects.filter(pk=org.pk).update(
+        suspended_at=timezone.now(), suspended_reason="abuse"
+    )
+    post(
+        event(
+            stripe_fake,
+            "invoice.payment_failed",
+            invoice(stripe_fake, "open"),
+            created=int(time.time()),
+        )
+    )
+    over = BillingAccount.objects.get(org=org).grace_until + timedelta(seconds=1)
+    assert grace_enforce(now=over) == 0
+    Organisation.objects.filter(pk=org.pk).update(suspended_at=None, suspended_reason="")
+    assert grace_enforce(now=over + timedelta(minutes=15)) == 1
+    org.refresh_from_db()
+    assert org.is_suspended and org.suspended_reason == SUSPENSION_REASON
+
+
 def test_a_late_payment_failure_does_not_undo_a_paid_invoice(stripe_fake, post, org):
     subscribe(org, since=T0)
     now = int(time.time())
