@@ -7,6 +7,7 @@ against Stripe's daily summary)? Any difference is stored and shown to staff in 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,8 @@ from billing.models.payments import MeterEventStatus
 from billing.rollups import hour_floor
 from billing.services.meters import METER_BY_KEY
 from billing.stripe_client import stripe_client, with_retries
+
+logger = logging.getLogger(__name__)
 
 
 def _sum(queryset: object, column: str) -> int:
@@ -62,6 +65,7 @@ def meter_reconcile(*, day: date | None = None) -> list[ReconciliationResult]:
         BillingAccount.objects.select_related("org")
         .exclude(stripe_customer_id="")
         .exclude(billable_from=None)
+        .order_by("pk")
     )
     client = stripe_client()
     results = []
@@ -92,18 +96,35 @@ def meter_reconcile(*, day: date | None = None) -> list[ReconciliationResult]:
                 ),
                 "value",
             )
-            summaries = _summaries(
-                client, meter.stripe_meter_id, account.stripe_customer_id, start, end
-            )
-            # Stripe reports the aggregate as a JSON number; it is a whole count of micro-dollars.
-            stripe_value = sum(
-                int(Decimal(str(summary.aggregated_value))) for summary in summaries.data
-            )
             problems = []
             if ledger != reported:
                 problems.append(f"ledger {ledger} vs reported {reported} (not yet sent or failed)")
-            if sent != stripe_value:
-                problems.append(f"sent {sent} vs Stripe {stripe_value}")
+            stripe_value: int | None = None
+            try:
+                summaries = _summaries(
+                    client, meter.stripe_meter_id, account.stripe_customer_id, start, end
+                )
+            except stripe.StripeError as error:
+                # One customer Stripe cannot answer for (deleted in the dashboard, say) must not
+                # leave every other org unreconciled; the row shows staff what happened.
+                logger.error(
+                    "meter reconciliation: Stripe's summary could not be read",
+                    extra={
+                        "org": account.org.slug,
+                        "meter": meter.key,
+                        "day": day.isoformat(),
+                        "customer": account.stripe_customer_id,
+                        "error": f"{type(error).__name__} {error.http_status}: {error}"[:300],
+                    },
+                )
+                problems.append(f"Stripe's summary could not be read: {type(error).__name__}")
+            else:
+                # Stripe reports the aggregate as a JSON number: a whole count of micro-dollars.
+                stripe_value = sum(
+                    int(Decimal(str(summary.aggregated_value))) for summary in summaries.data
+                )
+                if sent != stripe_value:
+                    problems.append(f"sent {sent} vs Stripe {stripe_value}")
             row, _ = ReconciliationResult.objects.update_or_create(
                 org_id=account.org_id,
                 meter_key=meter.key,

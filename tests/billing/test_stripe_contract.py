@@ -28,6 +28,7 @@ from console.services.closing import org_close
 from tests.billing.conftest import subscribe
 from tests.billing.factories import usage
 from tests.billing.stripe_fake import stripe_error
+from tests.factories import OrgFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -354,6 +355,45 @@ def test_reconciliation_compares_stripe_summaries_with_the_ledger(stripe_fake, m
     stripe_fake._answers[("GET", path)].popleft()
     row = {r.meter_key: r for r in meter_reconcile(day=T0.date())}["tokens"]
     assert not row.matches and "Stripe 1000" in row.detail
+
+
+def test_a_customer_stripe_cannot_answer_for_does_not_stop_the_other_orgs_reconciliation(
+    stripe_fake, meters, org, caplog
+):
+    beta = OrgFactory(name="Beta", slug="beta")
+    subscribe(org, since=T0, customer="cus_missing")
+    subscribe(beta, since=T0, customer="cus_beta")
+    usage_record_batch([usage(beta.pk, T0 + timedelta(minutes=1))])
+    usage_rollup(now=NOW)
+    meter_events_prepare(now=NOW)
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    meter_events_send(now=NOW)
+    summary = stripe_fake.obj("billing.meter_event_summary", aggregated_value=1250)
+    stripe_fake.answer(
+        "GET",
+        "/v1/billing/meters/mtr_tokens/event_summaries",
+        stripe_error(400),  # acme's customer, deleted in Stripe's dashboard
+        {"object": "list", "data": [summary], "has_more": False},
+    )
+    stripe_fake.answer(
+        "GET",
+        "/v1/billing/meters/mtr_uptime/event_summaries",
+        {"object": "list", "data": [], "has_more": False},
+    )
+    rows = {(r.org.slug, r.meter_key): r for r in meter_reconcile(day=T0.date())}
+    assert sorted(rows) == [
+        ("acme", "tokens"),
+        ("acme", "uptime"),
+        ("beta", "tokens"),
+        ("beta", "uptime"),
+    ]
+    assert rows[("beta", "tokens")].matches and rows[("beta", "tokens")].stripe_value == 1250
+    unread = rows[("acme", "tokens")]
+    assert not unread.matches and unread.stripe_value is None
+    assert "Stripe's summary could not be read: InvalidRequestError" in unread.detail
+    [logged] = [r for r in caplog.records if "could not be read" in r.getMessage()]
+    assert logged.levelname == "ERROR"
+    assert (logged.org, logged.meter, logged.customer) == ("acme", "tokens", "cus_missing")
 
 
 def test_stripe_setup_command_refuses_in_local_ledger_mode(settings):
