@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -7,6 +9,19 @@ from django.views.decorators.http import require_POST
 
 from billing.services.webhooks import WebhookRejectedError, webhook_receive
 from billing.tasks import stripe_event_process_task
+
+logger = logging.getLogger(__name__)
+
+
+def _handle_later(event_pk: int, event_id: str) -> None:
+    try:
+        stripe_event_process_task.delay(event_pk)
+    except Exception:
+        # The broker is down. The event is stored, and stripe_events_retry_task handles it once
+        # the broker is back; a 500 would only have Stripe send it again, to the same end.
+        logger.exception(
+            "could not queue the handling of a Stripe event", extra={"event": event_id}
+        )
 
 
 @csrf_exempt
@@ -21,6 +36,6 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     except WebhookRejectedError as error:
         return JsonResponse({"error": str(error)}, status=400)
     if event.processed_at is None:
-        pk = event.pk
-        transaction.on_commit(lambda: stripe_event_process_task.delay(pk))
+        pk, event_id = event.pk, event.event_id
+        transaction.on_commit(lambda: _handle_later(pk, event_id))
     return JsonResponse({"received": True, "duplicate": not created})

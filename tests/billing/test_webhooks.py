@@ -342,6 +342,36 @@ def test_a_checkout_finished_after_the_org_closed_starts_no_subscription(
     assert stored.processed_at is not None and stored.error == ""
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_event_stored_while_the_broker_is_down_is_answered_200_and_handled_later(
+    stripe_fake, client, org, monkeypatch, caplog
+):
+    from kombu.exceptions import OperationalError
+
+    from billing.tasks import stripe_event_process_task, stripe_events_retry_task
+    from tests.gateway.conftest import migration_rows
+
+    migration_rows()  # a transactional test's flush removed them
+    subscribe(org, since=T0)
+
+    def broker_down(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("Error 111 connecting to localhost:6379. Connection refused.")
+
+    monkeypatch.setattr(stripe_event_process_task, "delay", broker_down)
+    client.raise_request_exception = False
+    body = event(
+        stripe_fake, "invoice.paid", invoice(stripe_fake, "paid"), created=int(time.time())
+    )
+    response = deliver(client, body)
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    stored = StripeEvent.objects.get()
+    assert stored.processed_at is None
+    [logged] = [r for r in caplog.records if "could not queue" in r.getMessage()]
+    assert logged.event == body["id"]
+    assert stripe_events_retry_task() == 1  # the broker is back
+    assert Invoice.objects.get().status == "paid"
+
+
 def test_a_handler_failure_is_kept_for_a_retry(stripe_fake, post, org):
     BillingAccount.objects.create(
         org=org, plan=Plan.objects.get(code="free"), stripe_customer_id="cus_acme"
