@@ -245,8 +245,9 @@ def meter_events_send(
     sleep: Callable[[float], None] | None = None,
 ) -> SendResult:
     """Send due meter events in a batch, paced under Stripe's rate limit, each retried with
-    backoff on 429 and 5xx. What still fails transiently waits for the next run; a rejected
-    event is marked failed for staff (the admin lists it)."""
+    backoff on 429 and 5xx. An event that still fails transiently ends the run: it and the
+    rest of the batch wait for the next run. A rejected event is marked failed for staff (the
+    admin lists it)."""
     now = now or timezone.now()
     limit = limit or settings.BILLING_METER_BATCH_SIZE
     meters = {m.key: m for m in StripeMeter.objects.all()}
@@ -300,6 +301,20 @@ def meter_events_send(
                 event.status = MeterEventStatus.FAILED
                 result.failed += 1
             event.save()
+            if event.status == MeterEventStatus.PENDING:
+                # Stripe is down or throttling past the retries: the rest of the batch would
+                # only wait through retries of its own, run after run, past the task's time
+                # limit. It is left unclaimed for the next run.
+                untried = len(due) - index - 1
+                result.retry_later += untried
+                logger.warning(
+                    "stripe did not take meter event %s (%s); %d meter events wait for the "
+                    "next run",
+                    event.identifier,
+                    event.last_error,
+                    untried + 1,
+                )
+                break
             continue
         MeterEvent.objects.filter(pk=pk).update(
             status=MeterEventStatus.SENT,

@@ -309,6 +309,34 @@ def test_persistent_5xx_leaves_the_event_for_a_later_run(stripe_fake, meters, or
     assert meter_events_send(now=NOW).sent == 0 and len(stripe_fake.requests) == 3
 
 
+def test_a_stripe_outage_ends_the_run_at_the_first_event_that_cannot_be_sent(
+    stripe_fake, meters, org, settings, caplog
+):
+    """Otherwise every event of the batch waits through its own retries, and a run during an
+    outage (200 events x 7.5 s of backoff) outlasts the task's time limit."""
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(hours=h, minutes=1)) for h in range(3)])
+    now = NOW + timedelta(hours=1)
+    usage_rollup(now=now)
+    assert meter_events_prepare(now=now) == 3
+    stripe_fake.answer("POST", "/v1/billing/meter_events", stripe_error(500))
+    result = meter_events_send(now=now)
+    assert (result.sent, result.retry_later, result.failed) == (0, 3, 0)
+    assert len(stripe_fake.requests) == settings.STRIPE_MAX_RETRIES + 1  # one event's tries
+    assert sum(stripe_fake.waits) <= 8.0
+    events = list(MeterEvent.objects.order_by("hour"))
+    assert all(e.status == MeterEventStatus.PENDING and e.claimed_at is None for e in events)
+    assert [e.attempts for e in events] == [1, 0, 0]
+    assert any("3 meter events wait" in r.getMessage() for r in caplog.records)
+    # Stripe is back: the next runs send everything, each event once.
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    stripe_fake._answers[("POST", "/v1/billing/meter_events")].popleft()
+    later = now + timedelta(minutes=15)
+    assert meter_events_send(now=later).sent == 3
+    sent = stripe_fake.calls("POST", "/v1/billing/meter_events")[settings.STRIPE_MAX_RETRIES + 1 :]
+    assert len({c.params["identifier"] for c in sent}) == len(sent) == 3
+
+
 def test_a_rejected_event_is_marked_failed_without_retries(stripe_fake, meters, org):
     subscribe(org, since=T0)
     usage_record_batch([usage(org.pk, T0 + timedelta(minutes=1))])
