@@ -44,7 +44,7 @@ from inference.orchestrator.states import (
     startup_phase,
 )
 from inference.orchestrator.summary import summary_write
-from inference.services.uptime import replica_uptime_report, replicas_uptime_report
+from inference.services.uptime import REPORT_EVERY_S, replica_uptime_report, replicas_uptime_report
 
 logger = logging.getLogger(__name__)
 S = ReplicaState
@@ -59,8 +59,6 @@ SHUTDOWN_MIN_DRAIN_S = 1.0
 # its usual grace, the process manager would kill it first and leave the engines running.
 SHUTDOWN_STOP_GRACE_S = 2.0
 SHUTDOWN_STOP_GRACE_STARTING_S = 0.5
-# Dedicated replicas' uptime goes to the ledger this often (and when a replica stops or crashes).
-UPTIME_REPORT_EVERY_S = 60.0
 
 
 class Orchestrator:
@@ -143,7 +141,7 @@ class Orchestrator:
                 Deployment.objects.filter(pk=deployment.pk).update(
                     state_reason=f"The orchestrator hit an error: {error}"[:1000]
                 )
-        if time.monotonic() - self._uptime_reported_at >= UPTIME_REPORT_EVERY_S:
+        if time.monotonic() - self._uptime_reported_at >= REPORT_EVERY_S:
             self._report_uptime()
         cutoff = timezone.now() - timedelta(days=1)
         Replica.objects.filter(state__in=[S.STOPPED], stopped_at__lt=cutoff).delete()

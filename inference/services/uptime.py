@@ -19,6 +19,8 @@ from billing.ledger import UptimeEvent, uptime_record_batch
 from inference.models import Replica, ReplicaState
 
 _ENDED = (ReplicaState.STOPPED, ReplicaState.FAILED)
+# The orchestrators report every replica this often (and when one stops, crashes or is deleted).
+REPORT_EVERY_S = 60.0
 
 
 def _segment(replica: Replica, now: datetime) -> tuple[datetime, datetime] | None:
@@ -41,6 +43,10 @@ def replica_uptime_report(*, replica: Replica, now: datetime | None = None) -> i
         return 0
     start, end = segment
     deployment = replica.deployment
+    gpus = len(replica.gpus or [])
+    if not gpus and replica.backend == "kubernetes":
+        # A pod holds the GPUs its spec asks for; the cluster, not the orchestrator, picks which.
+        gpus = deployment.gpus_per_replica
     event = UptimeEvent(
         event_id=f"{replica.pk}:{start:%Y%m%dT%H%M%S.%f}",
         org_id=deployment.org_id,
@@ -49,7 +55,7 @@ def replica_uptime_report(*, replica: Replica, now: datetime | None = None) -> i
         model=deployment.served_model_name,
         started_at=start,
         ended_at=end,
-        gpus=len(replica.gpus or []),
+        gpus=gpus,
     )
     with transaction.atomic():
         claimed = Replica.objects.filter(

@@ -42,6 +42,7 @@ from inference.orchestrator.probe import EngineMetrics, EngineProbe
 from inference.orchestrator.scaling import deployment_desired_replicas
 from inference.orchestrator.states import deployment_summary
 from inference.orchestrator.summary import summary_write
+from inference.services.uptime import REPORT_EVERY_S, replica_uptime_report, replicas_uptime_report
 
 logger = logging.getLogger(__name__)
 S = ReplicaState
@@ -108,6 +109,7 @@ class KubernetesOrchestrator:
         # caller collects the lines itself.
         self._report = report or logger.info
         self._stop = threading.Event()
+        self._uptime_reported_at: float | None = None
 
     # The loop
 
@@ -162,6 +164,22 @@ class KubernetesOrchestrator:
             except Exception as error:
                 logger.exception("reconciling deployment %s failed", deployment.pk)
                 self._summarise(deployment, [], failure=f"The orchestrator hit an error: {error}")
+        last = self._uptime_reported_at
+        if last is None or time.monotonic() - last >= REPORT_EVERY_S:
+            self._uptime_reported_at = time.monotonic()
+            self._report_uptime()
+
+    def _report_uptime(self, deployment: Deployment | None = None) -> None:
+        """Pods' uptime to the ledger: every pod's, or one deployment's before its rows go.
+        Billing must never stop the orchestrator: a failed report is retried next time."""
+        try:
+            if deployment is None:
+                replicas_uptime_report()
+            else:
+                for replica in Replica.objects.filter(deployment=deployment, backend=BACKEND):
+                    replica_uptime_report(replica=replica)
+        except Exception:
+            logger.exception("reporting replica uptime to the ledger failed")
 
     # One deployment
 
@@ -199,6 +217,8 @@ class KubernetesOrchestrator:
             self._summarise(deployment, list(self._live_rows(deployment)))
             return
         self._sync_replicas(deployment, Observation(None, None))
+        # Its replica rows go with it: their uptime up to now is billed first.
+        self._report_uptime(deployment)
         logger.info("deployment %s deleted", deployment.pk)
         self._say(deployment, "deleted; its Deployment, Service and pods are gone")
         deployment.delete()
