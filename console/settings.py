@@ -330,6 +330,11 @@ CELERY_BEAT_SCHEDULE["inference-router-recalibrate"] = {
     "task": "inference.tasks.routes_recalibrate_task",
     "schedule": 600.0,
 }
+# Tenants' outcome files whose fit was lost (broker down at upload, worker killed mid-fit).
+CELERY_BEAT_SCHEDULE["inference-scorers-fit-pending"] = {
+    "task": "inference.tasks.route_scorers_fit_pending_task",
+    "schedule": 600.0,
+}
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
 if LOG_LEVEL not in logging.getLevelNamesMapping():

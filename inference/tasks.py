@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from inference.services.router import route_scorer_fit, routes_recalibrate_all
+from inference.services.router import (
+    route_scorer_fit,
+    route_scorers_fit_pending,
+    routes_recalibrate_all,
+)
 
 
 @shared_task
@@ -15,6 +19,11 @@ def routes_recalibrate_task() -> int:
 @shared_task
 def route_scorer_fit_task(scorer_id: str) -> bool:
     return route_scorer_fit(scorer_id=scorer_id)
+
+
+@shared_task
+def route_scorers_fit_pending_task() -> int:
+    return route_scorers_fit_pending()
 
 
 @shared_task

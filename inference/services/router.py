@@ -18,9 +18,10 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -339,11 +340,29 @@ def route_scorer_upload(
         target=route,
         data={"file_name": scorer.file_name, "rows": scorer.rows},
     )
+    scorer_id = str(scorer.id)
+    transaction.on_commit(lambda: _fit_queue(scorer_id))
+    return scorer
+
+
+def _fit_queue(scorer_id: str) -> bool:
     from inference.tasks import route_scorer_fit_task
 
-    scorer_id = str(scorer.id)
-    transaction.on_commit(lambda: route_scorer_fit_task.delay(scorer_id))
-    return scorer
+    try:
+        route_scorer_fit_task.delay(scorer_id)
+    except Exception:  # the broker is down: route_scorers_fit_pending queues it later
+        logger.exception("could not queue a scorer fit", extra={"scorer_id": scorer_id})
+        return False
+    return True
+
+
+def route_scorers_fit_pending(*, now: datetime | None = None) -> int:
+    """Queue again the fit of every upload still pending after the task time limit (beat):
+    its task was never queued (the broker was down) or died with its worker, and the route's
+    page would otherwise say "Fitting" for good. Returns how many were queued."""
+    before = (now or timezone.now()) - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    stale = RouteScorer.objects.filter(state="pending", created_at__lt=before)
+    return sum(_fit_queue(str(scorer_id)) for scorer_id in stale.values_list("id", flat=True))
 
 
 @transaction.atomic

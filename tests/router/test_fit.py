@@ -108,3 +108,40 @@ def test_only_route_managers_remove_a_routes_scorer(org, owner, viewer, client_f
     answer = client_for(viewer).post(f"/o/{org.slug}/routes/{route.id}/scorer/remove/")
     assert answer.status_code == 403
     assert RouteScorer.objects.filter(route=route).exists()
+
+
+def test_a_fit_lost_to_the_broker_or_a_killed_worker_is_queued_again(
+    org, owner, monkeypatch, settings, caplog, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from kombu.exceptions import OperationalError
+
+    from inference.services.router import route_scorers_fit_pending
+    from inference.tasks import route_scorer_fit_task
+
+    route = _auto_route(org, owner)
+
+    def broker_down(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("Error 111 connecting to localhost:6379. Connection refused.")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(route_scorer_fit_task, "delay", broker_down)
+        with django_capture_on_commit_callbacks(execute=True):
+            scorer = route_scorer_upload(
+                route=route, actor=owner, file_name="a.csv", data=_outcomes(30)
+            )
+    [logged] = [r for r in caplog.records if "could not queue" in r.getMessage()]
+    assert logged.scorer_id == str(scorer.id)
+    assert RouteScorer.objects.get(id=scorer.id).state == "pending"
+    # While its task may still be running (within the task time limit), it is left alone.
+    uploaded = RouteScorer.objects.get(id=scorer.id).created_at
+    soon = uploaded + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT - 1)
+    assert route_scorers_fit_pending(now=soon) == 0
+    assert RouteScorer.objects.get(id=scorer.id).state == "pending"
+    # After it, no task is fitting it any more: it is queued again (and fitted, eagerly here).
+    later = uploaded + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 1)
+    assert route_scorers_fit_pending(now=later) == 1
+    assert RouteScorer.objects.get(id=scorer.id).state == "ready"
+    assert route_scorers_fit_pending(now=timezone.now() + timedelta(days=1)) == 0
