@@ -286,6 +286,9 @@ BILLING_ROLLUP_MARGIN_SECONDS = env_int("BILLING_ROLLUP_MARGIN_SECONDS", 600)
 BILLING_METER_REPORT_DELAY_MINUTES = env_int("BILLING_METER_REPORT_DELAY_MINUTES", 5)
 BILLING_METER_BATCH_SIZE = env_int("BILLING_METER_BATCH_SIZE", 200)
 BILLING_METER_EVENTS_PER_SECOND = env_int("BILLING_METER_EVENTS_PER_SECOND", 20)
+# How long one run of the meter events task sends for, batch after batch (under the tasks'
+# 240 s soft time limit, with room for the rollup and queueing before it).
+BILLING_METER_SEND_SECONDS = env_int("BILLING_METER_SEND_SECONDS", 120, minimum=1)
 CELERY_BEAT_SCHEDULE.update(
     {
         "billing-usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 300.0},

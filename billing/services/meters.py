@@ -14,6 +14,7 @@ as a further event for the difference only (``...-<seq>``), so nothing is counte
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -243,85 +244,104 @@ def meter_events_send(
     now: datetime | None = None,
     limit: int | None = None,
     sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> SendResult:
-    """Send due meter events in a batch, paced under Stripe's rate limit, each retried with
+    """Send due meter events, a batch (``limit``) at a time until none is due or the run has
+    used ``BILLING_METER_SEND_SECONDS``, paced under Stripe's rate limit, each retried with
     backoff on 429 and 5xx. An event that still fails transiently ends the run: it and the
-    rest of the batch wait for the next run. A rejected event is marked failed for staff (the
-    admin lists it)."""
+    rest wait for the next run. A rejected event is marked failed for staff (the admin lists
+    it)."""
     now = now or timezone.now()
     limit = limit or settings.BILLING_METER_BATCH_SIZE
+    clock = clock or time.monotonic
+    deadline = clock() + settings.BILLING_METER_SEND_SECONDS
     meters = {m.key: m for m in StripeMeter.objects.all()}
-    due = list(
-        MeterEvent.objects.filter(status=MeterEventStatus.PENDING, next_attempt_at__lte=now)
-        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
-        .order_by("hour", "seq")
-        .values_list("pk", flat=True)[:limit]
-    )
     result = SendResult()
     client = stripe_client()
     pause = 1.0 / max(settings.BILLING_METER_EVENTS_PER_SECOND, 1)
-    for index, pk in enumerate(due):
-        claimed = (
-            MeterEvent.objects.filter(pk=pk, status=MeterEventStatus.PENDING)
+    calls = 0
+    while True:
+        due = list(
+            MeterEvent.objects.filter(status=MeterEventStatus.PENDING, next_attempt_at__lte=now)
             .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
-            .update(claimed_at=now)
+            .order_by("hour", "seq")
+            .values_list("pk", flat=True)[:limit]
         )
-        if not claimed:
-            continue  # another worker has it
-        event = MeterEvent.objects.get(pk=pk)
-        meter = meters.get(event.meter_key)
-        if meter is None:
-            event.status, event.last_error = MeterEventStatus.FAILED, "meter not set up"
-            event.save(update_fields=["status", "last_error"])
-            result.failed += 1
-            continue
-        if index:
-            (sleep or stripe_calls.pause)(pause)
-        params: Any = {
-            "event_name": meter.event_name,
-            "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
-            "identifier": event.identifier,
-            "timestamp": int(event.timestamp.timestamp()),
-        }
-        try:
-            _meter_event_create(client, params, event.identifier, sleep)
-        except stripe.StripeError as error:
-            event.attempts += 1
-            event.last_error = f"{type(error).__name__} {error.http_status}: {error}"[:2000]
-            event.claimed_at = None
-            if _already_recorded(error):
-                event.status, event.sent_at = MeterEventStatus.SENT, timezone.now()
-                result.sent += 1
-            elif is_retryable(error):
-                event.next_attempt_at = now + timedelta(
-                    seconds=60 * backoff_seconds(event.attempts)
-                )
-                result.retry_later += 1
-            else:
-                event.status = MeterEventStatus.FAILED
+        stopped = False
+        for index, pk in enumerate(due):
+            claimed = (
+                MeterEvent.objects.filter(pk=pk, status=MeterEventStatus.PENDING)
+                .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
+                .update(claimed_at=now)
+            )
+            if not claimed:
+                continue  # another worker has it
+            event = MeterEvent.objects.get(pk=pk)
+            meter = meters.get(event.meter_key)
+            if meter is None:
+                event.status, event.last_error = MeterEventStatus.FAILED, "meter not set up"
+                event.save(update_fields=["status", "last_error"])
                 result.failed += 1
-            event.save()
-            if event.status == MeterEventStatus.PENDING:
-                # Stripe is down or throttling past the retries: the rest of the batch would
-                # only wait through retries of its own, run after run, past the task's time
-                # limit. It is left unclaimed for the next run.
-                untried = len(due) - index - 1
-                result.retry_later += untried
-                logger.warning(
-                    "stripe did not take meter event %s (%s); %d meter events wait for the "
-                    "next run",
-                    event.identifier,
-                    event.last_error,
-                    untried + 1,
-                )
-                break
-            continue
-        MeterEvent.objects.filter(pk=pk).update(
-            status=MeterEventStatus.SENT,
-            sent_at=timezone.now(),
-            attempts=event.attempts + 1,
-            claimed_at=None,
-            last_error="",
-        )
-        result.sent += 1
+                continue
+            if calls:
+                (sleep or stripe_calls.pause)(pause)
+            calls += 1
+            params: Any = {
+                "event_name": meter.event_name,
+                "payload": {
+                    "stripe_customer_id": event.stripe_customer_id,
+                    "value": str(event.value),
+                },
+                "identifier": event.identifier,
+                "timestamp": int(event.timestamp.timestamp()),
+            }
+            try:
+                _meter_event_create(client, params, event.identifier, sleep)
+            except stripe.StripeError as error:
+                event.attempts += 1
+                event.last_error = f"{type(error).__name__} {error.http_status}: {error}"[:2000]
+                event.claimed_at = None
+                if _already_recorded(error):
+                    event.status, event.sent_at = MeterEventStatus.SENT, timezone.now()
+                    result.sent += 1
+                elif is_retryable(error):
+                    event.next_attempt_at = now + timedelta(
+                        seconds=60 * backoff_seconds(event.attempts)
+                    )
+                    result.retry_later += 1
+                else:
+                    event.status = MeterEventStatus.FAILED
+                    result.failed += 1
+                event.save()
+                if event.status == MeterEventStatus.PENDING:
+                    # Stripe is down or throttling past the retries: the rest of the batch
+                    # would only wait through retries of its own, run after run, past the
+                    # task's time limit. It is left unclaimed for the next run.
+                    untried = len(due) - index - 1
+                    result.retry_later += untried
+                    logger.warning(
+                        "stripe did not take meter event %s (%s); %d meter events wait for "
+                        "the next run",
+                        event.identifier,
+                        event.last_error,
+                        untried + 1,
+                    )
+                    stopped = True
+                    break
+                continue
+            MeterEvent.objects.filter(pk=pk).update(
+                status=MeterEventStatus.SENT,
+                sent_at=timezone.now(),
+                attempts=event.attempts + 1,
+                claimed_at=None,
+                last_error="",
+            )
+            result.sent += 1
+        # Every event of a batch leaves the due list (sent, failed, waiting or another
+        # worker's), so each batch is new; a short one was the last.
+        if stopped or len(due) < limit:
+            break
+        if clock() >= deadline:
+            logger.info("meter events: the run's time is up; the rest wait for the next run")
+            break
     return result

@@ -194,6 +194,32 @@ def test_meter_events_carry_deterministic_identifiers_and_idempotency_keys(
     assert len(stripe_fake.requests) == 2
 
 
+def test_a_run_sends_batch_after_batch_until_none_is_due_or_its_time_is_up(
+    stripe_fake, meters, org, settings
+):
+    """A fixed batch a run (200 every 15 minutes) fell behind for good past a few hundred
+    subscribed organisations; a run now sends until nothing is due, within its time."""
+    subscribe(org, since=T0)
+    usage_record_batch([usage(org.pk, T0 + timedelta(hours=h)) for h in range(5)])
+    usage_rollup(now=NOW + timedelta(hours=5))
+    stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
+    assert meter_events_prepare(now=NOW + timedelta(hours=5)) == 5
+    later = NOW + timedelta(hours=5)
+    assert meter_events_send(now=later, limit=2).sent == 5
+    hours = [c.params["timestamp"] for c in stripe_fake.calls("POST", "/v1/billing/meter_events")]
+    assert hours == [str(int((T0 + timedelta(hours=h)).timestamp())) for h in range(5)]
+
+    # With the run's time used up after its first batch, the rest wait for the next run.
+    usage_record_batch([usage(org.pk, T0 + timedelta(hours=h)) for h in range(5, 10)])
+    latest = NOW + timedelta(hours=10)
+    usage_rollup(now=latest)
+    assert meter_events_prepare(now=latest) == 5
+    settings.BILLING_METER_SEND_SECONDS = 60
+    ticks = iter([0.0, 61.0, 62.0, 63.0])
+    assert meter_events_send(now=latest, limit=2, clock=lambda: next(ticks)).sent == 2
+    assert meter_events_send(now=latest, limit=2).sent == 3
+
+
 def test_records_equal_rollups_equal_what_was_sent_including_late_usage(stripe_fake, meters, org):
     subscribe(org, since=T0)
     stripe_fake.answer("POST", "/v1/billing/meter_events", _meter_event_answer(stripe_fake))
