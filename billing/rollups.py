@@ -9,7 +9,8 @@ transactions that committed late), which is also how usage that arrives late rea
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -168,12 +169,14 @@ def rollup_hours(pairs: Iterable[tuple[int, datetime]]) -> int:
     return done
 
 
-def _touched_since(since: datetime | None) -> set[tuple[int, datetime]]:
-    usage = UsageRecord.objects.all()
-    uptime = UptimeRecord.objects.all()
-    if since is not None:
-        usage = usage.filter(created_at__gte=since)
-        uptime = uptime.filter(created_at__gte=since)
+def _touched_between(lower: datetime, upper: datetime | None) -> set[tuple[int, datetime]]:
+    """The (org id, hour) pairs of the records created in [lower, upper) (upper None: since
+    lower, records stamped ahead of this clock included)."""
+    usage = UsageRecord.objects.filter(created_at__gte=lower)
+    uptime = UptimeRecord.objects.filter(created_at__gte=lower)
+    if upper is not None:
+        usage = usage.filter(created_at__lt=upper)
+        uptime = uptime.filter(created_at__lt=upper)
     pairs = {
         (org_id, hour_floor(hour))
         for org_id, hour in usage.annotate(h=TruncHour("served_at"))
@@ -188,29 +191,83 @@ def _touched_since(since: datetime | None) -> set[tuple[int, datetime]]:
     return pairs
 
 
+def _first_created(since: datetime | None) -> datetime | None:
+    """When the first record created at or after ``since`` was created (indexed), or None."""
+    firsts = []
+    for model in (UsageRecord, UptimeRecord):
+        rows = model.objects.all()
+        if since is not None:
+            rows = rows.filter(created_at__gte=since)
+        first = rows.order_by("created_at").values_list("created_at", flat=True).first()
+        if first is not None:
+            firsts.append(first)
+    return min(firsts) if firsts else None
+
+
+# An incremental run works through the records a slice of creation time at a time, moving the
+# cursor after each, so that a backlog (a worker down for a day) is caught up over several runs
+# instead of each run starting again from the beginning and being stopped by the time limit.
+ROLLUP_SLICE = timedelta(hours=1)
+
+
 @dataclass(frozen=True)
 class RollupRun:
     org_hours: int
     created_before: datetime
 
 
-def usage_rollup(*, now: datetime | None = None) -> RollupRun:
-    """Recompute every org-hour that gained records since the previous run.
+def _cursor_advance(created_before: datetime) -> None:
+    # Only move forward: a slow run finishing after a faster, later one must not rewind it.
+    RollupCursor.objects.filter(pk=1).filter(
+        Q(created_before__isnull=True) | Q(created_before__lt=created_before)
+    ).update(created_before=created_before, last_run_at=timezone.now())
+
+
+def usage_rollup(
+    *, now: datetime | None = None, clock: Callable[[], float] | None = None
+) -> RollupRun:
+    """Recompute every org-hour that gained records since the previous run, a slice of
+    creation time at a time, until it reaches ``now`` or has run for
+    ``BILLING_ROLLUP_RUN_SECONDS``; the cursor moves after each slice, so the next run goes on
+    from there.
 
     Repeating a run, or two runs overlapping, only recomputes the same hours to the same rows.
     """
     now = now or timezone.now()
+    clock = clock or time.monotonic
+    deadline = clock() + settings.BILLING_ROLLUP_RUN_SECONDS
     cursor, _ = RollupCursor.objects.get_or_create(pk=1)
-    since = None
+    lower = None
     if cursor.created_before is not None:
-        since = cursor.created_before - timedelta(seconds=settings.BILLING_ROLLUP_MARGIN_SECONDS)
-    done = rollup_hours(_touched_since(since))
-    # Only move forward: a slow run finishing after a faster, later one must not rewind it.
-    RollupCursor.objects.filter(pk=1).filter(
-        Q(created_before__isnull=True) | Q(created_before__lt=now)
-    ).update(created_before=now, last_run_at=timezone.now())
+        lower = cursor.created_before - timedelta(seconds=settings.BILLING_ROLLUP_MARGIN_SECONDS)
+    done = 0
+    reached = now
+    while True:
+        first = _first_created(lower)
+        if first is None:
+            break
+        if lower is None or first > lower:
+            lower = first  # a stretch without records is skipped
+        if lower + ROLLUP_SLICE >= now:
+            # The last slice: everything from here on, records stamped by a clock a little
+            # ahead of this one included.
+            done += rollup_hours(_touched_between(lower, None))
+            break
+        upper = lower + ROLLUP_SLICE
+        done += rollup_hours(_touched_between(lower, upper))
+        _cursor_advance(upper)
+        if clock() >= deadline:
+            reached = upper
+            logger.warning(
+                "usage rollup: the run's time is up with records created from %s still to "
+                "roll up; the next run goes on from there",
+                upper.isoformat(),
+            )
+            break
+        lower = upper
+    _cursor_advance(reached)
     logger.info("usage rollup recomputed %d org-hours", done)
-    return RollupRun(org_hours=done, created_before=now)
+    return RollupRun(org_hours=done, created_before=reached)
 
 
 def usage_rollup_range(*, start: datetime, end: datetime, org_ids: Iterable[int] = ()) -> int:

@@ -283,6 +283,9 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # empty: Stripe's own; set for a l
 STRIPE_MAX_RETRIES = env_int("STRIPE_MAX_RETRIES", 4)
 BILLING_GRACE_PERIOD_HOURS = env_int("BILLING_GRACE_PERIOD_HOURS", 72)
 BILLING_ROLLUP_MARGIN_SECONDS = env_int("BILLING_ROLLUP_MARGIN_SECONDS", 600)
+# How long one incremental rollup run works before leaving the rest to the next (a backlog is
+# caught up over several runs; the meter events task rolls up first, under the same time limit).
+BILLING_ROLLUP_RUN_SECONDS = env_int("BILLING_ROLLUP_RUN_SECONDS", 60, minimum=1)
 BILLING_METER_REPORT_DELAY_MINUTES = env_int("BILLING_METER_REPORT_DELAY_MINUTES", 5)
 BILLING_METER_BATCH_SIZE = env_int("BILLING_METER_BATCH_SIZE", 200)
 BILLING_METER_EVENTS_PER_SECOND = env_int("BILLING_METER_EVENTS_PER_SECOND", 20)

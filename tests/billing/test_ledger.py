@@ -12,6 +12,7 @@ from billing.models import (
     MeterEvent,
     Price,
     PriceUnit,
+    RollupCursor,
     UptimeRecord,
     UsageRecord,
     UsageRollup,
@@ -124,6 +125,37 @@ def test_late_usage_reaches_its_hour_on_the_next_run(org):
     assert rollup.requests == 2
     assert rollup.cost_micros == total + 500  # 1,000 prompt tokens at the fallback $0.50/M
     assert rollup.cost_micros == UsageRecord.objects.aggregate(c=Sum("cost_micros"))["c"]
+
+
+def test_a_backlog_is_caught_up_over_runs_each_going_on_where_the_last_stopped(org, settings):
+    """After an outage the records of many hours wait; a run that has used its time leaves the
+    cursor where it got to, and the next goes on from there rather than from the start."""
+    now = T0 + timedelta(hours=10)
+    events = [usage(org.pk, T0 + timedelta(hours=h), request_id=f"r{h}") for h in range(6)]
+    usage_record_batch(events)
+    for h in range(6):  # written as they were served, an hour apart, while no worker ran
+        UsageRecord.objects.filter(request_id=f"r{h}").update(
+            created_at=T0 + timedelta(hours=h, minutes=1)
+        )
+    settings.BILLING_ROLLUP_RUN_SECONDS = 60
+    ticks = iter([0.0, 30.0, 61.0])  # the second slice ends the run
+    first = usage_rollup(now=now, clock=lambda: next(ticks))
+    assert first.org_hours == 2 and first.created_before == T0 + timedelta(hours=2, minutes=1)
+    assert sorted(UsageRollup.objects.values_list("hour", flat=True)) == [
+        T0,
+        T0 + timedelta(hours=1),
+    ]
+    assert RollupCursor.objects.get().created_before == T0 + timedelta(hours=2, minutes=1)
+    # The next run starts at the cursor (less the margin), not at the first record.
+    second = usage_rollup(now=now)
+    assert second.created_before == now
+    hours = sorted(UsageRollup.objects.values_list("hour", flat=True))
+    assert hours == [T0 + timedelta(hours=h) for h in range(6)]
+    assert second.org_hours == 4  # hours 2 to 5: none of hour 1 was created in the margin
+    assert (
+        UsageRollup.objects.aggregate(c=Sum("cost_micros"))["c"]
+        == (UsageRecord.objects.aggregate(c=Sum("cost_micros"))["c"])
+    )
 
 
 def test_uptime_is_split_by_hour_rated_and_rolled_up(org):
