@@ -271,6 +271,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Webhook deliveries have a queue of their own, served by the Procfile's `webhooks` worker: a
+# tenant's endpoint that answers slowly (up to its timeout) then delays other tenants'
+# deliveries at most, never the rollups, Stripe meter events, emails and alerts of the rest.
+CELERY_TASK_ROUTES = {"console.tasks.webhook_deliver_task": {"queue": "webhooks"}}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 # Where beat remembers when each task last ran (celery beat --schedule overrides it).
 CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console.celery import app
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -119,3 +121,27 @@ def test_the_web_server_logs_json_its_own_lines_included(start, tmp_path, access
     assert not any("color_message" in line for line in lines)
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
     assert bool(access) is access_log
+
+
+def test_webhook_deliveries_have_a_worker_and_queue_of_their_own(start, tmp_path):
+    """A tenant's slow endpoint holds only the webhooks worker: the Procfile's default worker
+    does not take deliveries, and its own tasks never wait behind them."""
+
+    def queue_of(task: str) -> str:
+        route = app.amqp.router.route({}, task)
+        return str(route["queue"].name)
+
+    assert queue_of("console.tasks.webhook_deliver_task") == "webhooks"
+    assert queue_of("billing.tasks.meter_events_task") == "celery"
+    assert queue_of("console.tasks.webhook_retry_task") == "celery"
+    worker = procfile_command("worker")
+    webhooks = procfile_command("webhooks")
+    assert worker[worker.index("--queues") + 1] == "celery"
+    assert webhooks[webhooks.index("--queues") + 1] == "webhooks"
+    # It starts beside the default worker, on the same broker, under a name of its own.
+    run_dir = tmp_path / "run"
+    first, first_log = start(worker, RUN_DIR=str(run_dir))
+    second, second_log = start(webhooks, RUN_DIR=str(run_dir))
+    _wait_for(first_log, first, lambda text: " ready." in text)
+    text = _wait_for(second_log, second, lambda text: " ready." in text)
+    assert any(str(line["message"]).startswith("webhooks@") for line in _json_lines(text))
