@@ -5,6 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from billing.models import BillingAccount
 from console.models import Membership, Organisation, User
 from console.permissions import Role
 from console.services.audit import audit_record
@@ -84,10 +85,19 @@ def org_update(*, org: Organisation, actor: User, name: str) -> Organisation:
 
 @transaction.atomic
 def org_suspend(*, org: Organisation, reason: str, actor: User | None = None) -> Organisation:
-    """Suspend an org: its keys stop authenticating at once and the gateway answers 402."""
+    """Suspend an org: its keys stop authenticating at once and the gateway answers 402.
+
+    A suspension by a person (platform staff; ``actor``) takes over one the platform made for an
+    unpaid invoice: its reason is shown, and paying the invoice no longer lifts it (staff do)."""
     Organisation.objects.filter(pk=org.pk, suspended_at__isnull=True).update(
         suspended_at=timezone.now(), suspended_reason=reason[:200]
     )
+    if actor is not None:
+        took_over = BillingAccount.objects.filter(org=org, suspended_for_payment=True).update(
+            suspended_for_payment=False
+        )
+        if took_over:
+            Organisation.objects.filter(pk=org.pk).update(suspended_reason=reason[:200])
     org.refresh_from_db()
     audit_record(org=org, action="org.suspended", actor=actor, target=org, data={"reason": reason})
     snapshot_bump()

@@ -14,7 +14,9 @@ from django.utils import timezone
 from billing.models import BillingAccount, Invoice, Plan, StripeEvent
 from billing.services.webhooks import SUSPENSION_REASON, grace_enforce
 from console.models import Organisation
+from console.services.orgs import org_suspend
 from tests.billing.conftest import WEBHOOK_SECRET, subscribe
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -164,6 +166,28 @@ def test_the_grace_period_ending_keeps_a_staff_suspension_that_payment_cannot_li
     post(event(stripe_fake, "invoice.paid", invoice(stripe_fake, "paid"), created=now + 60))
     org.refresh_from_db()
     assert org.is_suspended and org.suspended_reason == "abuse"
+
+
+def test_staff_suspending_an_org_suspended_for_payment_take_it_over_and_payment_does_not_lift_it(
+    stripe_fake, post, org
+):
+    subscribe(org, since=T0)
+    now = int(time.time())
+    post(event(stripe_fake, "invoice.payment_failed", invoice(stripe_fake, "open"), created=now))
+    over = BillingAccount.objects.get(org=org).grace_until + timedelta(seconds=1)
+    assert grace_enforce(now=over) == 1
+    staff = UserFactory(is_staff=True)
+    org_suspend(org=org, reason="Suspended by platform staff", actor=staff)
+    org.refresh_from_db()
+    assert org.suspended_reason == "Suspended by platform staff"
+    assert not BillingAccount.objects.get(org=org).suspended_for_payment
+    post(event(stripe_fake, "invoice.paid", invoice(stripe_fake, "paid"), created=now + 60))
+    org.refresh_from_db()
+    assert org.is_suspended and org.suspended_reason == "Suspended by platform staff"
+    # The platform's own second suspension (no person) changes nothing of it.
+    org_suspend(org=org, reason=SUSPENSION_REASON)
+    org.refresh_from_db()
+    assert org.suspended_reason == "Suspended by platform staff"
 
 
 def test_a_payment_suspension_follows_when_staff_lift_theirs_before_the_invoice_is_paid(
