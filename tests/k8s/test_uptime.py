@@ -3,7 +3,7 @@ cluster needed: the cluster's answers come from a stand-in backend)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from inference.orchestrator.kubernetes.backend import Observation, PodView
 from inference.orchestrator.kubernetes.config import KubernetesConfig
 from inference.orchestrator.kubernetes.loop import KubernetesOrchestrator
 from inference.services.deployments import deployment_create, deployment_delete
+from inference.services.uptime import replicas_uptime_report
 from tests.billing.factories import price
 
 T0 = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -104,3 +105,44 @@ def test_a_pods_uptime_is_billed_per_gpu_second_while_it_runs_and_up_to_its_dele
         orchestrator.reconcile_once()
     assert not Deployment.objects.filter(pk=deployment.pk).exists()
     assert _billed() == (1500, 1500 * 2 * 1000)
+
+
+def test_a_failed_pod_is_billed_up_to_when_it_failed_not_while_its_object_stays(
+    org: Organisation, owner: User, tmp_path: Path
+) -> None:
+    """An evicted pod keeps its object (phase Failed) until it is cleaned up, holding no GPU."""
+    backend = StandInBackend()
+    orchestrator = KubernetesOrchestrator(
+        config=OrchestratorConfig(run_dir=tmp_path),
+        kube=KubernetesConfig(namespace="inference"),
+        backend=backend,  # type: ignore[arg-type]
+        probe_metrics=False,
+    )
+    with time_machine.travel(T0 - timedelta(hours=1), tick=False):
+        deployment = deployment_create(
+            org=org, actor=owner, name="chat", source="huggingface", model="acme/tiny-chat"
+        )
+        price(
+            org=org,
+            deployment_id=deployment.pk,
+            unit=PriceUnit.GPU_SECOND,
+            micros_per_unit_hour=3_600_000,
+            effective_from=T0 - timedelta(hours=1),
+        )
+    running = _pod("llm-chat-1", T0)
+    backend.pods = [running]
+    with time_machine.travel(T0 + timedelta(minutes=10), tick=False):
+        orchestrator.reconcile_once()
+    assert _billed()[0] == 600
+    backend.pods = [replace(running, phase="Failed", ready=False, problem="Evicted")]
+    with time_machine.travel(T0 + timedelta(minutes=12), tick=False):
+        orchestrator.reconcile_once()
+    with time_machine.travel(T0 + timedelta(minutes=40), tick=False):
+        orchestrator.reconcile_once()
+        replicas_uptime_report()
+    assert _billed()[0] == 720
+    backend.pods = []  # cleaned up at last: still billed up to the failure only
+    with time_machine.travel(T0 + timedelta(minutes=50), tick=False):
+        orchestrator.reconcile_once()
+        replicas_uptime_report()
+    assert _billed()[0] == 720

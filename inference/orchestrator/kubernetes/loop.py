@@ -272,6 +272,11 @@ class KubernetesOrchestrator:
                 "started_at": _when(pod.started_at),
                 "ready_at": _when(pod.ready_at) if state == S.READY else None,
             }
+            row = rows.pop(pod.name, None)
+            if state == S.FAILED:
+                # A failed (say, evicted) pod holds no GPU, though its object may stay for long:
+                # its uptime ends when it was first seen failed.
+                values["stopped_at"] = row.stopped_at if row and row.stopped_at else now
             reading = (metrics or {}).get(pod.name)
             if reading is not None:
                 values["metrics"] = {
@@ -281,7 +286,6 @@ class KubernetesOrchestrator:
                     "prompt_tokens_total": int(reading.prompt_tokens_total),
                     "generation_tokens_total": int(reading.generation_tokens_total),
                 }
-            row = rows.pop(pod.name, None)
             if row is None:
                 row = Replica.objects.create(
                     deployment=deployment, backend=BACKEND, handle=pod.name, **values
@@ -294,8 +298,8 @@ class KubernetesOrchestrator:
                     setattr(row, key, value)
                 row.save(update_fields=list(values))
             kept.append(row)
-        for row in rows.values():  # pods that are gone
-            row.state, row.stopped_at, row.progress = S.STOPPED, now, ""
+        for row in rows.values():  # pods that are gone (a failed one ended when it failed)
+            row.state, row.stopped_at, row.progress = S.STOPPED, row.stopped_at or now, ""
             row.save(update_fields=["state", "stopped_at", "progress"])
         after = {(r.handle, r.host, r.port) for r in kept if r.state == S.READY}
         if before != after:
