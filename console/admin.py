@@ -238,6 +238,11 @@ class MembershipInline(admin.TabularInline[Membership, Organisation]):
     fields = ["user", "role", "created_at"]
     readonly_fields = ["user", "role", "created_at"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Membership]:
+        # Each row shows its person (and names the organisation): read them with the rows,
+        # not one query a member.
+        return super().get_queryset(request).select_related("user", "org")
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 

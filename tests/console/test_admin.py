@@ -5,6 +5,8 @@ import json
 import pytest
 from django.apps import apps
 from django.contrib import admin
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from console.models import ApiKey, AuditEvent, Organisation
@@ -440,3 +442,20 @@ def test_staff_cannot_resume_a_suspended_organisations_deployment(staff_client, 
     assert "Resumed." not in page
     assert Deployment.objects.get(pk=deployment.pk).paused
     assert not AuditEvent.objects.filter(action="deployment.resumed").exists()
+
+
+def test_an_organisations_page_reads_its_members_in_a_fixed_number_of_queries(
+    staff_client, org, owner, django_assert_max_num_queries
+):
+    from console.models import Membership
+
+    url = reverse("admin:console_organisation_change", args=[org.pk])
+    staff_client.get(url)  # the site's own one-off reads (content types, sessions)
+    with CaptureQueriesContext(connection) as few:
+        assert staff_client.get(url).status_code == 200
+    Membership.objects.bulk_create(
+        Membership(org=org, user=UserFactory(), role="developer") for _ in range(10)
+    )
+    with django_assert_max_num_queries(len(few)):
+        page = staff_client.get(url).content.decode()
+    assert page.count("@example.com") >= 11
