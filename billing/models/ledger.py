@@ -123,7 +123,13 @@ class UsageRollup(models.Model):
 
     class Meta:
         ordering = ["-hour", "model"]
-        indexes = [models.Index(fields=["org", "hour"], name="rollup_org_hour")]
+        indexes = [
+            # The month's spend per org and per key (the console, the REST API, the gateways'
+            # budget snapshot) is read from this index alone, without visiting the rows.
+            models.Index(
+                fields=["org", "hour", "api_key", "cost_micros"], name="rollup_org_hour_spend"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.org_id} {self.hour:%Y-%m-%d %H}:00 {self.model} {self.cost_micros}µ$"

@@ -1,0 +1,78 @@
+"""Queries over the ledger's big tables are answered through indexes, not by reading the table.
+
+A test database holds a handful of rows, where a scan of the table is the cheapest plan; with
+PostgreSQL's other access paths turned off, the plan shows which index (if any) can answer the
+query, and how. A tenant with a million requests is where it matters (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from billing.ledger import usage_record_batch
+from billing.rollups import usage_rollup
+from billing.selectors import key_month_to_date_spend, month_to_date_spend
+from console.services.keys import api_key_create
+from tests.billing.factories import usage
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),  # VACUUM runs outside a transaction
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="needs PostgreSQL's EXPLAIN and planner switches"
+    ),
+]
+
+
+def _plans(read: Callable[[], object], table: str) -> list[str]:
+    """The plan of each query ``read`` sends to ``table``, with the table vacuumed (as
+    autovacuum keeps a big table) and scans of the whole table ruled out where anything else
+    can answer."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {table}")
+    with CaptureQueriesContext(connection) as queries:
+        read()
+    sql = [q["sql"] for q in queries.captured_queries if f'FROM "{table}"' in q["sql"]]
+    assert sql
+    plans = []
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("SET enable_bitmapscan = off")
+        try:
+            for query in sql:
+                cursor.execute("EXPLAIN " + query)
+                plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        finally:
+            cursor.execute("RESET enable_seqscan")
+            cursor.execute("RESET enable_bitmapscan")
+    return plans
+
+
+@pytest.fixture
+def ledger(org, owner):  # type: ignore[no-untyped-def]
+    key = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).key
+    now = timezone.now()
+    usage_record_batch(
+        [usage(org.pk, now - timedelta(hours=h), api_key_id=key.pk) for h in range(1, 6)]
+    )
+    usage_rollup()
+    return key
+
+
+def test_the_months_spend_is_read_from_an_index_alone(org, ledger):
+    """The spend per org and per key (console, REST API, the gateways' budget snapshot) sums
+    the month's rollups: their index holds the key and the cost, so no row is visited."""
+    for read in (
+        lambda: month_to_date_spend([org.pk]),
+        lambda: month_to_date_spend(),
+        lambda: key_month_to_date_spend([org.pk]),
+    ):
+        for plan in _plans(read, "billing_usagerollup"):
+            assert "Index Only Scan" in plan, plan
+            assert "Seq Scan" not in plan, plan
