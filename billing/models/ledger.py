@@ -47,7 +47,12 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-served_at"]
-        indexes = [models.Index(fields=["org", "served_at"], name="usage_org_served")]
+        indexes = [
+            models.Index(fields=["org", "served_at"], name="usage_org_served"),
+            # A route's requests, newest first: the request log filtered by the model asked
+            # for, a route's page (requests, savings) and the auto router's calibration.
+            models.Index(fields=["org", "route", "served_at"], name="usage_org_route_served"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.cost_micros}µ$"

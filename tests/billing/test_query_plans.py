@@ -19,6 +19,8 @@ from billing.ledger import usage_record_batch
 from billing.rollups import usage_rollup
 from billing.selectors import key_month_to_date_spend, month_to_date_spend
 from console.services.keys import api_key_create
+from inference.selectors.requests import RequestFilters, request_log
+from inference.selectors.router import route_requests, route_savings_daily, route_window
 from tests.billing.factories import usage
 
 pytestmark = [
@@ -59,7 +61,11 @@ def ledger(org, owner):  # type: ignore[no-untyped-def]
     key = api_key_create(org=org, actor=owner, name="app", scopes=["inference"]).key
     now = timezone.now()
     usage_record_batch(
-        [usage(org.pk, now - timedelta(hours=h), api_key_id=key.pk) for h in range(1, 6)]
+        [
+            usage(org.pk, now - timedelta(hours=h), api_key_id=key.pk, route=route)
+            for h in range(1, 6)
+            for route in ("chat", "embed")
+        ]
     )
     usage_rollup()
     return key
@@ -76,3 +82,19 @@ def test_the_months_spend_is_read_from_an_index_alone(org, ledger):
         for plan in _plans(read, "billing_usagerollup"):
             assert "Index Only Scan" in plan, plan
             assert "Seq Scan" not in plan, plan
+
+
+def test_a_routes_requests_are_found_through_an_index_on_the_route(org, ledger):
+    """The request log filtered by the model asked for, and a route's page, read that route's
+    requests from an index on it: not every request of the organisation, newest first, until
+    enough of them match (seconds for a route with little traffic in a busy organisation)."""
+    route = "chat"
+    for read in (
+        lambda: request_log(org=org, filters=RequestFilters(route=route)),
+        lambda: list(route_requests(org=org, route_name=route)),
+        lambda: route_savings_daily(org=org, route_name=route),
+        lambda: route_window(org=org, route_name=route, since=timezone.now(), limit=10),
+    ):
+        for plan in _plans(read, "billing_usagerecord"):
+            conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+            assert any("route" in line for line in conditions), plan
