@@ -8,9 +8,8 @@ from typing import Any, cast
 from django import forms
 from django.utils import timezone
 
-from billing.models import UsageRollup
 from billing.money import dollars_to_micros, micros_to_decimal
-from billing.selectors import UsageFilters
+from billing.selectors import UsageFilters, usage_models, usage_routes
 from billing.services.accounts import MAX_BUDGET_MICROS
 from console.days import day_validators
 from console.forms import key_filter_field
@@ -38,9 +37,7 @@ class UsageFilterForm(forms.Form):
         self.initial.setdefault("end", today)
         self.initial.setdefault("start", today - timedelta(days=29))
         self.fields["key"] = key_filter_field(org)
-        rollups = UsageRollup.objects.filter(org=org).order_by()
-        routes = sorted(r for r in rollups.values_list("route", flat=True).distinct() if r)
-        models = sorted(rollups.values_list("model", flat=True).distinct())
+        routes, models = usage_routes(org), usage_models(org)
         cast(forms.ChoiceField, self.fields["route"]).choices = [
             ("", "All routes"),
             *[(r, r) for r in routes],

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connections, router
 from django.db.models import BigIntegerField, Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Trunc, TruncDate
@@ -486,6 +487,41 @@ def usage_series(
         rows,
         key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),
     )
+
+
+def _rollup_values(org: Organisation, name: str) -> list[str]:
+    """Every value of one of the rollups' columns in ``org``'s rollups, sorted. The database
+    steps from one value to the next through the index on (org, column), so an organisation with
+    a million rollups costs a step a value, not a read of every rollup."""
+    connection = connections[router.db_for_read(UsageRollup)]
+    quote = connection.ops.quote_name
+    fields = {field.name: field for field in UsageRollup._meta.concrete_fields}
+    table = quote(UsageRollup._meta.db_table)
+    column, org_column = quote(fields[name].column), quote(fields["org"].column)
+    sql = f"""
+        WITH RECURSIVE found(value) AS (
+            SELECT MIN({column}) FROM {table} WHERE {org_column} = %s
+            UNION ALL
+            SELECT (
+                SELECT MIN({column}) FROM {table} WHERE {org_column} = %s AND {column} > found.value
+            )
+            FROM found WHERE found.value IS NOT NULL
+        )
+        SELECT value FROM found WHERE value IS NOT NULL
+    """  # noqa: S608 (names from the model, the org's id as a parameter)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [org.pk, org.pk])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def usage_routes(org: Organisation) -> list[str]:
+    """The route names (models asked for) in ``org``'s usage, ever, sorted."""
+    return [name for name in _rollup_values(org, "route") if name]
+
+
+def usage_models(org: Organisation) -> list[str]:
+    """The served models in ``org``'s usage (tokens and uptime), ever, sorted."""
+    return _rollup_values(org, "model")
 
 
 def usage_totals_since(*, org: Organisation, since: datetime) -> UsageRow:

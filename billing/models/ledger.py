@@ -134,6 +134,10 @@ class UsageRollup(models.Model):
             models.Index(
                 fields=["org", "hour", "api_key", "cost_micros"], name="rollup_org_hour_spend"
             ),
+            # The routes and models an org has used (the usage and request log filters) are
+            # found by stepping through these from one value to the next.
+            models.Index(fields=["org", "route"], name="rollup_org_route"),
+            models.Index(fields=["org", "model"], name="rollup_org_model"),
         ]
 
     def __str__(self) -> str:

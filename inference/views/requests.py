@@ -12,8 +12,9 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
 
-from billing.models import UsageRecord, UsageRollup
+from billing.models import UsageRecord
 from billing.money import micros_to_decimal
+from billing.selectors import usage_routes
 from console.decorators import requires
 from console.exports import csv_download
 from console.forms import DayRangeForm, key_filter_field
@@ -73,8 +74,7 @@ class RequestFilterForm(DayRangeForm):
         super().__init__(*args, **kwargs)
         self.fields["key"] = key_filter_field(org)
         # Suggestions for the model field: names with traffic, routes and deployments.
-        used = UsageRollup.objects.filter(org=org).order_by().values_list("route", flat=True)
-        names = set(used.distinct())
+        names = set(usage_routes(org))
         names.update(Route.objects.filter(org=org).values_list("name", flat=True))
         names.update(Deployment.objects.filter(org=org).values_list("served_model_name", flat=True))
         self.route_names = sorted(n for n in names if n)

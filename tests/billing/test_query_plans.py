@@ -17,7 +17,12 @@ from django.utils import timezone
 
 from billing.ledger import usage_record_batch
 from billing.rollups import usage_rollup
-from billing.selectors import key_month_to_date_spend, month_to_date_spend
+from billing.selectors import (
+    key_month_to_date_spend,
+    month_to_date_spend,
+    usage_models,
+    usage_routes,
+)
 from console.services.keys import api_key_create
 from inference.selectors.requests import RequestFilters, request_log
 from inference.selectors.router import route_requests, route_savings_daily, route_window
@@ -98,3 +103,15 @@ def test_a_routes_requests_are_found_through_an_index_on_the_route(org, ledger):
         for plan in _plans(read, "billing_usagerecord"):
             conditions = [line for line in plan.splitlines() if "Index Cond" in line]
             assert any("route" in line for line in conditions), plan
+
+
+def test_the_routes_and_models_used_are_found_by_stepping_through_an_index(org, ledger):
+    """Each step to the next name is an index lookup on (org, name)."""
+    for read, column in (
+        (lambda: usage_routes(org), "route"),
+        (lambda: usage_models(org), "model"),
+    ):
+        for plan in _plans(read, "billing_usagerollup"):
+            conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+            assert any(column in line for line in conditions), plan
+            assert "Seq Scan" not in plan, plan

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import itertools
 import random
+import uuid
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from billing.ledger import usage_record_batch
+from billing.ledger import UptimeEvent, uptime_record_batch, usage_record_batch
 from billing.models import UsageRollup
 from billing.rollups import COUNTED_FIELDS, usage_rollup
-from billing.selectors import DIMENSIONS, UsageFilters, usage_series, usage_totals_since
+from billing.selectors import (
+    DIMENSIONS,
+    UsageFilters,
+    usage_models,
+    usage_routes,
+    usage_series,
+    usage_totals_since,
+)
 from console.services.keys import api_key_create
 from tests.billing.factories import usage
+from tests.factories import OrgFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +148,34 @@ def test_the_migration_restates_baselines_rolled_up_the_old_way(org):
     rows = {r.route: r for r in UsageRollup.objects.filter(org=org)}
     assert rows["smart"].baseline_cost_micros == 9_000
     assert rows["plain"].baseline_cost_micros == rows["plain"].cost_micros > 0
+
+
+def test_the_routes_and_models_used_are_listed_without_reading_every_rollup(org, spread):
+    """The usage page's and the request log's filters offer every route and model the org has
+    used, an uptime-only model and another org's names aside; the database steps from one name
+    to the next instead of reading every rollup (a million of them in a busy organisation)."""
+    other = OrgFactory()
+    uptime_record_batch(
+        [
+            UptimeEvent(
+                event_id="up-1",
+                org_id=org.pk,
+                deployment_id=uuid.uuid4(),
+                replica_id=uuid.uuid4(),
+                model="dedicated",
+                gpus=1,
+                started_at=datetime(2026, 3, 11, 10, tzinfo=UTC),
+                ended_at=datetime(2026, 3, 11, 11, tzinfo=UTC),
+            )
+        ]
+    )
+    usage_record_batch(
+        [usage(other.pk, datetime(2026, 3, 11, tzinfo=UTC), model="theirs", route="theirs")]
+    )
+    usage_rollup(now=datetime(2026, 3, 14, tzinfo=UTC))
+    with CaptureQueriesContext(connection) as queries:
+        assert usage_routes(org) == ["chat", "fast"]
+        assert usage_models(org) == ["big-model", "dedicated", "tiny-llama"]
+    assert len(queries) == 2
+    assert not [q for q in queries.captured_queries if "DISTINCT" in q["sql"].upper()]
+    assert usage_routes(OrgFactory()) == [] and usage_models(OrgFactory()) == []

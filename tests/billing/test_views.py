@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.ledger import usage_record_batch
@@ -69,6 +71,24 @@ def test_usage_filters_and_csv_export_give_the_same_numbers(client_for, owner, o
     )
     assert page.status_code == 200 and "<html" not in page.content.decode()
     assert 'data-testid="total-requests">2<' in page.content.decode()
+
+
+def test_the_filters_offer_the_names_used_without_reading_every_rollup(
+    client_for, owner, org, used
+):
+    """The usage page's route and model filters and the request log's suggestions list what
+    the org has used; neither reads the distinct values of all its rollups (a million of them
+    in a busy organisation), which the database would do row by row."""
+    client = client_for(owner)
+    for url, names in (
+        (f"/o/{org.slug}/usage/", ['value="chat"', 'value="fast"', 'value="big-model"']),
+        (f"/o/{org.slug}/requests/", ['value="chat"', 'value="fast"']),
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            body = client.get(url).content.decode()
+        assert all(name in body for name in names), url
+        rollups = [q["sql"].upper() for q in queries if "BILLING_USAGEROLLUP" in q["sql"].upper()]
+        assert not [q for q in rollups if "SELECT DISTINCT" in q], url
 
 
 def test_usage_filter_errors_are_shown_instead_of_the_default_range(client_for, owner, org):
