@@ -15,7 +15,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections, router
-from django.db.models import BigIntegerField, Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    Exists,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Trunc, TruncDate
 from django.utils import timezone
@@ -383,6 +395,8 @@ class UsageRow:
     key_id: uuid.UUID | None = None
     key_name: str | None = None
     key_prefix: str | None = None
+    # The groups beyond the largest, summed together (``usage_series_largest``).
+    other: bool = False
     requests: int = 0
     errors: int = 0
     prompt_tokens: int = 0
@@ -427,10 +441,15 @@ class UsageFilters:
 _DIMENSION_COLUMNS = {"day": "day", "model": "model", "route": "route", "key": "api_key_id"}
 
 
-def _rollup_sums(rollups: QuerySet[UsageRollup], dims: list[str]) -> list[UsageRow]:
+def _rollup_sums(
+    rollups: QuerySet[UsageRollup], dims: list[str], *, folded: Q | None = None
+) -> list[UsageRow]:
     """Rollups summed per group of ``dims`` by the database: the counts, and the latency
     histograms bucket by bucket (a JSON array's element is read by its index, which PostgreSQL and
-    SQLite both do), so a month of an organisation's hours is one query, not a row each."""
+    SQLite both do), so a month of an organisation's hours is one query, not a row each.
+
+    With ``folded``, the rollups it matches are summed together per group of the other
+    dimensions, as rows with ``other`` set and no value of the last dimension."""
     sums: dict[str, Any] = {name: Coalesce(Sum(name), 0) for name in COUNTED_FIELDS}
     for index in range(len(LATENCY_BUCKETS_MS) + 1):
         bucket = Cast(KeyTextTransform(str(index), "latency_histogram"), BigIntegerField())
@@ -438,6 +457,13 @@ def _rollup_sums(rollups: QuerySet[UsageRollup], dims: list[str]) -> list[UsageR
     if "day" in dims:
         rollups = rollups.annotate(day=TruncDate("hour", tzinfo=UTC))
     columns = [_DIMENSION_COLUMNS[d] for d in dims]
+    if folded is not None:
+        last = columns.pop()
+        rollups = rollups.annotate(
+            shown=Case(When(folded, then=Value(None)), default=F(last)),
+            other=Case(When(folded, then=Value(True)), default=Value(False)),
+        )
+        columns += ["shown", "other"]
     if columns:
         groups = list(rollups.order_by().values(*columns).annotate(**sums))
     else:
@@ -446,11 +472,14 @@ def _rollup_sums(rollups: QuerySet[UsageRollup], dims: list[str]) -> list[UsageR
             return []
     rows = []
     for group in groups:
+        if folded is not None:
+            group[last] = group.pop("shown")
         row = UsageRow(
             day=group.get("day"),
             model=group.get("model"),
             route=group.get("route"),
             key_id=group.get("api_key_id"),
+            other=bool(group.get("other")),
         )
         for name in COUNTED_FIELDS:
             setattr(row, name, group[name])
@@ -464,6 +493,11 @@ def usage_series(
 ) -> list[UsageRow]:
     """Usage from the hourly rollups, summed over the given dimensions (UTC days)."""
     dims = [d for d in DIMENSIONS if d in set(group_by)]
+    rows = _rollup_sums(_rollups_in(org, filters), dims)
+    return _named_and_sorted(org, rows, dims)
+
+
+def _rollups_in(org: Organisation, filters: UsageFilters) -> QuerySet[UsageRollup]:
     start = datetime.combine(filters.start, time.min, tzinfo=UTC)
     end = datetime.combine(filters.end + timedelta(days=1), time.min, tzinfo=UTC)
     rollups = UsageRollup.objects.filter(org=org, hour__gte=start, hour__lt=end)
@@ -473,7 +507,12 @@ def usage_series(
         rollups = rollups.filter(route=filters.route)
     if filters.model:
         rollups = rollups.filter(model=filters.model)
-    rows = _rollup_sums(rollups, dims)
+    return rollups
+
+
+def _named_and_sorted(org: Organisation, rows: list[UsageRow], dims: list[str]) -> list[UsageRow]:
+    """Keys' names and prefixes filled in; rows in the order of their dimensions' values, the
+    other groups (``other``) after the named ones."""
     if "key" in dims:
         keys = {
             key: (name, prefix)
@@ -485,8 +524,65 @@ def usage_series(
             )
     return sorted(
         rows,
-        key=lambda row: tuple(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims),
+        key=lambda row: (
+            *(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims[:-1]),
+            row.other,
+            *(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims[-1:]),
+        ),
     )
+
+
+# Groups the usage page charts and tables one by one; the others are summed together.
+USAGE_GROUPS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class LargestUsage:
+    """Usage by day and group, the largest groups each on their own (``rows``, in which those
+    of the other groups, summed per day, have ``other`` set)."""
+
+    rows: list[UsageRow]
+    other_groups: int  # how many groups the rows with ``other`` set sum
+
+
+def usage_series_largest(
+    *, org: Organisation, filters: UsageFilters, group: str, shown: int = USAGE_GROUPS_SHOWN
+) -> LargestUsage:
+    """Usage by UTC day and ``group`` (model, route or key) for the usage page: the ``shown``
+    groups that cost the most over the range (then the most tokens, then requests) each on their
+    own, and the others summed together per day. Whatever the number of groups (an organisation
+    with thousands of keys), a day has at most ``shown`` + 1 rows."""
+    rollups = _rollups_in(org, filters)
+    column = _DIMENSION_COLUMNS[group]
+    totals = list(
+        rollups.order_by()
+        .values_list(column)
+        .annotate(
+            cost=Sum("cost_micros"),
+            tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+            n=Sum("requests"),
+        )
+    )
+    totals.sort(key=lambda t: (-(t[1] or 0), -(t[2] or 0), -(t[3] or 0), str(t[0] or "")))
+    folded = [value for value, *_ in totals[shown:]]
+    if not folded:
+        return LargestUsage(usage_series(org=org, filters=filters, group_by=["day", group]), 0)
+    kept = [value for value, *_ in totals[:shown]]
+    # What is not kept is folded: a list of the few kept values, not of the many others.
+    keep = Q(**{f"{column}__in": [v for v in kept if v is not None]})
+    if None in kept:
+        keep |= Q(**{f"{column}__isnull": True})
+    rows = _rollup_sums(rollups, ["day", group], folded=~keep)
+    return LargestUsage(_named_and_sorted(org, rows, ["day", group]), len(folded))
+
+
+def usage_by_day(rows: Iterable[UsageRow]) -> list[UsageRow]:
+    """Rows of usage by day and something else, added up per day (latency histograms too)."""
+    days: dict[date | None, UsageRow] = {}
+    for row in rows:
+        day = days.setdefault(row.day, UsageRow(day=row.day))
+        day.add(row, row.histogram)
+    return [days[day] for day in sorted(days, key=lambda d: d or date.min)]
 
 
 def _rollup_values(org: Organisation, name: str) -> list[str]:

@@ -7,13 +7,25 @@ from django.shortcuts import render
 
 from billing.exports import usage_csv, usage_row_dict
 from billing.forms import UsageFilterForm
-from billing.selectors import UsageFilters, UsageRow, usage_series, usage_totals
+from billing.selectors import (
+    USAGE_GROUPS_SHOWN,
+    UsageFilters,
+    UsageRow,
+    usage_by_day,
+    usage_series,
+    usage_series_largest,
+    usage_totals,
+)
 from console.decorators import requires
 from console.permissions import Action
 from console.requests import OrgRequest
 
+NOUNS = {"model": "models", "route": "routes", "key": "keys"}
 
-def _label(row: UsageRow, group: str) -> str:
+
+def _label(row: UsageRow, group: str, other_groups: int = 0) -> str:
+    if row.other:
+        return f"{other_groups:,} other {NOUNS[group] if other_groups != 1 else group}"
     if group == "key":
         if row.key_id is None:
             return "(no key)"
@@ -25,10 +37,15 @@ def _label(row: UsageRow, group: str) -> str:
 
 
 def _chart_data(
-    rows: list[UsageRow], daily: list[UsageRow], group: str, filters: UsageFilters
+    rows: list[UsageRow],
+    daily: list[UsageRow],
+    group: str,
+    filters: UsageFilters,
+    other_groups: int,
 ) -> dict:
     """One point per day of the range (0, or no latency, on a day without usage) and one
-    series per model, route or key (by id: two keys may share a name)."""
+    series per model, route or key (by id: two keys may share a name), the other groups
+    together last."""
     count = (filters.end - filters.start).days + 1
     days = [(filters.start + timedelta(days=n)).isoformat() for n in range(count)]
     index = {day: i for i, day in enumerate(days)}
@@ -37,9 +54,9 @@ def _chart_data(
         if row.day is None:
             continue
         entry = series.setdefault(
-            row.key_id if group == "key" else getattr(row, group),
+            ("other",) if row.other else row.key_id if group == "key" else getattr(row, group),
             {
-                "label": _label(row, group),
+                "label": _label(row, group, other_groups),
                 **{metric: [0] * len(days) for metric in ("tokens", "requests", "cost_micros")},
             },
         )
@@ -57,31 +74,40 @@ def _chart_data(
 
 @requires(Action.USAGE_VIEW)
 def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
-    """Charts and a table of usage by day, split by model, route or key; ``?format=csv``
-    downloads the same numbers."""
+    """Charts and a table of usage by day, split by model, route or key (the largest on their
+    own, the others together); ``?format=csv`` downloads the numbers of every one."""
     org = request.org
     form = UsageFilterForm(request.GET or None, org=org)
     filters, group = form.filters()
     # Filters that do not hold show why and nothing else: not the default month, nor its file.
     invalid = form.is_bound and not form.is_valid()
-    rows = [] if invalid else usage_series(org=org, filters=filters, group_by=["day", group])
     if request.GET.get("format") == "csv" and not invalid:
+        # The file has every group on its own.
+        rows = usage_series(org=org, filters=filters, group_by=["day", group])
         response = HttpResponse(usage_csv(rows, ["day", group]), content_type="text/csv")
         response["Content-Disposition"] = (
             f'attachment; filename="usage-{org.slug}-{filters.start}-{filters.end}.csv"'
         )
         return response
-    daily = [] if invalid else usage_series(org=org, filters=filters, group_by=["day"])
+    # The page: the largest groups on their own, the others (thousands of keys, say) together.
+    largest = None if invalid else usage_series_largest(org=org, filters=filters, group=group)
+    rows = largest.rows if largest else []
+    other_groups = largest.other_groups if largest else 0
+    daily = usage_by_day(rows)
     context = {
         "form": form,
         "filters": filters,
         "group": group,
+        "noun": NOUNS[group],
+        "shown_groups": USAGE_GROUPS_SHOWN,
+        "other_groups": other_groups,
         "rows": [
-            {**usage_row_dict(row, ["day", group]), "label": _label(row, group)} for row in rows
+            {**usage_row_dict(row, ["day", group]), "label": _label(row, group, other_groups)}
+            for row in rows
         ],
         "daily": daily,
         "totals": usage_totals(daily),
-        "chart": _chart_data(rows, daily, group, filters),
+        "chart": _chart_data(rows, daily, group, filters, other_groups),
         "csv_query": request.GET.urlencode(),
         "invalid": invalid,
     }

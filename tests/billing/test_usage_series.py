@@ -19,9 +19,11 @@ from billing.rollups import COUNTED_FIELDS, usage_rollup
 from billing.selectors import (
     DIMENSIONS,
     UsageFilters,
+    usage_by_day,
     usage_models,
     usage_routes,
     usage_series,
+    usage_series_largest,
     usage_totals_since,
 )
 from console.services.keys import api_key_create
@@ -179,3 +181,40 @@ def test_the_routes_and_models_used_are_listed_without_reading_every_rollup(org,
     assert len(queries) == 2
     assert not [q for q in queries.captured_queries if "DISTINCT" in q["sql"].upper()]
     assert usage_routes(OrgFactory()) == [] and usage_models(OrgFactory()) == []
+
+
+@pytest.mark.parametrize("group", ["model", "route", "key"])
+@pytest.mark.parametrize("shown", [1, 2])
+def test_the_largest_groups_on_their_own_and_the_others_summed_per_day(org, spread, group, shown):
+    filters = UsageFilters(start=START, end=START + timedelta(days=3))
+    every = usage_series(org=org, filters=filters, group_by=["day", group])
+
+    def value(row):  # type: ignore[no-untyped-def]
+        return row.key_id if group == "key" else getattr(row, group)
+
+    spent: dict = defaultdict(lambda: [0, 0, 0])
+    for row in every:
+        total = spent[value(row)]
+        total[0] += row.cost_micros
+        total[1] += row.total_tokens
+        total[2] += row.requests
+    ranked = sorted(spent, key=lambda v: (-spent[v][0], -spent[v][1], -spent[v][2], str(v or "")))
+    kept = set(ranked[:shown])
+    largest = usage_series_largest(org=org, filters=filters, group=group, shown=shown)
+    assert largest.other_groups == len(ranked) - shown
+    own = [row for row in largest.rows if not row.other]
+    assert {value(row) for row in own} == kept
+    assert [(r.day, value(r), r.requests, r.histogram) for r in own] == [
+        (r.day, value(r), r.requests, r.histogram) for r in every if value(r) in kept
+    ]
+    for day in {row.day for row in every}:
+        rest = [r for r in every if r.day == day and value(r) not in kept]
+        other = [r for r in largest.rows if r.other and r.day == day]
+        assert len(other) == (1 if rest else 0)
+        for name in COUNTED_FIELDS:
+            assert sum(getattr(r, name) for r in other) == sum(getattr(r, name) for r in rest)
+        if rest:
+            assert other[0].histogram == [
+                sum(h) for h in zip(*(r.histogram for r in rest), strict=True)
+            ]
+    assert usage_by_day(largest.rows) == usage_series(org=org, filters=filters, group_by=["day"])

@@ -561,6 +561,51 @@ def test_keys_with_the_same_name_are_told_apart_on_the_usage_page(
     assert f"prod ({new.prefix}…)" in page.content.decode()
 
 
+def test_past_ten_keys_the_usage_page_shows_the_largest_and_the_others_together(
+    client_for, owner, org, mid_month
+):
+    """An organisation with thousands of keys gets a page of a bounded size: the ten keys that
+    cost the most have a series and rows of their own, the others are added up as one; the
+    totals and the CSV are those of every key."""
+    keys = [
+        api_key_create(org=org, actor=owner, name=f"key {n:02}", scopes=["inference"]).key
+        for n in range(13)
+    ]
+    days = [datetime(2026, 6, 13, 10, tzinfo=UTC), datetime(2026, 6, 14, 10, tzinfo=UTC)]
+    # Key n sends (n + 1) thousand prompt tokens a day: keys 0, 1 and 2 cost the least.
+    usage_record_batch(
+        [
+            usage(org.pk, day, api_key_id=key.pk, prompt_tokens=(n + 1) * 1_000)
+            for n, key in enumerate(keys)
+            for day in days
+        ]
+    )
+    usage_rollup(now=mid_month)
+    query = {"start": "2026-06-13", "end": "2026-06-14", "group": "key"}
+    page = client_for(owner).get(f"/o/{org.slug}/usage/", query)
+    labels = [entry["label"] for entry in page.context["chart"]["series"]]
+    kept = [f"key {n:02} ({keys[n].prefix}…)" for n in range(3, 13)]
+    assert sorted(labels) == sorted([*kept, "3 other keys"])
+    other = next(e for e in page.context["chart"]["series"] if e["label"] == "3 other keys")
+    assert other["tokens"] == [(1_000 + 2_000 + 3_000) + 3 * 500] * 2
+    rows = page.context["rows"]
+    assert len(rows) == 2 * 11
+    assert [row["label"] for row in rows[:11]][-1] == "3 other keys"  # after the named ones
+    assert page.context["totals"].requests == 26
+    body = page.content.decode()
+    assert "the other 3 are added up together" in body
+    csv_rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client_for(owner)
+                .get(f"/o/{org.slug}/usage/", {**query, "format": "csv"})
+                .content.decode()
+            )
+        )
+    )
+    assert len(csv_rows) == 26
+
+
 def test_the_usage_charts_have_a_point_for_every_day_of_the_range(
     client_for, owner, org, mid_month
 ):
