@@ -221,11 +221,29 @@ class UsageRecordAdmin(LedgerAdmin):
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
+class UsageRollupAdmin(LedgerAdmin):
+    """Rows per org, hour, model, route and key: nearly a row per request for an organisation
+    with thousands of keys. Newest hour first (its index), and the ledger's other limits."""
+
     list_display = ["hour", "org", "source", "model", "route", "requests", "cost_micros"]
-    list_filter = ["source"]
-    search_fields = ["org__slug", "model", "route"]
-    date_hierarchy = "hour"
+    list_filter = ["source", ("hour", admin.DateFieldListFilter)]
+    ordering = ["-hour"]
+    # Searched by get_search_results (exact matches).
+    search_fields = ["model"]
+    search_help_text = "An organisation's slug, or an exact model or route."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageRollup], search_term: str
+    ) -> tuple[QuerySet[UsageRollup], bool]:
+        """An organisation's slug (the org's index), else a model or route. Exact, never a
+        substring, which would read every rollup."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        org = Organisation.objects.filter(slug=term).first()
+        if org is not None:
+            return queryset.filter(org=org), False
+        return queryset.filter(Q(model=term) | Q(route=term)), False
 
 
 @admin.register(UptimeRecord)

@@ -138,6 +138,8 @@ class UsageRollup(models.Model):
             # found by stepping through these from one value to the next.
             models.Index(fields=["org", "route"], name="rollup_org_route"),
             models.Index(fields=["org", "model"], name="rollup_org_model"),
+            # Every org's latest hours: the platform's last day, the admin's list.
+            models.Index(fields=["hour"], name="rollup_hour"),
         ]
 
     def __str__(self) -> str:

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing.ledger import usage_record_batch
+from billing.rollups import usage_rollup
 from console.admin import CappedCountPaginator
 from tests.billing.factories import usage
 from tests.factories import OrgFactory, UserFactory
@@ -90,3 +91,37 @@ def test_outcome_and_date_filters(staff_client, records):
     since = (timezone.now() - timedelta(days=7)).date().isoformat()
     recent = _shown(staff_client.get(URL, {"served_at__gte": since}))
     assert "req-other-old" not in recent and len(recent) == 7
+
+
+ROLLUPS = reverse("admin:billing_usagerollup_changelist")
+
+
+def test_the_rollups_list_reads_a_capped_count_and_a_page_newest_hour_first(
+    staff_client, records, org, monkeypatch
+):
+    """Rollups are per org, hour, model, route and key: nearly a row per request for an
+    organisation with thousands of keys. Their list is kept like the records' list."""
+    usage_rollup()
+    monkeypatch.setattr(CappedCountPaginator, "cap", 2)
+    with CaptureQueriesContext(connection) as queries:
+        page = staff_client.get(ROLLUPS)
+    assert page.status_code == 200
+    sql = [
+        q["sql"].upper()
+        for q in queries.captured_queries
+        if "BILLING_USAGEROLLUP" in q["sql"].upper()
+    ]
+    counts = [q for q in sql if "COUNT(" in q]
+    assert len(counts) == 1 and "LIMIT 3" in counts[0]
+    assert not [q for q in sql if "DISTINCT" in q or "MIN(" in q]
+    assert "More than 2 usage rollups" in page.content.decode()
+    hours = [row.hour for row in page.context["cl"].result_list]
+    assert hours == sorted(hours, reverse=True)
+    # Exact search: an organisation's slug, a model or a route; never a substring.
+    assert {
+        r.org_id for r in staff_client.get(ROLLUPS, {"q": "other"}).context["cl"].result_list
+    } == {records.pk}
+    assert [
+        r.model for r in staff_client.get(ROLLUPS, {"q": "big-model"}).context["cl"].result_list
+    ] == ["big-model"]
+    assert list(staff_client.get(ROLLUPS, {"q": "big-mod"}).context["cl"].result_list) == []

@@ -115,3 +115,15 @@ def test_the_routes_and_models_used_are_found_by_stepping_through_an_index(org, 
             conditions = [line for line in plan.splitlines() if "Index Cond" in line]
             assert any(column in line for line in conditions), plan
             assert "Seq Scan" not in plan, plan
+
+
+def test_the_latest_rollups_of_every_org_are_read_through_an_index_on_the_hour(org, ledger):
+    """The admin's rollups list, newest hour first, reads the latest hours from an index
+    instead of sorting every rollup."""
+    from billing.models import UsageRollup
+
+    def newest_page() -> object:
+        return list(UsageRollup.objects.select_related("org").order_by("-hour")[:100])
+
+    for plan in _plans(newest_page, "billing_usagerollup"):
+        assert "Sort" not in plan, plan
