@@ -441,19 +441,22 @@ class UsageFilters:
 _DIMENSION_COLUMNS = {"day": "day", "model": "model", "route": "route", "key": "api_key_id"}
 
 
-def _rollup_sums(
-    rollups: QuerySet[UsageRollup], dims: list[str], *, folded: Q | None = None
-) -> list[UsageRow]:
-    """Rollups summed per group of ``dims`` by the database: the counts, and the latency
-    histograms bucket by bucket (a JSON array's element is read by its index, which PostgreSQL and
-    SQLite both do), so a month of an organisation's hours is one query, not a row each.
-
-    With ``folded``, the rollups it matches are summed together per group of the other
-    dimensions, as rows with ``other`` set and no value of the last dimension."""
+def _sums() -> dict[str, Any]:
+    """The counts, and the latency histograms bucket by bucket (a JSON array's element is read
+    by its index, which PostgreSQL and SQLite both do)."""
     sums: dict[str, Any] = {name: Coalesce(Sum(name), 0) for name in COUNTED_FIELDS}
     for index in range(len(LATENCY_BUCKETS_MS) + 1):
         bucket = Cast(KeyTextTransform(str(index), "latency_histogram"), BigIntegerField())
         sums[f"bucket_{index}"] = Coalesce(Sum(bucket), 0)
+    return sums
+
+
+def _grouped(
+    rollups: QuerySet[UsageRollup], dims: list[str], *, folded: Q | None = None
+) -> QuerySet[Any]:
+    """Rollups summed per group of ``dims`` (at least one) by the database, as dictionaries.
+    With ``folded``, the rollups it matches are summed together per group of the other
+    dimensions, with ``other`` set and no value of the last dimension."""
     if "day" in dims:
         rollups = rollups.annotate(day=TruncDate("hour", tzinfo=UTC))
     columns = [_DIMENSION_COLUMNS[d] for d in dims]
@@ -464,28 +467,35 @@ def _rollup_sums(
             other=Case(When(folded, then=Value(True)), default=Value(False)),
         )
         columns += ["shown", "other"]
-    if columns:
-        groups = list(rollups.order_by().values(*columns).annotate(**sums))
-    else:
-        groups = [rollups.aggregate(**sums, rows=Count("pk"))]
-        if not groups[0]["rows"]:
-            return []
-    rows = []
-    for group in groups:
-        if folded is not None:
-            group[last] = group.pop("shown")
-        row = UsageRow(
-            day=group.get("day"),
-            model=group.get("model"),
-            route=group.get("route"),
-            key_id=group.get("api_key_id"),
-            other=bool(group.get("other")),
-        )
-        for name in COUNTED_FIELDS:
-            setattr(row, name, group[name])
-        row.histogram = [group[f"bucket_{index}"] for index in range(len(row.histogram))]
-        rows.append(row)
-    return rows
+    return rollups.order_by().values(*columns).annotate(**_sums())
+
+
+def _row_of(group: dict[str, Any], *, folded_column: str | None = None) -> UsageRow:
+    if folded_column is not None:
+        group[folded_column] = group.pop("shown")
+    row = UsageRow(
+        day=group.get("day"),
+        model=group.get("model"),
+        route=group.get("route"),
+        key_id=group.get("api_key_id"),
+        other=bool(group.get("other")),
+    )
+    for name in COUNTED_FIELDS:
+        setattr(row, name, group[name])
+    row.histogram = [group[f"bucket_{index}"] for index in range(len(row.histogram))]
+    return row
+
+
+def _rollup_sums(
+    rollups: QuerySet[UsageRollup], dims: list[str], *, folded: Q | None = None
+) -> list[UsageRow]:
+    """Rollups summed per group of ``dims`` by the database (``_grouped``), so a month of an
+    organisation's hours is one query, not a row each."""
+    if not dims:
+        total = rollups.aggregate(**_sums(), rows=Count("pk"))
+        return [_row_of(total)] if total["rows"] else []
+    last = _DIMENSION_COLUMNS[dims[-1]] if folded is not None else None
+    return [_row_of(g, folded_column=last) for g in _grouped(rollups, dims, folded=folded)]
 
 
 def usage_series(
@@ -510,18 +520,21 @@ def _rollups_in(org: Organisation, filters: UsageFilters) -> QuerySet[UsageRollu
     return rollups
 
 
+def _with_key_names(org: Organisation, rows: list[UsageRow], dims: list[str]) -> None:
+    if "key" not in dims:
+        return
+    keys = {
+        key: (name, prefix)
+        for key, name, prefix in org.api_keys.values_list("id", "name", "prefix")
+    }
+    for row in rows:
+        row.key_name, row.key_prefix = keys.get(row.key_id, ("", "")) if row.key_id else ("", "")
+
+
 def _named_and_sorted(org: Organisation, rows: list[UsageRow], dims: list[str]) -> list[UsageRow]:
     """Keys' names and prefixes filled in; rows in the order of their dimensions' values, the
     other groups (``other``) after the named ones."""
-    if "key" in dims:
-        keys = {
-            key: (name, prefix)
-            for key, name, prefix in org.api_keys.values_list("id", "name", "prefix")
-        }
-        for row in rows:
-            row.key_name, row.key_prefix = (
-                keys.get(row.key_id, ("", "")) if row.key_id else ("", "")
-            )
+    _with_key_names(org, rows, dims)
     return sorted(
         rows,
         key=lambda row: (
@@ -530,6 +543,42 @@ def _named_and_sorted(org: Organisation, rows: list[UsageRow], dims: list[str]) 
             *(str(getattr(row, "key_id" if d == "key" else d) or "") for d in dims[-1:]),
         ),
     )
+
+
+@dataclass(frozen=True)
+class UsagePage:
+    rows: list[UsageRow]
+    count: int  # the rows of every page
+    totals: UsageRow  # of every page
+
+
+def usage_series_page(
+    *, org: Organisation, filters: UsageFilters, group_by: Iterable[str], offset: int, limit: int
+) -> UsagePage:
+    """One page of ``usage_series``, ordered by the database on the dimensions (usage without
+    a key before the keys'), with the number of rows and the totals of every page. The rows of a
+    page are the only ones read whole: a year of an organisation's thousands of keys by day is
+    hundreds of thousands of rows. When they all fit on the first page, one query reads them."""
+    dims = [d for d in DIMENSIONS if d in set(group_by)]
+    rollups = _rollups_in(org, filters)
+    if not dims:
+        rows = _rollup_sums(rollups, [])
+        return UsagePage(rows[offset : offset + limit], len(rows), usage_totals(rows))
+    ordering = [F(_DIMENSION_COLUMNS[d]).asc(nulls_first=True) for d in dims]
+    grouped = _grouped(rollups, dims).order_by(*ordering)
+    page = [_row_of(group) for group in grouped[offset : offset + limit + 1]]
+    if offset == 0 and len(page) <= limit:
+        count, totals = len(page), usage_totals(page)
+    else:
+        if "day" in dims:
+            rollups = rollups.annotate(day=TruncDate("hour", tzinfo=UTC))
+        columns = [_DIMENSION_COLUMNS[d] for d in dims]
+        count = rollups.order_by().values(*columns).distinct().count()
+        whole = _rollup_sums(_rollups_in(org, filters), [])
+        totals = whole[0] if whole else UsageRow()
+    page = page[:limit]
+    _with_key_names(org, page, dims)
+    return UsagePage(page, count, totals)
 
 
 # Groups the usage page charts and tables one by one; the others are summed together.

@@ -84,8 +84,17 @@ class UsageResponseSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     group_by = serializers.ListField(child=serializers.CharField())
-    rows = UsageRowSerializer(many=True)
-    totals = UsageRowSerializer()
+    rows_count = serializers.IntegerField(help_text="The rows of every page.")
+    next = serializers.URLField(
+        allow_null=True, help_text="The next page of rows (null after the last)."
+    )
+    previous = serializers.URLField(
+        allow_null=True, help_text="The previous page of rows (null on the first)."
+    )
+    rows = UsageRowSerializer(
+        many=True, help_text="In the order of the dimensions (usage without a key first)."
+    )
+    totals = UsageRowSerializer(help_text="Of every page.")
 
 
 class BudgetSerializer(serializers.Serializer):

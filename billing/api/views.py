@@ -29,14 +29,25 @@ from billing.selectors import (
     month_to_date_spend,
     spend_limit_details,
     usage_series,
-    usage_totals,
+    usage_series_page,
 )
 from billing.services.accounts import budget_set
 from console.api.access import OrgAPIView, Pages
 from console.permissions import Action
 
 
+class UsageRowPages(Pages):
+    """Rows of the usage answer: a year of thousands of keys by day is hundreds of thousands."""
+
+    default_limit = 1_000
+    max_limit = 10_000
+
+
 class UsageView(OrgAPIView):
+    """Usage summed over the given dimensions. The JSON rows come a page at a time (``limit``,
+    ``offset``), with ``rows_count``, ``next`` and ``previous`` beside them and the totals of
+    every page on each; the CSV has every row."""
+
     actions = {"GET": Action.USAGE_VIEW}
     renderer_classes = [JSONRenderer, UsageCSVRenderer]
 
@@ -54,6 +65,16 @@ class UsageView(OrgAPIView):
             UsageQuerySerializer,
             OpenApiParameter(
                 "format", OpenApiTypes.STR, enum=["json", "csv"], description="json (default)"
+            ),
+            OpenApiParameter(
+                "limit",
+                OpenApiTypes.INT,
+                description=f"Rows a page (JSON): {UsageRowPages.default_limit:,} by default, at "
+                f"most {UsageRowPages.max_limit:,} (a larger limit is served as "
+                f"{UsageRowPages.max_limit:,}). The CSV has every row.",
+            ),
+            OpenApiParameter(
+                "offset", OpenApiTypes.INT, description="How many rows to skip (JSON)."
             ),
         ],
         responses={
@@ -77,17 +98,31 @@ class UsageView(OrgAPIView):
             route=data.get("route", ""),
             model=data.get("model", ""),
         )
-        rows = usage_series(org=self.access.org, filters=filters, group_by=dims)
         ordered = [d for d in ("day", "model", "route", "key") if d in dims]
         if request.accepted_renderer.format == "csv":
+            rows = usage_series(org=self.access.org, filters=filters, group_by=dims)
             return Response({"_rows": rows, "group_by": ordered})
+        pages = UsageRowPages()
+        pages.request = request
+        pages.limit, pages.offset = pages.get_limit(request), pages.get_offset(request)
+        page = usage_series_page(
+            org=self.access.org,
+            filters=filters,
+            group_by=dims,
+            offset=pages.offset,
+            limit=pages.limit or UsageRowPages.default_limit,
+        )
+        pages.count = page.count
         return Response(
             {
                 "start": filters.start,
                 "end": filters.end,
                 "group_by": ordered,
-                "rows": [usage_row_dict(row, ordered) for row in rows],
-                "totals": usage_row_dict(usage_totals(rows), []),
+                "rows_count": page.count,
+                "next": pages.get_next_link(),
+                "previous": pages.get_previous_link(),
+                "rows": [usage_row_dict(row, ordered) for row in page.rows],
+                "totals": usage_row_dict(page.totals, []),
             }
         )
 

@@ -24,6 +24,8 @@ from billing.selectors import (
     usage_routes,
     usage_series,
     usage_series_largest,
+    usage_series_page,
+    usage_totals,
     usage_totals_since,
 )
 from console.services.keys import api_key_create
@@ -218,3 +220,22 @@ def test_the_largest_groups_on_their_own_and_the_others_summed_per_day(org, spre
                 sum(h) for h in zip(*(r.histogram for r in rest), strict=True)
             ]
     assert usage_by_day(largest.rows) == usage_series(org=org, filters=filters, group_by=["day"])
+
+
+def test_pages_of_a_series_add_up_to_the_whole_series(org, spread):
+    filters = UsageFilters(start=START, end=START + timedelta(days=3))
+    for size in range(len(DIMENSIONS) + 1):
+        for dims in itertools.combinations(DIMENSIONS, size):
+            whole = usage_series(org=org, filters=filters, group_by=dims)
+            pages, offset = [], 0
+            while True:
+                page = usage_series_page(
+                    org=org, filters=filters, group_by=dims, offset=offset, limit=7
+                )
+                assert page.count == len(whole), dims
+                assert page.totals == usage_totals(whole), dims
+                pages += page.rows
+                offset += 7
+                if offset >= page.count:
+                    break
+            assert pages == whole, dims

@@ -212,6 +212,33 @@ def test_api_usage_groups_by_day_and_model_in_json(client_for, viewer, org, used
     assert data["totals"]["cost_micros"] == 3_750 and data["totals"]["cost_usd"] == "0.003750"
 
 
+def test_api_usage_rows_come_a_page_at_a_time_with_the_totals_of_all(
+    client_for, viewer, org, used, monkeypatch
+):
+    """Days by key over a year of an organisation with thousands of keys are hundreds of
+    thousands of rows: the JSON answer has a page of them, however many there are."""
+    from billing.api.views import UsageRowPages
+
+    client = client_for(viewer)
+    url = f"/api/orgs/{org.slug}/usage/"
+    whole = client.get(url, {"group_by": "day,model"}).json()
+    assert whole["rows_count"] == 3 and whole["next"] is None and whole["previous"] is None
+    monkeypatch.setattr(UsageRowPages, "default_limit", 2)
+    first = client.get(url, {"group_by": "day,model"}).json()
+    assert len(first["rows"]) == 2 and first["rows_count"] == 3
+    assert first["totals"] == whole["totals"]
+    second = client.get(first["next"]).json()
+    assert second["rows"] == whole["rows"][2:] and second["next"] is None
+    assert second["totals"] == whole["totals"] and second["previous"]
+    assert first["rows"] + second["rows"] == whole["rows"]
+    one = client.get(url, {"group_by": "day,model", "limit": 1, "offset": 1}).json()
+    assert one["rows"] == whole["rows"][1:2]
+    monkeypatch.setattr(UsageRowPages, "max_limit", 2)
+    assert len(client.get(url, {"group_by": "day,model", "limit": 500}).json()["rows"]) == 2
+    bad = client.get(url, {"group_by": "day,model", "limit": "lots"})
+    assert bad.status_code == 400 and "limit" in bad.json()["error"]["fields"]
+
+
 def test_api_usage_csv_matches_json(client_for, owner, org, used):
     client = client_for(owner)
     as_json = client.get(f"/api/orgs/{org.slug}/usage/", {"group_by": "key"}).json()["rows"]
