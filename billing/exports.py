@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+from django.http import StreamingHttpResponse
 
 from billing.money import micros_to_decimal
 from billing.selectors import UsageRow
@@ -62,13 +63,24 @@ def usage_row_dict(row: UsageRow, dims: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def usage_csv(rows: Iterable[UsageRow], dims: Sequence[str]) -> str:
-    buffer = io.StringIO()
+class _Echo:
+    """A file whose ``write`` returns what it was given: the csv module formats, we stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def usage_csv_lines(rows: Iterable[UsageRow], dims: Sequence[str]) -> Iterator[str]:
+    """The rows as CSV, a line at a time, the header first."""
     writer = csv.DictWriter(
-        buffer, fieldnames=dimension_columns(dims) + NUMBER_COLUMNS, lineterminator="\n"
+        _Echo(), fieldnames=dimension_columns(dims) + NUMBER_COLUMNS, lineterminator="\n"
     )
-    writer.writeheader()
+    yield writer.writeheader()
     for row in rows:
         cells = usage_row_dict(row, dims)
-        writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
-    return buffer.getvalue()
+        yield writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
+
+
+def usage_csv_response(rows: Iterable[UsageRow], dims: Sequence[str]) -> StreamingHttpResponse:
+    """The rows as a CSV download, streamed: the rows may be read as they are sent."""
+    return StreamingHttpResponse(usage_csv_lines(rows, dims), content_type="text/csv")

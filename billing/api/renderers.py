@@ -5,7 +5,7 @@ from typing import Any
 
 from rest_framework.renderers import BaseRenderer
 
-from billing.exports import usage_csv
+from billing.exports import usage_csv_lines
 
 
 class UsageCSVRenderer(BaseRenderer):
@@ -21,5 +21,5 @@ class UsageCSVRenderer(BaseRenderer):
         accepted_media_type: str | None = None,
         renderer_context: Mapping[str, Any] | None = None,
     ) -> bytes:
-        # Only the rows come here: the view answers errors as JSON.
-        return usage_csv(data["_rows"], data["group_by"]).encode()
+        # Only the rows come here: the view answers errors as JSON (and streams its rows).
+        return "".join(usage_csv_lines(data["_rows"], data["group_by"])).encode()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
+from django.http import Http404, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -18,7 +18,7 @@ from billing.api.serializers import (
     UsageQuerySerializer,
     UsageResponseSerializer,
 )
-from billing.exports import usage_row_dict
+from billing.exports import usage_csv_response, usage_row_dict
 from billing.models import Budget
 from billing.selectors import (
     UsageFilters,
@@ -28,7 +28,7 @@ from billing.selectors import (
     month_start,
     month_to_date_spend,
     spend_limit_details,
-    usage_series,
+    usage_series_iter,
     usage_series_page,
 )
 from billing.services.accounts import budget_set
@@ -86,7 +86,7 @@ class UsageView(OrgAPIView):
         },
         summary="Usage and cost over a date range, grouped by day, model, route and/or key",
     )
-    def get(self, request: Request, org_slug: str) -> Response:
+    def get(self, request: Request, org_slug: str) -> Response | StreamingHttpResponse:
         query = UsageQuerySerializer(data=request.query_params, context={"org": self.access.org})
         query.is_valid(raise_exception=True)
         data = query.validated_data
@@ -100,8 +100,9 @@ class UsageView(OrgAPIView):
         )
         ordered = [d for d in ("day", "model", "route", "key") if d in dims]
         if request.accepted_renderer.format == "csv":
-            rows = usage_series(org=self.access.org, filters=filters, group_by=dims)
-            return Response({"_rows": rows, "group_by": ordered})
+            # Every row, streamed as the database hands them over.
+            rows = usage_series_iter(org=self.access.org, filters=filters, group_by=dims)
+            return usage_csv_response(rows, ordered)
         pages = UsageRowPages()
         pages.request = request
         pages.limit, pages.offset = pages.get_limit(request), pages.get_offset(request)

@@ -2,17 +2,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
-from billing.exports import usage_csv, usage_row_dict
+from billing.exports import usage_csv_response, usage_row_dict
 from billing.forms import UsageFilterForm
 from billing.selectors import (
     USAGE_GROUPS_SHOWN,
     UsageFilters,
     UsageRow,
     usage_by_day,
-    usage_series,
+    usage_series_iter,
     usage_series_largest,
     usage_totals,
 )
@@ -73,7 +73,7 @@ def _chart_data(
 
 
 @requires(Action.USAGE_VIEW)
-def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
+def usage_page(request: OrgRequest, org_slug: str) -> HttpResponseBase:
     """Charts and a table of usage by day, split by model, route or key (the largest on their
     own, the others together); ``?format=csv`` downloads the numbers of every one."""
     org = request.org
@@ -82,9 +82,9 @@ def usage_page(request: OrgRequest, org_slug: str) -> HttpResponse:
     # Filters that do not hold show why and nothing else: not the default month, nor its file.
     invalid = form.is_bound and not form.is_valid()
     if request.GET.get("format") == "csv" and not invalid:
-        # The file has every group on its own.
-        rows = usage_series(org=org, filters=filters, group_by=["day", group])
-        response = HttpResponse(usage_csv(rows, ["day", group]), content_type="text/csv")
+        # The file has every group on its own, streamed as the database hands them over.
+        every = usage_series_iter(org=org, filters=filters, group_by=["day", group])
+        response = usage_csv_response(every, ["day", group])
         response["Content-Disposition"] = (
             f'attachment; filename="usage-{org.slug}-{filters.start}-{filters.end}.csv"'
         )

@@ -61,7 +61,7 @@ def test_usage_filters_and_csv_export_give_the_same_numbers(client_for, owner, o
         f"/o/{org.slug}/usage/", {"key": str(used.pk), "group": "route", "format": "csv"}
     )
     assert response["Content-Type"] == "text/csv"
-    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert [(r["route"], r["requests"], r["cost_micros"], r["cost_usd"]) for r in rows] == [
         ("chat", "1", "1250", "0.001250"),
         ("fast", "1", "1250", "0.001250"),
@@ -239,12 +239,36 @@ def test_api_usage_rows_come_a_page_at_a_time_with_the_totals_of_all(
     assert bad.status_code == 400 and "limit" in bad.json()["error"]["fields"]
 
 
+def test_usage_csv_downloads_are_streamed_as_the_database_hands_over_the_rows(
+    client_for, owner, org, used
+):
+    """A CSV of a year of thousands of keys by day is hundreds of thousands of rows: the
+    console's and the REST API's downloads stream them, and read them only as they are sent."""
+    client = client_for(owner)
+    for url in (f"/o/{org.slug}/usage/", f"/api/orgs/{org.slug}/usage/"):
+        query = {"format": "csv", "group": "key", "group_by": "day,key"}
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url, query)
+            lines = iter(response.streaming_content)
+            header = next(lines).decode()
+        assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+        assert header.startswith("day,key_id,key_name,requests")
+        grouped = [q for q in queries.captured_queries if "GROUP BY" in q["sql"].upper()]
+        assert not grouped, url  # nothing summed before the first line went out
+        rows = list(csv.DictReader(io.StringIO(header + b"".join(lines).decode())))
+        assert [(r["key_name"], r["requests"]) for r in rows] == [
+            ("", "1"),
+            ("prod", "1"),
+            ("prod", "1"),
+        ]
+
+
 def test_api_usage_csv_matches_json(client_for, owner, org, used):
     client = client_for(owner)
     as_json = client.get(f"/api/orgs/{org.slug}/usage/", {"group_by": "key"}).json()["rows"]
     as_csv = client.get(f"/api/orgs/{org.slug}/usage/", {"group_by": "key", "format": "csv"})
     assert as_csv["Content-Type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(as_csv.content.decode())))
+    rows = list(csv.DictReader(io.StringIO(b"".join(as_csv.streaming_content).decode())))
     assert [int(r["cost_micros"]) for r in rows] == [r["cost_micros"] for r in as_json]
     assert {r["key_name"] for r in rows} == {"", "prod"}
 
@@ -621,15 +645,8 @@ def test_past_ten_keys_the_usage_page_shows_the_largest_and_the_others_together(
     assert page.context["totals"].requests == 26
     body = page.content.decode()
     assert "the other 3 are added up together" in body
-    csv_rows = list(
-        csv.DictReader(
-            io.StringIO(
-                client_for(owner)
-                .get(f"/o/{org.slug}/usage/", {**query, "format": "csv"})
-                .content.decode()
-            )
-        )
-    )
+    download = client_for(owner).get(f"/o/{org.slug}/usage/", {**query, "format": "csv"})
+    csv_rows = list(csv.DictReader(io.StringIO(b"".join(download.streaming_content).decode())))
     assert len(csv_rows) == 26
 
 

@@ -52,8 +52,8 @@ def test_every_console_and_api_export_quotes_a_formula_in_a_key_name(client_for,
     audit = client.get(f"/o/{org.slug}/audit/?format=csv")
     exports = {
         "requests": b"".join(requests.streaming_content),
-        "usage page": usage_page.content,
-        "usage API": usage_api.content,
+        "usage page": b"".join(usage_page.streaming_content),
+        "usage API": b"".join(usage_api.streaming_content),
         "audit": b"".join(audit.streaming_content),
     }
     for name, body in exports.items():

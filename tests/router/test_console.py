@@ -138,7 +138,8 @@ def test_the_usage_api_and_csv_agree_with_the_savings_report_on_the_baseline(
     assert by_route["smart"]["cost_micros"] == savings["totals"]["cost_micros"]
     plain = by_route["plain"]
     assert plain["baseline_cost_micros"] == plain["cost_micros"] > 0
-    as_csv = client.get(f"/o/{org.slug}/usage/?group=route&format=csv").content.decode()
+    download = client.get(f"/o/{org.slug}/usage/?group=route&format=csv")
+    as_csv = b"".join(download.streaming_content).decode()
     assert f",{savings['totals']['baseline_cost_micros']}," in as_csv
 
 
