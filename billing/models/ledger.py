@@ -52,6 +52,10 @@ class UsageRecord(models.Model):
             # A route's requests, newest first: the request log filtered by the model asked
             # for, a route's page (requests, savings) and the auto router's calibration.
             models.Index(fields=["org", "route", "served_at"], name="usage_org_route_served"),
+            # A served model's and a deployment's requests, newest first: the request log's
+            # other filters (a deployment's page links to its requests).
+            models.Index(fields=["org", "model", "served_at"], name="usage_org_model_served"),
+            models.Index(fields=["deployment_id", "served_at"], name="usage_deployment_served"),
         ]
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ query, and how. A tenant with a million requests is where it matters (docs/bench
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -103,6 +104,22 @@ def test_a_routes_requests_are_found_through_an_index_on_the_route(org, ledger):
         for plan in _plans(read, "billing_usagerecord"):
             conditions = [line for line in plan.splitlines() if "Index Cond" in line]
             assert any("route" in line for line in conditions), plan
+
+
+def test_a_models_and_a_deployments_requests_are_found_through_an_index_on_them(org, ledger):
+    """The request log filtered by the served model or by a deployment (linked from its page)
+    reads those requests from an index, not every request of the organisation."""
+    deployment = uuid.uuid4()
+    for read, column in (
+        (lambda: request_log(org=org, filters=RequestFilters(model="tiny-llama")), "model"),
+        (
+            lambda: request_log(org=org, filters=RequestFilters(deployment_id=deployment)),
+            "deployment_id",
+        ),
+    ):
+        for plan in _plans(read, "billing_usagerecord"):
+            conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+            assert any(column in line for line in conditions), plan
 
 
 def test_the_routes_and_models_used_are_found_by_stepping_through_an_index(org, ledger):
