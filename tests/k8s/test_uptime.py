@@ -63,14 +63,10 @@ def _pod(name: str, started_at: datetime) -> PodView:
     )
 
 
-def _billed() -> tuple[int, int]:
-    totals = UptimeRecord.objects.aggregate(s=Sum("seconds"), c=Sum("cost_micros"))
-    return totals["s"] or 0, totals["c"] or 0
-
-
-def test_a_pods_uptime_is_billed_per_gpu_second_while_it_runs_and_up_to_its_deletion(
-    org: Organisation, owner: User, tmp_path: Path
-) -> None:
+def _set_up(
+    org: Organisation, owner: User, tmp_path: Path, *, gpus: int = 1
+) -> tuple[StandInBackend, KubernetesOrchestrator, Deployment]:
+    """An orchestrator over a stand-in cluster, and a deployment billed 1,000 µ$ a GPU-second."""
     backend = StandInBackend()
     orchestrator = KubernetesOrchestrator(
         config=OrchestratorConfig(run_dir=tmp_path),
@@ -85,7 +81,7 @@ def test_a_pods_uptime_is_billed_per_gpu_second_while_it_runs_and_up_to_its_dele
             name="chat",
             source="huggingface",
             model="acme/tiny-chat",
-            gpus_per_replica=2,
+            gpus_per_replica=gpus,
         )
         price(
             org=org,
@@ -94,6 +90,18 @@ def test_a_pods_uptime_is_billed_per_gpu_second_while_it_runs_and_up_to_its_dele
             micros_per_unit_hour=3_600_000,  # 1,000 µ$ per GPU-second
             effective_from=T0 - timedelta(hours=1),
         )
+    return backend, orchestrator, deployment
+
+
+def _billed() -> tuple[int, int]:
+    totals = UptimeRecord.objects.aggregate(s=Sum("seconds"), c=Sum("cost_micros"))
+    return totals["s"] or 0, totals["c"] or 0
+
+
+def test_a_pods_uptime_is_billed_per_gpu_second_while_it_runs_and_up_to_its_deletion(
+    org: Organisation, owner: User, tmp_path: Path
+) -> None:
+    backend, orchestrator, deployment = _set_up(org, owner, tmp_path, gpus=2)
     backend.pods = [_pod("llm-chat-1", T0)]
     with time_machine.travel(T0 + timedelta(minutes=10), tick=False):
         orchestrator.reconcile_once()
@@ -111,24 +119,7 @@ def test_a_failed_pod_is_billed_up_to_when_it_failed_not_while_its_object_stays(
     org: Organisation, owner: User, tmp_path: Path
 ) -> None:
     """An evicted pod keeps its object (phase Failed) until it is cleaned up, holding no GPU."""
-    backend = StandInBackend()
-    orchestrator = KubernetesOrchestrator(
-        config=OrchestratorConfig(run_dir=tmp_path),
-        kube=KubernetesConfig(namespace="inference"),
-        backend=backend,  # type: ignore[arg-type]
-        probe_metrics=False,
-    )
-    with time_machine.travel(T0 - timedelta(hours=1), tick=False):
-        deployment = deployment_create(
-            org=org, actor=owner, name="chat", source="huggingface", model="acme/tiny-chat"
-        )
-        price(
-            org=org,
-            deployment_id=deployment.pk,
-            unit=PriceUnit.GPU_SECOND,
-            micros_per_unit_hour=3_600_000,
-            effective_from=T0 - timedelta(hours=1),
-        )
+    backend, orchestrator, _ = _set_up(org, owner, tmp_path)
     running = _pod("llm-chat-1", T0)
     backend.pods = [running]
     with time_machine.travel(T0 + timedelta(minutes=10), tick=False):
