@@ -163,6 +163,31 @@ def test_admin_cannot_touch_owners(org, owner, make_member):
         membership_change_role(membership=dev, actor=admin, role=Role.OWNER)
 
 
+def test_an_admin_is_offered_only_what_an_admin_may_do_with_roles(org, owner, make_member):
+    """No "owner" to choose, no role form or remove button on an owner's row: each would only be
+    refused. An owner still gets all of them."""
+    admin = make_member(Role.ADMIN)
+    developer = make_member(Role.DEVELOPER)
+    client = Client()
+    client.force_login(admin.user)
+    page = client.get(f"/o/{org.slug}/members/").content.decode()
+    assert 'value="owner"' not in page
+    assert 'value="admin"' in page
+    for membership, editable in ((Membership.objects.get(user=owner), False), (developer, True)):
+        assert (f"/members/{membership.id}/role/" in page) is editable
+        assert (f"/members/{membership.id}/remove/" in page) is editable
+    refused = client.post(
+        f"/o/{org.slug}/members/invite/", {"email": "o@example.com", "role": "owner"}
+    )
+    assert refused.status_code == 400
+    assert "Select a valid choice" in refused.content.decode()
+    assert not Invitation.objects.filter(email="o@example.com").exists()
+    client.force_login(owner)
+    page = client.get(f"/o/{org.slug}/members/").content.decode()
+    assert 'value="owner"' in page
+    assert f"/members/{admin.id}/role/" in page and f"/members/{admin.id}/remove/" in page
+
+
 def test_an_api_key_cannot_invite_an_owner(org, owner, client):
     from console.services.keys import api_key_create
 
